@@ -1,0 +1,263 @@
+//! Archive repositories (origins and mirrors): every object zstd-compressed in pack files.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+use crate::compress::compress;
+use crate::error::{IoContext, Result, StoreError};
+use crate::fsutil::{crash_point, fsync_dir, syncfs};
+use crate::id::ObjectId;
+use crate::object::ObjectKind;
+use crate::pack::{self, FinishedPack, IndexEntry, PackWriter};
+use crate::write::WriteStats;
+
+/// A pack rolls over to a new one past this size: large enough that a release's objects form
+/// long runs (few Range requests), small enough that prune can drop or rewrite packs cheaply.
+pub const PACK_TARGET_SIZE: u64 = 64 << 20;
+/// New chunks are compressed in parallel batches of about this many bytes, then appended in
+/// order; this bounds memory whatever the tree size.
+const COMPRESS_BATCH_BYTES: usize = 32 << 20;
+
+/// One published pack.
+#[derive(Debug)]
+pub struct PackInfo {
+    /// Its id (blake3 of its bytes).
+    pub id: ObjectId,
+    /// Its path.
+    pub path: PathBuf,
+    /// Its size in bytes.
+    pub size: u64,
+    /// How many objects it holds.
+    pub objects: usize,
+    file: OnceLock<File>,
+}
+
+/// Read access to the packs of an archive repository.
+pub struct ArchiveStore {
+    packs_dir: PathBuf,
+    packs: Vec<PackInfo>,
+    map: HashMap<(ObjectId, ObjectKind), (u32, IndexEntry)>,
+    /// Index files whose pack is missing or of the wrong size (reported by fsck, removed by prune).
+    pub broken_indexes: Vec<(PathBuf, String)>,
+}
+
+impl ArchiveStore {
+    /// Loads every pack index under `packs_dir`.
+    pub fn load(packs_dir: &Path) -> Result<Self> {
+        let mut store = ArchiveStore {
+            packs_dir: packs_dir.into(),
+            packs: Vec::new(),
+            map: HashMap::new(),
+            broken_indexes: Vec::new(),
+        };
+        let mut names: Vec<PathBuf> = fs::read_dir(packs_dir)
+            .at(packs_dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "idx"))
+            .collect();
+        names.sort();
+        for index_path in names {
+            let bytes = fs::read(&index_path).at(&index_path)?;
+            let index = pack::decode_index(&bytes, &index_path.display().to_string())?;
+            let pack_path = index_path.with_extension("pack");
+            let named = index_path.file_stem().and_then(|s| s.to_str()).and_then(ObjectId::from_hex);
+            let problem = match fs::metadata(&pack_path) {
+                _ if named != Some(index.pack) => Some(format!("names pack {}, not its file name", index.pack)),
+                Ok(m) if m.len() != index.pack_size => {
+                    Some(format!("pack is {} bytes, the index says {}", m.len(), index.pack_size))
+                }
+                Ok(_) => None,
+                Err(e) => Some(format!("pack {}: {e}", pack_path.display())),
+            };
+            if let Some(problem) = problem {
+                store.broken_indexes.push((index_path, problem));
+                continue;
+            }
+            store.register(index.pack, pack_path, index.pack_size, index.entries);
+        }
+        Ok(store)
+    }
+
+    fn register(&mut self, id: ObjectId, path: PathBuf, size: u64, entries: Vec<IndexEntry>) {
+        let slot = self.packs.len() as u32;
+        self.packs.push(PackInfo {
+            id,
+            path,
+            size,
+            objects: entries.len(),
+            file: OnceLock::new(),
+        });
+        for e in entries {
+            self.map.entry((e.id, e.kind)).or_insert((slot, e));
+        }
+    }
+
+    /// True when the object is in some pack.
+    pub fn has(&self, kind: ObjectKind, id: &ObjectId) -> bool {
+        self.map.contains_key(&(*id, kind))
+    }
+
+    /// Reads, decompresses and verifies an object.
+    pub fn get(&self, kind: ObjectKind, id: &ObjectId) -> Result<Vec<u8>> {
+        let (slot, entry) = self.map.get(&(*id, kind)).ok_or(StoreError::ObjectMissing { kind, id: *id })?;
+        let info = &self.packs[*slot as usize];
+        let file = match info.file.get() {
+            Some(f) => f,
+            None => {
+                let f = File::open(&info.path).at(&info.path)?;
+                info.file.get_or_init(|| f)
+            }
+        };
+        pack::read_entry(file, entry, &info.path)
+    }
+
+    /// Where an object lies.
+    pub fn locate(&self, kind: ObjectKind, id: &ObjectId) -> Option<(&PackInfo, &IndexEntry)> {
+        self.map.get(&(*id, kind)).map(|(slot, e)| (&self.packs[*slot as usize], e))
+    }
+
+    /// Ids of every stored object of `kind`.
+    pub fn ids(&self, kind: ObjectKind) -> impl Iterator<Item = ObjectId> + '_ {
+        self.map.keys().filter(move |(_, k)| *k == kind).map(|(id, _)| *id)
+    }
+
+    /// The published packs.
+    pub fn packs(&self) -> &[PackInfo] {
+        &self.packs
+    }
+
+    /// The directory holding the packs.
+    pub fn packs_dir(&self) -> &Path {
+        &self.packs_dir
+    }
+}
+
+/// Writes new objects of one transaction into new packs.
+pub struct ArchiveWriter<'s> {
+    store: &'s ArchiveStore,
+    tmp: PathBuf,
+    level: i32,
+    data: Option<PackWriter>,
+    meta: Option<PackWriter>,
+    finished: Vec<FinishedPack>,
+    added: HashSet<(ObjectId, ObjectKind)>,
+    batch: Vec<(ObjectId, Vec<u8>)>,
+    batch_bytes: usize,
+    /// What this transaction added and reused.
+    pub stats: WriteStats,
+}
+
+impl<'s> ArchiveWriter<'s> {
+    /// Starts a transaction whose packs are written in `tmp` at zstd `level`.
+    pub fn new(store: &'s ArchiveStore, tmp: &Path, level: i32) -> Self {
+        ArchiveWriter {
+            store,
+            tmp: tmp.into(),
+            level,
+            data: None,
+            meta: None,
+            finished: Vec::new(),
+            added: HashSet::new(),
+            batch: Vec::new(),
+            batch_bytes: 0,
+            stats: WriteStats::default(),
+        }
+    }
+
+    /// True when the object is stored or added by this transaction.
+    pub fn has(&self, kind: ObjectKind, id: &ObjectId) -> bool {
+        self.added.contains(&(*id, kind)) || self.store.has(kind, id)
+    }
+
+    /// Adds a chunk unless it is already present; compression happens in batches.
+    pub fn add_chunk(&mut self, id: ObjectId, raw: &[u8]) -> Result<()> {
+        if self.has(ObjectKind::Chunk, &id) {
+            self.stats.chunks_reused += 1;
+            self.stats.bytes_reused += raw.len() as u64;
+            return Ok(());
+        }
+        self.added.insert((id, ObjectKind::Chunk));
+        self.stats.chunks_new += 1;
+        self.stats.bytes_new += raw.len() as u64;
+        self.batch_bytes += raw.len();
+        self.batch.push((id, raw.to_vec()));
+        if self.batch_bytes >= COMPRESS_BATCH_BYTES {
+            self.flush_batch()?;
+        }
+        Ok(())
+    }
+
+    fn flush_batch(&mut self) -> Result<()> {
+        let level = self.level;
+        let packed: Vec<_> = self.batch.par_iter().map(|(_, raw)| compress(raw, level)).collect();
+        for ((id, raw), (codec, stored)) in self.batch.drain(..).zip(packed) {
+            self.stats.bytes_stored += stored.len() as u64;
+            let writer = match &mut self.data {
+                Some(w) => w,
+                None => self.data.insert(PackWriter::create(&self.tmp)?),
+            };
+            writer.append(ObjectKind::Chunk, id, codec, raw.len() as u32, &stored)?;
+            if writer.len() >= PACK_TARGET_SIZE {
+                let full = self.data.take().expect("data pack is open");
+                self.finished.push(full.finish()?);
+            }
+        }
+        self.batch_bytes = 0;
+        Ok(())
+    }
+
+    /// Adds an encoded metadata object (file, dirtree, commit) unless present; returns its id.
+    /// Metadata goes to its own pack so that a client fetches all of it in one request.
+    pub fn add_metadata(&mut self, kind: ObjectKind, raw: &[u8]) -> Result<ObjectId> {
+        let id = ObjectId::of(raw);
+        if self.has(kind, &id) {
+            return Ok(id);
+        }
+        self.added.insert((id, kind));
+        self.stats.metadata_new += 1;
+        let (codec, stored) = compress(raw, self.level);
+        self.stats.bytes_stored += stored.len() as u64;
+        let writer = match &mut self.meta {
+            Some(w) => w,
+            None => self.meta.insert(PackWriter::create(&self.tmp)?),
+        };
+        writer.append(kind, id, codec, raw.len() as u32, &stored)?;
+        Ok(id)
+    }
+
+    /// Makes every pack of the transaction durable (one syncfs), then publishes it under
+    /// `packs/` (pack before index, so an index never names a missing pack).
+    pub fn finish(mut self, repo_path: &Path) -> Result<(Vec<FinishedPack>, WriteStats)> {
+        self.flush_batch()?;
+        for writer in [self.data.take(), self.meta.take()].into_iter().flatten() {
+            self.finished.push(writer.finish()?);
+        }
+        crash_point("archive:before-sync");
+        syncfs(repo_path)?;
+        let packs_dir = self.store.packs_dir.clone();
+        for pack in &self.finished {
+            let hex = pack.id.to_hex();
+            let pack_path = packs_dir.join(format!("{hex}.pack"));
+            fs::rename(&pack.pack_tmp, &pack_path).at(&pack_path)?;
+            crash_point("archive:between-pack-and-index");
+            let index_path = packs_dir.join(format!("{hex}.idx"));
+            fs::rename(&pack.index_tmp, &index_path).at(&index_path)?;
+        }
+        fsync_dir(&packs_dir)?;
+        Ok((self.finished, self.stats))
+    }
+}
+
+impl ArchiveStore {
+    /// Makes packs published by [`ArchiveWriter::finish`] readable through this store.
+    pub fn add_published(&mut self, packs: Vec<FinishedPack>) {
+        for p in packs {
+            let path = self.packs_dir.join(format!("{}.pack", p.id.to_hex()));
+            self.register(p.id, path, p.size, p.entries);
+        }
+    }
+}

@@ -1,0 +1,332 @@
+//! Bare repositories (nodes): each file's whole content stored once, uncompressed, so that a
+//! checkout clones it with FICLONE; a SQLite index records which objects exist, holds the
+//! metadata objects, and says where every chunk lies (chunk id → file object, offset, length),
+//! so that a pull can rebuild a new file from old local chunks without storing chunks twice.
+
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io::Write;
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::chunker::Chunker;
+use crate::error::{IoContext, Result, StoreError};
+use crate::fsutil::{crash_point, syncfs, unique_tmp_name};
+use crate::id::{ChunkId, FileId, ObjectId};
+use crate::object::{FileObject, ObjectKind};
+use crate::write::WriteStats;
+
+/// Version of the SQLite schema below.
+const SCHEMA_VERSION: u32 = 1;
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS objects (
+    id BLOB NOT NULL, kind INTEGER NOT NULL, data BLOB NOT NULL,
+    PRIMARY KEY (id, kind)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS chunks (
+    id BLOB PRIMARY KEY, file BLOB NOT NULL, offset INTEGER NOT NULL, length INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS chunks_by_file ON chunks (file);
+";
+
+/// Where a chunk's bytes lie in a stored file's content.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkLocation {
+    /// The file object whose content holds the chunk.
+    pub file: FileId,
+    /// Offset in that content.
+    pub offset: u64,
+    /// Length.
+    pub length: u32,
+}
+
+/// Read access to a bare repository.
+pub struct BareStore {
+    objects_dir: PathBuf,
+    db_path: PathBuf,
+    db: Connection,
+}
+
+fn sql<T>(path: &Path, r: rusqlite::Result<T>) -> Result<T> {
+    r.map_err(|source| StoreError::Sqlite {
+        path: path.into(),
+        source,
+    })
+}
+
+impl BareStore {
+    /// Opens (creating when `create`) the index and object directory of the repo at `repo`.
+    pub fn open(repo: &Path, create: bool) -> Result<Self> {
+        let objects_dir = repo.join("objects");
+        let db_path = repo.join("index.sqlite");
+        if !create && !db_path.exists() {
+            return Err(StoreError::NotARepository {
+                path: repo.into(),
+                reason: "bare repository without index.sqlite".into(),
+            });
+        }
+        if create {
+            fs::create_dir_all(&objects_dir).at(&objects_dir)?;
+        }
+        let db = sql(&db_path, Connection::open(&db_path))?;
+        sql(
+            &db_path,
+            db.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=10000;"),
+        )?;
+        sql(&db_path, db.execute_batch(SCHEMA))?;
+        let version: Option<String> = sql(
+            &db_path,
+            db.query_row("SELECT value FROM info WHERE key='schema'", [], |r| r.get(0))
+                .optional(),
+        )?;
+        match version {
+            None => {
+                sql(
+                    &db_path,
+                    db.execute("INSERT INTO info VALUES ('schema', ?1)", [SCHEMA_VERSION.to_string()]),
+                )?;
+            }
+            Some(v) if v == SCHEMA_VERSION.to_string() => {}
+            Some(v) => {
+                return Err(StoreError::UnsupportedVersion {
+                    what: format!("index {}", db_path.display()),
+                    found: v.parse().unwrap_or(0),
+                    supported: SCHEMA_VERSION,
+                });
+            }
+        }
+        Ok(BareStore {
+            objects_dir,
+            db_path,
+            db,
+        })
+    }
+
+    /// Path of a file object's content.
+    pub fn content_path(&self, file: &FileId) -> PathBuf {
+        let hex = file.0.to_hex();
+        self.objects_dir.join(&hex[..2]).join(&hex[2..])
+    }
+
+    /// True when the metadata object is recorded (for a file object: and its content is stored).
+    pub fn has(&self, kind: ObjectKind, id: &ObjectId) -> Result<bool> {
+        if kind == ObjectKind::Chunk {
+            return Ok(self.locate_chunk(&ChunkId(*id))?.is_some());
+        }
+        let found: Option<i64> = sql(
+            &self.db_path,
+            self.db
+                .prepare_cached("SELECT 1 FROM objects WHERE id=?1 AND kind=?2")
+                .and_then(|mut s| s.query_row(params![&id.0[..], kind as u8], |r| r.get(0)).optional()),
+        )?;
+        Ok(found.is_some())
+    }
+
+    /// Reads and verifies an object (a chunk is read from the content that holds it).
+    pub fn get(&self, kind: ObjectKind, id: &ObjectId) -> Result<Vec<u8>> {
+        let data = if kind == ObjectKind::Chunk {
+            let loc = self
+                .locate_chunk(&ChunkId(*id))?
+                .ok_or(StoreError::ObjectMissing { kind, id: *id })?;
+            let path = self.content_path(&loc.file);
+            let mut buf = vec![0u8; loc.length as usize];
+            File::open(&path)
+                .and_then(|f| f.read_exact_at(&mut buf, loc.offset))
+                .at(&path)?;
+            buf
+        } else {
+            let data: Option<Vec<u8>> = sql(
+                &self.db_path,
+                self.db
+                    .prepare_cached("SELECT data FROM objects WHERE id=?1 AND kind=?2")
+                    .and_then(|mut s| s.query_row(params![&id.0[..], kind as u8], |r| r.get(0)).optional()),
+            )?;
+            data.ok_or(StoreError::ObjectMissing { kind, id: *id })?
+        };
+        let actual = ObjectId::of(&data);
+        if actual != *id {
+            return Err(StoreError::HashMismatch { kind, id: *id, actual });
+        }
+        Ok(data)
+    }
+
+    /// Where a chunk lies, if any stored file holds it.
+    pub fn locate_chunk(&self, id: &ChunkId) -> Result<Option<ChunkLocation>> {
+        sql(
+            &self.db_path,
+            self.db
+                .prepare_cached("SELECT file, offset, length FROM chunks WHERE id=?1")
+                .and_then(|mut s| {
+                    s.query_row([&id.0 .0[..]], |r| {
+                        let file: Vec<u8> = r.get(0)?;
+                        Ok(ChunkLocation {
+                            file: FileId(ObjectId(file.try_into().unwrap_or([0; 32]))),
+                            offset: r.get::<_, i64>(1)? as u64,
+                            length: r.get::<_, i64>(2)? as u32,
+                        })
+                    })
+                    .optional()
+                }),
+        )
+    }
+
+    /// Ids of every stored metadata object of `kind`.
+    pub fn ids(&self, kind: ObjectKind) -> Result<Vec<ObjectId>> {
+        sql(
+            &self.db_path,
+            self.db.prepare("SELECT id FROM objects WHERE kind=?1").and_then(|mut s| {
+                s.query_map([kind as u8], |r| r.get::<_, Vec<u8>>(0))?
+                    .map(|r| r.map(|v| ObjectId(v.try_into().unwrap_or([0; 32]))))
+                    .collect()
+            }),
+        )
+    }
+
+    /// Deletes the given metadata objects (and for file objects their content and chunk rows),
+    /// then re-points chunk rows at surviving files that still hold those chunks.
+    pub fn delete(&self, doomed: &[(ObjectKind, ObjectId)], survivors: &[FileObject], survivor_ids: &[FileId]) -> Result<()> {
+        let tx = sql(&self.db_path, self.db.unchecked_transaction())?;
+        for (kind, id) in doomed {
+            sql(&self.db_path, tx.execute("DELETE FROM objects WHERE id=?1 AND kind=?2", params![&id.0[..], *kind as u8]))?;
+            if *kind == ObjectKind::File {
+                sql(&self.db_path, tx.execute("DELETE FROM chunks WHERE file=?1", [&id.0[..]]))?;
+            }
+        }
+        for (file, id) in survivors.iter().zip(survivor_ids) {
+            insert_chunk_rows(&tx, &self.db_path, file, id)?;
+        }
+        sql(&self.db_path, tx.commit())?;
+        for (kind, id) in doomed {
+            if *kind == ObjectKind::File {
+                let path = self.content_path(&FileId(*id));
+                match fs::remove_file(&path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).at(&path),
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The object directory (content files).
+    pub fn objects_dir(&self) -> &Path {
+        &self.objects_dir
+    }
+}
+
+fn insert_chunk_rows(tx: &Connection, db_path: &Path, file: &FileObject, id: &FileId) -> Result<()> {
+    let mut stmt = sql(db_path, tx.prepare_cached("INSERT OR IGNORE INTO chunks VALUES (?1, ?2, ?3, ?4)"))?;
+    let mut offset = 0u64;
+    for (chunk, len) in &file.chunks {
+        sql(db_path, stmt.execute(params![&chunk.0 .0[..], &id.0 .0[..], offset as i64, *len as i64]))?;
+        offset += u64::from(*len);
+    }
+    Ok(())
+}
+
+/// Writes new objects of one transaction into a bare repository.
+pub struct BareWriter<'s> {
+    store: &'s BareStore,
+    tmp: PathBuf,
+    added: HashSet<(ObjectId, ObjectKind)>,
+    objects: Vec<(ObjectKind, ObjectId, Vec<u8>)>,
+    files: Vec<(FileId, FileObject)>,
+    /// What this transaction added and reused.
+    pub stats: WriteStats,
+}
+
+impl<'s> BareWriter<'s> {
+    /// Starts a transaction using `tmp` for content being written.
+    pub fn new(store: &'s BareStore, tmp: &Path) -> Self {
+        BareWriter {
+            store,
+            tmp: tmp.into(),
+            added: HashSet::new(),
+            objects: Vec::new(),
+            files: Vec::new(),
+            stats: WriteStats::default(),
+        }
+    }
+
+    /// True when the object is stored or added by this transaction.
+    pub fn has(&self, kind: ObjectKind, id: &ObjectId) -> Result<bool> {
+        Ok(self.added.contains(&(*id, kind)) || self.store.has(kind, id)?)
+    }
+
+    /// Stores the content read from `source` (the file at `path`) unless the repository has it.
+    pub fn add_file(&mut self, source: impl std::io::Read, path: &Path, chunker: &Chunker) -> Result<(FileId, FileObject)> {
+        let tmp_path = self.tmp.join(unique_tmp_name("content"));
+        let mut tmp = std::io::BufWriter::with_capacity(1 << 20, File::create(&tmp_path).at(&tmp_path)?);
+        let mut object = FileObject::default();
+        let mut new_chunks = 0u64;
+        object.size = chunker.split(source, path, |chunk| {
+            let id = ChunkId(ObjectId::of(chunk));
+            if !self.added.contains(&(id.0, ObjectKind::Chunk)) && self.store.locate_chunk(&id)?.is_none() {
+                new_chunks += 1;
+            }
+            object.chunks.push((id, chunk.len() as u32));
+            tmp.write_all(chunk).at(&tmp_path)
+        })?;
+        let tmp = tmp.into_inner().map_err(|e| e.into_error()).at(&tmp_path)?;
+        let encoded = object.encode();
+        let id = FileId(ObjectId::of(&encoded));
+        if self.has(ObjectKind::File, &id.0)? {
+            self.stats.chunks_reused += object.chunks.len() as u64;
+            self.stats.bytes_reused += object.size;
+            fs::remove_file(&tmp_path).at(&tmp_path)?;
+            return Ok((id, object));
+        }
+        self.stats.chunks_new += new_chunks;
+        self.stats.chunks_reused += object.chunks.len() as u64 - new_chunks;
+        self.stats.bytes_new += object.size;
+        self.stats.bytes_stored += object.size;
+        tmp.set_permissions(fs::Permissions::from_mode(0o444)).at(&tmp_path)?;
+        drop(tmp);
+        let dest = self.store.content_path(&id);
+        let parent = dest.parent().expect("content path has a parent");
+        fs::create_dir_all(parent).at(parent)?;
+        fs::rename(&tmp_path, &dest).at(&dest)?;
+        self.added.insert((id.0, ObjectKind::File));
+        for (chunk, _) in &object.chunks {
+            self.added.insert((chunk.0, ObjectKind::Chunk));
+        }
+        self.objects.push((ObjectKind::File, id.0, encoded));
+        self.files.push((id, object.clone()));
+        self.stats.metadata_new += 1;
+        Ok((id, object))
+    }
+
+    /// Records an encoded metadata object unless present; returns its id.
+    pub fn add_metadata(&mut self, kind: ObjectKind, raw: &[u8]) -> Result<ObjectId> {
+        let id = ObjectId::of(raw);
+        if !self.has(kind, &id)? {
+            self.added.insert((id, kind));
+            self.objects.push((kind, id, raw.to_vec()));
+            self.stats.metadata_new += 1;
+        }
+        Ok(id)
+    }
+
+    /// Makes the content durable (one syncfs), then records every object in one SQLite
+    /// transaction: an object is in the index only once its content is on disk.
+    pub fn finish(self, repo_path: &Path) -> Result<WriteStats> {
+        crash_point("bare:before-sync");
+        syncfs(repo_path)?;
+        crash_point("bare:before-index");
+        let db_path = &self.store.db_path;
+        let tx = sql(db_path, self.store.db.unchecked_transaction())?;
+        {
+            let mut stmt = sql(db_path, tx.prepare_cached("INSERT OR IGNORE INTO objects VALUES (?1, ?2, ?3)"))?;
+            for (kind, id, data) in &self.objects {
+                sql(db_path, stmt.execute(params![&id.0[..], *kind as u8, data]))?;
+            }
+        }
+        for (id, file) in &self.files {
+            insert_chunk_rows(&tx, db_path, file, id)?;
+        }
+        sql(db_path, tx.commit())?;
+        Ok(self.stats)
+    }
+}

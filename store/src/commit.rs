@@ -1,0 +1,187 @@
+//! `commit`: a source directory → chunks, file, dirtree and commit objects → a branch.
+//!
+//! Write order is the crash-safety contract: every object of the commit is made durable and
+//! published (packs, or content + index) before the branch ref is moved, and the ref is
+//! replaced atomically. A crash at any instant leaves, at worst, unreferenced objects, which the
+//! rerun reuses and prune removes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use crate::chunker::Chunker;
+use crate::error::Result;
+use crate::fsutil::crash_point;
+use crate::id::{CommitId, FileId, TreeId};
+use crate::object::{Commit, DirTree, Entry, EntryKind, ObjectKind, TreeStats};
+use crate::repo::Repo;
+use crate::scan::{ScanDir, ScanKind, ScanTotals, scan};
+use crate::write::{ObjectWriter, WriteStats};
+
+/// What the commit records besides the tree.
+#[derive(Clone, Debug, Default)]
+pub struct CommitOptions {
+    /// Branch to commit on; its current commit becomes the parent.
+    pub branch: String,
+    /// Version string (e.g. "2026.11.1").
+    pub version: String,
+    /// One-line subject.
+    pub subject: String,
+    /// Longer description.
+    pub body: String,
+    /// Free metadata.
+    pub metadata: BTreeMap<String, String>,
+    /// Timestamp; the current time when `None`.
+    pub timestamp: Option<i64>,
+}
+
+/// Progress of a running commit, reported after every file.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CommitProgress {
+    /// Distinct files read so far.
+    pub files: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Totals of the whole tree (known once the scan is done).
+    pub totals: ScanTotals,
+    /// Storage counters so far.
+    pub write: WriteStats,
+}
+
+/// The result of a commit.
+#[derive(Clone, Debug)]
+pub struct CommitOutcome {
+    /// The new commit's id.
+    pub id: CommitId,
+    /// The commit object.
+    pub commit: Commit,
+    /// What was stored and what was deduplicated.
+    pub stats: WriteStats,
+}
+
+struct Builder<'w, 'r> {
+    writer: &'w mut ObjectWriter<'r>,
+    chunker: Chunker,
+    links: HashMap<(u64, u64), u32>,
+    groups: HashMap<(u64, u64), (u32, FileId)>,
+    next_group: u32,
+    stats: TreeStats,
+    progress: CommitProgress,
+    report: &'w mut dyn FnMut(&CommitProgress),
+}
+
+impl Builder<'_, '_> {
+    fn store_dir(&mut self, dir: &ScanDir) -> Result<TreeId> {
+        self.stats.dirs += 1;
+        let mut entries = Vec::with_capacity(dir.entries.len());
+        for e in &dir.entries {
+            let kind = match &e.kind {
+                ScanKind::File { path, size, inode } => {
+                    self.stats.files += 1;
+                    let shared = inode.filter(|key| self.links.get(key).is_some_and(|&n| n > 1));
+                    match shared.and_then(|key| self.groups.get(&key)) {
+                        Some(&(hardlink, file)) => EntryKind::File { file, hardlink },
+                        None => {
+                            let (file, _) = self.writer.add_file(path, &self.chunker)?;
+                            self.stats.bytes += size;
+                            self.progress.files += 1;
+                            self.progress.bytes += size;
+                            self.progress.write = self.writer.stats();
+                            (self.report)(&self.progress);
+                            let hardlink = match shared {
+                                Some(key) => {
+                                    self.next_group += 1;
+                                    self.groups.insert(key, (self.next_group, file));
+                                    self.next_group
+                                }
+                                None => 0,
+                            };
+                            EntryKind::File { file, hardlink }
+                        }
+                    }
+                }
+                ScanKind::Dir(sub) => EntryKind::Dir(self.store_dir(sub)?),
+                ScanKind::Symlink(target) => {
+                    self.stats.symlinks += 1;
+                    EntryKind::Symlink(target.clone())
+                }
+                ScanKind::CharDevice(rdev) => {
+                    self.stats.specials += 1;
+                    EntryKind::CharDevice(*rdev)
+                }
+                ScanKind::BlockDevice(rdev) => {
+                    self.stats.specials += 1;
+                    EntryKind::BlockDevice(*rdev)
+                }
+                ScanKind::Fifo => {
+                    self.stats.specials += 1;
+                    EntryKind::Fifo
+                }
+                ScanKind::Socket => {
+                    self.stats.specials += 1;
+                    EntryKind::Socket
+                }
+            };
+            entries.push(Entry {
+                name: e.name.clone(),
+                meta: e.meta.clone(),
+                kind,
+            });
+        }
+        let tree = DirTree { entries };
+        Ok(TreeId(self.writer.add_metadata(ObjectKind::DirTree, &tree.encode())?))
+    }
+}
+
+/// Commits the tree at `source` on `options.branch`. `report` is called after every file.
+pub fn commit(
+    repo: &mut Repo,
+    source: &Path,
+    options: &CommitOptions,
+    report: &mut dyn FnMut(&CommitProgress),
+) -> Result<CommitOutcome> {
+    let parent = repo.read_ref(&options.branch)?;
+    let mut totals = ScanTotals::default();
+    let mut links = HashMap::new();
+    let root = scan(source, &mut totals, &mut links)?;
+    let chunker = Chunker::new(repo.config().chunker);
+    let mut writer = repo.writer();
+    let mut builder = Builder {
+        writer: &mut writer,
+        chunker,
+        links,
+        groups: HashMap::new(),
+        next_group: 0,
+        stats: TreeStats::default(),
+        progress: CommitProgress {
+            totals,
+            ..Default::default()
+        },
+        report,
+    };
+    let root_tree = builder.store_dir(&root)?;
+    let commit = Commit {
+        root: root_tree,
+        root_meta: root.meta.clone(),
+        parent,
+        timestamp: options.timestamp.unwrap_or_else(now),
+        version: options.version.clone(),
+        subject: options.subject.clone(),
+        body: options.body.clone(),
+        metadata: options.metadata.clone(),
+        stats: builder.stats,
+    };
+    let id = CommitId(writer.add_metadata(ObjectKind::Commit, &commit.encode())?);
+    crash_point("commit:before-finish");
+    let (stats, packs) = writer.finish(repo.path())?;
+    repo.register_packs(packs);
+    crash_point("commit:before-ref");
+    repo.write_ref(&options.branch, &id)?;
+    Ok(CommitOutcome { id, commit, stats })
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,129 @@
+//! `diff`: the paths added, removed or modified between two commits.
+
+use std::cmp::Ordering;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::id::TreeId;
+use crate::object::{Entry, EntryKind};
+use crate::repo::Repo;
+use crate::tree::walk;
+
+/// How a path changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeKind {
+    /// Only in the new tree.
+    Added,
+    /// Only in the old tree.
+    Removed,
+    /// In both, different.
+    Modified,
+}
+
+/// One changed path.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Change {
+    /// Path relative to the root, without a leading '/'.
+    pub path: String,
+    /// Added, removed or modified.
+    pub change: ChangeKind,
+    /// For modifications, what differs: "type", "content", "target", "metadata" (comma-joined).
+    pub what: String,
+}
+
+/// The changes from tree `old` to tree `new`, in path order. Identical subtrees are skipped by id.
+pub fn diff(repo: &Repo, old: &TreeId, new: &TreeId) -> Result<Vec<Change>> {
+    let mut out = Vec::new();
+    diff_trees(repo, old, new, Path::new(""), &mut out)?;
+    Ok(out)
+}
+
+fn path_string(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+fn push_all(repo: &Repo, entry: &Entry, path: &Path, change: ChangeKind, out: &mut Vec<Change>) -> Result<()> {
+    out.push(Change {
+        path: path_string(path),
+        change,
+        what: String::new(),
+    });
+    if let EntryKind::Dir(sub) = &entry.kind {
+        walk(repo, sub, &mut |rel, _| {
+            out.push(Change {
+                path: path_string(&path.join(rel)),
+                change,
+                what: String::new(),
+            });
+            Ok(())
+        })?;
+    }
+    Ok(())
+}
+
+fn diff_trees(repo: &Repo, old: &TreeId, new: &TreeId, prefix: &Path, out: &mut Vec<Change>) -> Result<()> {
+    if old == new {
+        return Ok(());
+    }
+    let (a, b) = (repo.tree(old)?, repo.tree(new)?);
+    let (mut i, mut j) = (0, 0);
+    while i < a.entries.len() || j < b.entries.len() {
+        let order = match (a.entries.get(i), b.entries.get(j)) {
+            (Some(x), Some(y)) => x.name.cmp(&y.name),
+            (Some(_), None) => Ordering::Less,
+            _ => Ordering::Greater,
+        };
+        match order {
+            Ordering::Less => {
+                let e = &a.entries[i];
+                push_all(repo, e, &prefix.join(String::from_utf8_lossy(&e.name).as_ref()), ChangeKind::Removed, out)?;
+                i += 1;
+            }
+            Ordering::Greater => {
+                let e = &b.entries[j];
+                push_all(repo, e, &prefix.join(String::from_utf8_lossy(&e.name).as_ref()), ChangeKind::Added, out)?;
+                j += 1;
+            }
+            Ordering::Equal => {
+                let (x, y) = (&a.entries[i], &b.entries[j]);
+                let path = prefix.join(String::from_utf8_lossy(&x.name).as_ref());
+                let mut what = Vec::new();
+                match (&x.kind, &y.kind) {
+                    (EntryKind::File { file: f1, .. }, EntryKind::File { file: f2, .. }) if f1 != f2 => what.push("content"),
+                    (EntryKind::Symlink(t1), EntryKind::Symlink(t2)) if t1 != t2 => what.push("target"),
+                    (EntryKind::CharDevice(d1), EntryKind::CharDevice(d2)) | (EntryKind::BlockDevice(d1), EntryKind::BlockDevice(d2))
+                        if d1 != d2 =>
+                    {
+                        what.push("device")
+                    }
+                    (k1, k2) if std::mem::discriminant(k1) != std::mem::discriminant(k2) => what.push("type"),
+                    _ => {}
+                }
+                if x.meta != y.meta {
+                    what.push("metadata");
+                }
+                if what.contains(&"type") {
+                    push_all(repo, x, &path, ChangeKind::Removed, out)?;
+                    push_all(repo, y, &path, ChangeKind::Added, out)?;
+                } else {
+                    if !what.is_empty() {
+                        out.push(Change {
+                            path: path_string(&path),
+                            change: ChangeKind::Modified,
+                            what: what.join(","),
+                        });
+                    }
+                    if let (EntryKind::Dir(t1), EntryKind::Dir(t2)) = (&x.kind, &y.kind) {
+                        diff_trees(repo, t1, t2, &path, out)?;
+                    }
+                }
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    Ok(())
+}

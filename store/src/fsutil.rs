@@ -1,0 +1,71 @@
+//! Durable file operations: atomic replace, directory fsync, filesystem sync, crash points.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::error::{IoContext, Result};
+
+/// A name for a temporary file that no other process or call of this process uses.
+pub fn unique_tmp_name(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}-{}-{nanos:x}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Makes a directory's entries (creations, renames) durable.
+pub fn fsync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).at(dir)
+}
+
+/// Flushes every dirty page of the filesystem holding `path`: one call makes a whole
+/// transaction's objects durable, instead of one fsync per object.
+pub fn syncfs(path: &Path) -> Result<()> {
+    let dir = File::open(path).at(path)?;
+    rustix::fs::syncfs(&dir).at(path)
+}
+
+/// Replaces `path` with `bytes` atomically and durably: write a temporary file in `tmp_dir`,
+/// fsync it, rename it over `path`, fsync the parent directory.
+pub fn atomic_write(path: &Path, tmp_dir: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = tmp_dir.join(unique_tmp_name("write"));
+    let mut file = File::create(&tmp).at(&tmp)?;
+    file.write_all(bytes).at(&tmp)?;
+    file.sync_all().at(&tmp)?;
+    drop(file);
+    let parent = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(parent).at(parent)?;
+    fs::rename(&tmp, path).at(path)?;
+    fsync_dir(parent)
+}
+
+/// Aborts the process when the environment variable `OSDEPLOY_CRASH_AT` names `step`: the
+/// crash-consistency tests kill a command at every named step and check that fsck passes and a
+/// rerun completes.
+pub fn crash_point(step: &str) {
+    if std::env::var_os("OSDEPLOY_CRASH_AT").is_some_and(|s| s == step) {
+        eprintln!("osdeploy: aborting at crash point {step} (OSDEPLOY_CRASH_AT)");
+        std::process::abort();
+    }
+}
+
+/// Removes everything inside `dir` (left over by an interrupted transaction).
+pub fn clear_dir(dir: &Path) -> Result<()> {
+    for entry in fs::read_dir(dir).at(dir)? {
+        let path: PathBuf = entry.at(dir)?.path();
+        if path.is_dir() {
+            fs::remove_dir_all(&path).at(&path)?;
+        } else {
+            fs::remove_file(&path).at(&path)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,405 @@
+//! A repository on disk: layout, config, locks, refs, object access in either mode.
+//!
+//! ```text
+//! REPO/config            JSON: format version, mode, compression level, chunker parameters
+//! REPO/refs/heads/B      a branch: the commit id as 64 hex digits and a newline
+//! REPO/tmp/              transaction scratch space, emptied when a writer opens the repo
+//! REPO/lock, gc.lock     flock(2) files: writers exclusive on lock; prune exclusive on gc.lock
+//! REPO/packs/            archive mode: <id>.pack + <id>.idx
+//! REPO/summary           archive mode: refs and packs for clients (JSON)
+//! REPO/objects/, REPO/index.sqlite   bare mode: whole-file content + index
+//! ```
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{FlockOperation, flock};
+use serde::{Deserialize, Serialize};
+
+use crate::archive::ArchiveStore;
+use crate::bare::BareStore;
+use crate::chunker::ChunkerParams;
+use crate::error::{IoContext, Result, StoreError};
+use crate::fsutil::{atomic_write, clear_dir, fsync_dir};
+use crate::id::{CommitId, FileId, ObjectId, TreeId};
+use crate::name::check_ref_name;
+use crate::object::{Commit, DirTree, FileObject, ObjectKind};
+use crate::pack::FinishedPack;
+use crate::write::ObjectWriter;
+use crate::archive::ArchiveWriter;
+use crate::bare::BareWriter;
+
+/// The repository format version this build reads and writes.
+pub const REPO_FORMAT_VERSION: u32 = 1;
+/// The default zstd level of archive repositories; see docs/benchmarks.md ("compression level").
+pub const DEFAULT_COMPRESSION_LEVEL: i32 = 10;
+
+/// How a repository stores objects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RepoMode {
+    /// Compressed packs, for serving (origins, mirrors).
+    Archive,
+    /// Whole uncompressed files for reflink checkout, plus the SQLite index (nodes).
+    Bare,
+}
+
+impl RepoMode {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RepoMode::Archive => "archive",
+            RepoMode::Bare => "bare",
+        }
+    }
+}
+
+/// The contents of `REPO/config`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepoConfig {
+    /// Repository format version.
+    pub format_version: u32,
+    /// Storage mode.
+    pub mode: RepoMode,
+    /// zstd level for new objects (archive mode).
+    pub compression_level: i32,
+    /// Chunker parameters for new files.
+    pub chunker: ChunkerParams,
+}
+
+/// How a command uses the repository, which decides the locks it takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Reads only; fails only while a prune runs.
+    Read,
+    /// Adds objects and moves refs; one writer at a time.
+    Write,
+    /// Deletes objects; excludes readers and writers.
+    Prune,
+}
+
+enum Store {
+    Archive(ArchiveStore),
+    Bare(BareStore),
+}
+
+/// An open repository.
+pub struct Repo {
+    path: PathBuf,
+    config: RepoConfig,
+    store: Store,
+    _locks: Vec<File>,
+}
+
+fn lock(path: &Path, op: FlockOperation) -> Result<File> {
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .at(path)?;
+    match flock(&file, op) {
+        Ok(()) => Ok(file),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(StoreError::Locked { path: path.into() }),
+        Err(e) => Err(e).at(path),
+    }
+}
+
+impl Repo {
+    /// Creates a repository at `path` (a new or empty directory).
+    pub fn init(path: &Path, mode: RepoMode, compression_level: i32, chunker: ChunkerParams) -> Result<Repo> {
+        chunker.validate().map_err(|reason| StoreError::NotARepository {
+            path: path.into(),
+            reason,
+        })?;
+        if !(1..=22).contains(&compression_level) {
+            return Err(StoreError::NotARepository {
+                path: path.into(),
+                reason: format!("compression level {compression_level} is outside zstd's 1..=22"),
+            });
+        }
+        fs::create_dir_all(path).at(path)?;
+        if fs::read_dir(path).at(path)?.next().is_some() {
+            return Err(StoreError::NotARepository {
+                path: path.into(),
+                reason: "the directory is not empty; init needs a new or empty directory".into(),
+            });
+        }
+        for dir in ["refs/heads", "tmp"] {
+            fs::create_dir_all(path.join(dir)).at(path.join(dir))?;
+        }
+        match mode {
+            RepoMode::Archive => fs::create_dir_all(path.join("packs")).at(path.join("packs"))?,
+            RepoMode::Bare => drop(BareStore::open(path, true)?),
+        }
+        let config = RepoConfig {
+            format_version: REPO_FORMAT_VERSION,
+            mode,
+            compression_level,
+            chunker,
+        };
+        let text = serde_json::to_string_pretty(&config).expect("config serializes") + "\n";
+        // The config is written last: a directory without it is not a repository yet.
+        atomic_write(&path.join("config"), &path.join("tmp"), text.as_bytes())?;
+        let repo = Repo::open(path, Access::Write)?;
+        repo.write_summary()?;
+        Ok(repo)
+    }
+
+    /// Opens the repository at `path`, taking the locks `access` needs.
+    pub fn open(path: &Path, access: Access) -> Result<Repo> {
+        let not_repo = |reason: String| StoreError::NotARepository {
+            path: path.into(),
+            reason,
+        };
+        let config_path = path.join("config");
+        let text = match fs::read_to_string(&config_path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(not_repo("no config file (create one with `osdeploy init`)".into()));
+            }
+            Err(e) => return Err(e).at(&config_path),
+        };
+        let version: serde_json::Value = serde_json::from_str(&text).map_err(|e| not_repo(format!("config: {e}")))?;
+        let found = version.get("format_version").and_then(|v| v.as_u64()).unwrap_or(0);
+        if found != u64::from(REPO_FORMAT_VERSION) {
+            return Err(StoreError::UnsupportedVersion {
+                what: format!("repository {}", path.display()),
+                found: found as u32,
+                supported: REPO_FORMAT_VERSION,
+            });
+        }
+        let config: RepoConfig = serde_json::from_str(&text).map_err(|e| not_repo(format!("config: {e}")))?;
+        let mut locks = Vec::new();
+        let (main, gc) = match access {
+            Access::Read => (None, FlockOperation::NonBlockingLockShared),
+            Access::Write => (Some(FlockOperation::NonBlockingLockExclusive), FlockOperation::NonBlockingLockShared),
+            Access::Prune => (Some(FlockOperation::NonBlockingLockExclusive), FlockOperation::NonBlockingLockExclusive),
+        };
+        if let Some(op) = main {
+            locks.push(lock(&path.join("lock"), op)?);
+            // Only a writer may clear what an interrupted writer left behind.
+            clear_dir(&path.join("tmp"))?;
+        }
+        locks.push(lock(&path.join("gc.lock"), gc)?);
+        let store = match config.mode {
+            RepoMode::Archive => Store::Archive(ArchiveStore::load(&path.join("packs"))?),
+            RepoMode::Bare => Store::Bare(BareStore::open(path, false)?),
+        };
+        Ok(Repo {
+            path: path.into(),
+            config,
+            store,
+            _locks: locks,
+        })
+    }
+
+    /// The repository directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Its configuration.
+    pub fn config(&self) -> &RepoConfig {
+        &self.config
+    }
+
+    /// The archive store, in archive mode.
+    pub fn archive(&self) -> Option<&ArchiveStore> {
+        match &self.store {
+            Store::Archive(a) => Some(a),
+            Store::Bare(_) => None,
+        }
+    }
+
+    /// The bare store, in bare mode.
+    pub fn bare(&self) -> Option<&BareStore> {
+        match &self.store {
+            Store::Bare(b) => Some(b),
+            Store::Archive(_) => None,
+        }
+    }
+
+    /// Reads and verifies an object's bytes.
+    pub fn read(&self, kind: ObjectKind, id: &ObjectId) -> Result<Vec<u8>> {
+        match &self.store {
+            Store::Archive(a) => a.get(kind, id),
+            Store::Bare(b) => b.get(kind, id),
+        }
+    }
+
+    /// True when the repository has the object.
+    pub fn has(&self, kind: ObjectKind, id: &ObjectId) -> Result<bool> {
+        match &self.store {
+            Store::Archive(a) => Ok(a.has(kind, id)),
+            Store::Bare(b) => b.has(kind, id),
+        }
+    }
+
+    /// Reads a commit object.
+    pub fn commit_object(&self, id: &CommitId) -> Result<Commit> {
+        Commit::decode(id.0, &self.read(ObjectKind::Commit, &id.0)?)
+    }
+
+    /// Reads a dirtree object.
+    pub fn tree(&self, id: &TreeId) -> Result<DirTree> {
+        DirTree::decode(id.0, &self.read(ObjectKind::DirTree, &id.0)?)
+    }
+
+    /// Reads a file object.
+    pub fn file_object(&self, id: &FileId) -> Result<FileObject> {
+        FileObject::decode(id.0, &self.read(ObjectKind::File, &id.0)?)
+    }
+
+    /// Every stored commit id.
+    pub fn commit_ids(&self) -> Result<Vec<ObjectId>> {
+        match &self.store {
+            Store::Archive(a) => Ok(a.ids(ObjectKind::Commit).collect()),
+            Store::Bare(b) => b.ids(ObjectKind::Commit),
+        }
+    }
+
+    /// Starts a write transaction (needs [`Access::Write`]).
+    pub fn writer(&self) -> ObjectWriter<'_> {
+        let tmp = self.path.join("tmp");
+        match &self.store {
+            Store::Archive(a) => ObjectWriter::Archive(ArchiveWriter::new(a, &tmp, self.config.compression_level)),
+            Store::Bare(b) => ObjectWriter::Bare(BareWriter::new(b, &tmp)),
+        }
+    }
+
+    /// Makes packs published by a finished transaction readable through this handle.
+    pub fn register_packs(&mut self, packs: Vec<FinishedPack>) {
+        if let Store::Archive(a) = &mut self.store {
+            a.add_published(packs);
+        }
+    }
+
+    fn ref_path(&self, name: &str) -> PathBuf {
+        self.path.join("refs/heads").join(name)
+    }
+
+    /// The commit a branch points to, if the branch exists.
+    pub fn read_ref(&self, name: &str) -> Result<Option<CommitId>> {
+        check_ref_name(name)?;
+        let path = self.ref_path(name);
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => {
+                return Ok(None);
+            }
+            Err(e) => return Err(e).at(&path),
+        };
+        let id = ObjectId::from_hex(text.trim()).ok_or_else(|| StoreError::Corrupt {
+            what: format!("ref {name} ({})", path.display()),
+            reason: "does not hold a 64-digit commit id".into(),
+        })?;
+        Ok(Some(CommitId(id)))
+    }
+
+    /// Points a branch at a commit, atomically and durably; in archive mode the summary follows.
+    pub fn write_ref(&self, name: &str, id: &CommitId) -> Result<()> {
+        check_ref_name(name)?;
+        atomic_write(&self.ref_path(name), &self.path.join("tmp"), format!("{}\n", id.0).as_bytes())?;
+        self.write_summary()
+    }
+
+    /// Every branch, sorted by name.
+    pub fn refs(&self) -> Result<BTreeMap<String, CommitId>> {
+        let mut out = BTreeMap::new();
+        let root = self.path.join("refs/heads");
+        let mut stack = vec![root.clone()];
+        while let Some(dir) = stack.pop() {
+            for entry in fs::read_dir(&dir).at(&dir)? {
+                let path = entry.at(&dir)?.path();
+                if path.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                let name = path.strip_prefix(&root).expect("below refs/heads").to_string_lossy().into_owned();
+                if let Some(id) = self.read_ref(&name)? {
+                    out.insert(name, id);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Resolves a branch name, a full commit id or a unique prefix of one.
+    pub fn resolve(&self, spec: &str) -> Result<CommitId> {
+        if check_ref_name(spec).is_ok()
+            && let Some(id) = self.read_ref(spec)?
+        {
+            return Ok(id);
+        }
+        let lower = spec.to_ascii_lowercase();
+        if let Some(id) = ObjectId::from_hex(&lower) {
+            if self.has(ObjectKind::Commit, &id)? {
+                return Ok(CommitId(id));
+            }
+        } else if lower.len() >= 4 && lower.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let matches: Vec<ObjectId> = self
+                .commit_ids()?
+                .into_iter()
+                .filter(|id| id.to_hex().starts_with(&lower))
+                .collect();
+            match matches.len() {
+                1 => return Ok(CommitId(matches[0])),
+                0 => {}
+                count => {
+                    return Err(StoreError::AmbiguousCommit {
+                        spec: spec.into(),
+                        count,
+                    });
+                }
+            }
+        }
+        Err(StoreError::CommitNotFound { spec: spec.into() })
+    }
+
+    /// Rewrites `REPO/summary` (archive mode): every ref with its commit's version and timestamp,
+    /// and every pack, so that a client reading plain files over HTTP finds everything else.
+    pub fn write_summary(&self) -> Result<()> {
+        let Store::Archive(archive) = &self.store else {
+            return Ok(());
+        };
+        let mut refs = BTreeMap::new();
+        for (name, id) in self.refs()? {
+            let commit = self.commit_object(&id)?;
+            refs.insert(
+                name,
+                serde_json::json!({"commit": id.0.to_hex(), "version": commit.version, "timestamp": commit.timestamp}),
+            );
+        }
+        let mut packs: Vec<_> = archive
+            .packs()
+            .iter()
+            .map(|p| serde_json::json!({"id": p.id.to_hex(), "size": p.size, "objects": p.objects}))
+            .collect();
+        packs.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+        let summary = serde_json::json!({"format_version": REPO_FORMAT_VERSION, "refs": refs, "packs": packs});
+        let text = serde_json::to_string_pretty(&summary).expect("summary serializes") + "\n";
+        atomic_write(&self.path.join("summary"), &self.path.join("tmp"), text.as_bytes())
+    }
+
+    /// Deletes a branch.
+    pub fn delete_ref(&self, name: &str) -> Result<()> {
+        check_ref_name(name)?;
+        let path = self.ref_path(name);
+        fs::remove_file(&path).at(&path)?;
+        fsync_dir(path.parent().expect("ref has a parent"))?;
+        self.write_summary()
+    }
+}
+
+impl Repo {
+    /// Re-reads the pack indexes after packs were added or removed behind this handle's back.
+    pub(crate) fn reload_archive(repo: &mut Repo) -> Result<&Repo> {
+        if let Store::Archive(a) = &mut repo.store {
+            *a = ArchiveStore::load(&repo.path.join("packs"))?;
+        }
+        Ok(repo)
+    }
+}

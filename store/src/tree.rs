@@ -1,0 +1,52 @@
+//! Walking and looking up paths in committed trees.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Result, StoreError};
+use crate::id::{CommitId, TreeId};
+use crate::object::{Commit, Entry, EntryKind, Meta};
+use crate::repo::Repo;
+
+/// Splits a user-given path ("/usr/bin", "usr/bin/", "" or "/") into components.
+pub fn components(path: &str) -> Vec<&str> {
+    path.split('/').filter(|c| !c.is_empty() && *c != ".").collect()
+}
+
+/// The metadata and kind of `path` in a commit; the root is reported as a directory.
+pub fn lookup(repo: &Repo, commit_id: &CommitId, commit: &Commit, path: &str) -> Result<(Meta, EntryKind)> {
+    let mut meta = commit.root_meta.clone();
+    let mut kind = EntryKind::Dir(commit.root);
+    let parts = components(path);
+    for (i, part) in parts.iter().enumerate() {
+        let EntryKind::Dir(tree_id) = kind else {
+            return Err(StoreError::PathNotFound {
+                commit: commit_id.0,
+                path: parts[..i].join("/"),
+            });
+        };
+        let tree = repo.tree(&tree_id)?;
+        let entry = tree.get(part.as_bytes()).ok_or_else(|| StoreError::PathNotFound {
+            commit: commit_id.0,
+            path: path.into(),
+        })?;
+        meta = entry.meta.clone();
+        kind = entry.kind.clone();
+    }
+    Ok((meta, kind))
+}
+
+/// Calls `visit` for every entry below `tree`, parents before children, in name order, with the
+/// entry's path relative to the tree.
+pub fn walk(repo: &Repo, tree: &TreeId, visit: &mut dyn FnMut(&Path, &Entry) -> Result<()>) -> Result<()> {
+    fn inner(repo: &Repo, tree: &TreeId, prefix: &Path, visit: &mut dyn FnMut(&Path, &Entry) -> Result<()>) -> Result<()> {
+        for entry in repo.tree(tree)?.entries {
+            let path: PathBuf = prefix.join(std::ffi::OsStr::new(&*String::from_utf8_lossy(&entry.name)));
+            visit(&path, &entry)?;
+            if let EntryKind::Dir(sub) = &entry.kind {
+                inner(repo, sub, &path, visit)?;
+            }
+        }
+        Ok(())
+    }
+    inner(repo, tree, Path::new(""), visit)
+}
