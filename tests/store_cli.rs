@@ -1,0 +1,187 @@
+//! The store through the real `osdeploy` binary: commit → checkout round trips with full
+//! metadata (archive and bare repositories; btrfs and xfs with reflinks, ext4 with copies), the
+//! read commands and their JSON, commit id resolution, prune.
+
+mod support;
+
+use std::fs;
+use std::path::Path;
+
+use serde_json::Value;
+use support::*;
+
+fn json(out: &str) -> Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+}
+
+fn commit(repo: &Path, branch: &str, dir: &Path, version: &str) -> String {
+    let out = ok(osdeploy(repo).args(["commit", "--branch", branch, "--version", version, "--subject", "test", "--json"]).arg(dir));
+    json(&out)["commit"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn archive_round_trip_keeps_every_kind_of_entry_and_metadata() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, repo, out) = (tmp.path().join("src"), tmp.path().join("repo"), tmp.path().join("out"));
+    make_sample_tree(&src);
+    ok(osdeploy(&repo).args(["init", "--mode", "archive"]));
+    let id = commit(&repo, "main", &src, "1");
+    let co = json(&ok(osdeploy(&repo).args(["checkout", "--json", "main"]).arg(&out)));
+    assert_eq!(co["method"], "decompress");
+    assert_eq!(co["stats"]["hardlinks"], 2);
+    assert_same_tree(&src, &out);
+    // the same tree commits to the same id (deterministic encoding), and nothing new is stored
+    let again = json(&ok(osdeploy(&repo).args(["commit", "-b", "other", "--version", "1", "--subject", "test", "--timestamp"]).arg(
+        json(&ok(osdeploy(&repo).args(["show", "--json", &id])))["timestamp"].to_string(),
+    ).arg("--json").arg(&src)));
+    assert_eq!(again["stored"]["chunks_new"], 0);
+    assert_eq!(again["stored"]["metadata_new"], 0, "identical tree and commit fields reuse every object");
+    assert_eq!(again["commit"], id.as_str());
+    let fsck = json(&ok(osdeploy(&repo).args(["fsck", "--json"])));
+    assert_eq!(fsck["errors"].as_array().unwrap().len(), 0, "{fsck}");
+}
+
+#[test]
+fn read_commands_and_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, repo) = (tmp.path().join("src"), tmp.path().join("repo"));
+    make_sample_tree(&src);
+    ok(osdeploy(&repo).args(["init", "--mode", "archive"]));
+    let v1 = commit(&repo, "stable/x86_64", &src, "1");
+    fs::write(src.join("etc/os-release"), "NAME=osdeploy-sample\nVERSION=2\n").unwrap();
+    fs::remove_file(src.join("usr/bin/dangling")).unwrap();
+    fs::create_dir(src.join("opt")).unwrap();
+    fs::write(src.join("opt/new"), "new file").unwrap();
+    let v2 = commit(&repo, "stable/x86_64", &src, "2");
+
+    let log = json(&ok(osdeploy(&repo).args(["log", "--json", "stable/x86_64"])));
+    assert_eq!(log.as_array().unwrap().len(), 2);
+    assert_eq!(log[0]["commit"], v2.as_str());
+    assert_eq!(log[0]["parent"], v1.as_str());
+    assert_eq!(log[1]["version"], "1");
+
+    // full id, unique prefix and branch all resolve; a bad spec names itself
+    for spec in [v2.as_str(), &v2[..10], "stable/x86_64"] {
+        assert_eq!(json(&ok(osdeploy(&repo).args(["show", "--json", spec])))["commit"], v2.as_str());
+    }
+    let err = fails(osdeploy(&repo).args(["show", "nosuchbranch"]));
+    assert!(err.contains("\"nosuchbranch\" is not a branch"), "{err}");
+
+    let cat = ok(osdeploy(&repo).args(["cat", &v1, "/etc/os-release"]));
+    assert_eq!(cat, "NAME=osdeploy-sample\nVERSION=1\n");
+    let err = fails(osdeploy(&repo).args(["cat", &v1, "/etc"]));
+    assert!(err.contains("/etc in commit") && err.contains("is a directory"), "{err}");
+    let err = fails(osdeploy(&repo).args(["cat", &v1, "/etc/nope"]));
+    assert!(err.contains("/etc/nope: no such path"), "{err}");
+
+    let ls = json(&ok(osdeploy(&repo).args(["ls", "--json", &v1, "/usr/bin"])));
+    let small = ls.as_array().unwrap().iter().find(|e| e["path"] == "usr/bin/small").unwrap();
+    assert_eq!(small["mode"], "4755");
+    assert_eq!(small["size"], 1000);
+    assert!(small["xattrs"]["security.capability"].is_string());
+    let sh = ls.as_array().unwrap().iter().find(|e| e["path"] == "usr/bin/sh").unwrap();
+    assert_eq!((sh["type"].as_str(), sh["target"].as_str(), sh["uid"].as_u64()), (Some("symlink"), Some("small"), Some(42)));
+    let human = ok(osdeploy(&repo).args(["ls", &v1, "/usr/bin"]));
+    assert!(human.contains("-rwsr-xr-x"), "{human}");
+    let all = json(&ok(osdeploy(&repo).args(["ls", "-R", "--json", &v1])));
+    assert!(all.as_array().unwrap().iter().any(|e| e["path"] == "dev/loop9" && e["type"] == "block-device"));
+
+    let diff = json(&ok(osdeploy(&repo).args(["diff", "--json", &v1, &v2])));
+    let changes: Vec<(String, String)> = diff["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["path"].as_str().unwrap().to_string(), c["change"].as_str().unwrap().to_string()))
+        .collect();
+    for expected in [("etc/os-release", "modified"), ("usr/bin/dangling", "removed"), ("opt", "added"), ("opt/new", "added")] {
+        assert!(changes.contains(&(expected.0.to_string(), expected.1.to_string())), "{expected:?} not in {changes:?}");
+    }
+    let text = ok(osdeploy(&repo).args(["diff", &v1, &v2]));
+    assert!(text.contains("M  /etc/os-release  (content"), "{text}");
+
+    let refs = json(&ok(osdeploy(&repo).args(["refs", "--json"])));
+    assert_eq!(refs["stable/x86_64"], v2.as_str());
+    let summary = json(&fs::read_to_string(repo.join("summary")).unwrap());
+    assert_eq!(summary["refs"]["stable/x86_64"]["commit"], v2.as_str());
+    assert_eq!(summary["refs"]["stable/x86_64"]["version"], "2");
+}
+
+#[test]
+fn prune_removes_only_unreachable_objects() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, repo) = (tmp.path().join("src"), tmp.path().join("repo"));
+    for mode in ["archive", "bare"] {
+        let repo = repo.join(mode);
+        fs::create_dir_all(&src).unwrap();
+        write_random(&src.join("keep"), 300_000, 1);
+        write_random(&src.join("drop"), 300_000, 2);
+        ok(osdeploy(&repo).args(["init", "--mode", mode]));
+        commit(&repo, "old", &src, "1");
+        fs::remove_file(src.join("drop")).unwrap();
+        let kept = commit(&repo, "new", &src, "2");
+        let dry = json(&ok(osdeploy(&repo).args(["prune", "--dry-run", "--json"])));
+        assert_eq!(dry["objects_removed"], 0, "{mode}: everything is reachable: {dry}");
+        fs::remove_file(repo.join("refs/heads/old")).unwrap();
+        let report = json(&ok(osdeploy(&repo).args(["prune", "--json"])));
+        assert!(report["objects_removed"].as_u64().unwrap() >= 3, "{mode}: {report}");
+        assert!(report["bytes_freed"].as_u64().unwrap() >= 300_000 / 2, "{mode}: {report}");
+        let fsck = json(&ok(osdeploy(&repo).args(["fsck", "--json"])));
+        assert_eq!(fsck["errors"].as_array().unwrap().len(), 0, "{mode}: {fsck}");
+        let out = tmp.path().join(format!("out-{mode}"));
+        ok(osdeploy(&repo).args(["checkout", &kept]).arg(&out));
+        assert_same_tree(&src, &out);
+        fs::remove_dir_all(&src).unwrap();
+    }
+}
+
+/// Commits into a bare repository on `fstype` and checks out on the same filesystem.
+fn bare_round_trip_on(fstype: &str) -> Value {
+    let fs = LoopFs::new(fstype, 512);
+    let (src, repo, out) = (fs.mount.join("src"), fs.mount.join("repo"), fs.mount.join("slot"));
+    make_sample_tree(&src);
+    ok(osdeploy(&repo).args(["init", "--mode", "bare"]));
+    commit(&repo, "main", &src, "1");
+    let co = json(&ok(osdeploy(&repo).args(["checkout", "--json", "main"]).arg(&out)));
+    assert_same_tree(&src, &out);
+    let fsck = json(&ok(osdeploy(&repo).args(["fsck", "--json"])));
+    assert_eq!(fsck["errors"].as_array().unwrap().len(), 0, "{fsck}");
+    if fstype != "ext4" {
+        // The big file's extents are shared with the repository's copy: FIEMAP flags them.
+        let frag = String::from_utf8(sh("filefrag", &["-v", &out.join("usr/bin/big").display().to_string()]).stdout).unwrap();
+        assert!(frag.contains("shared"), "{fstype}: checkout did not share extents:\n{frag}");
+    }
+    co
+}
+
+#[test]
+fn bare_checkout_reflinks_on_btrfs() {
+    let co = bare_round_trip_on("btrfs");
+    assert_eq!(co["method"], "reflink", "{co}");
+}
+
+#[test]
+fn bare_checkout_reflinks_on_xfs() {
+    let co = bare_round_trip_on("xfs");
+    assert_eq!(co["method"], "reflink", "{co}");
+}
+
+#[test]
+fn bare_checkout_copies_on_ext4_and_says_so() {
+    let co = bare_round_trip_on("ext4");
+    assert_eq!(co["method"], "copy", "{co}");
+}
+
+#[test]
+fn checkout_refuses_a_non_empty_destination() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, repo, out) = (tmp.path().join("src"), tmp.path().join("repo"), tmp.path().join("out"));
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a"), "a").unwrap();
+    fs::create_dir_all(&out).unwrap();
+    fs::write(out.join("precious"), "keep me").unwrap();
+    ok(osdeploy(&repo).args(["init", "--mode", "archive"]));
+    commit(&repo, "main", &src, "1");
+    let err = fails(osdeploy(&repo).args(["checkout", "main"]).arg(&out));
+    assert!(err.contains("exists and is not an empty directory") && err.contains(&out.display().to_string()), "{err}");
+    assert_eq!(fs::read_to_string(out.join("precious")).unwrap(), "keep me");
+}

@@ -1,1 +1,27 @@
-fn main(){}
+//! `osdeploy`: the command-line front end. Parses arguments, sets up logging, runs the command,
+//! and prints errors with their full chain of causes.
+
+mod cli;
+mod output;
+mod repo_cmds;
+
+use clap::Parser;
+
+fn main() {
+    let cli = cli::Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("OSDEPLOY_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(err) = cli::run(cli) {
+        // A reader that went away (`osdeploy ls … | head`) is not an error.
+        let broken_pipe = err
+            .chain()
+            .any(|e| e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe));
+        if broken_pipe {
+            std::process::exit(0);
+        }
+        eprintln!("osdeploy: error: {err:#}");
+        std::process::exit(1);
+    }
+}

@@ -214,6 +214,7 @@ impl Ctx<'_> {
                 });
             }
             match clone_or_copy(&src, &dst, len, self.options.reflink).at(path)? {
+                _ if len == 0 => {}
                 CopyMethod::Reflink => self.stats.reflinked += 1,
                 CopyMethod::Copy => self.stats.copied += 1,
             }

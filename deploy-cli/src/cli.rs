@@ -1,0 +1,212 @@
+//! Command-line definitions and dispatch.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::repo_cmds;
+
+/// Deliver immutable OS trees: commit them into a deduplicated repository, inspect, check out.
+#[derive(Parser, Debug)]
+#[command(name = "osdeploy", version, about, long_about = None)]
+pub struct Cli {
+    /// Repository to work on.
+    #[arg(long, global = true, env = "OSDEPLOY_REPO", value_name = "PATH", default_value = ".")]
+    pub repo: PathBuf,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Repository storage mode.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ModeArg {
+    /// Compressed packs, for origins and mirrors (what is served over HTTP).
+    Archive,
+    /// Whole uncompressed files for reflink checkout, for nodes.
+    Bare,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a repository in a new or empty directory.
+    Init {
+        /// archive (origins, mirrors) or bare (nodes).
+        #[arg(long, value_enum)]
+        mode: ModeArg,
+        /// zstd level for archive objects (1-22; default chosen by measurement, see docs/benchmarks.md).
+        #[arg(long, default_value_t = osdeploy_store::repo::DEFAULT_COMPRESSION_LEVEL)]
+        compression_level: i32,
+        /// FastCDC chunk sizes in bytes as MIN/AVG/MAX (AVG a power of two).
+        #[arg(long, value_name = "MIN/AVG/MAX")]
+        chunk_sizes: Option<String>,
+    },
+    /// Commit a directory tree on a branch.
+    Commit {
+        /// Branch to commit on (its current commit becomes the parent).
+        #[arg(long, short)]
+        branch: String,
+        /// One-line subject.
+        #[arg(long, short, default_value = "")]
+        subject: String,
+        /// Longer description.
+        #[arg(long, default_value = "")]
+        body: String,
+        /// Release version.
+        #[arg(long = "version", id = "release_version", default_value = "")]
+        release_version: String,
+        /// Extra metadata, KEY=VALUE (repeatable).
+        #[arg(long = "add-metadata", value_name = "KEY=VALUE")]
+        metadata: Vec<String>,
+        /// Commit timestamp in seconds since the epoch (default: now, or SOURCE_DATE_EPOCH).
+        #[arg(long)]
+        timestamp: Option<i64>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+        /// The directory to commit.
+        dir: PathBuf,
+    },
+    /// Show a branch's history.
+    Log {
+        /// Branch, commit id or unique prefix.
+        commit: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one commit.
+    Show {
+        /// Branch, commit id or unique prefix.
+        commit: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a directory of a commit (or describe a single entry).
+    Ls {
+        /// Branch, commit id or unique prefix.
+        commit: String,
+        /// Path inside the commit (default: the root).
+        #[arg(default_value = "/")]
+        path: String,
+        /// List subdirectories recursively.
+        #[arg(long, short = 'R')]
+        recursive: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a file's content to standard output.
+    Cat {
+        /// Branch, commit id or unique prefix.
+        commit: String,
+        /// Path of a regular file inside the commit.
+        path: String,
+    },
+    /// List the paths added, removed or modified from commit A to commit B.
+    Diff {
+        /// The old commit.
+        a: String,
+        /// The new commit.
+        b: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a commit out into a directory (reflinks where the filesystem allows, copies otherwise).
+    Checkout {
+        /// Branch, commit id or unique prefix.
+        commit: String,
+        /// Destination: must not exist, or be an empty directory.
+        dir: PathBuf,
+        /// Copy content even where the filesystem could share extents.
+        #[arg(long)]
+        no_reflink: bool,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-hash every object and check that everything the refs reach is present.
+    Fsck {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove objects no ref reaches.
+    Prune {
+        /// Report what would be removed without removing it.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List branches.
+    Refs {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> Result<()> {
+    let repo = cli.repo;
+    match cli.command {
+        Command::Init {
+            mode,
+            compression_level,
+            chunk_sizes,
+        } => repo_cmds::init(&repo, mode, compression_level, chunk_sizes.as_deref()),
+        Command::Commit {
+            branch,
+            subject,
+            body,
+            release_version,
+            metadata,
+            timestamp,
+            json,
+            dir,
+        } => repo_cmds::commit(&repo, &dir, branch, subject, body, release_version, &metadata, timestamp, json),
+        Command::Log { commit, json } => repo_cmds::log(&repo, &commit, json),
+        Command::Show { commit, json } => repo_cmds::show(&repo, &commit, json),
+        Command::Ls {
+            commit,
+            path,
+            recursive,
+            json,
+        } => repo_cmds::ls(&repo, &commit, &path, recursive, json),
+        Command::Cat { commit, path } => repo_cmds::cat(&repo, &commit, &path),
+        Command::Diff { a, b, json } => repo_cmds::diff(&repo, &a, &b, json),
+        Command::Checkout {
+            commit,
+            dir,
+            no_reflink,
+            json,
+        } => repo_cmds::checkout(&repo, &commit, &dir, !no_reflink, json),
+        Command::Fsck { json } => repo_cmds::fsck(&repo, json),
+        Command::Prune { dry_run, json } => repo_cmds::prune(&repo, dry_run, json),
+        Command::Refs { json } => repo_cmds::refs(&repo, json),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_global_repo_and_commit_args() {
+        let cli = Cli::try_parse_from(["osdeploy", "--repo", "/r", "commit", "-b", "stable/x86_64", "--version", "2", "/src"]).unwrap();
+        assert_eq!(cli.repo, PathBuf::from("/r"));
+        match cli.command {
+            Command::Commit { branch, release_version, dir, .. } => {
+                assert_eq!((branch.as_str(), release_version.as_str(), dir), ("stable/x86_64", "2", PathBuf::from("/src")));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        assert!(Cli::try_parse_from(["osdeploy", "init"]).is_err(), "init needs --mode");
+    }
+}

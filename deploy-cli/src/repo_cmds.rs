@@ -1,0 +1,485 @@
+//! The repository commands: init, commit, log, show, ls, cat, diff, checkout, fsck, prune, refs.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use osdeploy_store::checkout::{CheckoutOptions, checkout as store_checkout};
+use osdeploy_store::chunker::ChunkerParams;
+use osdeploy_store::commit::{CommitOptions, CommitProgress, commit as store_commit};
+use osdeploy_store::object::{Commit, Entry, EntryKind, Meta, ObjectKind};
+use osdeploy_store::repo::RepoMode;
+use osdeploy_store::{Access, CommitId, Repo};
+use serde_json::{Value, json};
+
+use crate::cli::ModeArg;
+use crate::output;
+
+fn open(repo: &Path, access: Access) -> Result<Repo> {
+    Ok(Repo::open(repo, access)?)
+}
+
+fn print_json(value: &Value) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// `init`.
+pub fn init(repo: &Path, mode: ModeArg, level: i32, chunk_sizes: Option<&str>) -> Result<()> {
+    let chunker = match chunk_sizes {
+        None => ChunkerParams::default(),
+        Some(text) => {
+            let parts: Vec<u32> = text
+                .split('/')
+                .map(|p| p.parse::<u32>())
+                .collect::<Result<_, _>>()
+                .with_context(|| format!("--chunk-sizes {text:?}: expected MIN/AVG/MAX in bytes"))?;
+            let [min, avg, max] = parts[..] else {
+                bail!("--chunk-sizes {text:?}: expected three numbers MIN/AVG/MAX");
+            };
+            ChunkerParams { min, avg, max }
+        }
+    };
+    let mode = match mode {
+        ModeArg::Archive => RepoMode::Archive,
+        ModeArg::Bare => RepoMode::Bare,
+    };
+    Repo::init(repo, mode, level, chunker)?;
+    println!("initialized {} repository at {}", mode.as_str(), repo.display());
+    Ok(())
+}
+
+/// Shows commit progress: a bar on a terminal, a log line every few seconds otherwise.
+struct Progress {
+    bar: Option<ProgressBar>,
+    last_line: Instant,
+}
+
+impl Progress {
+    fn new() -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new(0);
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} {msg}")
+                    .expect("valid template"),
+            );
+            bar
+        });
+        Progress { bar, last_line: Instant::now() }
+    }
+
+    fn update(&mut self, p: &CommitProgress) {
+        let dedup = dedup_percent(p.write.bytes_reused, p.write.bytes_new);
+        let msg = format!("{}/{} files, dedup {dedup:.1}%", p.files, p.totals.files);
+        if let Some(bar) = &self.bar {
+            bar.set_length(p.totals.bytes);
+            bar.set_position(p.bytes);
+            bar.set_message(msg);
+        } else if self.last_line.elapsed() >= Duration::from_secs(5) {
+            eprintln!("commit: {msg}, {} of {}", output::size(p.bytes), output::size(p.totals.bytes));
+            self.last_line = Instant::now();
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+fn dedup_percent(reused: u64, new: u64) -> f64 {
+    if reused + new == 0 { 0.0 } else { 100.0 * reused as f64 / (reused + new) as f64 }
+}
+
+/// `commit`.
+#[allow(clippy::too_many_arguments)]
+pub fn commit(
+    repo: &Path,
+    dir: &Path,
+    branch: String,
+    subject: String,
+    body: String,
+    version: String,
+    metadata: &[String],
+    timestamp: Option<i64>,
+    json: bool,
+) -> Result<()> {
+    let mut meta = BTreeMap::new();
+    for item in metadata {
+        let (k, v) = item.split_once('=').with_context(|| format!("--add-metadata {item:?}: expected KEY=VALUE"))?;
+        meta.insert(k.to_string(), v.to_string());
+    }
+    let timestamp = match timestamp {
+        Some(t) => Some(t),
+        None => match std::env::var("SOURCE_DATE_EPOCH") {
+            Ok(v) => Some(v.parse().with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number"))?),
+            Err(_) => None,
+        },
+    };
+    let mut repo = open(repo, Access::Write)?;
+    let options = CommitOptions {
+        branch,
+        version,
+        subject,
+        body,
+        metadata: meta,
+        timestamp,
+    };
+    let started = Instant::now();
+    let mut progress = Progress::new();
+    let outcome = store_commit(&mut repo, dir, &options, &mut |p| progress.update(p));
+    progress.finish();
+    let outcome = outcome.with_context(|| format!("committing {}", dir.display()))?;
+    let s = outcome.stats;
+    let seconds = started.elapsed().as_secs_f64();
+    if json {
+        return print_json(&json!({
+            "commit": outcome.id.to_string(),
+            "branch": options.branch,
+            "parent": outcome.commit.parent.map(|p| p.to_string()),
+            "tree": tree_stats_json(&outcome.commit),
+            "stored": s,
+            "dedup_percent": dedup_percent(s.bytes_reused, s.bytes_new),
+            "seconds": seconds,
+        }));
+    }
+    println!("{}", outcome.id);
+    eprintln!(
+        "committed {} files ({}) on {} in {seconds:.1}s: {} new chunks ({} → {} stored), {} reused ({}), dedup {:.1}%",
+        outcome.commit.stats.files,
+        output::size(outcome.commit.stats.bytes),
+        options.branch,
+        s.chunks_new,
+        output::size(s.bytes_new),
+        output::size(s.bytes_stored),
+        s.chunks_reused,
+        output::size(s.bytes_reused),
+        dedup_percent(s.bytes_reused, s.bytes_new),
+    );
+    Ok(())
+}
+
+fn tree_stats_json(c: &Commit) -> Value {
+    let s = &c.stats;
+    json!({"files": s.files, "dirs": s.dirs, "symlinks": s.symlinks, "specials": s.specials, "bytes": s.bytes})
+}
+
+fn commit_json(id: &CommitId, c: &Commit) -> Value {
+    json!({
+        "commit": id.to_string(),
+        "parent": c.parent.map(|p| p.to_string()),
+        "root": c.root.to_string(),
+        "timestamp": c.timestamp,
+        "version": c.version,
+        "subject": c.subject,
+        "body": c.body,
+        "metadata": c.metadata,
+        "tree": tree_stats_json(c),
+    })
+}
+
+fn print_commit(id: &CommitId, c: &Commit) {
+    println!("commit {id}");
+    if let Some(p) = c.parent {
+        println!("parent {p}");
+    }
+    println!("date    {}", output::date(c.timestamp));
+    if !c.version.is_empty() {
+        println!("version {}", c.version);
+    }
+    for (k, v) in &c.metadata {
+        println!("{k}: {v}");
+    }
+    println!(
+        "tree    {} files, {} dirs, {} symlinks, {} special, {}",
+        c.stats.files,
+        c.stats.dirs,
+        c.stats.symlinks,
+        c.stats.specials,
+        output::size(c.stats.bytes)
+    );
+    println!();
+    if !c.subject.is_empty() {
+        println!("    {}", c.subject);
+    }
+    for line in c.body.lines() {
+        println!("    {line}");
+    }
+}
+
+/// `log`.
+pub fn log(repo: &Path, spec: &str, json: bool) -> Result<()> {
+    let repo = open(repo, Access::Read)?;
+    let mut next = Some(repo.resolve(spec)?);
+    let mut entries = Vec::new();
+    while let Some(id) = next {
+        if !repo.has(ObjectKind::Commit, &id.0)? {
+            if !json {
+                println!("(history continues with {id}, which this repository does not hold)");
+            }
+            break;
+        }
+        let c = repo.commit_object(&id)?;
+        if json {
+            entries.push(commit_json(&id, &c));
+        } else {
+            print_commit(&id, &c);
+            println!();
+        }
+        next = c.parent;
+    }
+    if json {
+        print_json(&Value::Array(entries))?;
+    }
+    Ok(())
+}
+
+/// `show`.
+pub fn show(repo: &Path, spec: &str, json: bool) -> Result<()> {
+    let repo = open(repo, Access::Read)?;
+    let id = repo.resolve(spec)?;
+    let c = repo.commit_object(&id)?;
+    if json {
+        return print_json(&commit_json(&id, &c));
+    }
+    print_commit(&id, &c);
+    Ok(())
+}
+
+fn entry_json(repo: &Repo, path: &str, kind: &EntryKind, meta: &Meta) -> Result<Value> {
+    let xattrs: BTreeMap<String, String> = meta
+        .xattrs
+        .iter()
+        .map(|(n, v)| (String::from_utf8_lossy(n).into_owned(), v.iter().map(|b| format!("{b:02x}")).collect()))
+        .collect();
+    let mut v = json!({
+        "path": path,
+        "type": kind.type_name(),
+        "mode": format!("{:04o}", meta.mode),
+        "uid": meta.uid,
+        "gid": meta.gid,
+        "mtime": meta.mtime.sec,
+        "mtime_nsec": meta.mtime.nsec,
+        "xattrs": xattrs,
+    });
+    match kind {
+        EntryKind::File { file, hardlink } => {
+            v["size"] = json!(repo.file_object(file)?.size);
+            v["file"] = json!(file.to_string());
+            if *hardlink != 0 {
+                v["hardlink_group"] = json!(hardlink);
+            }
+        }
+        EntryKind::Dir(tree) => v["tree"] = json!(tree.to_string()),
+        EntryKind::Symlink(t) => v["target"] = json!(String::from_utf8_lossy(t)),
+        EntryKind::CharDevice(d) | EntryKind::BlockDevice(d) => v["rdev"] = json!(d),
+        EntryKind::Fifo | EntryKind::Socket => {}
+    }
+    Ok(v)
+}
+
+fn entry_line(repo: &Repo, path: &str, kind: &EntryKind, meta: &Meta) -> Result<String> {
+    let size = match kind {
+        EntryKind::File { file, .. } => repo.file_object(file)?.size.to_string(),
+        EntryKind::CharDevice(d) | EntryKind::BlockDevice(d) => format!("{},{}", rustix::fs::major(*d), rustix::fs::minor(*d)),
+        _ => "0".into(),
+    };
+    let target = match kind {
+        EntryKind::Symlink(t) => format!(" -> {}", String::from_utf8_lossy(t)),
+        _ => String::new(),
+    };
+    Ok(format!("{} {:>5} {:>5} {:>10} {} {path}{target}", output::mode_string(kind, meta), meta.uid, meta.gid, size, output::date(meta.mtime.sec)))
+}
+
+/// `ls`.
+pub fn ls(repo: &Path, spec: &str, path: &str, recursive: bool, json: bool) -> Result<()> {
+    let repo = open(repo, Access::Read)?;
+    let id = repo.resolve(spec)?;
+    let c = repo.commit_object(&id)?;
+    let (meta, kind) = osdeploy_store::tree::lookup(&repo, &id, &c, path)?;
+    let base = osdeploy_store::tree::components(path).join("/");
+    let mut rows: Vec<(String, EntryKind, Meta)> = Vec::new();
+    match &kind {
+        EntryKind::Dir(tree) if recursive => {
+            osdeploy_store::tree::walk(&repo, tree, &mut |rel, e: &Entry| {
+                let p = Path::new(&base).join(rel).to_string_lossy().into_owned();
+                rows.push((p, e.kind.clone(), e.meta.clone()));
+                Ok(())
+            })?;
+        }
+        EntryKind::Dir(tree) => {
+            for e in repo.tree(tree)?.entries {
+                let p = Path::new(&base).join(String::from_utf8_lossy(&e.name).as_ref()).to_string_lossy().into_owned();
+                rows.push((p, e.kind, e.meta));
+            }
+        }
+        _ => rows.push((base.clone(), kind.clone(), meta)),
+    }
+    if json {
+        let values = rows.iter().map(|(p, k, m)| entry_json(&repo, p, k, m)).collect::<Result<Vec<_>>>()?;
+        return print_json(&Value::Array(values));
+    }
+    let mut out = std::io::stdout().lock();
+    for (p, k, m) in &rows {
+        writeln!(out, "{}", entry_line(&repo, p, k, m)?)?;
+    }
+    Ok(())
+}
+
+/// `cat`.
+pub fn cat(repo: &Path, spec: &str, path: &str) -> Result<()> {
+    let repo = open(repo, Access::Read)?;
+    let id = repo.resolve(spec)?;
+    let c = repo.commit_object(&id)?;
+    let (_, kind) = osdeploy_store::tree::lookup(&repo, &id, &c, path)?;
+    let EntryKind::File { file, .. } = kind else {
+        return Err(osdeploy_store::StoreError::WrongType {
+            commit: id.0,
+            path: path.into(),
+            found: kind.type_name(),
+            expected: "file",
+        }
+        .into());
+    };
+    let object = repo.file_object(&file)?;
+    let mut out = std::io::stdout().lock();
+    for (chunk, _) in &object.chunks {
+        out.write_all(&repo.read(ObjectKind::Chunk, &chunk.0)?)?;
+    }
+    Ok(())
+}
+
+/// `diff`.
+pub fn diff(repo: &Path, a: &str, b: &str, json: bool) -> Result<()> {
+    let repo = open(repo, Access::Read)?;
+    let (ia, ib) = (repo.resolve(a)?, repo.resolve(b)?);
+    let (ca, cb) = (repo.commit_object(&ia)?, repo.commit_object(&ib)?);
+    let mut changes = osdeploy_store::diff::diff(&repo, &ca.root, &cb.root)?;
+    if ca.root_meta != cb.root_meta {
+        changes.insert(
+            0,
+            osdeploy_store::diff::Change {
+                path: String::new(),
+                change: osdeploy_store::diff::ChangeKind::Modified,
+                what: "metadata".into(),
+            },
+        );
+    }
+    if json {
+        return print_json(&json!({"from": ia.to_string(), "to": ib.to_string(), "changes": changes}));
+    }
+    let mut out = std::io::stdout().lock();
+    for c in &changes {
+        let mark = match c.change {
+            osdeploy_store::diff::ChangeKind::Added => "A",
+            osdeploy_store::diff::ChangeKind::Removed => "D",
+            osdeploy_store::diff::ChangeKind::Modified => "M",
+        };
+        let what = if c.what.is_empty() { String::new() } else { format!("  ({})", c.what) };
+        writeln!(out, "{mark}  /{}{what}", c.path)?;
+    }
+    Ok(())
+}
+
+/// `checkout`.
+pub fn checkout(repo: &Path, spec: &str, dir: &Path, reflink: bool, json: bool) -> Result<()> {
+    let repo = open(repo, Access::Read)?;
+    let id = repo.resolve(spec)?;
+    let options = CheckoutOptions { reflink, ..Default::default() };
+    let started = Instant::now();
+    let stats = store_checkout(&repo, &id, dir, options).with_context(|| format!("checking out {id} into {}", dir.display()))?;
+    let seconds = started.elapsed().as_secs_f64();
+    if json {
+        return print_json(&json!({"commit": id.to_string(), "dir": dir, "method": stats.method(), "stats": stats, "seconds": seconds, "owners_preserved": options.preserve_owner}));
+    }
+    let how = match stats.method().as_str() {
+        "reflink" => "reflinked (FICLONE, no data copied)".to_string(),
+        "copy" => "copied (this filesystem cannot share extents with the repository)".to_string(),
+        "decompress" => "written from compressed chunks (archive repository)".to_string(),
+        other => format!("placed by {other}"),
+    };
+    println!(
+        "checked out {id} into {} in {seconds:.2}s: {} files {how}, {} hardlinks, {} dirs, {} symlinks, {} special, {}",
+        dir.display(),
+        stats.files,
+        stats.hardlinks,
+        stats.dirs,
+        stats.symlinks,
+        stats.specials,
+        output::size(stats.bytes)
+    );
+    if stats.copied > 0 && stats.reflinked > 0 {
+        println!("note: {} files reflinked, {} copied", stats.reflinked, stats.copied);
+    }
+    if !options.preserve_owner {
+        println!("note: not running as root: ownership and non-user xattrs were not applied");
+    }
+    Ok(())
+}
+
+/// `fsck`.
+pub fn fsck(repo: &Path, json: bool) -> Result<()> {
+    let repo = open(repo, Access::Read)?;
+    let report = osdeploy_store::fsck::fsck(&repo)?;
+    if json {
+        print_json(&serde_json::to_value(&report)?)?;
+    } else {
+        for w in &report.warnings {
+            println!("warning: {w}");
+        }
+        for e in &report.errors {
+            println!("error: {e}");
+        }
+        println!(
+            "fsck: {} objects ({}) checked, {} commits reachable, {} errors, {} warnings",
+            report.objects_checked,
+            output::size(report.bytes_checked),
+            report.commits,
+            report.errors.len(),
+            report.warnings.len()
+        );
+    }
+    if !report.errors.is_empty() {
+        bail!("the repository at {} is damaged: {} errors (first: {})", repo.path().display(), report.errors.len(), report.errors[0]);
+    }
+    Ok(())
+}
+
+/// `prune`.
+pub fn prune(repo: &Path, dry_run: bool, json: bool) -> Result<()> {
+    let mut repo = open(repo, Access::Prune)?;
+    let report = osdeploy_store::prune::prune(&mut repo, dry_run)?;
+    if json {
+        return print_json(&serde_json::to_value(&report)?);
+    }
+    println!(
+        "prune{}: {} objects removed, {} kept, {} freed, {} packs deleted, {} rewritten",
+        if dry_run { " (dry run)" } else { "" },
+        report.objects_removed,
+        report.objects_kept,
+        output::size(report.bytes_freed),
+        report.packs_deleted,
+        report.packs_rewritten
+    );
+    Ok(())
+}
+
+/// `refs`.
+pub fn refs(repo: &Path, json: bool) -> Result<()> {
+    let repo = open(repo, Access::Read)?;
+    let refs = repo.refs()?;
+    if json {
+        let map: BTreeMap<_, _> = refs.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
+        return print_json(&json!(map));
+    }
+    for (name, id) in refs {
+        println!("{id} {name}");
+    }
+    Ok(())
+}

@@ -1,0 +1,155 @@
+//! Shared helpers of the integration tests: running the real `osdeploy` binary, building sample
+//! trees with every kind of entry and metadata, comparing trees with rsync, loop-mounted
+//! filesystems. A missing tool or privilege fails the test loudly; nothing is skipped silently.
+#![allow(dead_code)]
+
+use std::fs;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The `osdeploy` binary under test, with `--repo REPO` set.
+pub fn osdeploy(repo: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_osdeploy"));
+    cmd.arg("--repo").arg(repo).env_remove("OSDEPLOY_CRASH_AT");
+    cmd
+}
+
+/// Runs `cmd`, asserts success, returns stdout.
+pub fn ok(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("spawn osdeploy");
+    assert!(out.status.success(), "{cmd:?} failed: {}\nstdout: {}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+    String::from_utf8(out.stdout).expect("utf-8 stdout")
+}
+
+/// Runs `cmd`, asserts failure, returns stderr.
+pub fn fails(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("spawn osdeploy");
+    assert!(!out.status.success(), "{cmd:?} succeeded unexpectedly: {}", String::from_utf8_lossy(&out.stdout));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Runs an external tool and asserts it succeeded; panics naming the tool when it is missing.
+pub fn sh(program: &str, args: &[&str]) -> Output {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} is required by this test and could not be run: {e} (install it; .ci/run does)"));
+    assert!(out.status.success(), "{program} {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// Asserts that the tests run as root (loop devices, devices nodes, ownership need it).
+pub fn require_root() {
+    assert!(rustix::process::geteuid().is_root(), "this test needs root (CI runs as root)");
+}
+
+/// Writes `len` deterministic pseudo-random bytes to `path`.
+pub fn write_random(path: &Path, len: usize, seed: u64) {
+    let mut x = seed | 1;
+    let data: Vec<u8> = (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    fs::write(path, data).unwrap();
+}
+
+/// Builds a tree with every entry type and the metadata osdeploy must keep: empty, small, large
+/// and sparse files, setuid/setgid/sticky modes, owners, xattrs (user.*, security.capability),
+/// hardlinks, symlinks (also dangling and absolute), char/block devices, a fifo, a socket.
+pub fn make_sample_tree(root: &Path) {
+    require_root();
+    fs::create_dir_all(root.join("usr/bin")).unwrap();
+    fs::create_dir_all(root.join("etc/ssh")).unwrap();
+    fs::create_dir_all(root.join("dev")).unwrap();
+    fs::create_dir_all(root.join("tmp")).unwrap();
+    fs::create_dir_all(root.join("var/empty")).unwrap();
+    fs::write(root.join("etc/os-release"), "NAME=osdeploy-sample\nVERSION=1\n").unwrap();
+    fs::write(root.join("etc/empty"), "").unwrap();
+    write_random(&root.join("usr/bin/big"), 3 << 20, 1);
+    write_random(&root.join("usr/bin/small"), 1000, 2);
+    fs::set_permissions(root.join("usr/bin/small"), fs::Permissions::from_mode(0o4755)).unwrap();
+    fs::hard_link(root.join("usr/bin/big"), root.join("usr/bin/big-link")).unwrap();
+    fs::hard_link(root.join("usr/bin/big"), root.join("etc/big-link2")).unwrap();
+    // sparse: a hole, then data
+    let sparse = fs::File::create(root.join("var/sparse")).unwrap();
+    sparse.set_len(5 << 20).unwrap();
+    drop(sparse);
+    sh("dd", &["if=/dev/urandom", &format!("of={}", root.join("var/sparse").display()), "bs=4096", "count=1", "seek=1000", "conv=notrunc", "status=none"]);
+    symlink("small", root.join("usr/bin/sh")).unwrap();
+    symlink("/nonexistent/target", root.join("usr/bin/dangling")).unwrap();
+    symlink("../../etc/os-release", root.join("usr/bin/os-release")).unwrap();
+    fs::set_permissions(root.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
+    fs::set_permissions(root.join("var/empty"), fs::Permissions::from_mode(0o2750)).unwrap();
+    sh("chown", &["1234:5678", &root.join("etc/ssh").display().to_string()]);
+    sh("chown", &["-h", "42:43", &root.join("usr/bin/sh").display().to_string()]);
+    sh("setfattr", &["-n", "user.note", "-v", "hello", &root.join("etc/os-release").display().to_string()]);
+    sh("setcap", &["cap_net_raw+ep", &root.join("usr/bin/small").display().to_string()]);
+    sh("mknod", &[&root.join("dev/null").display().to_string(), "c", "1", "3"]);
+    sh("mknod", &[&root.join("dev/loop9").display().to_string(), "b", "7", "9"]);
+    sh("mkfifo", &[&root.join("dev/fifo").display().to_string()]);
+    let _listener = std::os::unix::net::UnixListener::bind(root.join("tmp/socket")).unwrap();
+    sh("touch", &["-h", "-d", "2001-02-03 04:05:06.789", &root.join("usr/bin/sh").display().to_string()]);
+    sh("touch", &["-d", "2002-03-04 05:06:07.123456789", &root.join("etc").display().to_string()]);
+}
+
+/// Asserts that two trees are identical in content and metadata (rsync -aHAX --checksum, numeric
+/// ids, also reporting extra files), printing rsync's itemized differences otherwise.
+pub fn assert_same_tree(expected: &Path, actual: &Path) {
+    let out = sh(
+        "rsync",
+        &["-aHAXn", "--checksum", "--itemize-changes", "--delete", "--numeric-ids", &format!("{}/", expected.display()), &format!("{}/", actual.display())],
+    );
+    let diff = String::from_utf8_lossy(&out.stdout);
+    assert!(diff.trim().is_empty(), "trees differ ({} vs {}):\n{diff}", expected.display(), actual.display());
+    // rsync does not compare directory mtimes for the root or nanoseconds everywhere; stat does.
+    let stat = |p: &Path| {
+        let out = Command::new("find").arg(p).args(["-printf", "%P %y %m %U %G %T@ %s %l\\n"]).output().unwrap();
+        let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(|l| l.to_string()).collect();
+        lines.sort();
+        lines
+    };
+    assert_eq!(stat(expected), stat(actual), "stat listings differ");
+}
+
+/// A filesystem image on a loop device mounted on a temporary directory; unmounted and detached
+/// on drop, also when the test fails.
+pub struct LoopFs {
+    /// Where it is mounted.
+    pub mount: PathBuf,
+    device: String,
+    _dir: tempfile::TempDir,
+}
+
+impl LoopFs {
+    /// Creates a `size_mib` image and formats it: "btrfs", "xfs" (with reflink=1) or "ext4".
+    pub fn new(fstype: &str, size_mib: u64) -> LoopFs {
+        require_root();
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("fs.img");
+        fs::File::create(&image).unwrap().set_len(size_mib << 20).unwrap();
+        let device = String::from_utf8(sh("losetup", &["-f", "--show", &image.display().to_string()]).stdout).unwrap().trim().to_string();
+        let mount = dir.path().join("mnt");
+        fs::create_dir(&mount).unwrap();
+        let guard = LoopFs { mount: mount.clone(), device: device.clone(), _dir: dir };
+        match fstype {
+            "btrfs" => sh("mkfs.btrfs", &["-q", &device]),
+            "xfs" => sh("mkfs.xfs", &["-q", "-m", "reflink=1", &device]),
+            "ext4" => sh("mkfs.ext4", &["-q", &device]),
+            other => panic!("unknown filesystem {other}"),
+        };
+        sh("mount", &[&device, &mount.display().to_string()]);
+        guard
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mount).status();
+        let _ = Command::new("losetup").arg("-d").arg(&self.device).status();
+    }
+}
