@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Installs the Debian packages osdeploy's tests and demo use (idempotent). Needs root or sudo.
+set -euo pipefail
+SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+pkgs=(btrfs-progs xfsprogs e2fsprogs util-linux rsync attr libcap2-bin mmdebstrap openssl)
+missing=()
+for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+command -v cargo >/dev/null || { echo "cargo (Rust toolchain) is required: https://rustup.rs" >&2; exit 1; }
