@@ -141,9 +141,8 @@ pub struct ArchiveWriter<'s> {
     store: &'s ArchiveStore,
     tmp: PathBuf,
     level: i32,
-    data: Option<PackWriter>,
+    compressor: Option<Compressor>,
     meta: Option<PackWriter>,
-    finished: Vec<FinishedPack>,
     added: HashSet<(ObjectId, ObjectKind)>,
     batch: Vec<(ObjectId, Vec<u8>)>,
     batch_bytes: usize,
@@ -158,9 +157,8 @@ impl<'s> ArchiveWriter<'s> {
             store,
             tmp: tmp.into(),
             level,
-            data: None,
+            compressor: None,
             meta: None,
-            finished: Vec::new(),
             added: HashSet::new(),
             batch: Vec::new(),
             batch_bytes: 0,
@@ -191,22 +189,23 @@ impl<'s> ArchiveWriter<'s> {
         Ok(())
     }
 
+    /// Hands the batch to the compressor thread, which compresses it on all cores while this
+    /// thread goes on reading and chunking.
     fn flush_batch(&mut self) -> Result<()> {
-        let level = self.level;
-        let packed: Vec<_> = self.batch.par_iter().map(|(_, raw)| compress(raw, level)).collect();
-        for ((id, raw), (codec, stored)) in self.batch.drain(..).zip(packed) {
-            self.stats.bytes_stored += stored.len() as u64;
-            let writer = match &mut self.data {
-                Some(w) => w,
-                None => self.data.insert(PackWriter::create(&self.tmp)?),
-            };
-            writer.append(ObjectKind::Chunk, id, codec, raw.len() as u32, &stored)?;
-            if writer.len() >= PACK_TARGET_SIZE {
-                let full = self.data.take().expect("data pack is open");
-                self.finished.push(full.finish()?);
-            }
+        if self.batch.is_empty() {
+            return Ok(());
         }
+        let batch = std::mem::take(&mut self.batch);
         self.batch_bytes = 0;
+        let compressor = match &mut self.compressor {
+            Some(c) => c,
+            None => self.compressor.insert(Compressor::start(self.tmp.clone(), self.level)),
+        };
+        if compressor.batches.send(batch).is_err() {
+            // The thread stopped on an error; finishing it reports that error.
+            let failed = self.compressor.take().expect("compressor exists");
+            failed.finish()?;
+        }
         Ok(())
     }
 
@@ -233,13 +232,19 @@ impl<'s> ArchiveWriter<'s> {
     /// `packs/` (pack before index, so an index never names a missing pack).
     pub fn finish(mut self, repo_path: &Path) -> Result<(Vec<FinishedPack>, WriteStats)> {
         self.flush_batch()?;
-        for writer in [self.data.take(), self.meta.take()].into_iter().flatten() {
-            self.finished.push(writer.finish()?);
+        let mut finished = Vec::new();
+        if let Some(compressor) = self.compressor.take() {
+            let (packs, stored) = compressor.finish()?;
+            self.stats.bytes_stored += stored;
+            finished = packs;
+        }
+        if let Some(meta) = self.meta.take() {
+            finished.push(meta.finish()?);
         }
         crash_point("archive:before-sync");
         syncfs(repo_path)?;
         let packs_dir = self.store.packs_dir.clone();
-        for pack in &self.finished {
+        for pack in &finished {
             let hex = pack.id.to_hex();
             let pack_path = packs_dir.join(format!("{hex}.pack"));
             fs::rename(&pack.pack_tmp, &pack_path).at(&pack_path)?;
@@ -248,7 +253,7 @@ impl<'s> ArchiveWriter<'s> {
             fs::rename(&pack.index_tmp, &index_path).at(&index_path)?;
         }
         fsync_dir(&packs_dir)?;
-        Ok((self.finished, self.stats))
+        Ok((finished, self.stats))
     }
 }
 
@@ -259,5 +264,49 @@ impl ArchiveStore {
             let path = self.packs_dir.join(format!("{}.pack", p.id.to_hex()));
             self.register(p.id, path, p.size, p.entries);
         }
+    }
+}
+
+/// A thread that compresses batches of new chunks (in parallel, with rayon) and appends them to
+/// data packs in the order received, rolling packs at [`PACK_TARGET_SIZE`]. The channel holds one
+/// batch, so at most three batches are in memory.
+struct Compressor {
+    batches: std::sync::mpsc::SyncSender<Vec<(ObjectId, Vec<u8>)>>,
+    thread: std::thread::JoinHandle<Result<(Vec<FinishedPack>, u64)>>,
+}
+
+impl Compressor {
+    fn start(tmp: PathBuf, level: i32) -> Self {
+        let (batches, receive) = std::sync::mpsc::sync_channel::<Vec<(ObjectId, Vec<u8>)>>(1);
+        let thread = std::thread::spawn(move || {
+            let mut finished = Vec::new();
+            let mut writer: Option<PackWriter> = None;
+            let mut stored_total = 0u64;
+            for batch in receive {
+                let packed: Vec<_> = batch.par_iter().map(|(_, raw)| compress(raw, level)).collect();
+                for ((id, raw), (codec, stored)) in batch.iter().zip(packed) {
+                    stored_total += stored.len() as u64;
+                    let w = match &mut writer {
+                        Some(w) => w,
+                        None => writer.insert(PackWriter::create(&tmp)?),
+                    };
+                    w.append(ObjectKind::Chunk, *id, codec, raw.len() as u32, &stored)?;
+                    if w.len() >= PACK_TARGET_SIZE {
+                        finished.push(writer.take().expect("pack is open").finish()?);
+                    }
+                }
+            }
+            if let Some(w) = writer {
+                finished.push(w.finish()?);
+            }
+            Ok((finished, stored_total))
+        });
+        Compressor { batches, thread }
+    }
+
+    /// Waits for the thread; returns the data packs and the bytes stored.
+    fn finish(self) -> Result<(Vec<FinishedPack>, u64)> {
+        drop(self.batches);
+        self.thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     }
 }

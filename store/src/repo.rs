@@ -33,7 +33,7 @@ use crate::bare::BareWriter;
 /// The repository format version this build reads and writes.
 pub const REPO_FORMAT_VERSION: u32 = 1;
 /// The default zstd level of archive repositories; see docs/benchmarks.md ("compression level").
-pub const DEFAULT_COMPRESSION_LEVEL: i32 = 10;
+pub const DEFAULT_COMPRESSION_LEVEL: i32 = 3;
 
 /// How a repository stores objects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
