@@ -13,7 +13,8 @@ use support::*;
 
 fn os_pair() -> PathBuf {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
-    let pair = std::env::var_os("OSDEPLOY_OS_PAIR").map(PathBuf::from).unwrap_or_else(|| workspace.join("target/os-pair"));
+    let pair =
+        std::env::var_os("OSDEPLOY_OS_PAIR").map(PathBuf::from).unwrap_or_else(|| workspace.join("target/os-pair"));
     if !(pair.join("old.done").exists() && pair.join("new.done").exists()) {
         let script = workspace.join("../shared/data/make-os-pair.sh");
         assert!(script.exists(), "{} is needed to build the real rootfs pair", script.display());

@@ -15,7 +15,9 @@ fn json(out: &str) -> Value {
 }
 
 fn commit(repo: &Path, branch: &str, dir: &Path, version: &str) -> String {
-    let out = ok(osdeploy(repo).args(["commit", "--branch", branch, "--version", version, "--subject", "test", "--json"]).arg(dir));
+    let out = ok(osdeploy(repo)
+        .args(["commit", "--branch", branch, "--version", version, "--subject", "test", "--json"])
+        .arg(dir));
     json(&out)["commit"].as_str().unwrap().to_string()
 }
 
@@ -31,9 +33,11 @@ fn archive_round_trip_keeps_every_kind_of_entry_and_metadata() {
     assert_eq!(co["stats"]["hardlinks"], 2);
     assert_same_tree(&src, &out);
     // the same tree commits to the same id (deterministic encoding), and nothing new is stored
-    let again = json(&ok(osdeploy(&repo).args(["commit", "-b", "other", "--version", "1", "--subject", "test", "--timestamp"]).arg(
-        json(&ok(osdeploy(&repo).args(["show", "--json", &id])))["timestamp"].to_string(),
-    ).arg("--json").arg(&src)));
+    let again = json(&ok(osdeploy(&repo)
+        .args(["commit", "-b", "other", "--version", "1", "--subject", "test", "--timestamp"])
+        .arg(json(&ok(osdeploy(&repo).args(["show", "--json", &id])))["timestamp"].to_string())
+        .arg("--json")
+        .arg(&src)));
     assert_eq!(again["stored"]["chunks_new"], 0);
     assert_eq!(again["stored"]["metadata_new"], 0, "identical tree and commit fields reuse every object");
     assert_eq!(again["commit"], id.as_str());
@@ -80,7 +84,10 @@ fn read_commands_and_json() {
     assert_eq!(small["size"], 1000);
     assert!(small["xattrs"]["security.capability"].is_string());
     let sh = ls.as_array().unwrap().iter().find(|e| e["path"] == "usr/bin/sh").unwrap();
-    assert_eq!((sh["type"].as_str(), sh["target"].as_str(), sh["uid"].as_u64()), (Some("symlink"), Some("small"), Some(42)));
+    assert_eq!(
+        (sh["type"].as_str(), sh["target"].as_str(), sh["uid"].as_u64()),
+        (Some("symlink"), Some("small"), Some(42))
+    );
     let human = ok(osdeploy(&repo).args(["ls", &v1, "/usr/bin"]));
     assert!(human.contains("-rwsr-xr-x"), "{human}");
     let all = json(&ok(osdeploy(&repo).args(["ls", "-R", "--json", &v1])));
@@ -93,7 +100,9 @@ fn read_commands_and_json() {
         .iter()
         .map(|c| (c["path"].as_str().unwrap().to_string(), c["change"].as_str().unwrap().to_string()))
         .collect();
-    for expected in [("etc/os-release", "modified"), ("usr/bin/dangling", "removed"), ("opt", "added"), ("opt/new", "added")] {
+    for expected in
+        [("etc/os-release", "modified"), ("usr/bin/dangling", "removed"), ("opt", "added"), ("opt/new", "added")]
+    {
         assert!(changes.contains(&(expected.0.to_string(), expected.1.to_string())), "{expected:?} not in {changes:?}");
     }
     let text = ok(osdeploy(&repo).args(["diff", &v1, &v2]));
@@ -147,7 +156,8 @@ fn bare_round_trip_on(fstype: &str) -> Value {
     assert_eq!(fsck["errors"].as_array().unwrap().len(), 0, "{fsck}");
     if fstype != "ext4" {
         // The big file's extents are shared with the repository's copy: FIEMAP flags them.
-        let frag = String::from_utf8(sh("filefrag", &["-v", &out.join("usr/bin/big").display().to_string()]).stdout).unwrap();
+        let frag =
+            String::from_utf8(sh("filefrag", &["-v", &out.join("usr/bin/big").display().to_string()]).stdout).unwrap();
         assert!(frag.contains("shared"), "{fstype}: checkout did not share extents:\n{frag}");
     }
     co

@@ -156,37 +156,20 @@ pub enum Command {
 pub fn run(cli: Cli) -> Result<()> {
     let repo = cli.repo;
     match cli.command {
-        Command::Init {
-            mode,
-            compression_level,
-            chunk_sizes,
-        } => repo_cmds::init(&repo, mode, compression_level, chunk_sizes.as_deref()),
-        Command::Commit {
-            branch,
-            subject,
-            body,
-            release_version,
-            metadata,
-            timestamp,
-            json,
-            dir,
-        } => repo_cmds::commit(&repo, &dir, branch, subject, body, release_version, &metadata, timestamp, json),
+        Command::Init { mode, compression_level, chunk_sizes } => {
+            repo_cmds::init(&repo, mode, compression_level, chunk_sizes.as_deref())
+        }
+        Command::Commit { branch, subject, body, release_version, metadata, timestamp, json, dir } => {
+            repo_cmds::commit(&repo, &dir, branch, subject, body, release_version, &metadata, timestamp, json)
+        }
         Command::Log { commit, json } => repo_cmds::log(&repo, &commit, json),
         Command::Show { commit, json } => repo_cmds::show(&repo, &commit, json),
-        Command::Ls {
-            commit,
-            path,
-            recursive,
-            json,
-        } => repo_cmds::ls(&repo, &commit, &path, recursive, json),
+        Command::Ls { commit, path, recursive, json } => repo_cmds::ls(&repo, &commit, &path, recursive, json),
         Command::Cat { commit, path } => repo_cmds::cat(&repo, &commit, &path),
         Command::Diff { a, b, json } => repo_cmds::diff(&repo, &a, &b, json),
-        Command::Checkout {
-            commit,
-            dir,
-            no_reflink,
-            json,
-        } => repo_cmds::checkout(&repo, &commit, &dir, !no_reflink, json),
+        Command::Checkout { commit, dir, no_reflink, json } => {
+            repo_cmds::checkout(&repo, &commit, &dir, !no_reflink, json)
+        }
         Command::Fsck { json } => repo_cmds::fsck(&repo, json),
         Command::Prune { dry_run, json } => repo_cmds::prune(&repo, dry_run, json),
         Command::Refs { json } => repo_cmds::refs(&repo, json),
@@ -199,11 +182,25 @@ mod tests {
 
     #[test]
     fn parses_global_repo_and_commit_args() {
-        let cli = Cli::try_parse_from(["osdeploy", "--repo", "/r", "commit", "-b", "stable/x86_64", "--version", "2", "/src"]).unwrap();
+        let cli = Cli::try_parse_from([
+            "osdeploy",
+            "--repo",
+            "/r",
+            "commit",
+            "-b",
+            "stable/x86_64",
+            "--version",
+            "2",
+            "/src",
+        ])
+        .unwrap();
         assert_eq!(cli.repo, PathBuf::from("/r"));
         match cli.command {
             Command::Commit { branch, release_version, dir, .. } => {
-                assert_eq!((branch.as_str(), release_version.as_str(), dir), ("stable/x86_64", "2", PathBuf::from("/src")));
+                assert_eq!(
+                    (branch.as_str(), release_version.as_str(), dir),
+                    ("stable/x86_64", "2", PathBuf::from("/src"))
+                );
             }
             other => panic!("parsed as {other:?}"),
         }

@@ -65,8 +65,10 @@ impl Progress {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::new(0);
             bar.set_style(
-                ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} {msg}")
-                    .expect("valid template"),
+                ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} {msg}",
+                )
+                .expect("valid template"),
             );
             bar
         });
@@ -123,14 +125,7 @@ pub fn commit(
         },
     };
     let mut repo = open(repo, Access::Write)?;
-    let options = CommitOptions {
-        branch,
-        version,
-        subject,
-        body,
-        metadata: meta,
-        timestamp,
-    };
+    let options = CommitOptions { branch, version, subject, body, metadata: meta, timestamp };
     let started = Instant::now();
     let mut progress = Progress::new();
     let outcome = store_commit(&mut repo, dir, &options, &mut |p| progress.update(p));
@@ -287,14 +282,23 @@ fn entry_json(repo: &Repo, path: &str, kind: &EntryKind, meta: &Meta) -> Result<
 fn entry_line(repo: &Repo, path: &str, kind: &EntryKind, meta: &Meta) -> Result<String> {
     let size = match kind {
         EntryKind::File { file, .. } => repo.file_object(file)?.size.to_string(),
-        EntryKind::CharDevice(d) | EntryKind::BlockDevice(d) => format!("{},{}", rustix::fs::major(*d), rustix::fs::minor(*d)),
+        EntryKind::CharDevice(d) | EntryKind::BlockDevice(d) => {
+            format!("{},{}", rustix::fs::major(*d), rustix::fs::minor(*d))
+        }
         _ => "0".into(),
     };
     let target = match kind {
         EntryKind::Symlink(t) => format!(" -> {}", String::from_utf8_lossy(t)),
         _ => String::new(),
     };
-    Ok(format!("{} {:>5} {:>5} {:>10} {} {path}{target}", output::mode_string(kind, meta), meta.uid, meta.gid, size, output::date(meta.mtime.sec)))
+    Ok(format!(
+        "{} {:>5} {:>5} {:>10} {} {path}{target}",
+        output::mode_string(kind, meta),
+        meta.uid,
+        meta.gid,
+        size,
+        output::date(meta.mtime.sec)
+    ))
 }
 
 /// `ls`.
@@ -393,10 +397,13 @@ pub fn checkout(repo: &Path, spec: &str, dir: &Path, reflink: bool, json: bool) 
     let id = repo.resolve(spec)?;
     let options = CheckoutOptions { reflink, ..Default::default() };
     let started = Instant::now();
-    let stats = store_checkout(&repo, &id, dir, options).with_context(|| format!("checking out {id} into {}", dir.display()))?;
+    let stats = store_checkout(&repo, &id, dir, options)
+        .with_context(|| format!("checking out {id} into {}", dir.display()))?;
     let seconds = started.elapsed().as_secs_f64();
     if json {
-        return print_json(&json!({"commit": id.to_string(), "dir": dir, "method": stats.method(), "stats": stats, "seconds": seconds, "owners_preserved": options.preserve_owner}));
+        return print_json(
+            &json!({"commit": id.to_string(), "dir": dir, "method": stats.method(), "stats": stats, "seconds": seconds, "owners_preserved": options.preserve_owner}),
+        );
     }
     let how = match stats.method().as_str() {
         "reflink" => "reflinked (FICLONE, no data copied)".to_string(),
@@ -446,7 +453,12 @@ pub fn fsck(repo: &Path, json: bool) -> Result<()> {
         );
     }
     if !report.errors.is_empty() {
-        bail!("the repository at {} is damaged: {} errors (first: {})", repo.path().display(), report.errors.len(), report.errors[0]);
+        bail!(
+            "the repository at {} is damaged: {} errors (first: {})",
+            repo.path().display(),
+            report.errors.len(),
+            report.errors[0]
+        );
     }
     Ok(())
 }

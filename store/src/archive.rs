@@ -84,13 +84,7 @@ impl ArchiveStore {
 
     fn register(&mut self, id: ObjectId, path: PathBuf, size: u64, entries: Vec<IndexEntry>) {
         let slot = self.packs.len() as u32;
-        self.packs.push(PackInfo {
-            id,
-            path,
-            size,
-            objects: entries.len(),
-            file: OnceLock::new(),
-        });
+        self.packs.push(PackInfo { id, path, size, objects: entries.len(), file: OnceLock::new() });
         for e in entries {
             self.map.entry((e.id, e.kind)).or_insert((slot, e));
         }

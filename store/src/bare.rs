@@ -50,10 +50,7 @@ pub struct BareStore {
 }
 
 fn sql<T>(path: &Path, r: rusqlite::Result<T>) -> Result<T> {
-    r.map_err(|source| StoreError::Sqlite {
-        path: path.into(),
-        source,
-    })
+    r.map_err(|source| StoreError::Sqlite { path: path.into(), source })
 }
 
 impl BareStore {
@@ -76,17 +73,11 @@ impl BareStore {
             db.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=10000;"),
         )?;
         sql(&db_path, db.execute_batch(SCHEMA))?;
-        let version: Option<String> = sql(
-            &db_path,
-            db.query_row("SELECT value FROM info WHERE key='schema'", [], |r| r.get(0))
-                .optional(),
-        )?;
+        let version: Option<String> =
+            sql(&db_path, db.query_row("SELECT value FROM info WHERE key='schema'", [], |r| r.get(0)).optional())?;
         match version {
             None => {
-                sql(
-                    &db_path,
-                    db.execute("INSERT INTO info VALUES ('schema', ?1)", [SCHEMA_VERSION.to_string()]),
-                )?;
+                sql(&db_path, db.execute("INSERT INTO info VALUES ('schema', ?1)", [SCHEMA_VERSION.to_string()]))?;
             }
             Some(v) if v == SCHEMA_VERSION.to_string() => {}
             Some(v) => {
@@ -97,11 +88,7 @@ impl BareStore {
                 });
             }
         }
-        Ok(BareStore {
-            objects_dir,
-            db_path,
-            db,
-        })
+        Ok(BareStore { objects_dir, db_path, db })
     }
 
     /// Path of a file object's content.
@@ -127,14 +114,10 @@ impl BareStore {
     /// Reads and verifies an object (a chunk is read from the content that holds it).
     pub fn get(&self, kind: ObjectKind, id: &ObjectId) -> Result<Vec<u8>> {
         let data = if kind == ObjectKind::Chunk {
-            let loc = self
-                .locate_chunk(&ChunkId(*id))?
-                .ok_or(StoreError::ObjectMissing { kind, id: *id })?;
+            let loc = self.locate_chunk(&ChunkId(*id))?.ok_or(StoreError::ObjectMissing { kind, id: *id })?;
             let path = self.content_path(&loc.file);
             let mut buf = vec![0u8; loc.length as usize];
-            File::open(&path)
-                .and_then(|f| f.read_exact_at(&mut buf, loc.offset))
-                .at(&path)?;
+            File::open(&path).and_then(|f| f.read_exact_at(&mut buf, loc.offset)).at(&path)?;
             buf
         } else {
             let data: Option<Vec<u8>> = sql(
@@ -156,19 +139,17 @@ impl BareStore {
     pub fn locate_chunk(&self, id: &ChunkId) -> Result<Option<ChunkLocation>> {
         sql(
             &self.db_path,
-            self.db
-                .prepare_cached("SELECT file, offset, length FROM chunks WHERE id=?1")
-                .and_then(|mut s| {
-                    s.query_row([&id.0 .0[..]], |r| {
-                        let file: Vec<u8> = r.get(0)?;
-                        Ok(ChunkLocation {
-                            file: FileId(ObjectId(file.try_into().unwrap_or([0; 32]))),
-                            offset: r.get::<_, i64>(1)? as u64,
-                            length: r.get::<_, i64>(2)? as u32,
-                        })
+            self.db.prepare_cached("SELECT file, offset, length FROM chunks WHERE id=?1").and_then(|mut s| {
+                s.query_row([&id.0.0[..]], |r| {
+                    let file: Vec<u8> = r.get(0)?;
+                    Ok(ChunkLocation {
+                        file: FileId(ObjectId(file.try_into().unwrap_or([0; 32]))),
+                        offset: r.get::<_, i64>(1)? as u64,
+                        length: r.get::<_, i64>(2)? as u32,
                     })
-                    .optional()
-                }),
+                })
+                .optional()
+            }),
         )
     }
 
@@ -186,10 +167,18 @@ impl BareStore {
 
     /// Deletes the given metadata objects (and for file objects their content and chunk rows),
     /// then re-points chunk rows at surviving files that still hold those chunks.
-    pub fn delete(&self, doomed: &[(ObjectKind, ObjectId)], survivors: &[FileObject], survivor_ids: &[FileId]) -> Result<()> {
+    pub fn delete(
+        &self,
+        doomed: &[(ObjectKind, ObjectId)],
+        survivors: &[FileObject],
+        survivor_ids: &[FileId],
+    ) -> Result<()> {
         let tx = sql(&self.db_path, self.db.unchecked_transaction())?;
         for (kind, id) in doomed {
-            sql(&self.db_path, tx.execute("DELETE FROM objects WHERE id=?1 AND kind=?2", params![&id.0[..], *kind as u8]))?;
+            sql(
+                &self.db_path,
+                tx.execute("DELETE FROM objects WHERE id=?1 AND kind=?2", params![&id.0[..], *kind as u8]),
+            )?;
             if *kind == ObjectKind::File {
                 sql(&self.db_path, tx.execute("DELETE FROM chunks WHERE file=?1", [&id.0[..]]))?;
             }
@@ -220,7 +209,7 @@ fn insert_chunk_rows(tx: &Connection, db_path: &Path, file: &FileObject, id: &Fi
     let mut stmt = sql(db_path, tx.prepare_cached("INSERT OR IGNORE INTO chunks VALUES (?1, ?2, ?3, ?4)"))?;
     let mut offset = 0u64;
     for (chunk, len) in &file.chunks {
-        sql(db_path, stmt.execute(params![&chunk.0 .0[..], &id.0 .0[..], offset as i64, *len as i64]))?;
+        sql(db_path, stmt.execute(params![&chunk.0.0[..], &id.0.0[..], offset as i64, *len as i64]))?;
         offset += u64::from(*len);
     }
     Ok(())
@@ -256,7 +245,12 @@ impl<'s> BareWriter<'s> {
     }
 
     /// Stores the content read from `source` (the file at `path`) unless the repository has it.
-    pub fn add_file(&mut self, source: impl std::io::Read, path: &Path, chunker: &Chunker) -> Result<(FileId, FileObject)> {
+    pub fn add_file(
+        &mut self,
+        source: impl std::io::Read,
+        path: &Path,
+        chunker: &Chunker,
+    ) -> Result<(FileId, FileObject)> {
         let tmp_path = self.tmp.join(unique_tmp_name("content"));
         let mut tmp = std::io::BufWriter::with_capacity(1 << 20, File::create(&tmp_path).at(&tmp_path)?);
         let mut object = FileObject::default();

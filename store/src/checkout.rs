@@ -39,11 +39,7 @@ pub struct CheckoutOptions {
 
 impl Default for CheckoutOptions {
     fn default() -> Self {
-        CheckoutOptions {
-            preserve_owner: rustix::process::geteuid().is_root(),
-            reflink: true,
-            sync: true,
-        }
+        CheckoutOptions { preserve_owner: rustix::process::geteuid().is_root(), reflink: true, sync: true }
     }
 }
 
@@ -107,15 +103,11 @@ pub fn checkout(repo: &Repo, commit: &CommitId, dest: &Path, options: CheckoutOp
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => fs::create_dir(dest).at(dest)?,
         Err(_) => return Err(StoreError::DestinationNotEmpty { path: dest.into() }),
     }
-    let root_fd = rustix::fs::open(dest, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty()).at(dest)?;
-    let mut ctx = Ctx {
-        repo,
-        options,
-        dest: dest.into(),
-        root_fd,
-        links: HashMap::new(),
-        stats: CheckoutStats::default(),
-    };
+    let root_fd =
+        rustix::fs::open(dest, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+            .at(dest)?;
+    let mut ctx =
+        Ctx { repo, options, dest: dest.into(), root_fd, links: HashMap::new(), stats: CheckoutStats::default() };
     let tree = repo.tree(&commit.root)?;
     let root_fd = ctx.root_fd.try_clone().at(dest)?;
     ctx.fill_dir(&root_fd, Path::new(""), &tree)?;
@@ -128,14 +120,8 @@ pub fn checkout(repo: &Repo, commit: &CommitId, dest: &Path, options: CheckoutOp
 }
 
 fn timestamps(meta: &Meta) -> Timestamps {
-    let t = Timespec {
-        tv_sec: meta.mtime.sec,
-        tv_nsec: meta.mtime.nsec.into(),
-    };
-    Timestamps {
-        last_access: t,
-        last_modification: t,
-    }
+    let t = Timespec { tv_sec: meta.mtime.sec, tv_nsec: meta.mtime.nsec.into() };
+    Timestamps { last_access: t, last_modification: t }
 }
 
 impl Ctx<'_> {
@@ -173,7 +159,13 @@ impl Ctx<'_> {
                 }
                 EntryKind::Dir(tree_id) => {
                     rustix::fs::mkdirat(dir_fd, name, Mode::from_raw_mode(0o700)).at(&full)?;
-                    let sub = rustix::fs::openat(dir_fd, name, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty()).at(&full)?;
+                    let sub = rustix::fs::openat(
+                        dir_fd,
+                        name,
+                        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                        Mode::empty(),
+                    )
+                    .at(&full)?;
                     let subtree = self.repo.tree(tree_id)?;
                     self.fill_dir(&sub, &rel_path, &subtree)?;
                     self.apply_meta_fd(&sub, &entry.meta, &full)?;
@@ -230,10 +222,16 @@ impl Ctx<'_> {
 
     fn apply_meta_fd(&self, fd: &OwnedFd, meta: &Meta, path: &Path) -> Result<()> {
         if self.options.preserve_owner {
-            rustix::fs::fchown(fd, Some(rustix::process::Uid::from_raw(meta.uid)), Some(rustix::process::Gid::from_raw(meta.gid))).at(path)?;
+            rustix::fs::fchown(
+                fd,
+                Some(rustix::process::Uid::from_raw(meta.uid)),
+                Some(rustix::process::Gid::from_raw(meta.gid)),
+            )
+            .at(path)?;
         }
         for (name, value) in meta.xattrs.iter().filter(|(n, _)| self.wants_xattr(n)) {
-            rustix::fs::fsetxattr(fd, name.as_slice(), value, XattrFlags::empty()).map_err(|e| xattr_error(path, name, e))?;
+            rustix::fs::fsetxattr(fd, name.as_slice(), value, XattrFlags::empty())
+                .map_err(|e| xattr_error(path, name, e))?;
         }
         rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode)).at(path)?;
         rustix::fs::futimens(fd, &timestamps(meta)).at(path)
@@ -251,7 +249,8 @@ impl Ctx<'_> {
             .at(path)?;
         }
         for (xname, value) in meta.xattrs.iter().filter(|(n, _)| self.wants_xattr(n)) {
-            rustix::fs::lsetxattr(path, xname.as_slice(), value, XattrFlags::empty()).map_err(|e| xattr_error(path, xname, e))?;
+            rustix::fs::lsetxattr(path, xname.as_slice(), value, XattrFlags::empty())
+                .map_err(|e| xattr_error(path, xname, e))?;
         }
         if chmod {
             rustix::fs::chmodat(dir_fd, name, Mode::from_raw_mode(meta.mode), AtFlags::empty()).at(path)?;
@@ -263,6 +262,9 @@ impl Ctx<'_> {
 fn xattr_error(path: &Path, name: &[u8], e: rustix::io::Errno) -> StoreError {
     StoreError::Io {
         path: path.into(),
-        source: std::io::Error::new(std::io::Error::from(e).kind(), format!("setting xattr {}: {e}", String::from_utf8_lossy(name))),
+        source: std::io::Error::new(
+            std::io::Error::from(e).kind(),
+            format!("setting xattr {}: {e}", String::from_utf8_lossy(name)),
+        ),
     }
 }

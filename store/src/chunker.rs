@@ -27,11 +27,7 @@ pub struct ChunkerParams {
 impl Default for ChunkerParams {
     /// 16 / 64 / 256 KiB: see docs/benchmarks.md ("chunk size").
     fn default() -> Self {
-        ChunkerParams {
-            min: 16 << 10,
-            avg: 64 << 10,
-            max: 256 << 10,
-        }
+        ChunkerParams { min: 16 << 10, avg: 64 << 10, max: 256 << 10 }
     }
 }
 
@@ -43,8 +39,8 @@ impl ChunkerParams {
             && self.avg <= self.max
             && self.max <= MAX_CHUNK_LEN
             && self.avg.is_power_of_two()
-            && self.min % 2 == 0
-            && self.max % 2 == 0
+            && self.min.is_multiple_of(2)
+            && self.max.is_multiple_of(2)
             && (256..=4 << 20).contains(&self.avg);
         if ok {
             Ok(())
@@ -69,11 +65,7 @@ impl Chunker {
     /// A chunker with `params` (validated by the caller through [`ChunkerParams::validate`]).
     pub fn new(params: ChunkerParams) -> Self {
         let (mask_s, mask_l) = select_masks(params.avg as usize, Normalization::Level1);
-        Chunker {
-            params,
-            mask_s,
-            mask_l,
-        }
+        Chunker { params, mask_s, mask_l }
     }
 
     /// Length of the next chunk at the start of `data`, where `data` holds at least `max` bytes
@@ -97,12 +89,7 @@ impl Chunker {
     /// calling `each` for every chunk in order; returns the total length. Memory use is bounded by
     /// a 4 × max buffer, whatever the file size. The cut points equal those of chunking the whole
     /// content at once.
-    pub fn split(
-        &self,
-        mut reader: impl Read,
-        path: &Path,
-        mut each: impl FnMut(&[u8]) -> Result<()>,
-    ) -> Result<u64> {
+    pub fn split(&self, mut reader: impl Read, path: &Path, mut each: impl FnMut(&[u8]) -> Result<()>) -> Result<u64> {
         let max = self.params.max as usize;
         let mut buf = vec![0u8; 4 * max];
         let (mut start, mut end, mut eof, mut total) = (0usize, 0usize, false, 0u64);
@@ -128,10 +115,7 @@ impl Chunker {
             }
             let len = self.next_cut(&buf[start..end]);
             if len == 0 {
-                return Err(StoreError::BadSource {
-                    path: path.into(),
-                    reason: "the chunker made no progress".into(),
-                });
+                return Err(StoreError::BadSource { path: path.into(), reason: "the chunker made no progress".into() });
             }
             each(&buf[start..start + len])?;
             start += len;
@@ -181,7 +165,13 @@ mod tests {
     fn golden_cut_points() {
         // Pins the chunker: a change here changes chunk ids of every newly committed file.
         let data = pseudo_random(1 << 20, 42);
-        assert_eq!(cuts(&data), vec![106_980, 69_092, 37_202, 84_751, 19_738, 47_125, 93_102, 133_087, 41_111, 28_239, 44_921, 83_153, 79_451, 21_276, 21_182, 138_166]);
+        assert_eq!(
+            cuts(&data),
+            vec![
+                106_980, 69_092, 37_202, 84_751, 19_738, 47_125, 93_102, 133_087, 41_111, 28_239, 44_921, 83_153,
+                79_451, 21_276, 21_182, 138_166
+            ]
+        );
     }
 
     #[test]

@@ -92,26 +92,18 @@ impl<'a> Decoder<'a> {
     pub(crate) fn bytes32(&mut self, limit: usize) -> DecodeResult<&'a [u8]> {
         let n = self.u32()? as usize;
         if n > limit {
-            return Err(format!(
-                "a field at offset {} declares {n} bytes, above its limit of {limit}",
-                self.pos - 4
-            ));
+            return Err(format!("a field at offset {} declares {n} bytes, above its limit of {limit}", self.pos - 4));
         }
         self.take(n)
     }
     pub(crate) fn string(&mut self, limit: usize) -> DecodeResult<String> {
         let at = self.pos;
-        String::from_utf8(self.bytes32(limit)?.to_vec())
-            .map_err(|_| format!("the string at offset {at} is not UTF-8"))
+        String::from_utf8(self.bytes32(limit)?.to_vec()).map_err(|_| format!("the string at offset {at} is not UTF-8"))
     }
     /// Fails unless every byte was consumed: trailing bytes would give one value two encodings.
     pub(crate) fn finish(&self) -> DecodeResult<()> {
         if self.pos != self.data.len() {
-            return Err(format!(
-                "{} trailing bytes after offset {}",
-                self.data.len() - self.pos,
-                self.pos
-            ));
+            return Err(format!("{} trailing bytes after offset {}", self.data.len() - self.pos, self.pos));
         }
         Ok(())
     }

@@ -121,11 +121,7 @@ impl Builder<'_, '_> {
                     EntryKind::Socket
                 }
             };
-            entries.push(Entry {
-                name: e.name.clone(),
-                meta: e.meta.clone(),
-                kind,
-            });
+            entries.push(Entry { name: e.name.clone(), meta: e.meta.clone(), kind });
         }
         let tree = DirTree { entries };
         Ok(TreeId(self.writer.add_metadata(ObjectKind::DirTree, &tree.encode())?))
@@ -152,10 +148,7 @@ pub fn commit(
         groups: HashMap::new(),
         next_group: 0,
         stats: TreeStats::default(),
-        progress: CommitProgress {
-            totals,
-            ..Default::default()
-        },
+        progress: CommitProgress { totals, ..Default::default() },
         report,
     };
     let root_tree = builder.store_dir(&root)?;
@@ -180,8 +173,5 @@ pub fn commit(
 }
 
 fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }

@@ -46,18 +46,10 @@ fn path_string(p: &Path) -> String {
 }
 
 fn push_all(repo: &Repo, entry: &Entry, path: &Path, change: ChangeKind, out: &mut Vec<Change>) -> Result<()> {
-    out.push(Change {
-        path: path_string(path),
-        change,
-        what: String::new(),
-    });
+    out.push(Change { path: path_string(path), change, what: String::new() });
     if let EntryKind::Dir(sub) = &entry.kind {
         walk(repo, sub, &mut |rel, _| {
-            out.push(Change {
-                path: path_string(&path.join(rel)),
-                change,
-                what: String::new(),
-            });
+            out.push(Change { path: path_string(&path.join(rel)), change, what: String::new() });
             Ok(())
         })?;
     }
@@ -92,9 +84,12 @@ fn diff_trees(repo: &Repo, old: &TreeId, new: &TreeId, prefix: &Path, out: &mut 
                 let path = prefix.join(String::from_utf8_lossy(&x.name).as_ref());
                 let mut what = Vec::new();
                 match (&x.kind, &y.kind) {
-                    (EntryKind::File { file: f1, .. }, EntryKind::File { file: f2, .. }) if f1 != f2 => what.push("content"),
+                    (EntryKind::File { file: f1, .. }, EntryKind::File { file: f2, .. }) if f1 != f2 => {
+                        what.push("content")
+                    }
                     (EntryKind::Symlink(t1), EntryKind::Symlink(t2)) if t1 != t2 => what.push("target"),
-                    (EntryKind::CharDevice(d1), EntryKind::CharDevice(d2)) | (EntryKind::BlockDevice(d1), EntryKind::BlockDevice(d2))
+                    (EntryKind::CharDevice(d1), EntryKind::CharDevice(d2))
+                    | (EntryKind::BlockDevice(d1), EntryKind::BlockDevice(d2))
                         if d1 != d2 =>
                     {
                         what.push("device")

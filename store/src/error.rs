@@ -158,18 +158,12 @@ pub(crate) trait IoContext<T> {
 
 impl<T> IoContext<T> for std::io::Result<T> {
     fn at(self, path: impl Into<PathBuf>) -> Result<T> {
-        self.map_err(|source| StoreError::Io {
-            path: path.into(),
-            source,
-        })
+        self.map_err(|source| StoreError::Io { path: path.into(), source })
     }
 }
 
 impl<T> IoContext<T> for rustix::io::Result<T> {
     fn at(self, path: impl Into<PathBuf>) -> Result<T> {
-        self.map_err(|errno| StoreError::Io {
-            path: path.into(),
-            source: errno.into(),
-        })
+        self.map_err(|errno| StoreError::Io { path: path.into(), source: errno.into() })
     }
 }

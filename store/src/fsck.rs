@@ -42,7 +42,10 @@ pub fn fsck(repo: &Repo) -> Result<FsckReport> {
         for entry in fs::read_dir(archive.packs_dir()).at(archive.packs_dir())? {
             let path = entry.at(archive.packs_dir())?.path();
             if path.extension().is_some_and(|x| x == "pack") && !path.with_extension("idx").exists() {
-                report.warnings.push(format!("pack {} has no index (left by an interrupted write; prune removes it)", path.display()));
+                report.warnings.push(format!(
+                    "pack {} has no index (left by an interrupted write; prune removes it)",
+                    path.display()
+                ));
             }
         }
     }
@@ -55,10 +58,8 @@ pub fn fsck(repo: &Repo) -> Result<FsckReport> {
                 Err(e) => report.errors.push(e.to_string()),
             }
         }
-        let results: Vec<Result<Option<String>>> = objects
-            .par_iter()
-            .map(|(id, path, object)| check_content(path, id, object))
-            .collect();
+        let results: Vec<Result<Option<String>>> =
+            objects.par_iter().map(|(id, path, object)| check_content(path, id, object)).collect();
         for r in results {
             if let Some(problem) = r? {
                 report.errors.push(problem);
@@ -96,7 +97,9 @@ fn check_pack(info: &crate::archive::PackInfo, report: &mut FsckReport) -> Resul
             break;
         }
         if first {
-            if let Err(e) = pack::check_pack_header(&buf[..n.min(PACK_HEADER_LEN as usize)], &info.path.display().to_string()) {
+            if let Err(e) =
+                pack::check_pack_header(&buf[..n.min(PACK_HEADER_LEN as usize)], &info.path.display().to_string())
+            {
                 report.errors.push(e.to_string());
             }
             first = false;
@@ -128,7 +131,11 @@ fn check_content(path: &std::path::Path, id: &ObjectId, object: &FileObject) -> 
     };
     let len = file.metadata().at(path)?.len();
     if len != object.size {
-        return Ok(Some(format!("file object {id}: content {} is {len} bytes, the object says {}", path.display(), object.size)));
+        return Ok(Some(format!(
+            "file object {id}: content {} is {len} bytes, the object says {}",
+            path.display(),
+            object.size
+        )));
     }
     let mut offset = 0u64;
     let mut buf = Vec::new();

@@ -18,9 +18,7 @@ impl ObjectId {
         if text.len() != 64 {
             return None;
         }
-        let bytes = data_encoding::HEXLOWER_PERMISSIVE
-            .decode(text.as_bytes())
-            .ok()?;
+        let bytes = data_encoding::HEXLOWER_PERMISSIVE.decode(text.as_bytes()).ok()?;
         Some(ObjectId(bytes.try_into().ok()?))
     }
 
@@ -52,7 +50,7 @@ impl fmt::Debug for ObjectId {
 macro_rules! typed_id {
     ($(#[$doc:meta])* $name:ident, $kind:expr) => {
         $(#[$doc])*
-        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Default)]
         pub struct $name(pub ObjectId);
 
         impl $name {
@@ -105,9 +103,6 @@ mod tests {
     #[test]
     fn blake3_golden_value() {
         // Pins the hash function: a change of algorithm changes every id in every repository.
-        assert_eq!(
-            ObjectId::of(b"").to_hex(),
-            "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
-        );
+        assert_eq!(ObjectId::of(b"").to_hex(), "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262");
     }
 }

@@ -21,10 +21,7 @@ pub fn check_entry_name(name: &[u8]) -> Result<(), &'static str> {
 /// Checks a ref name such as `stable/x86_64`: components of `[A-Za-z0-9._+-]`, separated by single
 /// `/`, none empty, none starting with `.`, at most 200 bytes in all.
 pub fn check_ref_name(name: &str) -> Result<(), StoreError> {
-    let bad = |reason| StoreError::InvalidRef {
-        name: name.to_string(),
-        reason,
-    };
+    let bad = |reason| StoreError::InvalidRef { name: name.to_string(), reason };
     if name.is_empty() || name.len() > 200 {
         return Err(bad("must be 1 to 200 bytes long"));
     }
@@ -35,10 +32,7 @@ pub fn check_ref_name(name: &str) -> Result<(), StoreError> {
         if part.starts_with('.') {
             return Err(bad("a component starts with '.'"));
         }
-        if !part
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b))
-        {
+        if !part.bytes().all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b)) {
             return Err(bad("only letters, digits, '.', '_', '+', '-' and '/' are allowed"));
         }
     }

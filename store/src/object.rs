@@ -213,12 +213,6 @@ pub struct Commit {
     pub stats: TreeStats,
 }
 
-impl Default for TreeId {
-    fn default() -> Self {
-        TreeId(ObjectId::default())
-    }
-}
-
 fn header(kind: ObjectKind) -> Encoder {
     let mut e = Encoder::default();
     e.buf.extend_from_slice(OBJECT_MAGIC);
@@ -235,10 +229,7 @@ fn decode<T>(
     data: &[u8],
     body: impl FnOnce(&mut Decoder) -> DecodeResult<T>,
 ) -> Result<T> {
-    let corrupt = |reason| StoreError::Corrupt {
-        what: format!("{kind} object {id}"),
-        reason,
-    };
+    let corrupt = |reason| StoreError::Corrupt { what: format!("{kind} object {id}"), reason };
     if data.len() > MAX_METADATA_LEN as usize {
         return Err(StoreError::TooLarge {
             what: format!("{kind} object {id}"),
@@ -261,10 +252,7 @@ fn decode<T>(
     }
     let found = d.u8().map_err(corrupt)?;
     if found != kind as u8 {
-        return Err(corrupt(format!(
-            "kind byte {found}, expected {} ({kind})",
-            kind as u8
-        )));
+        return Err(corrupt(format!("kind byte {found}, expected {} ({kind})", kind as u8)));
     }
     let value = body(&mut d).map_err(corrupt)?;
     d.finish().map_err(corrupt)?;
@@ -312,13 +300,7 @@ fn decode_meta(d: &mut Decoder) -> DecodeResult<Meta> {
         let value = d.bytes32(MAX_XATTR_VALUE)?.to_vec();
         xattrs.push((name, value));
     }
-    Ok(Meta {
-        mode,
-        uid,
-        gid,
-        mtime: Mtime { sec, nsec },
-        xattrs,
-    })
+    Ok(Meta { mode, uid, gid, mtime: Mtime { sec, nsec }, xattrs })
 }
 
 impl FileObject {
@@ -391,33 +373,20 @@ impl DirTree {
             let mut entries: Vec<Entry> = Vec::with_capacity((count as usize).min(data.len() / 40));
             for _ in 0..count {
                 let name = d.bytes16()?.to_vec();
-                check_entry_name(&name).map_err(|reason| {
-                    format!("entry name {:?}: {reason}", String::from_utf8_lossy(&name))
-                })?;
+                check_entry_name(&name)
+                    .map_err(|reason| format!("entry name {:?}: {reason}", String::from_utf8_lossy(&name)))?;
                 if entries.last().is_some_and(|prev| prev.name >= name) {
-                    return Err(format!(
-                        "entry {:?} is out of order or duplicated",
-                        String::from_utf8_lossy(&name)
-                    ));
+                    return Err(format!("entry {:?} is out of order or duplicated", String::from_utf8_lossy(&name)));
                 }
                 let tag = d.u8()?;
                 let meta = decode_meta(d)?;
                 let kind = match tag {
-                    1 => EntryKind::File {
-                        file: FileId(d.id()?),
-                        hardlink: d.u32()?,
-                    },
+                    1 => EntryKind::File { file: FileId(d.id()?), hardlink: d.u32()? },
                     2 => EntryKind::Dir(TreeId(d.id()?)),
                     3 => {
                         let target = d.bytes16()?.to_vec();
-                        if target.is_empty()
-                            || target.len() > MAX_SYMLINK_TARGET
-                            || target.contains(&0)
-                        {
-                            return Err(format!(
-                                "symlink {:?} has an invalid target",
-                                String::from_utf8_lossy(&name)
-                            ));
+                        if target.is_empty() || target.len() > MAX_SYMLINK_TARGET || target.contains(&0) {
+                            return Err(format!("symlink {:?} has an invalid target", String::from_utf8_lossy(&name)));
                         }
                         EntryKind::Symlink(target)
                     }
@@ -435,10 +404,7 @@ impl DirTree {
 
     /// The entry called `name`, by binary search.
     pub fn get(&self, name: &[u8]) -> Option<&Entry> {
-        self.entries
-            .binary_search_by(|e| e.name.as_slice().cmp(name))
-            .ok()
-            .map(|i| &self.entries[i])
+        self.entries.binary_search_by(|e| e.name.as_slice().cmp(name)).ok().map(|i| &self.entries[i])
     }
 }
 
@@ -504,24 +470,9 @@ impl Commit {
                 last = Some(k.clone());
                 metadata.insert(k, v);
             }
-            let stats = TreeStats {
-                files: d.u64()?,
-                dirs: d.u64()?,
-                symlinks: d.u64()?,
-                specials: d.u64()?,
-                bytes: d.u64()?,
-            };
-            Ok(Commit {
-                root,
-                root_meta,
-                parent,
-                timestamp,
-                version,
-                subject,
-                body,
-                metadata,
-                stats,
-            })
+            let stats =
+                TreeStats { files: d.u64()?, dirs: d.u64()?, symlinks: d.u64()?, specials: d.u64()?, bytes: d.u64()? };
+            Ok(Commit { root, root_meta, parent, timestamp, version, subject, body, metadata, stats })
         })
     }
 }
@@ -543,24 +494,13 @@ mod tests {
     fn tree() -> DirTree {
         DirTree {
             entries: vec![
-                Entry {
-                    name: b"bin".to_vec(),
-                    meta: meta(),
-                    kind: EntryKind::Dir(TreeId(ObjectId::of(b"t"))),
-                },
+                Entry { name: b"bin".to_vec(), meta: meta(), kind: EntryKind::Dir(TreeId(ObjectId::of(b"t"))) },
                 Entry {
                     name: b"ls".to_vec(),
                     meta: meta(),
-                    kind: EntryKind::File {
-                        file: FileId(ObjectId::of(b"f")),
-                        hardlink: 3,
-                    },
+                    kind: EntryKind::File { file: FileId(ObjectId::of(b"f")), hardlink: 3 },
                 },
-                Entry {
-                    name: b"sh".to_vec(),
-                    meta: meta(),
-                    kind: EntryKind::Symlink(b"dash".to_vec()),
-                },
+                Entry { name: b"sh".to_vec(), meta: meta(), kind: EntryKind::Symlink(b"dash".to_vec()) },
             ],
         }
     }
@@ -595,10 +535,7 @@ mod tests {
     fn golden_encoding() {
         // Pins the format: if this changes, every id in every repository changes (docs/format.md).
         let bytes = tree().encode();
-        assert_eq!(
-            ObjectId::of(&bytes).to_hex(),
-            "4d2b1660e81523e59a138c9bd4e377b72050f3a7110e6796ae942cd5b5d7a25c"
-        );
+        assert_eq!(ObjectId::of(&bytes).to_hex(), "4d2b1660e81523e59a138c9bd4e377b72050f3a7110e6796ae942cd5b5d7a25c");
     }
 
     fn reencode_with_name(name: &[u8]) -> Vec<u8> {
@@ -642,10 +579,7 @@ mod tests {
 
     #[test]
     fn rejects_inconsistent_file_size() {
-        let f = FileObject {
-            size: 10,
-            chunks: vec![(ChunkId(ObjectId::of(b"a")), 9)],
-        };
+        let f = FileObject { size: 10, chunks: vec![(ChunkId(ObjectId::of(b"a")), 9)] };
         let bytes = f.encode();
         assert!(FileObject::decode(ObjectId::of(&bytes), &bytes).is_err());
     }

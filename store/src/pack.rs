@@ -116,14 +116,7 @@ impl PackWriter {
 
     /// Appends one object whose decoded bytes hash to `id`.
     pub fn append(&mut self, kind: ObjectKind, id: ObjectId, codec: Codec, raw_len: u32, stored: &[u8]) -> Result<()> {
-        let entry = IndexEntry {
-            id,
-            kind,
-            codec,
-            offset: self.offset,
-            stored_len: stored.len() as u32,
-            raw_len,
-        };
+        let entry = IndexEntry { id, kind, codec, offset: self.offset, stored_len: stored.len() as u32, raw_len };
         self.write(&encode_entry_header(&entry))?;
         self.write(stored)?;
         self.entries.push(entry);
@@ -148,13 +141,7 @@ impl PackWriter {
         self.entries.sort_by_key(|e| (e.id, e.kind));
         let index_tmp = self.path.with_extension("idx");
         std::fs::write(&index_tmp, encode_index(id, self.offset, &self.entries)).at(&index_tmp)?;
-        Ok(FinishedPack {
-            id,
-            pack_tmp: self.path,
-            index_tmp,
-            size: self.offset,
-            entries: self.entries,
-        })
+        Ok(FinishedPack { id, pack_tmp: self.path, index_tmp, size: self.offset, entries: self.entries })
     }
 }
 
@@ -201,10 +188,7 @@ pub struct PackIndex {
 /// Decodes and validates a pack index read from `what` (a path or URL, for errors): sort order,
 /// sizes within limits, every entry within the pack.
 pub fn decode_index(bytes: &[u8], what: &str) -> Result<PackIndex> {
-    let corrupt = |reason: String| StoreError::Corrupt {
-        what: format!("pack index {what}"),
-        reason,
-    };
+    let corrupt = |reason: String| StoreError::Corrupt { what: format!("pack index {what}"), reason };
     let mut d = Decoder::new(bytes);
     if d.take(4).map_err(corrupt)? != INDEX_MAGIC {
         return Err(corrupt("bad magic, expected \"osdi\"".into()));
@@ -231,9 +215,11 @@ pub fn decode_index(bytes: &[u8], what: &str) -> Result<PackIndex> {
     for i in 0..count {
         let id = d.id().map_err(corrupt)?;
         let kind_byte = d.u8().map_err(corrupt)?;
-        let kind = ObjectKind::from_u8(kind_byte).ok_or_else(|| corrupt(format!("entry {i} has unknown kind {kind_byte}")))?;
+        let kind =
+            ObjectKind::from_u8(kind_byte).ok_or_else(|| corrupt(format!("entry {i} has unknown kind {kind_byte}")))?;
         let codec_byte = d.u8().map_err(corrupt)?;
-        let codec = Codec::from_u8(codec_byte).ok_or_else(|| corrupt(format!("entry {i} has unknown codec {codec_byte}")))?;
+        let codec =
+            Codec::from_u8(codec_byte).ok_or_else(|| corrupt(format!("entry {i} has unknown codec {codec_byte}")))?;
         let entry = IndexEntry {
             id,
             kind,
@@ -249,11 +235,7 @@ pub fn decode_index(bytes: &[u8], what: &str) -> Result<PackIndex> {
         entries.push(entry);
     }
     d.finish().map_err(corrupt)?;
-    Ok(PackIndex {
-        pack,
-        pack_size,
-        entries,
-    })
+    Ok(PackIndex { pack, pack_size, entries })
 }
 
 fn check_entry_bounds(e: &IndexEntry, pack_size: u64) -> Result<(), String> {
@@ -296,11 +278,7 @@ pub fn decode_entry(bytes: &[u8], expected: &IndexEntry, pack: &str) -> Result<V
     let raw = compress::decompress(expected.codec, &bytes[header.len()..], expected.raw_len, &what)?;
     let actual = ObjectId::of(&raw);
     if actual != expected.id {
-        return Err(StoreError::HashMismatch {
-            kind: expected.kind,
-            id: expected.id,
-            actual,
-        });
+        return Err(StoreError::HashMismatch { kind: expected.kind, id: expected.id, actual });
     }
     Ok(raw)
 }
@@ -308,18 +286,13 @@ pub fn decode_entry(bytes: &[u8], expected: &IndexEntry, pack: &str) -> Result<V
 /// Reads and verifies one object from an open pack file.
 pub fn read_entry(pack_file: &File, entry: &IndexEntry, pack_path: &Path) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; entry.span() as usize];
-    pack_file
-        .read_exact_at(&mut buf, entry.offset)
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => StoreError::Corrupt {
-                what: format!("pack {}", pack_path.display()),
-                reason: format!("truncated: {} {} at offset {} lies past its end", entry.kind, entry.id, entry.offset),
-            },
-            _ => StoreError::Io {
-                path: pack_path.into(),
-                source: e,
-            },
-        })?;
+    pack_file.read_exact_at(&mut buf, entry.offset).map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => StoreError::Corrupt {
+            what: format!("pack {}", pack_path.display()),
+            reason: format!("truncated: {} {} at offset {} lies past its end", entry.kind, entry.id, entry.offset),
+        },
+        _ => StoreError::Io { path: pack_path.into(), source: e },
+    })?;
     decode_entry(&buf, entry, &pack_path.display().to_string())
 }
 

@@ -43,14 +43,14 @@ pub fn prune(repo: &mut Repo, dry_run: bool) -> Result<PruneReport> {
     if let Some(first) = reach.errors.first() {
         return Err(StoreError::Corrupt {
             what: format!("repository {}", repo.path().display()),
-            reason: format!("{first} (and {} more); run fsck — prune refuses to run on a damaged repository", reach.errors.len() - 1),
+            reason: format!(
+                "{first} (and {} more); run fsck — prune refuses to run on a damaged repository",
+                reach.errors.len() - 1
+            ),
         });
     }
     let live = reach.objects;
-    let mut report = PruneReport {
-        dry_run,
-        ..Default::default()
-    };
+    let mut report = PruneReport { dry_run, ..Default::default() };
     if repo.archive().is_some() {
         prune_archive(repo, &live, &mut report)?;
     } else {
@@ -67,7 +67,8 @@ fn prune_archive(repo: &mut Repo, live: &HashSet<(ObjectId, ObjectKind)>, report
     let mut rewritten = Vec::new();
     for info in archive.packs() {
         let index_path = info.path.with_extension("idx");
-        let index = crate::pack::decode_index(&fs::read(&index_path).at(&index_path)?, &index_path.display().to_string())?;
+        let index =
+            crate::pack::decode_index(&fs::read(&index_path).at(&index_path)?, &index_path.display().to_string())?;
         let (keep, drop): (Vec<_>, Vec<_>) = index.entries.iter().partition(|e| live.contains(&(e.id, e.kind)));
         report.objects_kept += keep.len() as u64;
         report.objects_removed += drop.len() as u64;
@@ -167,7 +168,11 @@ fn prune_bare(repo: &mut Repo, live: &HashSet<(ObjectId, ObjectKind)>, report: &
         let sub = sub.at(&objects_dir)?.path();
         for entry in fs::read_dir(&sub).at(&sub)? {
             let path = entry.at(&sub)?.path();
-            let hex = format!("{}{}", sub.file_name().unwrap_or_default().to_string_lossy(), path.file_name().unwrap_or_default().to_string_lossy());
+            let hex = format!(
+                "{}{}",
+                sub.file_name().unwrap_or_default().to_string_lossy(),
+                path.file_name().unwrap_or_default().to_string_lossy()
+            );
             if ObjectId::from_hex(&hex).is_some_and(|id| recorded.contains(&id)) {
                 continue;
             }

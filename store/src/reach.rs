@@ -62,7 +62,9 @@ pub fn reachable(repo: &Repo, roots: &[CommitId]) -> Result<Reachable> {
                     match repo.file_object(&file) {
                         Ok(object) => {
                             for (chunk, _) in object.chunks {
-                                if r.objects.insert((chunk.0, ObjectKind::Chunk)) && !repo.has(ObjectKind::Chunk, &chunk.0)? {
+                                if r.objects.insert((chunk.0, ObjectKind::Chunk))
+                                    && !repo.has(ObjectKind::Chunk, &chunk.0)?
+                                {
                                     r.errors.push(format!("chunk object {chunk} of file object {file} is missing"));
                                 }
                             }
@@ -80,7 +82,11 @@ pub fn reachable(repo: &Repo, roots: &[CommitId]) -> Result<Reachable> {
 /// Records object-level problems; passes I/O and index failures up.
 fn note(r: &mut Reachable, e: StoreError) -> Result<()> {
     match e {
-        StoreError::ObjectMissing { .. } | StoreError::HashMismatch { .. } | StoreError::Corrupt { .. } | StoreError::TooLarge { .. } | StoreError::UnsupportedVersion { .. } => {
+        StoreError::ObjectMissing { .. }
+        | StoreError::HashMismatch { .. }
+        | StoreError::Corrupt { .. }
+        | StoreError::TooLarge { .. }
+        | StoreError::UnsupportedVersion { .. } => {
             r.errors.push(e.to_string());
             Ok(())
         }

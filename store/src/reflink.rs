@@ -20,7 +20,10 @@ pub enum CopyMethod {
 /// Errors after which FICLONE cannot work for this pair of files (other filesystem, no reflink
 /// support, unaligned or special file), so copying is the answer.
 fn cannot_clone(e: Errno) -> bool {
-    matches!(e, Errno::OPNOTSUPP | Errno::XDEV | Errno::INVAL | Errno::NOSYS | Errno::BADF | Errno::PERM | Errno::TXTBSY)
+    matches!(
+        e,
+        Errno::OPNOTSUPP | Errno::XDEV | Errno::INVAL | Errno::NOSYS | Errno::BADF | Errno::PERM | Errno::TXTBSY
+    )
 }
 
 /// Puts `src`'s `len` bytes into the empty file `dst`, by reflink when `try_reflink` and possible.
@@ -39,9 +42,16 @@ pub fn clone_or_copy(src: &File, dst: &File, len: u64, try_reflink: bool) -> std
     while done < len {
         let (mut src_off, mut dst_off) = (done, done);
         match rustix::fs::copy_file_range(src, Some(&mut src_off), dst, Some(&mut dst_off), (len - done) as usize) {
-            Ok(0) => return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "source is shorter than its object says")),
+            Ok(0) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "source is shorter than its object says",
+                ));
+            }
             Ok(n) => done += n as u64,
-            Err(Errno::XDEV | Errno::NOSYS | Errno::INVAL | Errno::OPNOTSUPP) => return copy_userspace(src, dst, done, len),
+            Err(Errno::XDEV | Errno::NOSYS | Errno::INVAL | Errno::OPNOTSUPP) => {
+                return copy_userspace(src, dst, done, len);
+            }
             Err(e) => return Err(e.into()),
         }
     }
@@ -59,7 +69,10 @@ fn copy_userspace(src: &File, mut dst: &File, from: u64, len: u64) -> std::io::R
         let want = left.min(buf.len() as u64) as usize;
         let n = src.read(&mut buf[..want])?;
         if n == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "source is shorter than its object says"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "source is shorter than its object says",
+            ));
         }
         dst.write_all(&buf[..n])?;
         left -= n as u64;

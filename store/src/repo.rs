@@ -18,7 +18,9 @@ use rustix::fs::{FlockOperation, flock};
 use serde::{Deserialize, Serialize};
 
 use crate::archive::ArchiveStore;
+use crate::archive::ArchiveWriter;
 use crate::bare::BareStore;
+use crate::bare::BareWriter;
 use crate::chunker::ChunkerParams;
 use crate::error::{IoContext, Result, StoreError};
 use crate::fsutil::{atomic_write, clear_dir, fsync_dir};
@@ -27,8 +29,6 @@ use crate::name::check_ref_name;
 use crate::object::{Commit, DirTree, FileObject, ObjectKind};
 use crate::pack::FinishedPack;
 use crate::write::ObjectWriter;
-use crate::archive::ArchiveWriter;
-use crate::bare::BareWriter;
 
 /// The repository format version this build reads and writes.
 pub const REPO_FORMAT_VERSION: u32 = 1;
@@ -94,12 +94,7 @@ pub struct Repo {
 }
 
 fn lock(path: &Path, op: FlockOperation) -> Result<File> {
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .at(path)?;
+    let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(path).at(path)?;
     match flock(&file, op) {
         Ok(()) => Ok(file),
         Err(rustix::io::Errno::WOULDBLOCK) => Err(StoreError::Locked { path: path.into() }),
@@ -110,10 +105,7 @@ fn lock(path: &Path, op: FlockOperation) -> Result<File> {
 impl Repo {
     /// Creates a repository at `path` (a new or empty directory).
     pub fn init(path: &Path, mode: RepoMode, compression_level: i32, chunker: ChunkerParams) -> Result<Repo> {
-        chunker.validate().map_err(|reason| StoreError::NotARepository {
-            path: path.into(),
-            reason,
-        })?;
+        chunker.validate().map_err(|reason| StoreError::NotARepository { path: path.into(), reason })?;
         if !(1..=22).contains(&compression_level) {
             return Err(StoreError::NotARepository {
                 path: path.into(),
@@ -134,12 +126,7 @@ impl Repo {
             RepoMode::Archive => fs::create_dir_all(path.join("packs")).at(path.join("packs"))?,
             RepoMode::Bare => drop(BareStore::open(path, true)?),
         }
-        let config = RepoConfig {
-            format_version: REPO_FORMAT_VERSION,
-            mode,
-            compression_level,
-            chunker,
-        };
+        let config = RepoConfig { format_version: REPO_FORMAT_VERSION, mode, compression_level, chunker };
         let text = serde_json::to_string_pretty(&config).expect("config serializes") + "\n";
         // The config is written last: a directory without it is not a repository yet.
         atomic_write(&path.join("config"), &path.join("tmp"), text.as_bytes())?;
@@ -150,10 +137,7 @@ impl Repo {
 
     /// Opens the repository at `path`, taking the locks `access` needs.
     pub fn open(path: &Path, access: Access) -> Result<Repo> {
-        let not_repo = |reason: String| StoreError::NotARepository {
-            path: path.into(),
-            reason,
-        };
+        let not_repo = |reason: String| StoreError::NotARepository { path: path.into(), reason };
         let config_path = path.join("config");
         let text = match fs::read_to_string(&config_path) {
             Ok(t) => t,
@@ -188,12 +172,7 @@ impl Repo {
             RepoMode::Archive => Store::Archive(ArchiveStore::load(&path.join("packs"))?),
             RepoMode::Bare => Store::Bare(BareStore::open(path, false)?),
         };
-        Ok(Repo {
-            path: path.into(),
-            config,
-            store,
-            _locks: locks,
-        })
+        Ok(Repo { path: path.into(), config, store, _locks: locks })
     }
 
     /// The repository directory.
@@ -265,7 +244,9 @@ impl Repo {
     pub fn writer(&self) -> ObjectWriter<'_> {
         let tmp = self.path.join("tmp");
         match &self.store {
-            Store::Archive(a) => ObjectWriter::Archive(ArchiveWriter::new(a, &tmp, self.config.compression_level)),
+            Store::Archive(a) => {
+                ObjectWriter::Archive(Box::new(ArchiveWriter::new(a, &tmp, self.config.compression_level)))
+            }
             Store::Bare(b) => ObjectWriter::Bare(BareWriter::new(b, &tmp)),
         }
     }
@@ -340,19 +321,13 @@ impl Repo {
                 return Ok(CommitId(id));
             }
         } else if lower.len() >= 4 && lower.bytes().all(|b| b.is_ascii_hexdigit()) {
-            let matches: Vec<ObjectId> = self
-                .commit_ids()?
-                .into_iter()
-                .filter(|id| id.to_hex().starts_with(&lower))
-                .collect();
+            let matches: Vec<ObjectId> =
+                self.commit_ids()?.into_iter().filter(|id| id.to_hex().starts_with(&lower)).collect();
             match matches.len() {
                 1 => return Ok(CommitId(matches[0])),
                 0 => {}
                 count => {
-                    return Err(StoreError::AmbiguousCommit {
-                        spec: spec.into(),
-                        count,
-                    });
+                    return Err(StoreError::AmbiguousCommit { spec: spec.into(), count });
                 }
             }
         }

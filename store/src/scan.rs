@@ -67,10 +67,7 @@ pub struct ScanTotals {
 pub fn scan(root: &Path, totals: &mut ScanTotals, links: &mut HashMap<(u64, u64), u32>) -> Result<ScanDir> {
     let md = fs::symlink_metadata(root).at(root)?;
     if !md.is_dir() {
-        return Err(StoreError::BadSource {
-            path: root.into(),
-            reason: "not a directory".into(),
-        });
+        return Err(StoreError::BadSource { path: root.into(), reason: "not a directory".into() });
     }
     scan_dir(root, meta_of(root, &md)?, totals, links)
 }
@@ -84,10 +81,8 @@ fn scan_dir(dir: &Path, meta: Meta, totals: &mut ScanTotals, links: &mut HashMap
     let mut entries = Vec::with_capacity(names.len());
     for name in names {
         let path = dir.join(std::ffi::OsStr::from_bytes(&name));
-        check_entry_name(&name).map_err(|reason| StoreError::BadSource {
-            path: path.clone(),
-            reason: reason.into(),
-        })?;
+        check_entry_name(&name)
+            .map_err(|reason| StoreError::BadSource { path: path.clone(), reason: reason.into() })?;
         let md = fs::symlink_metadata(&path).at(&path)?;
         let meta = meta_of(&path, &md)?;
         let ft = md.file_type();
@@ -107,20 +102,13 @@ fn scan_dir(dir: &Path, meta: Meta, totals: &mut ScanTotals, links: &mut HashMap
                     totals.bytes += md.len();
                 }
             }
-            ScanKind::File {
-                path,
-                size: md.len(),
-                inode,
-            }
+            ScanKind::File { path, size: md.len(), inode }
         } else if ft.is_dir() {
             ScanKind::Dir(scan_dir(&path, meta.clone(), totals, links)?)
         } else if ft.is_symlink() {
             let target = fs::read_link(&path).at(&path)?.into_os_string().into_vec();
             if target.len() > MAX_SYMLINK_TARGET {
-                return Err(StoreError::BadSource {
-                    path,
-                    reason: "symlink target longer than 4095 bytes".into(),
-                });
+                return Err(StoreError::BadSource { path, reason: "symlink target longer than 4095 bytes".into() });
             }
             ScanKind::Symlink(target)
         } else if ft.is_char_device() {
@@ -132,10 +120,7 @@ fn scan_dir(dir: &Path, meta: Meta, totals: &mut ScanTotals, links: &mut HashMap
         } else if ft.is_socket() {
             ScanKind::Socket
         } else {
-            return Err(StoreError::BadSource {
-                path,
-                reason: "unknown file type".into(),
-            });
+            return Err(StoreError::BadSource { path, reason: "unknown file type".into() });
         };
         entries.push(ScanEntry { name, meta, kind });
     }
@@ -149,10 +134,7 @@ fn meta_of(path: &Path, md: &fs::Metadata) -> Result<Meta> {
         mode: md.mode() & 0o7777,
         uid: md.uid(),
         gid: md.gid(),
-        mtime: Mtime {
-            sec: md.mtime(),
-            nsec: md.mtime_nsec() as u32,
-        },
+        mtime: Mtime { sec: md.mtime(), nsec: md.mtime_nsec() as u32 },
         xattrs: read_xattrs(path)?,
     })
 }

@@ -19,16 +19,12 @@ pub fn lookup(repo: &Repo, commit_id: &CommitId, commit: &Commit, path: &str) ->
     let parts = components(path);
     for (i, part) in parts.iter().enumerate() {
         let EntryKind::Dir(tree_id) = kind else {
-            return Err(StoreError::PathNotFound {
-                commit: commit_id.0,
-                path: parts[..i].join("/"),
-            });
+            return Err(StoreError::PathNotFound { commit: commit_id.0, path: parts[..i].join("/") });
         };
         let tree = repo.tree(&tree_id)?;
-        let entry = tree.get(part.as_bytes()).ok_or_else(|| StoreError::PathNotFound {
-            commit: commit_id.0,
-            path: path.into(),
-        })?;
+        let entry = tree
+            .get(part.as_bytes())
+            .ok_or_else(|| StoreError::PathNotFound { commit: commit_id.0, path: path.into() })?;
         meta = entry.meta.clone();
         kind = entry.kind.clone();
     }
@@ -38,7 +34,12 @@ pub fn lookup(repo: &Repo, commit_id: &CommitId, commit: &Commit, path: &str) ->
 /// Calls `visit` for every entry below `tree`, parents before children, in name order, with the
 /// entry's path relative to the tree.
 pub fn walk(repo: &Repo, tree: &TreeId, visit: &mut dyn FnMut(&Path, &Entry) -> Result<()>) -> Result<()> {
-    fn inner(repo: &Repo, tree: &TreeId, prefix: &Path, visit: &mut dyn FnMut(&Path, &Entry) -> Result<()>) -> Result<()> {
+    fn inner(
+        repo: &Repo,
+        tree: &TreeId,
+        prefix: &Path,
+        visit: &mut dyn FnMut(&Path, &Entry) -> Result<()>,
+    ) -> Result<()> {
         for entry in repo.tree(tree)?.entries {
             let path: PathBuf = prefix.join(std::ffi::OsStr::new(&*String::from_utf8_lossy(&entry.name)));
             visit(&path, &entry)?;

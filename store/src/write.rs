@@ -33,7 +33,7 @@ pub struct WriteStats {
 /// visible at once. Nothing a transaction wrote is reachable before a ref points to it.
 pub enum ObjectWriter<'s> {
     /// Into packs.
-    Archive(ArchiveWriter<'s>),
+    Archive(Box<ArchiveWriter<'s>>),
     /// Into whole-file content and the SQLite index.
     Bare(BareWriter<'s>),
 }
@@ -81,7 +81,7 @@ impl ObjectWriter<'_> {
     pub fn finish(self, repo_path: &Path) -> Result<(WriteStats, Vec<crate::pack::FinishedPack>)> {
         match self {
             ObjectWriter::Archive(w) => {
-                let (packs, stats) = w.finish(repo_path)?;
+                let (packs, stats) = (*w).finish(repo_path)?;
                 Ok((stats, packs))
             }
             ObjectWriter::Bare(w) => Ok((w.finish(repo_path)?, Vec::new())),

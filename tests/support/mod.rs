@@ -19,7 +19,12 @@ pub fn osdeploy(repo: &Path) -> Command {
 /// Runs `cmd`, asserts success, returns stdout.
 pub fn ok(cmd: &mut Command) -> String {
     let out = cmd.output().expect("spawn osdeploy");
-    assert!(out.status.success(), "{cmd:?} failed: {}\nstdout: {}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\nstdout: {}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
     String::from_utf8(out.stdout).expect("utf-8 stdout")
 }
 
@@ -32,10 +37,9 @@ pub fn fails(cmd: &mut Command) -> String {
 
 /// Runs an external tool and asserts it succeeded; panics naming the tool when it is missing.
 pub fn sh(program: &str, args: &[&str]) -> Output {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program} is required by this test and could not be run: {e} (install it; .ci/run does)"));
+    let out = Command::new(program).args(args).output().unwrap_or_else(|e| {
+        panic!("{program} is required by this test and could not be run: {e} (install it; .ci/run does)")
+    });
     assert!(out.status.success(), "{program} {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     out
 }
@@ -80,7 +84,18 @@ pub fn make_sample_tree(root: &Path) {
     let sparse = fs::File::create(root.join("var/sparse")).unwrap();
     sparse.set_len(5 << 20).unwrap();
     drop(sparse);
-    sh("dd", &["if=/dev/urandom", &format!("of={}", root.join("var/sparse").display()), "bs=4096", "count=1", "seek=1000", "conv=notrunc", "status=none"]);
+    sh(
+        "dd",
+        &[
+            "if=/dev/urandom",
+            &format!("of={}", root.join("var/sparse").display()),
+            "bs=4096",
+            "count=1",
+            "seek=1000",
+            "conv=notrunc",
+            "status=none",
+        ],
+    );
     symlink("small", root.join("usr/bin/sh")).unwrap();
     symlink("/nonexistent/target", root.join("usr/bin/dangling")).unwrap();
     symlink("../../etc/os-release", root.join("usr/bin/os-release")).unwrap();
@@ -103,14 +118,26 @@ pub fn make_sample_tree(root: &Path) {
 pub fn assert_same_tree(expected: &Path, actual: &Path) {
     let out = sh(
         "rsync",
-        &["-aHAXn", "--checksum", "--itemize-changes", "--delete", "--numeric-ids", &format!("{}/", expected.display()), &format!("{}/", actual.display())],
+        &[
+            "-aHAXn",
+            "--checksum",
+            "--itemize-changes",
+            "--delete",
+            "--numeric-ids",
+            &format!("{}/", expected.display()),
+            &format!("{}/", actual.display()),
+        ],
     );
     let diff = String::from_utf8_lossy(&out.stdout);
     assert!(diff.trim().is_empty(), "trees differ ({} vs {}):\n{diff}", expected.display(), actual.display());
     // rsync skips some metadata (e.g. nanoseconds of directory mtimes); a stat listing does not.
     // Directory sizes are left out: they depend on the filesystem, not on the tree.
     let stat = |p: &Path| {
-        let out = Command::new("find").arg(p).args(["-printf", "%P\\t%y\\t%m\\t%U\\t%G\\t%T@\\t%s\\t%l\\n"]).output().unwrap();
+        let out = Command::new("find")
+            .arg(p)
+            .args(["-printf", "%P\\t%y\\t%m\\t%U\\t%G\\t%T@\\t%s\\t%l\\n"])
+            .output()
+            .unwrap();
         let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
             .lines()
             .map(|l| {
@@ -128,7 +155,10 @@ pub fn assert_same_tree(expected: &Path, actual: &Path) {
     let (set_a, set_b): (HashSet<&String>, HashSet<&String>) = (a.iter().collect(), b.iter().collect());
     let only_a: Vec<&&String> = set_a.difference(&set_b).take(20).collect();
     let only_b: Vec<&&String> = set_b.difference(&set_a).take(20).collect();
-    assert!(only_a.is_empty() && only_b.is_empty(), "stat listings differ:\nexpected only: {only_a:#?}\nactual only: {only_b:#?}");
+    assert!(
+        only_a.is_empty() && only_b.is_empty(),
+        "stat listings differ:\nexpected only: {only_a:#?}\nactual only: {only_b:#?}"
+    );
 }
 
 /// A filesystem image on a loop device mounted on a temporary directory; unmounted and detached
@@ -147,7 +177,10 @@ impl LoopFs {
         let dir = tempfile::tempdir().unwrap();
         let image = dir.path().join("fs.img");
         fs::File::create(&image).unwrap().set_len(size_mib << 20).unwrap();
-        let device = String::from_utf8(sh("losetup", &["-f", "--show", &image.display().to_string()]).stdout).unwrap().trim().to_string();
+        let device = String::from_utf8(sh("losetup", &["-f", "--show", &image.display().to_string()]).stdout)
+            .unwrap()
+            .trim()
+            .to_string();
         let mount = dir.path().join("mnt");
         fs::create_dir(&mount).unwrap();
         let guard = LoopFs { mount: mount.clone(), device: device.clone(), _dir: dir };
