@@ -5,7 +5,9 @@
 #   WORK: scratch directory on a local disk (loop images are created inside it)
 # Needs: ostree, btrfs-progs, xfsprogs, GNU time (apt-get install ostree btrfs-progs xfsprogs time)
 # Writes WORK/results.tsv: tool  op  fs  run  wall_s  max_rss_kib  extra_used_kib  note
-# Page cache is dropped before every timed run, so reads come from disk as on a real node.
+# Page cache is dropped before every timed run, so reads come from disk as on a real node, and
+# every timed command is followed by `sync` inside the timing: a checked-out slot or a commit
+# counts only once it is durable (osdeploy syncs by itself; OSTree's checkout does not).
 set -euo pipefail
 tree=$(realpath "${1:?TREE}"); mkdir -p "${2:?WORK}"; work=$(realpath "$2"); runs=${3:-3}
 osd=${OSDEPLOY:-$(dirname "$0")/../../target/release/osdeploy}; osd=$(realpath "$osd")
@@ -22,8 +24,8 @@ timed() {
   local before after
   before=$(df --output=used -k "${MNT:-$work}" | tail -1)
   drop
-  /usr/bin/time -f '%e %M' -o "$work/time.out" "$@" > "$work/cmd.out" 2>&1 || { cat "$work/cmd.out" >&2; return 1; }
-  sync
+  /usr/bin/time -f '%e %M' -o "$work/time.out" sh -c '"$@" && sync' sh "$@" > "$work/cmd.out" 2>&1 ||
+    { cat "$work/cmd.out" >&2; return 1; }
   after=$(df --output=used -k "${MNT:-$work}" | tail -1)
   read -r wall rss < "$work/time.out"
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$tool" "$op" "$fs" "$run" "$wall" "$rss" $((after - before)) "$note" >> "$results"

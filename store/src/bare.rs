@@ -42,6 +42,12 @@ pub struct ChunkLocation {
     pub length: u32,
 }
 
+/// Path of a file object's content below a bare repository's `objects/` directory.
+pub fn content_path(objects_dir: &Path, file: &FileId) -> PathBuf {
+    let hex = file.0.to_hex();
+    objects_dir.join(&hex[..2]).join(&hex[2..])
+}
+
 /// Read access to a bare repository.
 pub struct BareStore {
     objects_dir: PathBuf,
@@ -70,7 +76,7 @@ impl BareStore {
         let db = sql(&db_path, Connection::open(&db_path))?;
         sql(
             &db_path,
-            db.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=10000;"),
+            db.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=10000; PRAGMA mmap_size=268435456; PRAGMA cache_size=-65536;"),
         )?;
         sql(&db_path, db.execute_batch(SCHEMA))?;
         let version: Option<String> =
@@ -93,8 +99,7 @@ impl BareStore {
 
     /// Path of a file object's content.
     pub fn content_path(&self, file: &FileId) -> PathBuf {
-        let hex = file.0.to_hex();
-        self.objects_dir.join(&hex[..2]).join(&hex[2..])
+        content_path(&self.objects_dir, file)
     }
 
     /// True when the metadata object is recorded (for a file object: and its content is stored).
@@ -197,6 +202,15 @@ impl BareStore {
             }
         }
         Ok(())
+    }
+
+    /// Runs `f` inside one read transaction: one consistent snapshot, and one lock and WAL check
+    /// for all of `f`'s queries instead of one per query (a checkout makes thousands).
+    pub fn snapshot<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        sql(&self.db_path, self.db.execute_batch("BEGIN DEFERRED"))?;
+        let out = f();
+        sql(&self.db_path, self.db.execute_batch(if out.is_ok() { "COMMIT" } else { "ROLLBACK" }))?;
+        out
     }
 
     /// The object directory (content files).

@@ -1,9 +1,13 @@
 //! `checkout`: a commit's tree → a directory, with full metadata.
 //!
-//! Every entry is created relative to an open directory fd with `O_NOFOLLOW`/`O_EXCL` semantics,
-//! below a destination that starts empty, from names validated on decode: nothing in a tree
-//! (a `..` name, a symlink to `/`, a symlink where a directory follows) can make checkout write
-//! outside the destination. Content comes by FICLONE from a bare repository (copy where the
+//! Every entry is created relative to a directory fd opened with `openat2(RESOLVE_BENEATH |
+//! RESOLVE_NO_SYMLINKS)` below a destination that starts empty, with `O_NOFOLLOW|O_EXCL`, from
+//! names validated on decode: nothing in a tree (a `..` name, a symlink to `/`, a symlink where a
+//! directory follows) can make checkout write outside the destination.
+//!
+//! It runs in phases: plan (read every tree and file object once, in one snapshot), create the
+//! directories, fill them in parallel (both cores: cloning is kernel time), link hardlinks, then
+//! apply directory metadata deepest first. Content comes by FICLONE from a bare repository (copy where the
 //! filesystem cannot clone) or is decompressed from an archive repository's packs. Metadata is
 //! applied in the order the kernel needs: owner, then xattrs (chown drops security.capability),
 //! then mode (chown drops setuid), then mtime, directories after their children.
@@ -12,17 +16,19 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::Write;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps, XattrFlags};
+use rayon::prelude::*;
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps, XattrFlags};
 use serde::Serialize;
 
+use crate::archive::ArchiveStore;
 use crate::error::{IoContext, Result, StoreError};
 use crate::fsutil::syncfs;
-use crate::id::{CommitId, FileId};
-use crate::object::{DirTree, EntryKind, Meta, ObjectKind};
+use crate::id::{CommitId, FileId, TreeId};
+use crate::object::{Entry, EntryKind, FileObject, Meta, ObjectKind};
 use crate::reflink::{CopyMethod, clone_or_copy};
 use crate::repo::Repo;
 
@@ -78,17 +84,94 @@ impl CheckoutStats {
     }
 }
 
-struct Ctx<'a> {
-    repo: &'a Repo,
-    options: CheckoutOptions,
-    dest: PathBuf,
-    root_fd: OwnedFd,
-    links: HashMap<u32, PathBuf>,
-    stats: CheckoutStats,
+impl CheckoutStats {
+    fn merge(mut self, o: CheckoutStats) -> CheckoutStats {
+        self.files += o.files;
+        self.hardlinks += o.hardlinks;
+        self.dirs += o.dirs;
+        self.symlinks += o.symlinks;
+        self.specials += o.specials;
+        self.bytes += o.bytes;
+        self.reflinked += o.reflinked;
+        self.copied += o.copied;
+        self.decompressed += o.decompressed;
+        self
+    }
+}
+
+/// Where file content comes from; shared by the worker threads.
+enum Content<'a> {
+    /// Whole files below a bare repository's `objects/`.
+    Bare(&'a Path),
+    /// Chunks in an archive repository's packs.
+    Archive(&'a ArchiveStore),
+}
+
+/// A regular file to create.
+struct PlanFile {
+    name: Vec<u8>,
+    meta: Meta,
+    id: FileId,
+    object: FileObject,
+}
+
+/// One directory of the tree with everything to create in it.
+struct PlanDir {
+    rel: PathBuf,
+    meta: Meta,
+    files: Vec<PlanFile>,
+    others: Vec<Entry>,
+    links: Vec<(Vec<u8>, u32)>,
+}
+
+struct Planner<'r> {
+    repo: &'r Repo,
+    dirs: Vec<PlanDir>,
+    firsts: HashMap<u32, (usize, Vec<u8>)>,
+}
+
+impl Planner<'_> {
+    /// Reads `tree` and its subtrees into `dirs`, parents before children.
+    fn add(&mut self, tree: &TreeId, rel: PathBuf, meta: Meta) -> Result<()> {
+        let tree = self.repo.tree(tree)?;
+        let index = self.dirs.len();
+        self.dirs.push(PlanDir { rel: rel.clone(), meta, files: Vec::new(), others: Vec::new(), links: Vec::new() });
+        for entry in tree.entries {
+            match entry.kind {
+                EntryKind::File { file, hardlink } => {
+                    if hardlink != 0 && self.firsts.contains_key(&hardlink) {
+                        self.dirs[index].links.push((entry.name, hardlink));
+                        continue;
+                    }
+                    if hardlink != 0 {
+                        self.firsts.insert(hardlink, (index, entry.name.clone()));
+                    }
+                    let object = self.repo.file_object(&file)?;
+                    self.dirs[index].files.push(PlanFile { name: entry.name, meta: entry.meta, id: file, object });
+                }
+                EntryKind::Dir(sub) => self.add(&sub, rel.join(name_of(&entry.name)), entry.meta)?,
+                _ => self.dirs[index].others.push(entry),
+            }
+        }
+        Ok(())
+    }
 }
 
 fn name_of(name: &[u8]) -> &OsStr {
     OsStr::from_bytes(name)
+}
+
+/// Opens the directory `rel` below `root` without following any symlink or leaving `root`.
+fn open_dir(root: &OwnedFd, rel: &Path, full: &Path) -> Result<OwnedFd> {
+    let rel = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
+    rustix::fs::openat2(
+        root,
+        rel,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
+    )
+    .at(full)
 }
 
 /// Checks out `commit` into `dest`, which must not exist or be an empty directory.
@@ -103,20 +186,52 @@ pub fn checkout(repo: &Repo, commit: &CommitId, dest: &Path, options: CheckoutOp
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => fs::create_dir(dest).at(dest)?,
         Err(_) => return Err(StoreError::DestinationNotEmpty { path: dest.into() }),
     }
-    let root_fd =
+    let mut planner = Planner { repo, dirs: Vec::new(), firsts: HashMap::new() };
+    repo.snapshot(|| planner.add(&commit.root, PathBuf::new(), commit.root_meta.clone()))?;
+    let Planner { dirs, firsts, .. } = planner;
+    let root =
         rustix::fs::open(dest, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
             .at(dest)?;
-    let mut ctx =
-        Ctx { repo, options, dest: dest.into(), root_fd, links: HashMap::new(), stats: CheckoutStats::default() };
-    let tree = repo.tree(&commit.root)?;
-    let root_fd = ctx.root_fd.try_clone().at(dest)?;
-    ctx.fill_dir(&root_fd, Path::new(""), &tree)?;
-    ctx.apply_meta_fd(&root_fd, &commit.root_meta, dest)?;
-    ctx.stats.dirs += 1;
+    let worker = Worker {
+        options,
+        creator: (rustix::process::geteuid().as_raw(), rustix::process::getegid().as_raw()),
+        dest,
+        root: &root,
+        content: match (repo.bare(), repo.archive()) {
+            (Some(bare), _) => Content::Bare(bare.objects_dir()),
+            (None, Some(archive)) => Content::Archive(archive),
+            (None, None) => unreachable!("a repository is bare or archive"),
+        },
+    };
+    for dir in &dirs[1..] {
+        let parent = dir.rel.parent().expect("a subdirectory has a parent");
+        let name = dir.rel.file_name().expect("a subdirectory has a name");
+        let parent_fd = open_dir(&root, parent, &dest.join(parent))?;
+        rustix::fs::mkdirat(&parent_fd, name, Mode::from_raw_mode(0o700)).at(dest.join(&dir.rel))?;
+    }
+    let mut stats =
+        dirs.par_iter().map(|dir| worker.fill(dir)).try_reduce(CheckoutStats::default, |a, b| Ok(a.merge(b)))?;
+    for dir in &dirs {
+        for (name, group) in &dir.links {
+            let (first_dir, first_name) = &firsts[group];
+            let from_rel = &dirs[*first_dir].rel;
+            let from = open_dir(&root, from_rel, &dest.join(from_rel))?;
+            let to = open_dir(&root, &dir.rel, &dest.join(&dir.rel))?;
+            let full = dest.join(&dir.rel).join(name_of(name));
+            rustix::fs::linkat(&from, name_of(first_name), &to, name_of(name), AtFlags::empty()).at(&full)?;
+            stats.hardlinks += 1;
+        }
+    }
+    for dir in dirs.iter().rev() {
+        let full = dest.join(&dir.rel);
+        let fd = open_dir(&root, &dir.rel, &full)?;
+        worker.apply_meta_fd(fd.as_fd(), &dir.meta, &full)?;
+        stats.dirs += 1;
+    }
     if options.sync {
         syncfs(dest)?;
     }
-    Ok(ctx.stats)
+    Ok(stats)
 }
 
 fn timestamps(meta: &Meta) -> Timestamps {
@@ -124,104 +239,96 @@ fn timestamps(meta: &Meta) -> Timestamps {
     Timestamps { last_access: t, last_modification: t }
 }
 
-impl Ctx<'_> {
+/// What every worker thread shares.
+struct Worker<'a> {
+    options: CheckoutOptions,
+    creator: (u32, u32),
+    dest: &'a Path,
+    root: &'a OwnedFd,
+    content: Content<'a>,
+}
+
+impl Worker<'_> {
     fn wants_xattr(&self, name: &[u8]) -> bool {
         self.options.preserve_owner || name.starts_with(b"user.")
     }
 
-    fn fill_dir(&mut self, dir_fd: &OwnedFd, rel: &Path, tree: &DirTree) -> Result<()> {
-        for entry in &tree.entries {
+    /// Creates one directory's files, symlinks and special files with their metadata.
+    fn fill(&self, dir: &PlanDir) -> Result<CheckoutStats> {
+        let mut stats = CheckoutStats::default();
+        let dir_path = self.dest.join(&dir.rel);
+        let dir_fd = open_dir(self.root, &dir.rel, &dir_path)?;
+        for f in &dir.files {
+            let name = name_of(&f.name);
+            let full = dir_path.join(name);
+            let fd = rustix::fs::openat(
+                &dir_fd,
+                name,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )
+            .at(&full)?;
+            let mut dst = File::from(fd);
+            self.write_content(&mut dst, f, &full, &mut stats)?;
+            self.apply_meta_fd(dst.as_fd(), &f.meta, &full)?;
+            stats.files += 1;
+        }
+        for entry in &dir.others {
             let name = name_of(&entry.name);
-            let rel_path = rel.join(name);
-            let full = self.dest.join(&rel_path);
-            match &entry.kind {
-                EntryKind::File { file, hardlink } => {
-                    if *hardlink != 0
-                        && let Some(first) = self.links.get(hardlink)
-                    {
-                        rustix::fs::linkat(&self.root_fd, first, dir_fd, name, AtFlags::empty()).at(&full)?;
-                        self.stats.hardlinks += 1;
-                        continue;
-                    }
-                    let fd = rustix::fs::openat(
-                        dir_fd,
-                        name,
-                        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                        Mode::from_raw_mode(0o600),
-                    )
-                    .at(&full)?;
-                    self.write_content(File::from(fd.try_clone().at(&full)?), file, &full)?;
-                    self.apply_meta_fd(&fd, &entry.meta, &full)?;
-                    self.stats.files += 1;
-                    if *hardlink != 0 {
-                        self.links.insert(*hardlink, rel_path);
-                    }
-                }
-                EntryKind::Dir(tree_id) => {
-                    rustix::fs::mkdirat(dir_fd, name, Mode::from_raw_mode(0o700)).at(&full)?;
-                    let sub = rustix::fs::openat(
-                        dir_fd,
-                        name,
-                        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                        Mode::empty(),
-                    )
-                    .at(&full)?;
-                    let subtree = self.repo.tree(tree_id)?;
-                    self.fill_dir(&sub, &rel_path, &subtree)?;
-                    self.apply_meta_fd(&sub, &entry.meta, &full)?;
-                    self.stats.dirs += 1;
-                }
+            let full = dir_path.join(name);
+            let (file_type, rdev) = match &entry.kind {
                 EntryKind::Symlink(target) => {
-                    rustix::fs::symlinkat(name_of(target), dir_fd, name).at(&full)?;
-                    self.apply_meta_at(dir_fd, name, &full, &entry.meta, false)?;
-                    self.stats.symlinks += 1;
+                    rustix::fs::symlinkat(name_of(target), &dir_fd, name).at(&full)?;
+                    self.apply_meta_at(&dir_fd, name, &full, &entry.meta, false)?;
+                    stats.symlinks += 1;
+                    continue;
                 }
-                EntryKind::CharDevice(_) | EntryKind::BlockDevice(_) | EntryKind::Fifo | EntryKind::Socket => {
-                    let (ft, dev) = match &entry.kind {
-                        EntryKind::CharDevice(rdev) => (FileType::CharacterDevice, *rdev),
-                        EntryKind::BlockDevice(rdev) => (FileType::BlockDevice, *rdev),
-                        EntryKind::Fifo => (FileType::Fifo, 0),
-                        _ => (FileType::Socket, 0),
-                    };
-                    rustix::fs::mknodat(dir_fd, name, ft, Mode::from_raw_mode(0o600), dev).at(&full)?;
-                    self.apply_meta_at(dir_fd, name, &full, &entry.meta, true)?;
-                    self.stats.specials += 1;
+                EntryKind::CharDevice(rdev) => (FileType::CharacterDevice, *rdev),
+                EntryKind::BlockDevice(rdev) => (FileType::BlockDevice, *rdev),
+                EntryKind::Fifo => (FileType::Fifo, 0),
+                EntryKind::Socket => (FileType::Socket, 0),
+                EntryKind::File { .. } | EntryKind::Dir(_) => unreachable!("planned separately"),
+            };
+            rustix::fs::mknodat(&dir_fd, name, file_type, Mode::from_raw_mode(0o600), rdev).at(&full)?;
+            self.apply_meta_at(&dir_fd, name, &full, &entry.meta, true)?;
+            stats.specials += 1;
+        }
+        Ok(stats)
+    }
+
+    fn write_content(&self, dst: &mut File, f: &PlanFile, path: &Path, stats: &mut CheckoutStats) -> Result<()> {
+        stats.bytes += f.object.size;
+        match &self.content {
+            Content::Bare(objects) => {
+                let src_path = crate::bare::content_path(objects, &f.id);
+                let src = File::open(&src_path).at(&src_path)?;
+                let len = src.metadata().at(&src_path)?.len();
+                if len != f.object.size {
+                    return Err(StoreError::Corrupt {
+                        what: format!("file object {} ({})", f.id, src_path.display()),
+                        reason: format!("content is {len} bytes, the object says {}", f.object.size),
+                    });
                 }
+                match clone_or_copy(&src, dst, len, self.options.reflink).at(path)? {
+                    _ if len == 0 => {}
+                    CopyMethod::Reflink => stats.reflinked += 1,
+                    CopyMethod::Copy => stats.copied += 1,
+                }
+            }
+            Content::Archive(archive) => {
+                for (chunk, _) in &f.object.chunks {
+                    dst.write_all(&archive.get(ObjectKind::Chunk, &chunk.0)?).at(path)?;
+                }
+                stats.decompressed += 1;
             }
         }
         Ok(())
     }
 
-    fn write_content(&mut self, mut dst: File, file: &FileId, path: &Path) -> Result<()> {
-        let object = self.repo.file_object(file)?;
-        self.stats.bytes += object.size;
-        if let Some(bare) = self.repo.bare() {
-            let src_path = bare.content_path(file);
-            let src = File::open(&src_path).at(&src_path)?;
-            let len = src.metadata().at(&src_path)?.len();
-            if len != object.size {
-                return Err(StoreError::Corrupt {
-                    what: format!("file object {file} ({})", src_path.display()),
-                    reason: format!("content is {len} bytes, the object says {}", object.size),
-                });
-            }
-            match clone_or_copy(&src, &dst, len, self.options.reflink).at(path)? {
-                _ if len == 0 => {}
-                CopyMethod::Reflink => self.stats.reflinked += 1,
-                CopyMethod::Copy => self.stats.copied += 1,
-            }
-        } else {
-            for (chunk, _) in &object.chunks {
-                let data = self.repo.read(ObjectKind::Chunk, &chunk.0)?;
-                dst.write_all(&data).at(path)?;
-            }
-            self.stats.decompressed += 1;
-        }
-        Ok(())
-    }
-
-    fn apply_meta_fd(&self, fd: &OwnedFd, meta: &Meta, path: &Path) -> Result<()> {
-        if self.options.preserve_owner {
+    fn apply_meta_fd(&self, fd: BorrowedFd<'_>, meta: &Meta, path: &Path) -> Result<()> {
+        // A new inode already belongs to (euid, egid): directories are created without setgid,
+        // which is applied only after their content. Most of an OS tree is root:root.
+        if self.options.preserve_owner && (meta.uid, meta.gid) != self.creator {
             rustix::fs::fchown(
                 fd,
                 Some(rustix::process::Uid::from_raw(meta.uid)),
@@ -248,8 +355,11 @@ impl Ctx<'_> {
             )
             .at(path)?;
         }
+        // xattrs of a symlink or device node have no fd-based call: go through the directory fd's
+        // /proc entry, so the path cannot be redirected, and do not follow the final symlink.
+        let via_fd = Path::new("/proc/self/fd").join(dir_fd.as_raw_fd().to_string()).join(name);
         for (xname, value) in meta.xattrs.iter().filter(|(n, _)| self.wants_xattr(n)) {
-            rustix::fs::lsetxattr(path, xname.as_slice(), value, XattrFlags::empty())
+            rustix::fs::lsetxattr(&via_fd, xname.as_slice(), value, XattrFlags::empty())
                 .map_err(|e| xattr_error(path, xname, e))?;
         }
         if chmod {

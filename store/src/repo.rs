@@ -240,6 +240,14 @@ impl Repo {
         }
     }
 
+    /// Runs `f` on one consistent snapshot of the repository (cheaper for many reads).
+    pub fn snapshot<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        match &self.store {
+            Store::Archive(_) => f(),
+            Store::Bare(b) => b.snapshot(f),
+        }
+    }
+
     /// Starts a write transaction (needs [`Access::Write`]).
     pub fn writer(&self) -> ObjectWriter<'_> {
         let tmp = self.path.join("tmp");
