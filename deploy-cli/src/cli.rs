@@ -55,7 +55,7 @@ pub enum Command {
         #[arg(long, default_value = "")]
         body: String,
         /// Release version.
-        #[arg(long = "version", id = "release_version", default_value = "")]
+        #[arg(long = "version", id = "release_version", value_name = "VERSION", default_value = "")]
         release_version: String,
         /// Extra metadata, KEY=VALUE (repeatable).
         #[arg(long = "add-metadata", value_name = "KEY=VALUE")]

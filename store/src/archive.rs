@@ -62,7 +62,15 @@ impl ArchiveStore {
         names.sort();
         for index_path in names {
             let bytes = fs::read(&index_path).at(&index_path)?;
-            let index = pack::decode_index(&bytes, &index_path.display().to_string())?;
+            // A damaged index must not make the whole repository unreadable: fsck reports it,
+            // reads of its objects fail as missing, prune removes it.
+            let index = match pack::decode_index(&bytes, &index_path.display().to_string()) {
+                Ok(index) => index,
+                Err(e) => {
+                    store.broken_indexes.push((index_path, e.to_string()));
+                    continue;
+                }
+            };
             let pack_path = index_path.with_extension("pack");
             let named = index_path.file_stem().and_then(|s| s.to_str()).and_then(ObjectId::from_hex);
             let problem = match fs::metadata(&pack_path) {
