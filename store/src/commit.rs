@@ -175,3 +175,60 @@ pub fn commit(
 fn now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chunker::ChunkerParams;
+    use crate::object::FileObject;
+    use crate::repo::RepoMode;
+
+    fn random(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn archive_packs_hold_chunks_in_tree_order_and_metadata_apart() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        std::fs::create_dir_all(src.join("b")).unwrap();
+        std::fs::write(src.join("a"), random(700_000, 10)).unwrap();
+        std::fs::write(src.join("b/c"), random(500_000, 20)).unwrap();
+        std::fs::write(src.join("d"), random(300_000, 30)).unwrap();
+        let mut repo = Repo::init(&tmp.path().join("repo"), RepoMode::Archive, 3, ChunkerParams::default()).unwrap();
+        let options = CommitOptions { branch: "main".into(), ..Default::default() };
+        let outcome = commit(&mut repo, &src, &options, &mut |_| {}).unwrap();
+        let archive = repo.archive().unwrap();
+        let root = repo.tree(&outcome.commit.root).unwrap();
+        // walk order: a, b/c, d
+        let mut files: Vec<FileObject> = Vec::new();
+        for name in ["a", "d"] {
+            let EntryKind::File { file, .. } = root.get(name.as_bytes()).unwrap().kind else { panic!() };
+            files.push(repo.file_object(&file).unwrap());
+        }
+        let EntryKind::Dir(b) = root.get(b"b").unwrap().kind else { panic!() };
+        let EntryKind::File { file: c, .. } = repo.tree(&b).unwrap().entries[0].kind else { panic!() };
+        files.insert(1, repo.file_object(&c).unwrap());
+        let mut last_offset = 0u64;
+        let mut data_pack = None;
+        for (chunk, _) in files.iter().flat_map(|f| f.chunks.iter()) {
+            let (pack, entry) = archive.locate(ObjectKind::Chunk, &chunk.0).unwrap();
+            let pack_id = *data_pack.get_or_insert(pack.id);
+            assert_eq!(pack.id, pack_id, "one release's chunks share a data pack");
+            assert!(entry.offset > last_offset, "chunk {chunk} at {} is not after {last_offset}", entry.offset);
+            last_offset = entry.offset;
+        }
+        for (kind, id) in [(ObjectKind::Commit, outcome.id.0), (ObjectKind::DirTree, outcome.commit.root.0)] {
+            let (pack, _) = archive.locate(kind, &id).unwrap();
+            assert_ne!(Some(pack.id), data_pack, "{kind} objects live in the metadata pack");
+        }
+    }
+}

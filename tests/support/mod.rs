@@ -51,7 +51,7 @@ pub fn require_root() {
 
 /// Writes `len` deterministic pseudo-random bytes to `path`.
 pub fn write_random(path: &Path, len: usize, seed: u64) {
-    let mut x = seed | 1;
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1; // distinct seeds, distinct streams
     let data: Vec<u8> = (0..len)
         .map(|_| {
             x ^= x << 13;
@@ -104,8 +104,17 @@ pub fn make_sample_tree(root: &Path) {
     sh("chown", &["1234:5678", &root.join("etc/ssh").display().to_string()]);
     sh("chown", &["-h", "42:43", &root.join("usr/bin/sh").display().to_string()]);
     sh("setfattr", &["-n", "user.note", "-v", "hello", &root.join("etc/os-release").display().to_string()]);
-    sh("setcap", &["cap_net_raw+ep", &root.join("usr/bin/small").display().to_string()]);
     sh("mknod", &[&root.join("dev/null").display().to_string(), "c", "1", "3"]);
+    sh("setcap", &["cap_net_raw+ep", &root.join("usr/bin/small").display().to_string()]);
+    // SELinux labels on a file, a directory, a symlink and a device node (set by path, no LSM needed)
+    for (path, label) in [
+        ("usr/bin/big", "system_u:object_r:bin_t:s0"),
+        ("etc", "system_u:object_r:etc_t:s0"),
+        ("usr/bin/sh", "system_u:object_r:bin_t:s0"),
+        ("dev/null", "system_u:object_r:null_device_t:s0"),
+    ] {
+        sh("setfattr", &["-h", "-n", "security.selinux", "-v", label, &root.join(path).display().to_string()]);
+    }
     sh("mknod", &[&root.join("dev/loop9").display().to_string(), "b", "7", "9"]);
     sh("mkfifo", &[&root.join("dev/fifo").display().to_string()]);
     let _listener = std::os::unix::net::UnixListener::bind(root.join("tmp/socket")).unwrap();
