@@ -195,3 +195,32 @@ fn checkout_refuses_a_non_empty_destination() {
     assert!(err.contains("exists and is not an empty directory") && err.contains(&out.display().to_string()), "{err}");
     assert_eq!(fs::read_to_string(out.join("precious")).unwrap(), "keep me");
 }
+
+#[test]
+fn delta_plans_few_requests_for_a_small_update() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, repo) = (tmp.path().join("src"), tmp.path().join("repo"));
+    fs::create_dir_all(src.join("lib")).unwrap();
+    for i in 0..20 {
+        write_random(&src.join(format!("lib/lib{i}.so")), 400_000, i);
+    }
+    ok(osdeploy(&repo).args(["init", "--mode", "archive"]));
+    let v1 = commit(&repo, "main", &src, "1");
+    write_random(&src.join("lib/lib7.so"), 400_000, 1000);
+    fs::write(src.join("new"), "added").unwrap();
+    let v2 = commit(&repo, "main", &src, "2");
+    let plan = json(&ok(osdeploy(&repo).args(["delta", "--json", &v1, &v2])));
+    // lib7.so was rewritten (≈ 400 kB of incompressible chunks) and one small file added.
+    let raw = plan["chunk_bytes_raw"].as_u64().unwrap();
+    assert!((400_000..450_000).contains(&raw), "{plan}");
+    assert!(plan["reused_bytes_raw"].as_u64().unwrap() >= 19 * 400_000, "{plan}");
+    // new chunks are contiguous in the new data pack, new metadata in its own pack: 2 ranges,
+    // 2 indexes, the summary
+    assert_eq!(plan["requests"], 5, "{plan}");
+    let full = json(&ok(osdeploy(&repo).args(["delta", "--json", "none", &v2])));
+    assert!(full["transfer_bytes"].as_u64().unwrap() > 20 * 400_000, "{full}");
+    let text = ok(osdeploy(&repo).args(["delta", &v1, "main"]));
+    assert!(text.contains("in 5 requests"), "{text}");
+    let err = fails(osdeploy(&repo).args(["delta", "nope", "main"]));
+    assert!(err.contains("\"nope\""), "{err}");
+}

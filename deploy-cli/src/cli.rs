@@ -144,6 +144,22 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// What a node holding FROM must fetch for TO: bytes, objects, requests after coalescing.
+    Delta {
+        /// The commit the node holds, or "none" for a node that holds nothing.
+        from: String,
+        /// The commit it wants.
+        to: String,
+        /// Merge neighbouring ranges of a pack separated by at most this many bytes.
+        #[arg(long, default_value_t = 64 << 10)]
+        max_gap: u64,
+        /// Largest single Range request in bytes.
+        #[arg(long, default_value_t = 16 << 20)]
+        max_request: u64,
+        /// Print JSON (with every planned request).
+        #[arg(long)]
+        json: bool,
+    },
     /// List branches.
     Refs {
         /// Print JSON.
@@ -173,6 +189,13 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Fsck { json } => repo_cmds::fsck(&repo, json),
         Command::Prune { dry_run, json } => repo_cmds::prune(&repo, dry_run, json),
         Command::Refs { json } => repo_cmds::refs(&repo, json),
+        Command::Delta { from, to, max_gap, max_request, json } => repo_cmds::delta(
+            &repo,
+            &from,
+            &to,
+            osdeploy_transport::plan::CoalesceOptions { max_gap, max_request },
+            json,
+        ),
     }
 }
 

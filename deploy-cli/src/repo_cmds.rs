@@ -495,3 +495,45 @@ pub fn refs(repo: &Path, json: bool) -> Result<()> {
     }
     Ok(())
 }
+
+/// `delta`.
+pub fn delta(
+    repo: &Path,
+    from: &str,
+    to: &str,
+    options: osdeploy_transport::plan::CoalesceOptions,
+    json: bool,
+) -> Result<()> {
+    let repo = open(repo, Access::Read)?;
+    let from = if from == "none" { None } else { Some(repo.resolve(from)?) };
+    let to = repo.resolve(to)?;
+    let plan = osdeploy_transport::plan::plan(&repo, from, to, options)?;
+    if json {
+        return print_json(&serde_json::to_value(&plan)?);
+    }
+    let total_raw = plan.chunk_bytes_raw + plan.reused_bytes_raw;
+    println!("from {}", plan.from.as_deref().unwrap_or("(nothing)"));
+    println!("to   {}", plan.to);
+    println!(
+        "fetch      {:>12}  in {} requests: {} pack ranges, {} pack indexes, the summary",
+        output::size(plan.transfer_bytes),
+        plan.requests,
+        plan.reads.len(),
+        plan.index_files
+    );
+    println!(
+        "  chunks   {:>12}  {} new chunks, {} uncompressed",
+        output::size(plan.needed_bytes - plan.metadata_bytes),
+        plan.chunks,
+        output::size(plan.chunk_bytes_raw)
+    );
+    println!("  metadata {:>12}  {} objects", output::size(plan.metadata_bytes), plan.metadata_objects);
+    println!("  indexes  {:>12}", output::size(plan.index_bytes));
+    println!(
+        "reuse      {:>12}  {} chunks already on the node ({:.1}% of the new tree's content)",
+        output::size(plan.reused_bytes_raw),
+        plan.chunks_reused,
+        if total_raw == 0 { 0.0 } else { 100.0 * plan.reused_bytes_raw as f64 / total_raw as f64 }
+    );
+    Ok(())
+}

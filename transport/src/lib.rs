@@ -1,5 +1,8 @@
-//! HTTP transport for osdeploy repositories.
+//! Transport of osdeploy repositories to nodes and mirrors.
 //!
-//! This crate will hold the pull client (summary → missing chunks → coalesced HTTP Range requests,
-//! verified as they arrive), `osdeploy serve`, `osdeploy mirror` and the `delta` planner; see
-//! DESIGN.md §4 and issue 3. It deliberately contains no code yet: the store comes first.
+//! Today: [`plan`], which computes what a node holding one commit must fetch to get another —
+//! the missing objects mapped to pack byte ranges and coalesced into few HTTP Range requests.
+//! `osdeploy delta` prints it; the pull (issue 3) will execute it. The HTTP client, `serve` and
+//! `mirror` come next (DESIGN.md §4).
+
+pub mod plan;
