@@ -151,11 +151,9 @@ fn collect_tree(
     for entry in repo.tree(tree)?.entries {
         match entry.kind {
             EntryKind::Dir(sub) => collect_tree(repo, &sub, out)?,
-            EntryKind::File { file, .. } => {
-                if out.insert((file.0, ObjectKind::File)) {
-                    for (chunk, _) in repo.file_object(&file)?.chunks {
-                        out.insert((chunk.0, ObjectKind::Chunk));
-                    }
+            EntryKind::File { file, .. } if out.insert((file.0, ObjectKind::File)) => {
+                for (chunk, _) in repo.file_object(&file)?.chunks {
+                    out.insert((chunk.0, ObjectKind::Chunk));
                 }
             }
             _ => {}
