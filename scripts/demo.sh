@@ -41,6 +41,9 @@ run "$osd" cat stable/x86_64 /etc/os-release
 step "What changed from release 1 to release 2 (commit prefix ${v1:0:8} = release 1)"
 run "$osd" diff "${v1:0:8}" stable/x86_64
 
+step "What a node running release 1 must download for release 2"
+run "$osd" delta "${v1:0:8}" stable/x86_64
+
 step "Integrity: re-hash every object"
 run "$osd" fsck
 
