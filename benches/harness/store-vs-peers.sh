@@ -22,8 +22,8 @@ drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 timed() {
   local tool=$1 op=$2 fs=$3 run=$4 note=$5; shift 5
   local before after
+  drop; sleep 1   # let the filesystem finish freeing what the previous run's rm released
   before=$(df --output=used -k "${MNT:-$work}" | tail -1)
-  drop
   /usr/bin/time -f '%e %M' -o "$work/time.out" sh -c '"$@" && sync' sh "$@" > "$work/cmd.out" 2>&1 ||
     { cat "$work/cmd.out" >&2; return 1; }
   after=$(df --output=used -k "${MNT:-$work}" | tail -1)
