@@ -75,9 +75,12 @@ impl ArchiveStore {
             let named = index_path.file_stem().and_then(|s| s.to_str()).and_then(ObjectId::from_hex);
             let problem = match fs::metadata(&pack_path) {
                 _ if named != Some(index.pack) => Some(format!("names pack {}, not its file name", index.pack)),
-                Ok(m) if m.len() != index.pack_size => {
-                    Some(format!("pack is {} bytes, the index says {}", m.len(), index.pack_size))
-                }
+                Ok(m) if m.len() != index.pack_size => Some(format!(
+                    "pack is {} bytes, the index says {}{}",
+                    m.len(),
+                    index.pack_size,
+                    if m.len() < index.pack_size { " (truncated)" } else { "" }
+                )),
                 Ok(_) => None,
                 Err(e) => Some(format!("pack {}: {e}", pack_path.display())),
             };
@@ -105,7 +108,7 @@ impl ArchiveStore {
 
     /// Reads, decompresses and verifies an object.
     pub fn get(&self, kind: ObjectKind, id: &ObjectId) -> Result<Vec<u8>> {
-        let (slot, entry) = self.map.get(&(*id, kind)).ok_or(StoreError::ObjectMissing { kind, id: *id })?;
+        let (slot, entry) = self.map.get(&(*id, kind)).ok_or_else(|| self.missing(kind, id))?;
         let info = &self.packs[*slot as usize];
         let file = match info.file.get() {
             Some(f) => f,
@@ -115,6 +118,25 @@ impl ArchiveStore {
             }
         };
         pack::read_entry(file, entry, &info.path)
+    }
+
+    /// The error for an object that no usable pack holds. When some pack indexes could not be
+    /// used, the object may be in one of their packs: the message says which and why, instead of
+    /// a bare "missing" that hides a truncated or hostile pack.
+    fn missing(&self, kind: ObjectKind, id: &ObjectId) -> StoreError {
+        if self.broken_indexes.is_empty() {
+            return StoreError::ObjectMissing { kind, id: *id };
+        }
+        let damage: Vec<String> =
+            self.broken_indexes.iter().map(|(path, problem)| format!("{}: {problem}", path.display())).collect();
+        StoreError::Corrupt {
+            what: format!("repository {}", self.packs_dir.parent().unwrap_or(&self.packs_dir).display()),
+            reason: format!(
+                "{kind} object {id} is missing; it may be in a pack whose index cannot be used \
+                 (`osdeploy fsck` lists the damage): {}",
+                damage.join("; ")
+            ),
+        }
     }
 
     /// Where an object lies.

@@ -56,7 +56,7 @@ pub struct BareStore {
 }
 
 fn sql<T>(path: &Path, r: rusqlite::Result<T>) -> Result<T> {
-    r.map_err(|source| StoreError::Sqlite { path: path.into(), source })
+    r.map_err(|error| StoreError::Sqlite { path: path.into(), error })
 }
 
 impl BareStore {
@@ -122,7 +122,17 @@ impl BareStore {
             let loc = self.locate_chunk(&ChunkId(*id))?.ok_or(StoreError::ObjectMissing { kind, id: *id })?;
             let path = self.content_path(&loc.file);
             let mut buf = vec![0u8; loc.length as usize];
-            File::open(&path).and_then(|f| f.read_exact_at(&mut buf, loc.offset)).at(&path)?;
+            File::open(&path).and_then(|f| f.read_exact_at(&mut buf, loc.offset)).map_err(|e| {
+                let reason = match e.kind() {
+                    std::io::ErrorKind::NotFound => format!("its content is missing (chunk object {id} lies in it)"),
+                    std::io::ErrorKind::UnexpectedEof => format!(
+                        "its content is truncated: chunk object {id} at offset {} (+{}) lies past its end",
+                        loc.offset, loc.length
+                    ),
+                    _ => return StoreError::Io { path: path.clone(), error: e },
+                };
+                StoreError::Corrupt { what: format!("file object {} ({})", loc.file, path.display()), reason }
+            })?;
             buf
         } else {
             let data: Option<Vec<u8>> = sql(

@@ -301,7 +301,13 @@ impl Worker<'_> {
         match &self.content {
             Content::Bare(objects) => {
                 let src_path = crate::bare::content_path(objects, &f.id);
-                let src = File::open(&src_path).at(&src_path)?;
+                let src = File::open(&src_path).map_err(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => StoreError::Corrupt {
+                        what: format!("file object {} ({})", f.id, src_path.display()),
+                        reason: "its content is missing".into(),
+                    },
+                    _ => StoreError::Io { path: src_path.clone(), error: e },
+                })?;
                 let len = src.metadata().at(&src_path)?.len();
                 if len != f.object.size {
                     return Err(StoreError::Corrupt {
@@ -372,7 +378,7 @@ impl Worker<'_> {
 fn xattr_error(path: &Path, name: &[u8], e: rustix::io::Errno) -> StoreError {
     StoreError::Io {
         path: path.into(),
-        source: std::io::Error::new(
+        error: std::io::Error::new(
             std::io::Error::from(e).kind(),
             format!("setting xattr {}: {e}", String::from_utf8_lossy(name)),
         ),

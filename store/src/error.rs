@@ -12,22 +12,22 @@ use crate::object::ObjectKind;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// A filesystem operation failed.
-    #[error("{path}: {source}")]
+    // The OS error is part of the message and deliberately not a `#[source]`: the message says
+    // it already, and a chain printer would say it twice.
+    #[error("{path}: {error}")]
     Io {
         /// The path the operation was on.
         path: PathBuf,
         /// The OS error.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The SQLite index of a bare repository failed.
-    #[error("index {path}: {source}")]
+    #[error("index {path}: {error}")]
     Sqlite {
         /// The index file.
         path: PathBuf,
-        /// The SQLite error.
-        #[source]
-        source: rusqlite::Error,
+        /// The SQLite error (in the message, not a `#[source]`, as for `Io`).
+        error: rusqlite::Error,
     },
     /// The path is not an osdeploy repository, or its config is unreadable.
     #[error("{path} is not an osdeploy repository: {reason}")]
@@ -158,12 +158,12 @@ pub(crate) trait IoContext<T> {
 
 impl<T> IoContext<T> for std::io::Result<T> {
     fn at(self, path: impl Into<PathBuf>) -> Result<T> {
-        self.map_err(|source| StoreError::Io { path: path.into(), source })
+        self.map_err(|error| StoreError::Io { path: path.into(), error })
     }
 }
 
 impl<T> IoContext<T> for rustix::io::Result<T> {
     fn at(self, path: impl Into<PathBuf>) -> Result<T> {
-        self.map_err(|errno| StoreError::Io { path: path.into(), source: errno.into() })
+        self.map_err(|errno| StoreError::Io { path: path.into(), error: errno.into() })
     }
 }

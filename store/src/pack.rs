@@ -291,7 +291,7 @@ pub fn read_entry(pack_file: &File, entry: &IndexEntry, pack_path: &Path) -> Res
             what: format!("pack {}", pack_path.display()),
             reason: format!("truncated: {} {} at offset {} lies past its end", entry.kind, entry.id, entry.offset),
         },
-        _ => StoreError::Io { path: pack_path.into(), source: e },
+        _ => StoreError::Io { path: pack_path.into(), error: e },
     })?;
     decode_entry(&buf, entry, &pack_path.display().to_string())
 }

@@ -121,7 +121,7 @@ pub fn plan(
         plan.index_files += 1;
         plan.index_bytes += std::fs::metadata(&index_path)
             .map(|m| m.len())
-            .map_err(|source| StoreError::Io { path: index_path, source })?;
+            .map_err(|error| StoreError::Io { path: index_path, error })?;
         spans.sort_unstable();
         plan.reads.extend(coalesce(&pack.to_hex(), &spans, options));
     }
