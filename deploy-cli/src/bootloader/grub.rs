@@ -1,0 +1,345 @@
+//! The GRUB backend: three variables in GRUB's environment block (`/boot/grub/grubenv`), read at every boot by a
+//! snippet in `grub.cfg`.
+//!
+//! # The environment block
+//!
+//! Exactly [`ENV_BLOCK_SIZE`] (1024) bytes: the header line `# GRUB Environment Block\n`, then `name=value\n` lines
+//! (a backslash escapes a backslash or a newline inside a value), then `#` padding to the full size. Lines starting
+//! with `#` are comments. `grub-editenv FILE list` prints what this module writes and this module reads what
+//! `grub-editenv FILE set name=value` writes; variables of others (`saved_entry`, `next_entry`, …) are kept.
+//!
+//! # Variables
+//!
+//! | variable           | meaning                                                        |
+//! |--------------------|----------------------------------------------------------------|
+//! | `osdeploy_default` | the known-good slot, `a` or `b` (like GRUB's `saved_entry`)     |
+//! | `osdeploy_trial`   | the slot on trial, absent without trial                        |
+//! | `osdeploy_tries`   | boots the trial has left, `0`–`9`, absent without trial        |
+//!
+//! `osdeploy_trial` + `osdeploy_tries` generalise GRUB's one-shot `next_entry` to N shots: the snippet boots the trial
+//! while `osdeploy_tries` is above zero and saves it decremented **before** booting, so a boot that never reaches
+//! `mark-good` still uses up a try; at zero the default boots again.
+//!
+//! # grub.cfg
+//!
+//! [`GRUB_CFG_SNIPPET`] (checked by `grub-script-check` in the tests) selects the slot and sets `default` to the
+//! menu entry id `osdeploy-a` or `osdeploy-b`; put it before the entries, which pass the slot to the kernel:
+//!
+//! ```text
+//! menuentry "osdeploy slot a" --id osdeploy-a {
+//!     linux /osdeploy/slots/a/boot/vmlinuz root=LABEL=sysroot osdeploy.slot=a
+//!     initrd /osdeploy/slots/a/boot/initrd.img
+//! }
+//! menuentry "osdeploy slot b" --id osdeploy-b {
+//!     linux /osdeploy/slots/b/boot/vmlinuz root=LABEL=sysroot osdeploy.slot=b
+//!     initrd /osdeploy/slots/b/boot/initrd.img
+//! }
+//! ```
+//!
+//! GRUB script has no arithmetic, so the snippet counts down through the list `1 … 9` (hence
+//! [`MAX_TRIES`](super::MAX_TRIES)). `save_env` only works where GRUB can write: keep `grubenv` on a plain filesystem
+//! (ext4, the FAT ESP; not btrfs, LVM, RAID or an encrypted volume) and point `load_env`/`save_env` at it with
+//! `-f` if it is not `$prefix/grubenv`. If GRUB cannot save, the tries never go down: boot-check reports it.
+//!
+//! [`Bootloader::boot`] runs the same logic on the file, for tests.
+
+use std::path::{Path, PathBuf};
+
+use super::{
+    BootState, Bootloader, BootloaderError, Core, Result, Slot, apply_core, check_tries, core_from_vars, get_var,
+    read_optional, script_boot, set_var, vars, write_atomic,
+};
+
+/// The size of a GRUB environment block.
+pub const ENV_BLOCK_SIZE: usize = 1024;
+
+/// The first line of a GRUB environment block.
+pub const ENV_BLOCK_HEADER: &str = "# GRUB Environment Block\n";
+
+/// The grub.cfg fragment that consumes the variables: boots the trial while it has tries (saving the decremented
+/// counter first), else the default, by setting `default` to the menu entry id `osdeploy-a` or `osdeploy-b`.
+pub const GRUB_CFG_SNIPPET: &str = r#"# osdeploy: pick the slot to boot (see osdeploy::bootloader::grub).
+load_env osdeploy_default osdeploy_trial osdeploy_tries
+set osdeploy_slot="${osdeploy_default}"
+set osdeploy_armed=0
+if [ "${osdeploy_trial}" = a ]; then
+  set osdeploy_armed=1
+elif [ "${osdeploy_trial}" = b ]; then
+  set osdeploy_armed=1
+fi
+if [ "${osdeploy_armed}" = 1 ]; then
+  set osdeploy_left=""
+  set osdeploy_prev=0
+  for osdeploy_n in 1 2 3 4 5 6 7 8 9; do
+    if [ "${osdeploy_tries}" = "${osdeploy_n}" ]; then
+      set osdeploy_left="${osdeploy_prev}"
+    fi
+    set osdeploy_prev="${osdeploy_n}"
+  done
+  if [ -n "${osdeploy_left}" ]; then
+    set osdeploy_tries="${osdeploy_left}"
+    save_env osdeploy_tries
+    set osdeploy_slot="${osdeploy_trial}"
+  fi
+fi
+if [ "${osdeploy_slot}" != b ]; then
+  set osdeploy_slot=a
+fi
+set default="osdeploy-${osdeploy_slot}"
+"#;
+
+/// Parses a GRUB environment block into its variables, in order.
+pub fn parse_env_block(bytes: &[u8], path: &Path) -> Result<Vec<(String, String)>> {
+    let corrupt = |reason: String| BootloaderError::Corrupt { path: path.to_owned(), reason };
+    if bytes.len() != ENV_BLOCK_SIZE {
+        return Err(corrupt(format!(
+            "it is {} bytes, but a GRUB environment block is exactly {ENV_BLOCK_SIZE}",
+            bytes.len()
+        )));
+    }
+    if !bytes.starts_with(ENV_BLOCK_HEADER.as_bytes()) {
+        return Err(corrupt("it does not start with the header line `# GRUB Environment Block`".to_owned()));
+    }
+    let mut vars = Vec::new();
+    let mut i = ENV_BLOCK_HEADER.len();
+    while i < bytes.len() {
+        match bytes[i] {
+            // A comment or the padding: skip to the next line.
+            b'#' => i = bytes[i..].iter().position(|&b| b == b'\n').map_or(bytes.len(), |n| i + n + 1),
+            b'\n' => i += 1,
+            _ => {
+                let start = i;
+                while i < bytes.len() && bytes[i] != b'=' && bytes[i] != b'\n' {
+                    i += 1;
+                }
+                if i == bytes.len() || bytes[i] == b'\n' {
+                    return Err(corrupt(format!("the line at byte {start} is neither `name=value` nor a comment")));
+                }
+                let name = String::from_utf8(bytes[start..i].to_vec())
+                    .map_err(|_| corrupt(format!("the variable name at byte {start} is not UTF-8")))?;
+                i += 1;
+                let mut value = Vec::new();
+                loop {
+                    match bytes.get(i) {
+                        None => return Err(corrupt(format!("the value of {name} runs into the end of the block"))),
+                        Some(b'\\') => {
+                            let Some(&escaped) = bytes.get(i + 1) else {
+                                return Err(corrupt(format!("the value of {name} ends in a lone backslash")));
+                            };
+                            value.push(escaped);
+                            i += 2;
+                        }
+                        Some(b'\n') => {
+                            i += 1;
+                            break;
+                        }
+                        Some(&b) => {
+                            value.push(b);
+                            i += 1;
+                        }
+                    }
+                }
+                let value =
+                    String::from_utf8(value).map_err(|_| corrupt(format!("the value of {name} is not UTF-8")))?;
+                vars.push((name, value));
+            }
+        }
+    }
+    Ok(vars)
+}
+
+/// Renders variables as a GRUB environment block of exactly [`ENV_BLOCK_SIZE`] bytes.
+pub fn render_env_block(vars: &[(String, String)], path: &Path) -> Result<Vec<u8>> {
+    let mut out = ENV_BLOCK_HEADER.as_bytes().to_vec();
+    for (name, value) in vars {
+        if name.is_empty() || name.starts_with('#') || name.contains(['=', '\n', '\\']) {
+            return Err(BootloaderError::Unrepresentable {
+                path: path.to_owned(),
+                what: format!("variable name {name:?}"),
+                reason: "a GRUB variable name is not empty and holds no `=`, newline or backslash".to_owned(),
+            });
+        }
+        out.extend_from_slice(name.as_bytes());
+        out.push(b'=');
+        for &b in value.as_bytes() {
+            if b == b'\\' || b == b'\n' {
+                out.push(b'\\');
+            }
+            out.push(b);
+        }
+        out.push(b'\n');
+    }
+    if out.len() > ENV_BLOCK_SIZE {
+        return Err(BootloaderError::TooLarge { path: path.to_owned(), needed: out.len(), capacity: ENV_BLOCK_SIZE });
+    }
+    out.resize(ENV_BLOCK_SIZE, b'#');
+    Ok(out)
+}
+
+/// A GRUB environment block holding the boot state.
+#[derive(Clone, Debug)]
+pub struct GrubEnv {
+    path: PathBuf,
+}
+
+impl GrubEnv {
+    /// A backend using the environment block at `path`. A missing file counts as an empty block (slot `a`, no trial)
+    /// and is created at the first change.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        GrubEnv { path: path.into() }
+    }
+
+    /// All variables of the block, in order (empty if the file does not exist).
+    pub fn read_vars(&self) -> Result<Vec<(String, String)>> {
+        match read_optional(&self.path)? {
+            Some(bytes) => parse_env_block(&bytes, &self.path),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Writes the variables as the whole block, atomically.
+    fn write_vars(&self, vars: &[(String, String)]) -> Result<()> {
+        let bytes = render_env_block(vars, &self.path)?;
+        write_atomic(&self.path, &bytes)
+    }
+
+    /// Applies a model change, keeping other variables.
+    fn update(&self, change: impl FnOnce(Core) -> Core) -> Result<()> {
+        let mut env = self.read_vars()?;
+        let core = change(core_from_env(&env, &self.path)?);
+        apply_core(&mut env, &core);
+        self.write_vars(&env)
+    }
+}
+
+/// Reads the model from the variables.
+fn core_from_env(env: &[(String, String)], path: &Path) -> Result<Core> {
+    core_from_vars(|name| get_var(env, name), path)
+}
+
+impl Bootloader for GrubEnv {
+    fn name(&self) -> &'static str {
+        "grub"
+    }
+
+    fn location(&self) -> &Path {
+        &self.path
+    }
+
+    fn state(&self) -> Result<BootState> {
+        Ok(core_from_env(&self.read_vars()?, &self.path)?.state(None))
+    }
+
+    fn arm_trial(&self, slot: Slot, tries: u32) -> Result<()> {
+        check_tries(tries, &self.path)?;
+        self.update(|core| core.arm(slot, tries))
+    }
+
+    fn mark_good(&self, slot: Slot) -> Result<()> {
+        self.update(|core| core.good(slot))
+    }
+
+    fn set_next(&self, slot: Slot) -> Result<()> {
+        self.update(|core| core.rollback(slot))
+    }
+
+    /// Runs [`GRUB_CFG_SNIPPET`]'s logic on the block, string for string as GRUB script compares.
+    fn boot(&self) -> Result<Slot> {
+        let mut env = self.read_vars()?;
+        let (slot, left) =
+            script_boot(get_var(&env, vars::DEFAULT), get_var(&env, vars::TRIAL), get_var(&env, vars::TRIES));
+        if let Some(left) = left {
+            set_var(&mut env, vars::TRIES, Some(left.to_string()));
+            self.write_vars(&env)?;
+        }
+        Ok(slot)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bootloader::Trial;
+
+    fn backend() -> (tempfile::TempDir, GrubEnv) {
+        let dir = tempfile::tempdir().unwrap();
+        let env = GrubEnv::new(dir.path().join("grubenv"));
+        (dir, env)
+    }
+
+    #[test]
+    fn block_round_trip_and_layout() {
+        let vars =
+            vec![("saved_entry".to_owned(), "x".to_owned()), ("odd".to_owned(), "back\\slash\nnewline".to_owned())];
+        let block = render_env_block(&vars, Path::new("g")).unwrap();
+        assert_eq!(block.len(), ENV_BLOCK_SIZE);
+        assert!(block.starts_with(b"# GRUB Environment Block\nsaved_entry=x\nodd=back\\\\slash\\\nnewline\n#"));
+        assert!(block.ends_with(b"####"));
+        assert_eq!(parse_env_block(&block, Path::new("g")).unwrap(), vars);
+    }
+
+    #[test]
+    fn cycle_with_fallback_mark_good_and_rollback() {
+        let (_dir, grub) = backend();
+        grub.arm_trial(Slot::B, 3).unwrap();
+        let state = grub.state().unwrap();
+        assert_eq!((state.default, state.next, state.tries_left()), (Slot::A, Slot::B, 3));
+        let booted: Vec<Slot> = (0..4).map(|_| grub.boot().unwrap()).collect();
+        assert_eq!(booted, [Slot::B, Slot::B, Slot::B, Slot::A]);
+        assert_eq!(grub.state().unwrap().trial, Some(Trial { slot: Slot::B, tries_left: 0 }));
+
+        grub.arm_trial(Slot::B, 2).unwrap();
+        assert_eq!(grub.boot().unwrap(), Slot::B);
+        grub.mark_good(Slot::B).unwrap();
+        let state = grub.state().unwrap();
+        assert_eq!((state.default, state.trial, state.next), (Slot::B, None, Slot::B));
+        assert_eq!(grub.boot().unwrap(), Slot::B);
+
+        grub.set_next(Slot::A).unwrap();
+        assert_eq!(grub.boot().unwrap(), Slot::A);
+        let vars = grub.read_vars().unwrap();
+        assert_eq!(vars, [("osdeploy_default".to_owned(), "a".to_owned())]);
+    }
+
+    #[test]
+    fn other_variables_survive() {
+        let (_dir, grub) = backend();
+        let block = render_env_block(&[("saved_entry".to_owned(), "gnulinux".to_owned())], grub.location()).unwrap();
+        std::fs::write(grub.location(), block).unwrap();
+        grub.arm_trial(Slot::B, 1).unwrap();
+        assert_eq!(get_var(&grub.read_vars().unwrap(), "saved_entry"), Some("gnulinux"));
+    }
+
+    #[test]
+    fn bad_blocks_name_the_file() {
+        let (_dir, grub) = backend();
+        let good = render_env_block(&[], grub.location()).unwrap();
+        let mut bad_header = good.clone();
+        bad_header[2] = b'X';
+        let mut no_equals = good.clone();
+        no_equals[ENV_BLOCK_HEADER.len()..ENV_BLOCK_HEADER.len() + 4].copy_from_slice(b"abc\n");
+        let mut garbage_value = good.clone();
+        garbage_value[ENV_BLOCK_HEADER.len()..ENV_BLOCK_HEADER.len() + 17].copy_from_slice(b"osdeploy_trial=c\n");
+        let cases: [(&[u8], &str); 5] = [
+            (&good[..1000], "exactly 1024"),
+            (&[good.clone(), vec![b'#'; 10]].concat(), "exactly 1024"),
+            (&bad_header, "header"),
+            (&no_equals, "neither"),
+            (&garbage_value, "invalid slot"),
+        ];
+        for (bytes, what) in cases {
+            std::fs::write(grub.location(), bytes).unwrap();
+            let err = grub.state().unwrap_err().to_string();
+            assert!(err.contains(&grub.location().display().to_string()), "{err}");
+            assert!(err.contains(what), "{err}");
+        }
+    }
+
+    #[test]
+    fn oversized_variables_are_refused() {
+        let (_dir, grub) = backend();
+        let err = render_env_block(&[("big".to_owned(), "x".repeat(2000))], grub.location()).unwrap_err();
+        assert!(matches!(err, BootloaderError::TooLarge { capacity: ENV_BLOCK_SIZE, .. }), "{err}");
+        assert!(err.to_string().contains("grubenv"), "{err}");
+    }
+}
