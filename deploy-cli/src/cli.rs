@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::repo_cmds;
+use crate::{repo_cmds, transport_cmds};
 
 /// Deliver immutable OS trees: commit them into a deduplicated repository, inspect, check out.
 #[derive(Parser, Debug)]
@@ -26,6 +26,28 @@ pub enum ModeArg {
     Archive,
     /// Whole uncompressed files for reflink checkout, for nodes.
     Bare,
+}
+
+/// `osdeploy remote` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum RemoteAction {
+    /// Add (or replace) a remote: one or more URLs of the same archive repository, tried in order.
+    Add {
+        /// Its name.
+        name: String,
+        /// Base URLs (http:// or https://), preferred first (e.g. an edge mirror, then the origin).
+        #[arg(required = true)]
+        urls: Vec<String>,
+        /// Accept unsigned data (required until signing lands).
+        #[arg(long)]
+        insecure: bool,
+    },
+    /// List remotes.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// The subcommands.
@@ -160,6 +182,33 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Manage the remotes this repository pulls from.
+    Remote {
+        /// What to do.
+        #[command(subcommand)]
+        action: RemoteAction,
+    },
+    /// Fetch a branch's newest commit from a remote: only missing objects, in few requests.
+    Pull {
+        /// The remote (see `osdeploy remote add`).
+        remote: String,
+        /// The branch on the remote; stored locally as REMOTE/BRANCH.
+        branch: String,
+        /// Range requests in flight at once.
+        #[arg(long, default_value_t = 4)]
+        in_flight: usize,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve an archive repository over HTTP (Range, conditional requests, cache headers).
+    Serve {
+        /// The archive repository to serve.
+        dir: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+    },
     /// List branches.
     Refs {
         /// Print JSON.
@@ -189,6 +238,14 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Fsck { json } => repo_cmds::fsck(&repo, json),
         Command::Prune { dry_run, json } => repo_cmds::prune(&repo, dry_run, json),
         Command::Refs { json } => repo_cmds::refs(&repo, json),
+        Command::Remote { action: RemoteAction::Add { name, urls, insecure } } => {
+            transport_cmds::remote_add(&repo, name, urls, insecure)
+        }
+        Command::Remote { action: RemoteAction::List { json } } => transport_cmds::remote_list(&repo, json),
+        Command::Pull { remote, branch, in_flight, json } => {
+            transport_cmds::pull(&repo, &remote, &branch, in_flight, json)
+        }
+        Command::Serve { dir, listen } => transport_cmds::serve(dir, listen),
         Command::Delta { from, to, max_gap, max_request, json } => repo_cmds::delta(
             &repo,
             &from,

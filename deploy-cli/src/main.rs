@@ -4,6 +4,7 @@
 mod cli;
 mod output;
 mod repo_cmds;
+mod transport_cmds;
 
 use clap::Parser;
 

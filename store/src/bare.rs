@@ -316,6 +316,44 @@ impl<'s> BareWriter<'s> {
         Ok((id, object))
     }
 
+    /// Stores a file whose chunks are known (a pull): writes the content from `chunk`, which must
+    /// return each chunk's verified bytes, and checks the result against the object's size.
+    pub fn add_file_object(
+        &mut self,
+        id: FileId,
+        object: &FileObject,
+        mut chunk: impl FnMut(&ChunkId) -> Result<Vec<u8>>,
+    ) -> Result<()> {
+        if self.has(ObjectKind::File, &id.0)? {
+            return Ok(());
+        }
+        let tmp_path = self.tmp.join(unique_tmp_name("content"));
+        let mut tmp = std::io::BufWriter::with_capacity(1 << 20, File::create(&tmp_path).at(&tmp_path)?);
+        for (chunk_id, len) in &object.chunks {
+            let data = chunk(chunk_id)?;
+            if data.len() != *len as usize {
+                return Err(StoreError::Corrupt {
+                    what: format!("file object {id}"),
+                    reason: format!("chunk {chunk_id} is {} bytes, the object says {len}", data.len()),
+                });
+            }
+            tmp.write_all(&data).at(&tmp_path)?;
+        }
+        let tmp = tmp.into_inner().map_err(|e| e.into_error()).at(&tmp_path)?;
+        tmp.set_permissions(fs::Permissions::from_mode(0o444)).at(&tmp_path)?;
+        drop(tmp);
+        let dest = self.store.content_path(&id);
+        let parent = dest.parent().expect("content path has a parent");
+        fs::create_dir_all(parent).at(parent)?;
+        fs::rename(&tmp_path, &dest).at(&dest)?;
+        self.added.insert((id.0, ObjectKind::File));
+        self.objects.push((ObjectKind::File, id.0, object.encode()));
+        self.files.push((id, object.clone()));
+        self.stats.metadata_new += 1;
+        self.stats.bytes_stored += object.size;
+        Ok(())
+    }
+
     /// Records an encoded metadata object unless present; returns its id.
     pub fn add_metadata(&mut self, kind: ObjectKind, raw: &[u8]) -> Result<ObjectId> {
         let id = ObjectId::of(raw);

@@ -88,3 +88,28 @@ impl ObjectWriter<'_> {
         }
     }
 }
+
+impl ObjectWriter<'_> {
+    /// Stores a file object whose chunks are known, as a pull receives it: `chunk` returns a
+    /// chunk's verified bytes (from the repository itself or from what was fetched).
+    pub fn add_file_object(
+        &mut self,
+        id: FileId,
+        object: &FileObject,
+        mut chunk: impl FnMut(&ChunkId) -> Result<Vec<u8>>,
+    ) -> Result<()> {
+        match self {
+            ObjectWriter::Archive(w) => {
+                for (c, _) in &object.chunks {
+                    if !w.has(ObjectKind::Chunk, &c.0) {
+                        let data = chunk(c)?;
+                        w.add_chunk(c.0, &data)?;
+                    }
+                }
+                w.add_metadata(ObjectKind::File, &object.encode())?;
+                Ok(())
+            }
+            ObjectWriter::Bare(w) => w.add_file_object(id, object, chunk),
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! Pull over real HTTP servers: `osdeploy serve` and nginx on loopback. A node pulls release 1
+//! whole, then release 2 moving only what changed in a handful of requests; a crashed pull
+//! resumes without refetching; a bit flipped on the server is refused by name.
+
+mod support;
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+use support::*;
+
+fn json(out: &str) -> Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+}
+
+/// A server process, killed on drop.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `osdeploy serve REPO` on an ephemeral loopback port.
+fn osdeploy_serve(repo: &Path) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_osdeploy"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .arg(repo)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stderr.as_mut().unwrap()).read_line(&mut line).unwrap();
+    let url = line.split_whitespace().last().unwrap_or_default().trim_end_matches('/').to_string();
+    assert!(url.starts_with("http://127.0.0.1:"), "serve said: {line}");
+    Server { child, url }
+}
+
+/// nginx (from Debian, installed by .ci/run) serving `root` on a free loopback port.
+fn nginx(root: &Path, work: &Path) -> Server {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let conf = work.join("nginx.conf");
+    fs::write(
+        &conf,
+        format!(
+            "daemon off; worker_processes 1; pid {w}/nginx.pid; error_log {w}/error.log;\n\
+             events {{}}\n\
+             http {{ access_log {w}/access.log; client_body_temp_path {w}; proxy_temp_path {w};\n\
+             fastcgi_temp_path {w}; uwsgi_temp_path {w}; scgi_temp_path {w};\n\
+             server {{ listen 127.0.0.1:{port}; root {root}; }} }}\n",
+            w = work.display(),
+            root = root.display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new("nginx")
+        .arg("-c")
+        .arg(&conf)
+        .arg("-p")
+        .arg(work)
+        .spawn()
+        .unwrap_or_else(|e| panic!("nginx is required (apt-get install nginx-light): {e}"));
+    let url = format!("http://127.0.0.1:{port}");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Server { child, url };
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    drop(Server { child, url });
+    panic!("nginx did not start; see {}", work.join("error.log").display());
+}
+
+struct Origin {
+    _tmp: tempfile::TempDir,
+    repo: PathBuf,
+    v1: PathBuf,
+    v2: PathBuf,
+    root: PathBuf,
+}
+
+/// An origin archive repository with release 1 on `stable`, and the release 2 tree ready.
+fn origin() -> Origin {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    let (repo, v1, v2) = (root.join("origin"), root.join("v1"), root.join("v2"));
+    make_sample_tree(&v1);
+    fs::create_dir_all(v1.join("usr/lib")).unwrap();
+    for i in 0..12 {
+        write_random(&v1.join(format!("usr/lib/lib{i}.so")), 700_000, 100 + i);
+    }
+    sh("cp", &["-a", &v1.display().to_string(), &v2.display().to_string()]);
+    write_random(&v2.join("usr/lib/lib3.so"), 700_000, 999);
+    fs::write(v2.join("etc/os-release"), "NAME=osdeploy-sample\nVERSION=2\n").unwrap();
+    ok(osdeploy(&repo).args(["init", "--mode", "archive"]));
+    ok(osdeploy(&repo).args(["commit", "-b", "stable", "--version", "1"]).arg(&v1));
+    Origin { _tmp: tmp, repo, v1, v2, root }
+}
+
+fn pull(node: &Path) -> Value {
+    json(&ok(osdeploy(node).args(["pull", "--json", "origin", "stable"])))
+}
+
+fn node_with_remote(root: &Path, mode: &str, url: &str) -> PathBuf {
+    let node = root.join(format!("node-{mode}"));
+    ok(osdeploy(&node).args(["init", "--mode", mode]));
+    ok(osdeploy(&node).args(["remote", "add", "origin", url, "--insecure"]));
+    node
+}
+
+fn check_update_cycle(server_for: impl Fn(&Path, &Path) -> Server) {
+    let o = origin();
+    let server = server_for(&o.repo, &o.root);
+    let nodes: Vec<(&str, PathBuf)> =
+        ["bare", "archive"].into_iter().map(|mode| (mode, node_with_remote(&o.root, mode, &server.url))).collect();
+    for (mode, node) in &nodes {
+        let first = pull(node);
+        let out = o.root.join(format!("co1-{mode}"));
+        ok(osdeploy(node).args(["checkout", "origin/stable"]).arg(&out));
+        assert_same_tree(&o.v1, &out);
+        assert!(first["requests"].as_u64().unwrap() < 40, "{mode}: {first}");
+    }
+    ok(osdeploy(&o.repo).args(["commit", "-b", "stable", "--version", "2"]).arg(&o.v2));
+    for (mode, node) in &nodes {
+        let second = pull(node);
+        let out = o.root.join(format!("co2-{mode}"));
+        ok(osdeploy(node).args(["checkout", "origin/stable"]).arg(&out));
+        assert_same_tree(&o.v2, &out);
+        // One 700 kB library changed: the update moves about that, in a few requests (summary,
+        // two new pack indexes, the new metadata, the new chunks).
+        let bytes = second["bytes_fetched"].as_u64().unwrap();
+        assert!((700_000..1_000_000).contains(&bytes), "{mode}: {second}");
+        assert!(second["requests"].as_u64().unwrap() <= 6, "{mode}: {second}");
+        let fsck = json(&ok(osdeploy(node).args(["fsck", "--json"])));
+        assert_eq!(fsck["errors"].as_array().unwrap().len(), 0, "{mode}: {fsck}");
+        // Nothing new: a third pull fetches only the summary and changes nothing.
+        let third = pull(node);
+        assert_eq!(third["requests"], 1, "{mode}: {third}");
+        assert_eq!(third["commit"], second["commit"]);
+    }
+}
+
+#[test]
+fn pull_from_osdeploy_serve() {
+    check_update_cycle(|repo, _| osdeploy_serve(repo));
+}
+
+#[test]
+fn pull_from_nginx() {
+    check_update_cycle(|repo, root| {
+        let work = root.join("nginx");
+        fs::create_dir_all(&work).unwrap();
+        nginx(repo, &work)
+    });
+}
+
+#[test]
+fn a_crashed_pull_resumes_without_fetching_twice() {
+    let o = origin();
+    let server = osdeploy_serve(&o.repo);
+    let node = node_with_remote(&o.root, "bare", &server.url);
+    for step in ["pull:before-store", "pull:before-ref"] {
+        let out = osdeploy(&node).env("OSDEPLOY_CRASH_AT", step).args(["pull", "origin", "stable"]).output().unwrap();
+        assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains(step));
+        let refs = json(&ok(osdeploy(&node).args(["refs", "--json"])));
+        assert!(refs.get("origin/stable").is_none(), "{step}: the ref moved before the pull completed: {refs}");
+        let fsck = json(&ok(osdeploy(&node).args(["fsck", "--json"])));
+        assert_eq!(fsck["errors"].as_array().unwrap().len(), 0, "{step}: {fsck}");
+    }
+    let resumed = pull(&node);
+    assert_eq!(resumed["chunks_fetched"], 0, "everything was staged or stored before the crash: {resumed}");
+    let out = o.root.join("co");
+    ok(osdeploy(&node).args(["checkout", "origin/stable"]).arg(&out));
+    assert_same_tree(&o.v1, &out);
+}
+
+#[test]
+fn a_flipped_byte_on_the_server_is_refused_and_the_ref_stays() {
+    let o = origin();
+    let server = osdeploy_serve(&o.repo);
+    let node = node_with_remote(&o.root, "bare", &server.url);
+    // flip one byte in the middle of the largest pack (chunk data)
+    let pack = fs::read_dir(o.repo.join("packs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "pack"))
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = fs::read(&pack).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    fs::write(&pack, &bytes).unwrap();
+    let err = fails(osdeploy(&node).args(["pull", "origin", "stable"]));
+    assert!(err.contains("chunk object") && (err.contains("hashes to") || err.contains("zstd")), "{err}");
+    let refs = json(&ok(osdeploy(&node).args(["refs", "--json"])));
+    assert!(refs.get("origin/stable").is_none(), "{refs}");
+}
+
+#[test]
+fn unknown_branch_and_dead_server_give_clear_errors() {
+    let o = origin();
+    let server = osdeploy_serve(&o.repo);
+    let node = node_with_remote(&o.root, "bare", &server.url);
+    let err = fails(osdeploy(&node).args(["pull", "origin", "nope"]));
+    assert!(err.contains("has no branch \"nope\"") && err.contains("stable"), "{err}");
+    drop(server);
+    let err = fails(osdeploy(&node).args(["pull", "origin", "stable"]));
+    assert!(err.contains("every URL failed") && err.contains("127.0.0.1"), "{err}");
+    let err = fails(osdeploy(&node).args(["remote", "add", "x", "http://127.0.0.1:1"]));
+    assert!(err.contains("--insecure"), "{err}");
+}

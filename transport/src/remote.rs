@@ -1,0 +1,76 @@
+//! Remotes a repository pulls from: names and URLs, kept in `REPO/remotes.json`.
+
+use std::collections::BTreeMap;
+
+use osdeploy_store::Repo;
+use osdeploy_store::fsutil::atomic_write;
+use serde::{Deserialize, Serialize};
+
+use crate::error::TransportError;
+
+/// One remote: a name and the URLs of the same repository, tried in order (an edge mirror
+/// first, the origin as fallback).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Remote {
+    /// The remote's name.
+    pub name: String,
+    /// Base URLs of the archive repository (http:// or https://).
+    pub urls: Vec<String>,
+    /// Accept unsigned data from this remote (signing comes with issue 3; until then every
+    /// remote must be added with `--insecure`).
+    pub insecure: bool,
+}
+
+fn path(repo: &Repo) -> std::path::PathBuf {
+    repo.path().join("remotes.json")
+}
+
+/// Every configured remote, by name.
+pub fn list(repo: &Repo) -> Result<BTreeMap<String, Remote>, TransportError> {
+    let p = path(repo);
+    match std::fs::read_to_string(&p) {
+        Ok(text) => serde_json::from_str(&text).map_err(|e| TransportError::Config(format!("{}: {e}", p.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(e) => Err(osdeploy_store::StoreError::Io { path: p, error: e }.into()),
+    }
+}
+
+/// The remote called `name`.
+pub fn get(repo: &Repo, name: &str) -> Result<Remote, TransportError> {
+    list(repo)?.remove(name).ok_or_else(|| {
+        TransportError::Config(format!(
+            "no remote {name:?} in {} (add it with `osdeploy remote add`)",
+            repo.path().display()
+        ))
+    })
+}
+
+/// Adds or replaces a remote.
+pub fn add(repo: &Repo, remote: Remote) -> Result<(), TransportError> {
+    osdeploy_store::name::check_ref_name(&remote.name)?;
+    for url in &remote.urls {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(TransportError::Config(format!("remote URL {url:?} must start with http:// or https://")));
+        }
+    }
+    if !remote.insecure {
+        return Err(TransportError::Config(format!(
+            "remote {}: signature verification is not implemented yet; add the remote with --insecure to accept unsigned data",
+            remote.name
+        )));
+    }
+    let mut all = list(repo)?;
+    all.insert(remote.name.clone(), remote);
+    let text = serde_json::to_string_pretty(&all).expect("remotes serialize") + "\n";
+    Ok(atomic_write(&path(repo), &repo.path().join("tmp"), text.as_bytes())?)
+}
+
+/// Where this repository keeps remote pack indexes (immutable, named by pack id).
+pub fn index_cache(repo: &Repo) -> std::path::PathBuf {
+    repo.path().join("cache/indexes")
+}
+
+/// Where a pull keeps verified objects until its commit is complete (survives a crash).
+pub fn staging(repo: &Repo) -> std::path::PathBuf {
+    repo.path().join("staging")
+}

@@ -1,0 +1,40 @@
+//! `osdeploy serve`: an archive repository over HTTP, as any static server would serve it, with
+//! Range requests, conditional requests (Last-Modified / If-Modified-Since) and cache headers:
+//! packs and indexes are immutable (named by their hash), everything else must be revalidated.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::http::HeaderValue;
+use axum::http::header::CACHE_CONTROL;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use tower_http::services::ServeDir;
+
+use crate::error::TransportError;
+
+async fn cache_headers(request: Request, next: Next) -> Response {
+    let immutable = request.uri().path().starts_with("/packs/");
+    let mut response = next.run(request).await;
+    let value = if immutable { "public, max-age=31536000, immutable" } else { "no-cache" };
+    response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static(value));
+    response
+}
+
+/// Serves `dir` on `addr` until the process is stopped; `ready` receives the bound address.
+pub async fn serve(dir: PathBuf, addr: SocketAddr, ready: impl FnOnce(SocketAddr)) -> Result<(), TransportError> {
+    if !dir.join("summary").exists() {
+        return Err(TransportError::Config(format!(
+            "{} is not an archive repository (no summary file): only archive repositories are served",
+            dir.display()
+        )));
+    }
+    let app = Router::new().fallback_service(ServeDir::new(dir)).layer(middleware::from_fn(cache_headers));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| TransportError::Config(format!("cannot listen on {addr}: {e}")))?;
+    ready(listener.local_addr().map_err(|e| TransportError::Config(e.to_string()))?);
+    axum::serve(listener, app).await.map_err(|e| TransportError::Config(format!("server on {addr} failed: {e}")))
+}
