@@ -66,6 +66,7 @@ pub fn fsck(repo: &Repo) -> Result<FsckReport> {
             }
         }
         report.objects_checked += ids.len() as u64;
+        report.bytes_checked += objects.iter().map(|(_, _, o)| o.size).sum::<u64>();
         for kind in [ObjectKind::DirTree, ObjectKind::Commit] {
             for id in bare.ids(kind)? {
                 report.objects_checked += 1;
