@@ -217,3 +217,117 @@ fn unknown_branch_and_dead_server_give_clear_errors() {
     let err = fails(osdeploy(&node).args(["remote", "add", "x", "http://127.0.0.1:1"]));
     assert!(err.contains("--insecure"), "{err}");
 }
+
+#[test]
+fn signed_remotes_refuse_unsigned_foreign_stale_and_replayed_data() {
+    let o = origin();
+    let server = osdeploy_serve(&o.repo);
+    let (key, other) = (o.root.join("release.key"), o.root.join("other.key"));
+    ok(osdeploy(&o.repo).args(["key", "generate"]).arg(&key));
+    ok(osdeploy(&o.repo).args(["key", "generate"]).arg(&other));
+    let node = o.root.join("node");
+    ok(osdeploy(&node).args(["init", "--mode", "bare"]));
+    let err = fails(osdeploy(&node).args(["remote", "add", "origin", &server.url]));
+    assert!(err.contains("--key") && err.contains("--insecure"), "{err}");
+    ok(osdeploy(&node).args(["remote", "add", "origin", &server.url, "--key"]).arg(key.with_extension("pub")));
+
+    // not signed at all
+    let err = fails(osdeploy(&node).args(["pull", "origin", "stable"]));
+    assert!(err.contains("summary from remote origin is not signed;"), "{err}");
+    // signed by a key the node does not trust
+    ok(osdeploy(&o.repo).args(["sign", "--key"]).arg(&other));
+    let err = fails(osdeploy(&node).args(["pull", "origin", "stable"]));
+    assert!(err.contains("is not signed by a trusted key"), "{err}");
+    // signed by the release key: accepted
+    ok(osdeploy(&o.repo).args(["sign", "--key"]).arg(&key));
+    let v1_summary = (fs::read(o.repo.join("summary")).unwrap(), fs::read(o.repo.join("summary.sig")).unwrap());
+    let first = pull(&node);
+    // a tampered summary (one byte) no longer verifies
+    let mut tampered = v1_summary.0.clone();
+    tampered.push(b'\n');
+    fs::write(o.repo.join("summary"), &tampered).unwrap();
+    let err = fails(osdeploy(&node).args(["pull", "origin", "stable"]));
+    assert!(err.contains("not signed by a trusted key"), "{err}");
+    // a new release committed but not yet signed: refused until signed
+    ok(osdeploy(&o.repo).args(["commit", "-b", "stable", "--version", "2"]).arg(&o.v2));
+    let err = fails(osdeploy(&node).args(["pull", "origin", "stable"]));
+    assert!(err.contains("not signed by a trusted key"), "{err}");
+    ok(osdeploy(&o.repo).args(["sign", "--key"]).arg(&key));
+    let second = pull(&node);
+    assert_ne!(second["commit"], first["commit"]);
+    // a replayed, validly signed older summary must not downgrade the node silently
+    fs::write(o.repo.join("summary"), &v1_summary.0).unwrap();
+    fs::write(o.repo.join("summary.sig"), &v1_summary.1).unwrap();
+    let err = fails(osdeploy(&node).args(["pull", "origin", "stable"]));
+    assert!(err.contains("older than commit") && err.contains("--allow-downgrade"), "{err}");
+    let refs = json(&ok(osdeploy(&node).args(["refs", "--json"])));
+    assert_eq!(refs["origin/stable"], second["commit"], "the ref stays at the newer commit");
+    // asked for explicitly, the downgrade is done
+    let downgraded = json(&ok(osdeploy(&node).args(["pull", "--json", "--allow-downgrade", "origin", "stable"])));
+    assert_eq!(downgraded["commit"], first["commit"]);
+}
+
+/// A raw HTTP/1.0 GET on loopback: (status, headers as sent, body).
+fn http_get(url: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String, Vec<u8>) {
+    use std::io::{Read, Write};
+    let host = url.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(host).unwrap();
+    let mut request = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n");
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let split = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&response[..split]).into_owned();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, head, response[split + 4..].to_vec())
+}
+
+#[test]
+fn serve_answers_ranges_conditionals_and_cache_headers() {
+    let o = origin();
+    let server = osdeploy_serve(&o.repo);
+    let pack = fs::read_dir(o.repo.join("packs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "pack"))
+        .unwrap();
+    let name = format!("/packs/{}", pack.file_name().unwrap().to_string_lossy());
+    let (status, head, body) = http_get(&server.url, &name, &[("Range", "bytes=8-49")]);
+    assert_eq!(status, 206, "{head}");
+    assert_eq!(body, fs::read(&pack).unwrap()[8..50]);
+    assert!(head.to_lowercase().contains("cache-control: public, max-age=31536000, immutable"), "{head}");
+    let (status, head, _) = http_get(&server.url, "/summary", &[]);
+    assert_eq!(status, 200);
+    assert!(head.to_lowercase().contains("cache-control: no-cache"), "{head}");
+    let modified = head
+        .lines()
+        .find_map(|l| l.split_once(": ").filter(|(k, _)| k.eq_ignore_ascii_case("last-modified")).map(|(_, v)| v))
+        .expect("a Last-Modified header")
+        .to_string();
+    let (status, _, _) = http_get(&server.url, "/summary", &[("If-Modified-Since", &modified)]);
+    assert_eq!(status, 304, "a conditional request for an unchanged summary");
+    let (status, _, _) = http_get(&server.url, "/packs/nonexistent.pack", &[]);
+    assert_eq!(status, 404);
+}
+
+#[test]
+fn a_dead_first_url_fails_over_to_the_next() {
+    let o = origin();
+    let server = osdeploy_serve(&o.repo);
+    let node = o.root.join("node");
+    ok(osdeploy(&node).args(["init", "--mode", "bare"]));
+    let dead = format!(
+        "http://127.0.0.1:{}",
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    );
+    ok(osdeploy(&node).args(["remote", "add", "origin", &dead, &server.url, "--insecure"]));
+    let stats = pull(&node);
+    let out = o.root.join("co");
+    ok(osdeploy(&node).args(["checkout", "origin/stable"]).arg(&out));
+    assert_same_tree(&o.v1, &out);
+    assert!(stats["requests"].as_u64().unwrap() > 0);
+}

@@ -5,15 +5,28 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::{repo_cmds, transport_cmds};
+use osdeploy::deploy::{BootloaderKind, Sysroot};
 
-/// Deliver immutable OS trees: commit them into a deduplicated repository, inspect, check out.
+use osdeploy_transport::pull::PullOptions;
+
+use crate::{deploy_cmds, repo_cmds, transport_cmds};
+
+/// The sysroot when neither `--sysroot` nor `OSDEPLOY_SYSROOT` gives one: where a booted node sees its physical root.
+pub const DEFAULT_SYSROOT: &str = "/sysroot";
+
+/// Deliver immutable OS trees: commit them into a deduplicated repository, inspect, check out, deploy.
 #[derive(Parser, Debug)]
 #[command(name = "osdeploy", version, about, long_about = None)]
 pub struct Cli {
-    /// Repository to work on.
-    #[arg(long, global = true, env = "OSDEPLOY_REPO", value_name = "PATH", default_value = ".")]
-    pub repo: PathBuf,
+    /// Repository to work on [default: SYSROOT/osdeploy/repo, the sysroot's repository].
+    #[arg(long, global = true, env = "OSDEPLOY_REPO", value_name = "PATH")]
+    pub repo: Option<PathBuf>,
+    /// The sysroot (physical root holding osdeploy/ with the repository and the slots) [default: /sysroot].
+    #[arg(long, global = true, env = "OSDEPLOY_SYSROOT", value_name = "PATH")]
+    pub sysroot: Option<PathBuf>,
+    /// Node configuration: config.toml, health.d/.
+    #[arg(long, global = true, env = "OSDEPLOY_CONFIG_DIR", value_name = "DIR", default_value = "/etc/osdeploy")]
+    pub config_dir: PathBuf,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -28,6 +41,40 @@ pub enum ModeArg {
     Bare,
 }
 
+/// Bootloader backend of a sysroot.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum BootloaderArg {
+    /// A JSON state file (tests, containers): boot-check plays the bootloader.
+    File,
+    /// GRUB environment block SYSROOT/boot/grub/grubenv.
+    Grub,
+    /// systemd-boot entries with boot counting in SYSROOT/boot/loader/entries.
+    SystemdBoot,
+    /// U-Boot environment file SYSROOT/boot/uboot.env.
+    Uboot,
+}
+
+impl From<BootloaderArg> for BootloaderKind {
+    fn from(arg: BootloaderArg) -> Self {
+        match arg {
+            BootloaderArg::File => BootloaderKind::File,
+            BootloaderArg::Grub => BootloaderKind::Grub,
+            BootloaderArg::SystemdBoot => BootloaderKind::SystemdBoot,
+            BootloaderArg::Uboot => BootloaderKind::Uboot,
+        }
+    }
+}
+
+/// `osdeploy key` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum KeyAction {
+    /// Create an ed25519 key pair: FILE (secret, mode 0600) and FILE.pub (give it to nodes).
+    Generate {
+        /// Where to write the secret key.
+        file: PathBuf,
+    },
+}
+
 /// `osdeploy remote` subcommands.
 #[derive(Subcommand, Debug)]
 pub enum RemoteAction {
@@ -38,8 +85,12 @@ pub enum RemoteAction {
         /// Base URLs (http:// or https://), preferred first (e.g. an edge mirror, then the origin).
         #[arg(required = true)]
         urls: Vec<String>,
-        /// Accept unsigned data (required until signing lands).
-        #[arg(long)]
+        /// A public key file (`osdeploy key generate`) trusted to sign the remote's summary and
+        /// commits (repeatable, for key rotation).
+        #[arg(long = "key", value_name = "PUBKEY_FILE")]
+        keys: Vec<PathBuf>,
+        /// Accept unsigned data from this remote.
+        #[arg(long, conflicts_with = "keys")]
         insecure: bool,
     },
     /// List remotes.
@@ -188,18 +239,35 @@ pub enum Command {
         #[command(subcommand)]
         action: RemoteAction,
     },
-    /// Fetch a branch's newest commit from a remote: only missing objects, in few requests.
+    /// Fetch a branch's newest commit from a remote: only missing objects, in few requests. On a sysroot the first
+    /// pull records REMOTE/BRANCH as followed; without arguments, the followed branch is pulled.
     Pull {
         /// The remote (see `osdeploy remote add`).
-        remote: String,
+        #[arg(requires = "branch")]
+        remote: Option<String>,
         /// The branch on the remote; stored locally as REMOTE/BRANCH.
-        branch: String,
+        branch: Option<String>,
         /// Range requests in flight at once.
         #[arg(long, default_value_t = 4)]
         in_flight: usize,
+        /// Accept a commit older than the one already pulled (a deliberate downgrade).
+        #[arg(long)]
+        allow_downgrade: bool,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Manage signing keys.
+    Key {
+        /// What to do.
+        #[command(subcommand)]
+        action: KeyAction,
+    },
+    /// Sign the summary and every branch's commit of an archive repository (run after commits).
+    Sign {
+        /// The secret key file (`osdeploy key generate`).
+        #[arg(long)]
+        key: PathBuf,
     },
     /// Serve an archive repository over HTTP (Range, conditional requests, cache headers).
     Serve {
@@ -215,11 +283,52 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Create the deployment layout in the sysroot: bare repository, slots a and b, state file, var/ and home/.
+    InitSysroot {
+        /// The bootloader backend.
+        #[arg(long, value_enum)]
+        bootloader: BootloaderArg,
+    },
+    /// Deploy a commit into the standby slot (reflink checkout, /etc merge) and arm it to boot on trial.
+    Switch {
+        /// Branch, commit id or unique prefix (default: the followed branch's newest pulled commit).
+        target: Option<String>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Early at boot: record which slot booted, count a trial's attempt, notice a failed trial.
+    BootCheck {
+        /// Kernel command line to read osdeploy.slot= from (real bootloaders; default /proc/cmdline).
+        #[arg(long, value_name = "FILE")]
+        cmdline: Option<PathBuf>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the health checks (CONFIG_DIR/health.d/); if all pass, make the booted slot good and the default.
+    MarkGood {
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make the other slot boot from the next boot on.
+    Rollback,
+    /// Show both slots, the booted, default and next slot, the trial and the recent history.
+    Status {
+        /// Print JSON (schema in docs/deployments.md).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> Result<()> {
-    let repo = cli.repo;
+    let sysroot = Sysroot::new(cli.sysroot.unwrap_or_else(|| PathBuf::from(DEFAULT_SYSROOT)));
+    // Without --repo, repository commands work on the sysroot's repository, and a pull there follows its branch.
+    let on_sysroot = cli.repo.is_none();
+    let repo = cli.repo.unwrap_or_else(|| sysroot.repo());
+    let config_dir = cli.config_dir;
     match cli.command {
         Command::Init { mode, compression_level, chunk_sizes } => {
             repo_cmds::init(&repo, mode, compression_level, chunk_sizes.as_deref())
@@ -238,13 +347,22 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Fsck { json } => repo_cmds::fsck(&repo, json),
         Command::Prune { dry_run, json } => repo_cmds::prune(&repo, dry_run, json),
         Command::Refs { json } => repo_cmds::refs(&repo, json),
-        Command::Remote { action: RemoteAction::Add { name, urls, insecure } } => {
-            transport_cmds::remote_add(&repo, name, urls, insecure)
+        Command::Remote { action: RemoteAction::Add { name, urls, keys, insecure } } => {
+            transport_cmds::remote_add(&repo, name, urls, &keys, insecure)
         }
+        Command::Key { action: KeyAction::Generate { file } } => transport_cmds::key_generate(&file),
+        Command::Sign { key } => transport_cmds::sign(&repo, &key),
         Command::Remote { action: RemoteAction::List { json } } => transport_cmds::remote_list(&repo, json),
-        Command::Pull { remote, branch, in_flight, json } => {
-            transport_cmds::pull(&repo, &remote, &branch, in_flight, json)
+        Command::Pull { remote, branch, in_flight, allow_downgrade, json } => {
+            let options = PullOptions { in_flight, allow_downgrade, ..Default::default() };
+            deploy_cmds::pull(&sysroot, on_sysroot, &repo, remote.zip(branch), options, json)
         }
+        Command::InitSysroot { bootloader } => deploy_cmds::init_sysroot(&sysroot, bootloader.into()),
+        Command::Switch { target, json } => deploy_cmds::switch(&sysroot, &config_dir, target.as_deref(), json),
+        Command::BootCheck { cmdline, json } => deploy_cmds::boot_check(&sysroot, cmdline.as_deref(), json),
+        Command::MarkGood { json } => deploy_cmds::mark_good(&sysroot, &config_dir, json),
+        Command::Rollback => deploy_cmds::rollback(&sysroot),
+        Command::Status { json } => deploy_cmds::status(&sysroot, json),
         Command::Serve { dir, listen } => transport_cmds::serve(dir, listen),
         Command::Delta { from, to, max_gap, max_request, json } => repo_cmds::delta(
             &repo,
@@ -274,7 +392,7 @@ mod tests {
             "/src",
         ])
         .unwrap();
-        assert_eq!(cli.repo, PathBuf::from("/r"));
+        assert_eq!(cli.repo, Some(PathBuf::from("/r")));
         match cli.command {
             Command::Commit { branch, release_version, dir, .. } => {
                 assert_eq!(
@@ -285,5 +403,20 @@ mod tests {
             other => panic!("parsed as {other:?}"),
         }
         assert!(Cli::try_parse_from(["osdeploy", "init"]).is_err(), "init needs --mode");
+    }
+
+    #[test]
+    fn parses_sysroot_options_and_optional_pull_arguments() {
+        let cli = Cli::try_parse_from(["osdeploy", "--sysroot", "/s", "pull"]).unwrap();
+        assert_eq!((cli.sysroot, cli.repo), (Some(PathBuf::from("/s")), None));
+        match cli.command {
+            Command::Pull { remote: None, branch: None, .. } => {}
+            other => panic!("parsed as {other:?}"),
+        }
+        assert!(Cli::try_parse_from(["osdeploy", "pull", "origin"]).is_err(), "a remote needs a branch");
+        let cli = Cli::try_parse_from(["osdeploy", "switch", "--config-dir", "/c", "stable"]).unwrap();
+        assert_eq!(cli.config_dir, PathBuf::from("/c"));
+        assert!(Cli::try_parse_from(["osdeploy", "init-sysroot", "--bootloader", "systemd-boot"]).is_ok());
+        assert!(Cli::try_parse_from(["osdeploy", "init-sysroot", "--bootloader", "lilo"]).is_err());
     }
 }

@@ -2,6 +2,7 @@
 //! and prints errors with their full chain of causes.
 
 mod cli;
+mod deploy_cmds;
 mod output;
 mod repo_cmds;
 mod transport_cmds;

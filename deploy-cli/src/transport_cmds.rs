@@ -7,14 +7,47 @@ use anyhow::{Context, Result};
 use osdeploy_store::{Access, Repo};
 use osdeploy_transport::pull::{PullOptions, pull as transport_pull};
 use osdeploy_transport::remote::{self, Remote};
+use osdeploy_transport::sign;
 
 use crate::output;
 
 /// `remote add`.
-pub fn remote_add(repo: &Path, name: String, urls: Vec<String>, insecure: bool) -> Result<()> {
+pub fn remote_add(repo: &Path, name: String, urls: Vec<String>, key_files: &[PathBuf], insecure: bool) -> Result<()> {
     let repo = Repo::open(repo, Access::Write)?;
-    remote::add(&repo, Remote { name: name.clone(), urls, insecure })?;
+    let keys =
+        key_files.iter().map(|f| sign::load_public(f).map(|k| sign::public_hex(&k))).collect::<Result<Vec<_>, _>>()?;
+    remote::add(&repo, Remote { name: name.clone(), urls, keys, insecure })?;
     println!("remote {name} added");
+    Ok(())
+}
+
+/// `key generate`.
+pub fn key_generate(file: &Path) -> Result<()> {
+    let public = sign::generate(file)?;
+    println!("secret key: {} (keep it on the signing machine)", file.display());
+    println!("public key: {} ({})", file.with_extension("pub").display(), sign::public_hex(&public));
+    Ok(())
+}
+
+/// `sign`: the summary and every branch's commit.
+pub fn sign(repo: &Path, key_file: &Path) -> Result<()> {
+    let repo = Repo::open(repo, Access::Write)?;
+    anyhow::ensure!(
+        repo.archive().is_some(),
+        "{} is not an archive repository: only served repositories are signed",
+        repo.path().display()
+    );
+    let key = sign::load_secret(key_file)?;
+    let tmp = repo.path().join("tmp");
+    for (name, commit) in repo.refs()? {
+        let path = repo.path().join(format!("signatures/{commit}.sig"));
+        std::fs::create_dir_all(path.parent().expect("has a parent"))?;
+        sign::sign_file(&key, commit.to_string().as_bytes(), &path, &tmp)?;
+        println!("signed commit {commit} ({name})");
+    }
+    let summary = std::fs::read(repo.path().join("summary"))?;
+    sign::sign_file(&key, &summary, &repo.path().join("summary.sig"), &tmp)?;
+    println!("signed summary with key {}", sign::public_hex(&key.verifying_key()));
     Ok(())
 }
 
@@ -31,17 +64,20 @@ pub fn remote_list(repo: &Path, json: bool) -> Result<()> {
             "{}\t{}{}",
             r.name,
             r.urls.join(" "),
-            if r.insecure { "\t(insecure: unsigned data accepted)" } else { "" }
+            if r.insecure {
+                "\t(insecure: unsigned data accepted)".to_string()
+            } else {
+                format!("\tkeys: {}", r.keys.join(" "))
+            }
         );
     }
     Ok(())
 }
 
 /// `pull`.
-pub fn pull(repo: &Path, remote_name: &str, branch: &str, in_flight: usize, json: bool) -> Result<()> {
+pub fn pull(repo: &Path, remote_name: &str, branch: &str, options: PullOptions, json: bool) -> Result<()> {
     let mut repo = Repo::open(repo, Access::Write)?;
     let remote = remote::get(&repo, remote_name)?;
-    let options = PullOptions { in_flight, ..Default::default() };
     let stats = transport_pull(&mut repo, &remote, branch, options)
         .with_context(|| format!("pulling {branch} from {remote_name}"))?;
     if json {

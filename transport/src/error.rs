@@ -49,6 +49,38 @@ pub enum TransportError {
         /// The branches it has.
         available: String,
     },
+    /// Signed data whose signature is missing or not by a trusted key.
+    #[error(
+        "{what} from remote {remote} {problem}; refusing it (the remote trusts keys {keys}; add it with --insecure only if unsigned data is acceptable)"
+    )]
+    Signature {
+        /// The remote.
+        remote: String,
+        /// What was checked: the summary or a commit.
+        what: String,
+        /// "is not signed" or "is not signed by a trusted key".
+        problem: String,
+        /// The trusted keys.
+        keys: String,
+    },
+    /// The remote offers an older commit than the one already pulled (a replayed summary?).
+    #[error(
+        "remote {remote} offers {branch} at commit {offered} from {offered_time}, older than commit {held} from {held_time} already pulled; refusing a silent downgrade (pass --allow-downgrade to accept it)"
+    )]
+    Downgrade {
+        /// The remote.
+        remote: String,
+        /// The branch.
+        branch: String,
+        /// The commit offered.
+        offered: String,
+        /// Its timestamp.
+        offered_time: i64,
+        /// The commit held.
+        held: String,
+        /// Its timestamp.
+        held_time: i64,
+    },
     /// A remote configuration problem.
     #[error("{0}")]
     Config(String),

@@ -15,6 +15,7 @@ pub mod plan;
 pub mod pull;
 pub mod remote;
 pub mod serve;
+pub mod sign;
 pub mod staging;
 
 pub use error::TransportError;

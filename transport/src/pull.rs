@@ -33,11 +33,13 @@ pub struct PullOptions {
     pub in_flight: usize,
     /// How ranges are merged.
     pub coalesce: CoalesceOptions,
+    /// Accept a commit older than the one already pulled from the remote.
+    pub allow_downgrade: bool,
 }
 
 impl Default for PullOptions {
     fn default() -> Self {
-        PullOptions { in_flight: 4, coalesce: CoalesceOptions::default() }
+        PullOptions { in_flight: 4, coalesce: CoalesceOptions::default(), allow_downgrade: false }
     }
 }
 
@@ -65,6 +67,7 @@ pub struct PullStats {
 #[derive(Deserialize)]
 struct SummaryRef {
     commit: String,
+    timestamp: i64,
 }
 
 #[derive(Deserialize)]
@@ -91,6 +94,41 @@ pub fn pull(repo: &mut Repo, remote: &Remote, branch: &str, options: PullOptions
     runtime.block_on(pull_async(repo, remote, branch, options))
 }
 
+/// True when `older` is `newer`'s parent, grandparent, … as far as this repository holds history.
+fn is_ancestor(repo: &Repo, older: &CommitId, newer: &CommitId) -> Result<bool, TransportError> {
+    let mut next = repo.commit_object(newer)?.parent;
+    while let Some(id) = next {
+        if id == *older {
+            return Ok(true);
+        }
+        if !repo.has(ObjectKind::Commit, &id.0)? {
+            return Ok(false);
+        }
+        next = repo.commit_object(&id)?.parent;
+    }
+    Ok(false)
+}
+
+fn trusted_keys(remote: &Remote) -> Result<Vec<ed25519_dalek::VerifyingKey>, TransportError> {
+    remote
+        .keys
+        .iter()
+        .map(|hex| {
+            crate::sign::public_from_hex(hex)
+                .ok_or_else(|| TransportError::Config(format!("remote {}: {hex:?} is not a public key", remote.name)))
+        })
+        .collect()
+}
+
+fn signature_error(remote: &Remote, what: &str, problem: &str) -> TransportError {
+    TransportError::Signature {
+        remote: remote.name.clone(),
+        what: what.into(),
+        problem: problem.into(),
+        keys: if remote.keys.is_empty() { "none".into() } else { remote.keys.join(", ") },
+    }
+}
+
 fn invalid(what: impl Into<String>, url: &str, reason: impl Into<String>) -> TransportError {
     TransportError::Invalid { what: what.into(), url: url.into(), reason: reason.into() }
 }
@@ -106,18 +144,49 @@ async fn pull_async(
     let summary_bytes = client.get("summary").await?;
     let summary: Summary =
         serde_json::from_slice(&summary_bytes).map_err(|e| invalid("summary", &remote.urls[0], e.to_string()))?;
-    let commit_hex = &summary
-        .refs
-        .get(branch)
-        .ok_or_else(|| TransportError::NoSuchBranch {
-            remote: remote.name.clone(),
-            branch: branch.into(),
-            available: summary.refs.keys().cloned().collect::<Vec<_>>().join(", "),
-        })?
-        .commit;
+    let trusted = trusted_keys(remote)?;
+    if !remote.insecure {
+        let signatures =
+            client.get("summary.sig").await.map_err(|_| signature_error(remote, "its summary", "is not signed"))?;
+        if !crate::sign::verify(&summary_bytes, &signatures, &trusted) {
+            return Err(signature_error(remote, "its summary", "is not signed by a trusted key"));
+        }
+    }
+    let offered = summary.refs.get(branch).ok_or_else(|| TransportError::NoSuchBranch {
+        remote: remote.name.clone(),
+        branch: branch.into(),
+        available: summary.refs.keys().cloned().collect::<Vec<_>>().join(", "),
+    })?;
+    let commit_hex = &offered.commit;
     let commit = CommitId(ObjectId::from_hex(commit_hex).ok_or_else(|| {
         invalid("summary", &remote.urls[0], format!("branch {branch} names {commit_hex:?}, not a commit id"))
     })?);
+    if !remote.insecure {
+        let signatures = client
+            .get(&format!("signatures/{commit}.sig"))
+            .await
+            .map_err(|_| signature_error(remote, &format!("commit {commit}"), "is not signed"))?;
+        if !crate::sign::verify(commit.to_string().as_bytes(), &signatures, &trusted) {
+            return Err(signature_error(remote, &format!("commit {commit}"), "is not signed by a trusted key"));
+        }
+    }
+    let local_ref = format!("{}/{branch}", remote.name);
+    if let Some(held) = repo.read_ref(&local_ref)?
+        && held != commit
+        && !options.allow_downgrade
+    {
+        let held_time = repo.commit_object(&held)?.timestamp;
+        if offered.timestamp < held_time || is_ancestor(repo, &commit, &held)? {
+            return Err(TransportError::Downgrade {
+                remote: remote.name.clone(),
+                branch: branch.into(),
+                offered: commit.to_string(),
+                offered_time: offered.timestamp,
+                held: held.to_string(),
+                held_time,
+            });
+        }
+    }
     let index = load_indexes(repo, &client, &summary).await?;
     let mut staged = Staging::open(staging(repo))?;
     let mut stats =

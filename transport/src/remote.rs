@@ -16,8 +16,10 @@ pub struct Remote {
     pub name: String,
     /// Base URLs of the archive repository (http:// or https://).
     pub urls: Vec<String>,
-    /// Accept unsigned data from this remote (signing comes with issue 3; until then every
-    /// remote must be added with `--insecure`).
+    /// Public keys (hex) trusted to sign this remote's summary and commits.
+    #[serde(default)]
+    pub keys: Vec<String>,
+    /// Accept unsigned data from this remote (only when explicitly asked for).
     pub insecure: bool,
 }
 
@@ -53,9 +55,9 @@ pub fn add(repo: &Repo, remote: Remote) -> Result<(), TransportError> {
             return Err(TransportError::Config(format!("remote URL {url:?} must start with http:// or https://")));
         }
     }
-    if !remote.insecure {
+    if !remote.insecure && remote.keys.is_empty() {
         return Err(TransportError::Config(format!(
-            "remote {}: signature verification is not implemented yet; add the remote with --insecure to accept unsigned data",
+            "remote {}: give the public key its data is signed with (--key FILE), or --insecure to accept unsigned data",
             remote.name
         )));
     }

@@ -1,0 +1,92 @@
+//! `CONFIG_DIR/config.toml`: node settings for deployments. A missing file means the defaults.
+//!
+//! ```toml
+//! # boots a new deployment gets on trial before the bootloader falls back (1-9)
+//! boot_tries = 3
+//! # seconds each health check in health.d/ may run before it is killed and counts as failed
+//! health_check_timeout = 60
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{DeployError, IoContext, Result};
+use crate::bootloader::{DEFAULT_TRIES, MAX_TRIES};
+
+/// The default time a health check may take, in seconds.
+pub const DEFAULT_HEALTH_CHECK_TIMEOUT: u64 = 60;
+
+/// The settings.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Boots a new deployment gets on trial (1 to [`MAX_TRIES`]).
+    pub boot_tries: u32,
+    /// Seconds each health check may run.
+    pub health_check_timeout: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { boot_tries: DEFAULT_TRIES, health_check_timeout: DEFAULT_HEALTH_CHECK_TIMEOUT }
+    }
+}
+
+impl Config {
+    /// Reads `CONFIG_DIR/config.toml` (the defaults if it does not exist) and checks the values.
+    pub fn load(config_dir: &Path) -> Result<Config> {
+        let path = config_dir.join("config.toml");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+            Err(e) => return Err(e).at(&path),
+        };
+        Config::parse(&text, &path)
+    }
+
+    /// Parses and checks the text of a configuration file (`path` names it in errors).
+    pub fn parse(text: &str, path: &Path) -> Result<Config> {
+        let bad = |reason: String| DeployError::Config { path: PathBuf::from(path), reason };
+        let config: Config = toml::from_str(text).map_err(|e| bad(e.to_string().trim().to_owned()))?;
+        if !(1..=MAX_TRIES).contains(&config.boot_tries) {
+            return Err(bad(format!("boot_tries = {} is outside 1..={MAX_TRIES}", config.boot_tries)));
+        }
+        if config.health_check_timeout == 0 {
+            return Err(bad("health_check_timeout must be at least 1 second".into()));
+        }
+        Ok(config)
+    }
+
+    /// The health check timeout as a duration.
+    pub fn health_timeout(&self) -> Duration {
+        Duration::from_secs(self.health_check_timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_values_and_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(Config::load(dir.path()).unwrap(), Config::default());
+        std::fs::write(dir.path().join("config.toml"), "boot_tries = 5\nhealth_check_timeout = 2\n").unwrap();
+        let config = Config::load(dir.path()).unwrap();
+        assert_eq!((config.boot_tries, config.health_timeout()), (5, Duration::from_secs(2)));
+        let p = Path::new("/c/config.toml");
+        assert_eq!(Config::parse("boot_tries = 2", p).unwrap().health_check_timeout, DEFAULT_HEALTH_CHECK_TIMEOUT);
+        for (text, expected) in [
+            ("boot_tries = 0", "outside"),
+            ("boot_tries = 10", "outside"),
+            ("health_check_timeout = 0", "at least"),
+            ("boot_trys = 3", "unknown field"),
+            ("boot_tries = \"x\"", "invalid type"),
+        ] {
+            let err = Config::parse(text, p).unwrap_err().to_string();
+            assert!(err.contains("/c/config.toml") && err.contains(expected), "{text}: {err}");
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! Health checks: the executables in `CONFIG_DIR/health.d/`, run one after the other in name order, each in its own
+//! process group with a timeout. A check passes when it exits 0 within the timeout; one that runs longer is killed
+//! (the whole process group, so a script's children go too) and counts as failed. Files that are not executable
+//! and names starting with `.` are ignored, as `run-parts` does. The checks' output goes to standard error.
+
+use std::os::fd::AsFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::{DeployError, IoContext, Result};
+
+/// How one check ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "outcome", content = "detail")]
+pub enum Outcome {
+    /// Exit status 0 within the timeout.
+    Passed,
+    /// Another exit status, or killed by a signal (described).
+    Failed(String),
+    /// Still running at the timeout: killed.
+    TimedOut,
+}
+
+/// One check's result.
+#[derive(Clone, Debug, Serialize)]
+pub struct CheckResult {
+    /// The check's file name.
+    pub name: String,
+    /// How it ended.
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    /// How long it ran.
+    pub seconds: f64,
+}
+
+impl CheckResult {
+    /// Whether it passed.
+    pub fn passed(&self) -> bool {
+        self.outcome == Outcome::Passed
+    }
+}
+
+/// The executables in `dir`, sorted by name (none if `dir` does not exist).
+pub fn list_checks(dir: &Path) -> Result<Vec<PathBuf>> {
+    let listing = match std::fs::read_dir(dir) {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).at(dir),
+    };
+    let mut checks = Vec::new();
+    for entry in listing {
+        let path = entry.at(dir)?.path();
+        if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
+            continue;
+        }
+        let meta = std::fs::metadata(&path).at(&path)?;
+        if meta.is_file() && std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o111 != 0 {
+            checks.push(path);
+        }
+    }
+    checks.sort();
+    Ok(checks)
+}
+
+/// Runs every check of `dir` with `timeout` each and the environment variables `env`; never stops early, so that
+/// every failure is reported.
+pub fn run_checks(dir: &Path, timeout: Duration, env: &[(&str, String)]) -> Result<Vec<CheckResult>> {
+    list_checks(dir)?.iter().map(|check| run_one(check, timeout, env)).collect()
+}
+
+/// Runs one check.
+fn run_one(path: &Path, timeout: Duration, env: &[(&str, String)]) -> Result<CheckResult> {
+    let stderr = std::io::stderr().as_fd().try_clone_to_owned().at(Path::new("/dev/stderr"))?;
+    let started = Instant::now();
+    let mut child = Command::new(path)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(stderr))
+        .process_group(0)
+        .spawn()
+        .map_err(|error| DeployError::HealthCheck { path: path.to_owned(), error })?;
+    let group = rustix::process::Pid::from_child(&child);
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(|error| DeployError::HealthCheck { path: path.into(), error })? {
+            break Some(status);
+        }
+        if started.elapsed() >= timeout {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // Whatever the check left running in its group goes too (a timed-out check entirely).
+    let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+    let outcome = match status {
+        None => {
+            let _ = child.wait();
+            Outcome::TimedOut
+        }
+        Some(status) if status.success() => Outcome::Passed,
+        Some(status) => Outcome::Failed(status.to_string()),
+    };
+    let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+    Ok(CheckResult { name, outcome, seconds: started.elapsed().as_secs_f64() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn script(dir: &Path, name: &str, body: &str, mode: u32) {
+        let path = dir.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn checks_run_in_order_with_timeouts() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(run_checks(&dir.path().join("missing"), Duration::from_secs(1), &[]).unwrap().is_empty());
+        script(dir.path(), "10-ok", "test \"$OSDEPLOY_SLOT\" = b", 0o755);
+        script(dir.path(), "20-fails", "exit 3", 0o755);
+        script(dir.path(), "30-hangs", "sleep 30 & sleep 30", 0o755);
+        script(dir.path(), "40-not-executable", "exit 1", 0o644);
+        script(dir.path(), ".hidden", "exit 1", 0o755);
+        let started = Instant::now();
+        let results = run_checks(dir.path(), Duration::from_millis(500), &[("OSDEPLOY_SLOT", "b".into())]).unwrap();
+        assert!(started.elapsed() < Duration::from_secs(10), "the hanging check was not killed in time");
+        let outcomes: Vec<(&str, &Outcome)> = results.iter().map(|r| (r.name.as_str(), &r.outcome)).collect();
+        assert_eq!(
+            outcomes,
+            [
+                ("10-ok", &Outcome::Passed),
+                ("20-fails", &Outcome::Failed("exit status: 3".into())),
+                ("30-hangs", &Outcome::TimedOut)
+            ]
+        );
+    }
+}

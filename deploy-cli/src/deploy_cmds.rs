@@ -1,0 +1,219 @@
+//! The deployment commands: init-sysroot, switch, boot-check, mark-good, rollback, status, and pull on a sysroot.
+//! The work is done by `osdeploy::deploy::ops`; this module prints.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Result, bail};
+use osdeploy::bootloader::Slot;
+use osdeploy::deploy::health::Outcome;
+use osdeploy::deploy::state::SlotRecord;
+use osdeploy::deploy::{Config, Sysroot, ops};
+use osdeploy_transport::pull::PullOptions;
+use serde::Serialize;
+
+use crate::{output, transport_cmds};
+
+fn print_json(value: &impl Serialize) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// `pull` with the sysroot in mind: without arguments it pulls the followed branch; the first pull with arguments
+/// on a sysroot records the branch as followed.
+pub fn pull(
+    sysroot: &Sysroot,
+    on_sysroot: bool,
+    repo: &Path,
+    args: Option<(String, String)>,
+    options: PullOptions,
+    json: bool,
+) -> Result<()> {
+    let (remote, branch, record) = match args {
+        Some((remote, branch)) => (remote, branch, on_sysroot && sysroot.state_path().exists()),
+        None if on_sysroot => {
+            let follows = ops::followed(sysroot)?;
+            (follows.remote, follows.branch, false)
+        }
+        None => bail!("pull without REMOTE BRANCH pulls the branch a sysroot follows; it cannot be used with --repo"),
+    };
+    transport_cmds::pull(repo, &remote, &branch, options, json)?;
+    if record && ops::follow_if_unset(sysroot, &remote, &branch)? {
+        eprintln!("sysroot {} now follows {remote}/{branch}", sysroot.root().display());
+    }
+    Ok(())
+}
+
+/// `init-sysroot`.
+pub fn init_sysroot(sysroot: &Sysroot, kind: osdeploy::deploy::BootloaderKind) -> Result<()> {
+    let report = ops::init_sysroot(sysroot, kind)?;
+    println!(
+        "initialized sysroot {}: repository {}, slots a and b in {}, bootloader {} at {}",
+        sysroot.root().display(),
+        sysroot.repo().display(),
+        sysroot.slots_dir().display(),
+        kind.as_str(),
+        report.bootloader_location.display()
+    );
+    for dir in &report.created_data_dirs {
+        println!("created {} (shared by both slots; osdeploy never writes it again)", dir.display());
+    }
+    Ok(())
+}
+
+/// `switch`.
+pub fn switch(sysroot: &Sysroot, config_dir: &Path, target: Option<&str>, json: bool) -> Result<()> {
+    let config = Config::load(config_dir)?;
+    let report = ops::switch(sysroot, target, &config)?;
+    if json {
+        return print_json(&report);
+    }
+    let s = &report.stats;
+    let how = match report.method.as_str() {
+        "reflink" => "reflinked (FICLONE, no data copied)".to_owned(),
+        "copy" if !report.same_filesystem => {
+            "copied (the slots are not on the repository's filesystem, so extents cannot be shared)".to_owned()
+        }
+        "copy" => "copied (this filesystem cannot share extents)".to_owned(),
+        other => format!("placed by {other}"),
+    };
+    println!(
+        "deployed {}{} into slot {} in {:.2}s: {} files {how}, {} hardlinks, {} dirs, {} symlinks, {} special, {}",
+        report.commit,
+        report.version.as_ref().map_or_else(String::new, |v| format!(" (version {v})")),
+        report.slot,
+        report.seconds,
+        s.files,
+        s.hardlinks,
+        s.dirs,
+        s.symlinks,
+        s.specials,
+        output::size(s.bytes)
+    );
+    println!("checkout method: {}", report.method);
+    if let Some(note) = &report.etc.note {
+        println!("/etc: {note}");
+    }
+    if !report.etc.kept_local.is_empty() {
+        println!("/etc: local changes kept: {}", report.etc.kept_local.join(", "));
+    }
+    for path in &report.etc.conflicts {
+        println!("/etc conflict: {path} changed locally and in the new release; the local version was kept");
+    }
+    println!(
+        "slot {} boots next, on trial for {} boots; after a successful boot run `osdeploy mark-good`",
+        report.slot, report.tries
+    );
+    Ok(())
+}
+
+fn describe(record: &SlotRecord) -> String {
+    let mut text = record.state.to_string();
+    if let Some(commit) = &record.commit {
+        text.push_str(&format!(", commit {commit}"));
+    }
+    if let Some(version) = &record.version {
+        text.push_str(&format!(", version {version}"));
+    }
+    text
+}
+
+/// `boot-check`.
+pub fn boot_check(sysroot: &Sysroot, cmdline: Option<&Path>, json: bool) -> Result<()> {
+    let report = ops::boot_check(sysroot, cmdline)?;
+    if json {
+        return print_json(&report);
+    }
+    if let Some(failed) = report.failed_trial {
+        println!("the trial of slot {failed} failed: slot {failed} is marked bad");
+    }
+    let trial = match report.tries_left {
+        Some(left) => format!(" (trial boot {}, {left} boots left)", report.slot.boot_attempts),
+        None => String::new(),
+    };
+    println!("booted slot {}: {}{trial}", report.booted, describe(&report.slot));
+    if report.simulated {
+        println!("(the file bootloader backend: boot-check played the bootloader's part)");
+    }
+    Ok(())
+}
+
+/// `mark-good`.
+pub fn mark_good(sysroot: &Sysroot, config_dir: &Path, json: bool) -> Result<()> {
+    let config = Config::load(config_dir)?;
+    let report = ops::mark_good(sysroot, config_dir, &config)?;
+    if json {
+        print_json(&report)?;
+    } else {
+        if report.checks.is_empty() {
+            println!("no health checks in {}", config_dir.join("health.d").display());
+        }
+        for check in &report.checks {
+            let outcome = match &check.outcome {
+                Outcome::Passed => "passed".to_owned(),
+                Outcome::Failed(status) => format!("failed ({status})"),
+                Outcome::TimedOut => format!("timed out after {}s and was killed", config.health_check_timeout),
+            };
+            println!("health check {}: {outcome} in {:.1}s", check.name, check.seconds);
+        }
+    }
+    if !report.marked {
+        let failed: Vec<&str> = report.checks.iter().filter(|c| !c.passed()).map(|c| c.name.as_str()).collect();
+        bail!("health checks failed ({}): slot {} was not marked good", failed.join(", "), report.slot);
+    }
+    if !json {
+        println!("slot {} is good and the default", report.slot);
+    }
+    Ok(())
+}
+
+/// `rollback`.
+pub fn rollback(sysroot: &Sysroot) -> Result<()> {
+    let report = ops::rollback(sysroot)?;
+    println!("slot {} boots next (rolled back from slot {})", report.to, report.from);
+    if report.rejected_trial {
+        println!("slot {} was on trial and is marked bad", report.from);
+    }
+    Ok(())
+}
+
+/// `status`.
+pub fn status(sysroot: &Sysroot, json: bool) -> Result<()> {
+    let status = ops::status(sysroot)?;
+    if json {
+        return print_json(&status);
+    }
+    let booted = status.booted.map_or_else(|| "unknown (no boot-check yet)".to_owned(), |s| s.to_string());
+    println!("booted: {booted}   default: {}   next boot: {}", status.default, status.next_boot);
+    println!("bootloader: {} ({})", status.bootloader.kind.as_str(), status.bootloader.location.display());
+    match &status.follows {
+        Some(f) => println!("follows: {}", f.local_ref()),
+        None => println!("follows: nothing yet (the first `osdeploy pull REMOTE BRANCH` sets it)"),
+    }
+    for slot in Slot::ALL {
+        let record = status.slots.get(slot);
+        let mut line = format!("slot {slot}: {}", describe(record));
+        if record.boot_attempts > 0 {
+            line.push_str(&format!(", {} trial boots", record.boot_attempts));
+        }
+        if let Some(trial) = status.trial.filter(|t| t.slot == slot) {
+            line.push_str(&format!(", {} boots left", trial.tries_left));
+        }
+        if let Some(reason) = &record.reason {
+            line.push_str(&format!(" ({reason})"));
+        }
+        println!("{line}");
+        if !record.etc_conflicts.is_empty() {
+            println!("  /etc conflicts at its switch (local kept): {}", record.etc_conflicts.join(", "));
+        }
+    }
+    if !status.history.is_empty() {
+        println!("history:");
+        for entry in &status.history {
+            println!("  {}  {:<18} {}", output::date(entry.time), entry.event, entry.message);
+        }
+    }
+    Ok(())
+}
