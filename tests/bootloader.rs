@@ -7,8 +7,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use osdeploy::bootloader::{
-    BackendConfig, BlsEntry, BootState, Bootloader, BootloaderError, GrubEnv, Slot, SystemdBoot, Trial, UBootEnv, grub,
-    uboot,
+    BackendConfig, BlsEntry, BootState, Bootloader, BootloaderError, GrubEnv, Slot, SystemdBoot, Trial, UBootEnv,
+    VarEnv, grub, uboot,
 };
 
 const UBOOT_ENV_SIZE: usize = 0x2000;

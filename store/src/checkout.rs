@@ -21,12 +21,12 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps, XattrFlags};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps, XattrFlags};
 use serde::Serialize;
 
 use crate::archive::ArchiveStore;
 use crate::error::{IoContext, Result, StoreError};
-use crate::fsutil::syncfs;
+use crate::fsutil::{open_dir_beneath, syncfs};
 use crate::id::{CommitId, FileId, TreeId};
 use crate::object::{Entry, EntryKind, FileObject, Meta, ObjectKind};
 use crate::reflink::{CopyMethod, clone_or_copy};
@@ -161,19 +161,6 @@ fn name_of(name: &[u8]) -> &OsStr {
     OsStr::from_bytes(name)
 }
 
-/// Opens the directory `rel` below `root` without following any symlink or leaving `root`.
-fn open_dir(root: &OwnedFd, rel: &Path, full: &Path) -> Result<OwnedFd> {
-    let rel = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
-    rustix::fs::openat2(
-        root,
-        rel,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
-    )
-    .at(full)
-}
-
 /// Checks out `commit` into `dest`, which must not exist or be an empty directory.
 pub fn checkout(repo: &Repo, commit: &CommitId, dest: &Path, options: CheckoutOptions) -> Result<CheckoutStats> {
     let commit = repo.commit_object(commit)?;
@@ -206,7 +193,7 @@ pub fn checkout(repo: &Repo, commit: &CommitId, dest: &Path, options: CheckoutOp
     for dir in &dirs[1..] {
         let parent = dir.rel.parent().expect("a subdirectory has a parent");
         let name = dir.rel.file_name().expect("a subdirectory has a name");
-        let parent_fd = open_dir(&root, parent, &dest.join(parent))?;
+        let parent_fd = open_dir_beneath(root.as_fd(), parent, &dest.join(parent))?;
         rustix::fs::mkdirat(&parent_fd, name, Mode::from_raw_mode(0o700)).at(dest.join(&dir.rel))?;
     }
     let mut stats =
@@ -215,8 +202,8 @@ pub fn checkout(repo: &Repo, commit: &CommitId, dest: &Path, options: CheckoutOp
         for (name, group) in &dir.links {
             let (first_dir, first_name) = &firsts[group];
             let from_rel = &dirs[*first_dir].rel;
-            let from = open_dir(&root, from_rel, &dest.join(from_rel))?;
-            let to = open_dir(&root, &dir.rel, &dest.join(&dir.rel))?;
+            let from = open_dir_beneath(root.as_fd(), from_rel, &dest.join(from_rel))?;
+            let to = open_dir_beneath(root.as_fd(), &dir.rel, &dest.join(&dir.rel))?;
             let full = dest.join(&dir.rel).join(name_of(name));
             rustix::fs::linkat(&from, name_of(first_name), &to, name_of(name), AtFlags::empty()).at(&full)?;
             stats.hardlinks += 1;
@@ -224,7 +211,7 @@ pub fn checkout(repo: &Repo, commit: &CommitId, dest: &Path, options: CheckoutOp
     }
     for dir in dirs.iter().rev() {
         let full = dest.join(&dir.rel);
-        let fd = open_dir(&root, &dir.rel, &full)?;
+        let fd = open_dir_beneath(root.as_fd(), &dir.rel, &full)?;
         worker.apply_meta_fd(fd.as_fd(), &dir.meta, &full)?;
         stats.dirs += 1;
     }
@@ -257,7 +244,7 @@ impl Worker<'_> {
     fn fill(&self, dir: &PlanDir) -> Result<CheckoutStats> {
         let mut stats = CheckoutStats::default();
         let dir_path = self.dest.join(&dir.rel);
-        let dir_fd = open_dir(self.root, &dir.rel, &dir_path)?;
+        let dir_fd = open_dir_beneath(self.root.as_fd(), &dir.rel, &dir_path)?;
         for f in &dir.files {
             let name = name_of(&f.name);
             let full = dir_path.join(name);

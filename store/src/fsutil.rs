@@ -2,8 +2,11 @@
 
 use std::fs::{self, File};
 use std::io::Write;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use rustix::fs::{Mode, OFlags, ResolveFlags};
 
 use crate::error::{IoContext, Result};
 
@@ -48,6 +51,21 @@ pub fn crash_point(step: &str) {
         eprintln!("osdeploy: aborting at crash point {step} (OSDEPLOY_CRASH_AT)");
         std::process::abort();
     }
+}
+
+/// Opens the directory `rel` below `root` (empty for `root` itself) without following any symlink
+/// or leaving `root` (`openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`); `full` names it in
+/// errors.
+pub fn open_dir_beneath(root: BorrowedFd<'_>, rel: &Path, full: &Path) -> Result<OwnedFd> {
+    let rel = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
+    rustix::fs::openat2(
+        root,
+        rel,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
+    )
+    .at(full)
 }
 
 /// Removes everything inside `dir` (left over by an interrupted transaction).

@@ -45,10 +45,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{
-    BootState, Bootloader, BootloaderError, Core, Result, Slot, apply_core, check_tries, core_from_vars, get_var,
-    read_optional, script_boot, set_var, vars, write_atomic,
-};
+use super::{BootloaderError, Result, VarEnv, read_optional, write_atomic};
 
 /// The size of a GRUB environment block.
 pub const ENV_BLOCK_SIZE: usize = 1024;
@@ -188,9 +185,17 @@ impl GrubEnv {
     pub fn new(path: impl Into<PathBuf>) -> Self {
         GrubEnv { path: path.into() }
     }
+}
+
+impl VarEnv for GrubEnv {
+    const NAME: &'static str = "grub";
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
 
     /// All variables of the block, in order (empty if the file does not exist).
-    pub fn read_vars(&self) -> Result<Vec<(String, String)>> {
+    fn read_vars(&self) -> Result<Vec<(String, String)>> {
         match read_optional(&self.path)? {
             Some(bytes) => parse_env_block(&bytes, &self.path),
             None => Ok(Vec::new()),
@@ -202,64 +207,12 @@ impl GrubEnv {
         let bytes = render_env_block(vars, &self.path)?;
         write_atomic(&self.path, &bytes)
     }
-
-    /// Applies a model change, keeping other variables.
-    fn update(&self, change: impl FnOnce(Core) -> Core) -> Result<()> {
-        let mut env = self.read_vars()?;
-        let core = change(core_from_env(&env, &self.path)?);
-        apply_core(&mut env, &core);
-        self.write_vars(&env)
-    }
-}
-
-/// Reads the model from the variables.
-fn core_from_env(env: &[(String, String)], path: &Path) -> Result<Core> {
-    core_from_vars(|name| get_var(env, name), path)
-}
-
-impl Bootloader for GrubEnv {
-    fn name(&self) -> &'static str {
-        "grub"
-    }
-
-    fn location(&self) -> &Path {
-        &self.path
-    }
-
-    fn state(&self) -> Result<BootState> {
-        Ok(core_from_env(&self.read_vars()?, &self.path)?.state(None))
-    }
-
-    fn arm_trial(&self, slot: Slot, tries: u32) -> Result<()> {
-        check_tries(tries, &self.path)?;
-        self.update(|core| core.arm(slot, tries))
-    }
-
-    fn mark_good(&self, slot: Slot) -> Result<()> {
-        self.update(|core| core.good(slot))
-    }
-
-    fn set_next(&self, slot: Slot) -> Result<()> {
-        self.update(|core| core.rollback(slot))
-    }
-
-    /// Runs [`GRUB_CFG_SNIPPET`]'s logic on the block, string for string as GRUB script compares.
-    fn boot(&self) -> Result<Slot> {
-        let mut env = self.read_vars()?;
-        let (slot, left) =
-            script_boot(get_var(&env, vars::DEFAULT), get_var(&env, vars::TRIAL), get_var(&env, vars::TRIES));
-        if let Some(left) = left {
-            set_var(&mut env, vars::TRIES, Some(left.to_string()));
-            self.write_vars(&env)?;
-        }
-        Ok(slot)
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bootloader::Trial;
+    use crate::bootloader::*;
 
     fn backend() -> (tempfile::TempDir, GrubEnv) {
         let dir = tempfile::tempdir().unwrap();

@@ -363,6 +363,68 @@ pub(crate) mod vars {
     pub const TRIES: &str = "osdeploy_tries";
 }
 
+/// A bootloader whose state is a list of `key=value` variables that its boot script reads and
+/// updates (GRUB environment block, U-Boot environment). The storage is all that differs between
+/// them: the model and [`Bootloader`] are implemented once, here.
+pub trait VarEnv {
+    /// The backend's name.
+    const NAME: &'static str;
+    /// The file holding the variables.
+    fn path(&self) -> &Path;
+    /// Every variable, in order (empty if the file does not exist yet).
+    fn read_vars(&self) -> Result<Vec<(String, String)>>;
+    /// Replaces the variables, atomically.
+    fn write_vars(&self, vars: &[(String, String)]) -> Result<()>;
+}
+
+fn update_vars(env: &impl VarEnv, change: impl FnOnce(Core) -> Core) -> Result<()> {
+    let mut vars = env.read_vars()?;
+    let core = change(core_from_vars(|name| get_var(&vars, name), env.path())?);
+    apply_core(&mut vars, &core);
+    env.write_vars(&vars)
+}
+
+impl<T: VarEnv> Bootloader for T {
+    fn name(&self) -> &'static str {
+        T::NAME
+    }
+
+    fn location(&self) -> &Path {
+        self.path()
+    }
+
+    fn state(&self) -> Result<BootState> {
+        let vars = self.read_vars()?;
+        Ok(core_from_vars(|name| get_var(&vars, name), self.path())?.state(None))
+    }
+
+    fn arm_trial(&self, slot: Slot, tries: u32) -> Result<()> {
+        check_tries(tries, self.path())?;
+        update_vars(self, |core| core.arm(slot, tries))
+    }
+
+    fn mark_good(&self, slot: Slot) -> Result<()> {
+        update_vars(self, |core| core.good(slot))
+    }
+
+    fn set_next(&self, slot: Slot) -> Result<()> {
+        update_vars(self, |core| core.rollback(slot))
+    }
+
+    /// Runs the boot script's logic (GRUB_CFG_SNIPPET, UBOOT_SCRIPT_SNIPPET) on the variables,
+    /// string for string as the script compares.
+    fn boot(&self) -> Result<Slot> {
+        let mut vars = self.read_vars()?;
+        let (slot, left) =
+            script_boot(get_var(&vars, vars::DEFAULT), get_var(&vars, vars::TRIAL), get_var(&vars, vars::TRIES));
+        if let Some(left) = left {
+            set_var(&mut vars, vars::TRIES, Some(left.to_string()));
+            self.write_vars(&vars)?;
+        }
+        Ok(slot)
+    }
+}
+
 /// Reads the model from key/value variables (`lookup` returns a variable's value). A missing default means a fresh
 /// installation (slot `a`).
 pub(crate) fn core_from_vars<'a>(lookup: impl Fn(&str) -> Option<&'a str>, path: &Path) -> Result<Core> {

@@ -27,10 +27,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{
-    BootState, Bootloader, BootloaderError, Core, Result, Slot, apply_core, check_tries, core_from_vars, get_var,
-    read_optional, script_boot, set_var, vars, write_atomic,
-};
+use super::{BootloaderError, Result, VarEnv, read_optional, write_atomic};
 
 /// A common environment size (`CONFIG_ENV_SIZE` of many boards: 0x4000).
 pub const DEFAULT_ENV_SIZE: usize = 0x4000;
@@ -162,9 +159,17 @@ impl UBootEnv {
     pub fn new(path: impl Into<PathBuf>, size: usize) -> Self {
         UBootEnv { path: path.into(), size }
     }
+}
+
+impl VarEnv for UBootEnv {
+    const NAME: &'static str = "u-boot";
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
 
     /// All variables of the environment, in order (empty if the file does not exist).
-    pub fn read_vars(&self) -> Result<Vec<(String, String)>> {
+    fn read_vars(&self) -> Result<Vec<(String, String)>> {
         if self.size < 5 {
             return Err(BootloaderError::Corrupt {
                 path: self.path.clone(),
@@ -182,60 +187,12 @@ impl UBootEnv {
         let bytes = render_env(vars, self.size, &self.path)?;
         write_atomic(&self.path, &bytes)
     }
-
-    /// Applies a model change, keeping other variables.
-    fn update(&self, change: impl FnOnce(Core) -> Core) -> Result<()> {
-        let mut env = self.read_vars()?;
-        let core = change(core_from_vars(|name| get_var(&env, name), &self.path)?);
-        apply_core(&mut env, &core);
-        self.write_vars(&env)
-    }
-}
-
-impl Bootloader for UBootEnv {
-    fn name(&self) -> &'static str {
-        "u-boot"
-    }
-
-    fn location(&self) -> &Path {
-        &self.path
-    }
-
-    fn state(&self) -> Result<BootState> {
-        let env = self.read_vars()?;
-        Ok(core_from_vars(|name| get_var(&env, name), &self.path)?.state(None))
-    }
-
-    fn arm_trial(&self, slot: Slot, tries: u32) -> Result<()> {
-        check_tries(tries, &self.path)?;
-        self.update(|core| core.arm(slot, tries))
-    }
-
-    fn mark_good(&self, slot: Slot) -> Result<()> {
-        self.update(|core| core.good(slot))
-    }
-
-    fn set_next(&self, slot: Slot) -> Result<()> {
-        self.update(|core| core.rollback(slot))
-    }
-
-    /// Runs [`UBOOT_SCRIPT_SNIPPET`]'s logic on the environment.
-    fn boot(&self) -> Result<Slot> {
-        let mut env = self.read_vars()?;
-        let (slot, left) =
-            script_boot(get_var(&env, vars::DEFAULT), get_var(&env, vars::TRIAL), get_var(&env, vars::TRIES));
-        if let Some(left) = left {
-            set_var(&mut env, vars::TRIES, Some(left.to_string()));
-            self.write_vars(&env)?;
-        }
-        Ok(slot)
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bootloader::Trial;
+    use crate::bootloader::*;
 
     const SIZE: usize = 0x2000;
 

@@ -8,22 +8,14 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, ResolveFlags};
+use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags};
 
 use super::{DeployError, IoContext, Result};
 
-/// Opens the directory `rel` below `root` (`.` or empty for `root` itself) without following any symlink or leaving
+/// Opens the directory `rel` below `root` (empty for `root` itself) without following any symlink or leaving
 /// `root`; `full` names it in errors.
 pub fn open_dir_beneath(root: BorrowedFd<'_>, rel: &Path, full: &Path) -> Result<OwnedFd> {
-    let rel = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
-    rustix::fs::openat2(
-        root,
-        rel,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
-    )
-    .at(full)
+    Ok(osdeploy_store::fsutil::open_dir_beneath(root, rel, full)?)
 }
 
 /// Opens the directory `path` itself, refusing a symlink in its last component.
