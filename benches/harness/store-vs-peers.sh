@@ -55,6 +55,12 @@ for fs in btrfs xfs; do
   ostree --repo="$MNT/ostree" commit -b bench --tree=dir="$tree" > /dev/null
   cp -a "$tree" "$MNT/src"
   for run in $(seq 1 "$runs"); do
+    # the whole node-side step: osdeploy switch into a fresh sysroot's standby slot (checkout, /etc
+    # merge, state, bootloader), its repository on the same filesystem
+    rm -rf "$MNT/sys"; mkdir -p "$MNT/sys"
+    "$osd" --sysroot "$MNT/sys" init-sysroot --bootloader file > /dev/null
+    "$osd" --sysroot "$MNT/sys" commit -b bench "$tree" > /dev/null 2>&1
+    timed osdeploy switch "$fs" "$run" "init-sysroot, then switch" "$osd" --sysroot "$MNT/sys" switch bench
     rm -rf "$MNT/co-osd" "$MNT/co-ostree" "$MNT/co-cp"
     timed osdeploy checkout "$fs" "$run" "bare repo, FICLONE" "$osd" --repo "$MNT/osd" checkout bench "$MNT/co-osd"
     timed ostree checkout "$fs" "$run" "bare repo, hardlinks" ostree --repo="$MNT/ostree" checkout bench "$MNT/co-ostree"
