@@ -269,9 +269,9 @@ fn update_fallback_rollback_and_crashes_leave_user_data_untouched() {
 
     // Cycles of switch / reboot / mark-good / rollback, with crashes in the middle of switch.
     let releases = [v1.as_str(), v2.as_str()];
-    for cycle in 0..8 {
+    for cycle in 0..20 {
         let target = releases[cycle % 2];
-        if cycle == 2 {
+        if cycle == 2 || cycle == 11 {
             // Aborted at a named step after the checkout: the booted slot still boots, a rerun completes.
             let booted = node.status()["booted"].as_str().unwrap().to_string();
             let out = node.osd().env("OSDEPLOY_CRASH_AT", "switch:checked-out").args(["switch", target]).output();
@@ -281,7 +281,7 @@ fn update_fallback_rollback_and_crashes_leave_user_data_untouched() {
             assert_eq!(node.boot(), booted, "the active slot boots after the crash");
             assert!(node.slot(&booted).join("etc/os-release").exists());
         }
-        if cycle == 5 {
+        if cycle == 5 || cycle == 15 {
             // SIGKILL in the middle of the switch (as soon as it recorded its start): the slot that boots next is
             // complete.
             let state_file = node.sysroot().join("osdeploy/state");
@@ -461,6 +461,14 @@ fn lock_missing_commits_and_corrupt_objects_are_refused_clearly() {
             .next()
             .expect("a large content file")
             .to_string();
+    // A bit flipped in it on disk: `switch --verify` re-hashes the content and refuses it.
+    let mut bytes = fs::read(&victim).unwrap();
+    bytes[1000] ^= 0x01;
+    fs::write(&victim, &bytes).unwrap();
+    let err = fails(node.osd().args(["switch", "--verify"]));
+    assert!(err.contains("slot a is marked bad and the bootloader was not changed"), "{err}");
+    assert!(err.contains("hashes to") && err.contains(&victim), "{err}");
+    assert_eq!(node.status()["next_boot"], "b");
     fs::remove_file(&victim).unwrap();
     let err = fails(node.osd().arg("switch"));
     assert!(err.contains("slot a is marked bad and the bootloader was not changed"), "{err}");

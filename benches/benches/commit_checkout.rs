@@ -18,7 +18,7 @@ use osdeploy_store::{CommitId, Repo, RepoMode};
 use tempfile::TempDir;
 
 const FILES: usize = 3000;
-const OPTIONS: CheckoutOptions = CheckoutOptions { preserve_owner: false, reflink: true, sync: false };
+const OPTIONS: CheckoutOptions = CheckoutOptions { preserve_owner: false, reflink: true, sync: false, verify: false };
 
 fn commit_options() -> CommitOptions {
     CommitOptions { branch: "bench".into(), version: "1".into(), timestamp: Some(0), ..Default::default() }

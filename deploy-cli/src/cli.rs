@@ -293,6 +293,9 @@ pub enum Command {
     Switch {
         /// Branch, commit id or unique prefix (default: the followed branch's newest pulled commit).
         target: Option<String>,
+        /// Re-hash the release's content before deploying it (as `verify_on_switch = true` in config.toml).
+        #[arg(long)]
+        verify: bool,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -358,7 +361,9 @@ pub fn run(cli: Cli) -> Result<()> {
             deploy_cmds::pull(&sysroot, on_sysroot, &repo, remote.zip(branch), options, json)
         }
         Command::InitSysroot { bootloader } => deploy_cmds::init_sysroot(&sysroot, bootloader.into()),
-        Command::Switch { target, json } => deploy_cmds::switch(&sysroot, &config_dir, target.as_deref(), json),
+        Command::Switch { target, verify, json } => {
+            deploy_cmds::switch(&sysroot, &config_dir, target.as_deref(), verify, json)
+        }
         Command::BootCheck { cmdline, json } => deploy_cmds::boot_check(&sysroot, cmdline.as_deref(), json),
         Command::MarkGood { json } => deploy_cmds::mark_good(&sysroot, &config_dir, json),
         Command::Rollback => deploy_cmds::rollback(&sysroot),

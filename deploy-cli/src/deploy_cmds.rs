@@ -64,8 +64,9 @@ pub fn init_sysroot(sysroot: &Sysroot, kind: osdeploy::deploy::BootloaderKind) -
 }
 
 /// `switch`.
-pub fn switch(sysroot: &Sysroot, config_dir: &Path, target: Option<&str>, json: bool) -> Result<()> {
-    let config = Config::load(config_dir)?;
+pub fn switch(sysroot: &Sysroot, config_dir: &Path, target: Option<&str>, verify: bool, json: bool) -> Result<()> {
+    let mut config = Config::load(config_dir)?;
+    config.verify_on_switch |= verify;
     let report = ops::switch(sysroot, target, &config)?;
     if json {
         return print_json(&report);

@@ -41,11 +41,19 @@ pub struct CheckoutOptions {
     pub reflink: bool,
     /// syncfs the destination at the end.
     pub sync: bool,
+    /// Re-hash every chunk of a bare repository's content before cloning it, so that content
+    /// damaged on disk since it was stored is found before it is deployed (reads every byte).
+    pub verify: bool,
 }
 
 impl Default for CheckoutOptions {
     fn default() -> Self {
-        CheckoutOptions { preserve_owner: rustix::process::geteuid().is_root(), reflink: true, sync: true }
+        CheckoutOptions {
+            preserve_owner: rustix::process::geteuid().is_root(),
+            reflink: true,
+            sync: true,
+            verify: false,
+        }
     }
 }
 
@@ -296,6 +304,9 @@ impl Worker<'_> {
                     _ => StoreError::Io { path: src_path.clone(), error: e },
                 })?;
                 let len = src.metadata().at(&src_path)?.len();
+                if self.options.verify {
+                    verify_content(&src, &src_path, f)?;
+                }
                 if len != f.object.size {
                     return Err(StoreError::Corrupt {
                         what: format!("file object {} ({})", f.id, src_path.display()),
@@ -360,6 +371,29 @@ impl Worker<'_> {
         }
         rustix::fs::utimensat(dir_fd, name, &timestamps(meta), AtFlags::SYMLINK_NOFOLLOW).at(path)
     }
+}
+
+/// Checks that a bare content file still holds the chunks its file object lists.
+fn verify_content(src: &File, path: &Path, f: &PlanFile) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut offset = 0u64;
+    let mut buf = Vec::new();
+    for (chunk, len) in &f.object.chunks {
+        buf.resize(*len as usize, 0);
+        src.read_exact_at(&mut buf, offset).map_err(|e| StoreError::Corrupt {
+            what: format!("file object {} ({})", f.id, path.display()),
+            reason: format!("reading chunk {chunk} at offset {offset}: {e}"),
+        })?;
+        let actual = crate::ObjectId::of(&buf);
+        if actual != chunk.0 {
+            return Err(StoreError::Corrupt {
+                what: format!("file object {} ({})", f.id, path.display()),
+                reason: format!("chunk {chunk} at offset {offset} hashes to {actual}"),
+            });
+        }
+        offset += u64::from(*len);
+    }
+    Ok(())
 }
 
 fn xattr_error(path: &Path, name: &[u8], e: rustix::io::Errno) -> StoreError {

@@ -26,11 +26,18 @@ pub struct Config {
     pub boot_tries: u32,
     /// Seconds each health check may run.
     pub health_check_timeout: u64,
+    /// Re-hash the new release's content while switching (reads every byte; off by default because
+    /// content is verified when it is pulled and `osdeploy fsck` re-hashes the repository).
+    pub verify_on_switch: bool,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { boot_tries: DEFAULT_TRIES, health_check_timeout: DEFAULT_HEALTH_CHECK_TIMEOUT }
+        Config {
+            boot_tries: DEFAULT_TRIES,
+            health_check_timeout: DEFAULT_HEALTH_CHECK_TIMEOUT,
+            verify_on_switch: false,
+        }
     }
 }
 

@@ -200,7 +200,7 @@ pub fn switch(sysroot: &Sysroot, target: Option<&str>, config: &Config) -> Resul
         (|| -> Result<(CheckoutStats, MergeReport)> {
             empty_slot(sysroot, standby)?;
             crash_point("switch:emptied");
-            let options = CheckoutOptions { sync: false, ..Default::default() };
+            let options = CheckoutOptions { sync: false, verify: config.verify_on_switch, ..Default::default() };
             let stats = checkout(&repo, &commit_id, &slot_dir, options)
                 .map_err(|error| DeployError::CheckoutFailed { slot: standby, commit: hex.clone(), error })?;
             crash_point("switch:checked-out");
