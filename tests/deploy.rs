@@ -555,3 +555,58 @@ fn systemd_units_verify() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("osdeploy-"), "systemd-analyze verify complained: {stderr}");
 }
+
+/// `osdeploy --sysroot S --config-dir C` for a sysroot without a Node (no server, no loop image).
+fn osd_at(sysroot: &Path, config: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_osdeploy"));
+    cmd.arg("--sysroot")
+        .arg(sysroot)
+        .arg("--config-dir")
+        .arg(config)
+        .env_remove("OSDEPLOY_CRASH_AT")
+        .env_remove("OSDEPLOY_REPO");
+    cmd
+}
+
+#[test]
+fn real_bootloader_backends_drive_a_trial_from_the_kernel_command_line() {
+    for kind in ["grub", "systemd-boot", "uboot"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (sysroot, config, tree) = (tmp.path().join("sysroot"), tmp.path().join("config"), tmp.path().join("tree"));
+        fs::create_dir_all(&sysroot).unwrap();
+        fs::create_dir_all(config.join("health.d")).unwrap();
+        release_tree(&tree);
+        ok(osd_at(&sysroot, &config).args(["init-sysroot", "--bootloader", kind]));
+        ok(osd_at(&sysroot, &config).args(["commit", "-b", "release"]).arg(&tree));
+        // A fresh node boots slot a (nothing in it yet); switch fills and arms slot b.
+        let cmdline = tmp.path().join("cmdline");
+        fs::write(&cmdline, "BOOT_IMAGE=/vmlinuz ro quiet osdeploy.slot=a\n").unwrap();
+        ok(osd_at(&sysroot, &config).args(["boot-check", "--cmdline"]).arg(&cmdline));
+        let sw = json(&ok(osd_at(&sysroot, &config).args(["switch", "--json", "release"])));
+        assert_eq!(sw["slot"], "b", "{kind}: {sw}");
+        let st = json(&ok(osd_at(&sysroot, &config).args(["status", "--json"])));
+        assert_eq!((st["next_boot"].as_str(), st["default"].as_str()), (Some("b"), Some("a")), "{kind}: {st}");
+        if kind == "grub" {
+            // the real grub-editenv reads the trial we armed
+            let env = sh("grub-editenv", &[&sysroot.join("boot/grub/grubenv").display().to_string(), "list"]);
+            let env = String::from_utf8_lossy(&env.stdout).into_owned();
+            assert!(env.contains("osdeploy_trial=b") && env.contains("osdeploy_default=a"), "{env}");
+        }
+        // the bootloader started slot b: the kernel command line says so
+        fs::write(&cmdline, "BOOT_IMAGE=/vmlinuz ro quiet osdeploy.slot=b\n").unwrap();
+        let bc = json(&ok(osd_at(&sysroot, &config).args(["boot-check", "--json", "--cmdline"]).arg(&cmdline)));
+        assert_eq!(bc["booted"], "b", "{kind}: {bc}");
+        ok(osd_at(&sysroot, &config).arg("mark-good"));
+        let st = json(&ok(osd_at(&sysroot, &config).args(["status", "--json"])));
+        assert_eq!((st["booted"].as_str(), st["default"].as_str()), (Some("b"), Some("b")), "{kind}: {st}");
+        assert_eq!(st["slots"]["b"]["state"], "good", "{kind}: {st}");
+        if kind == "grub" {
+            let env = sh("grub-editenv", &[&sysroot.join("boot/grub/grubenv").display().to_string(), "list"]);
+            assert!(String::from_utf8_lossy(&env.stdout).contains("osdeploy_default=b"), "{kind}");
+        }
+        // a command line without osdeploy.slot= is an error that says what is missing
+        fs::write(&cmdline, "BOOT_IMAGE=/vmlinuz ro quiet\n").unwrap();
+        let err = fails(osd_at(&sysroot, &config).args(["boot-check", "--cmdline"]).arg(&cmdline));
+        assert!(err.contains("osdeploy.slot"), "{kind}: {err}");
+    }
+}
