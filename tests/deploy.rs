@@ -8,47 +8,14 @@
 mod support;
 
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::*;
-
-fn json(out: &str) -> Value {
-    serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
-}
-
-/// A server process, killed on drop.
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `osdeploy serve REPO` on an ephemeral loopback port.
-fn osdeploy_serve(repo: &Path) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_osdeploy"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .arg(repo)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stderr.as_mut().unwrap()).read_line(&mut line).unwrap();
-    let url = line.split_whitespace().last().unwrap_or_default().trim_end_matches('/').to_string();
-    assert!(url.starts_with("http://127.0.0.1:"), "serve said: {line}");
-    Server { child, url }
-}
 
 /// A node: a sysroot on a loop-mounted filesystem (state-file bootloader, remote `origin` added), an origin archive
 /// repository served over HTTP, a config dir. Fields drop in order: server, then the filesystem, then the temp dir.

@@ -5,44 +5,11 @@
 mod support;
 
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use serde_json::Value;
 use support::*;
-
-fn json(out: &str) -> Value {
-    serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
-}
-
-/// A server process, killed on drop.
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `osdeploy serve REPO` on an ephemeral loopback port.
-fn osdeploy_serve(repo: &Path) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_osdeploy"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .arg(repo)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stderr.as_mut().unwrap()).read_line(&mut line).unwrap();
-    let url = line.split_whitespace().last().unwrap_or_default().trim_end_matches('/').to_string();
-    assert!(url.starts_with("http://127.0.0.1:"), "serve said: {line}");
-    Server { child, url }
-}
 
 /// nginx (from Debian, installed by .ci/run) serving `root` on a free loopback port.
 fn nginx(root: &Path, work: &Path) -> Server {

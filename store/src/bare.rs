@@ -300,12 +300,19 @@ impl<'s> BareWriter<'s> {
         self.stats.chunks_reused += object.chunks.len() as u64 - new_chunks;
         self.stats.bytes_new += object.size;
         self.stats.bytes_stored += object.size;
-        tmp.set_permissions(fs::Permissions::from_mode(0o444)).at(&tmp_path)?;
+        self.publish(tmp, &tmp_path, id, &object, encoded)?;
+        Ok((id, object))
+    }
+
+    /// Moves finished content (`tmp`, at `tmp_path`) into place as file object `id` and records
+    /// the object and its chunks for the index transaction.
+    fn publish(&mut self, tmp: File, tmp_path: &Path, id: FileId, object: &FileObject, encoded: Vec<u8>) -> Result<()> {
+        tmp.set_permissions(fs::Permissions::from_mode(0o444)).at(tmp_path)?;
         drop(tmp);
         let dest = self.store.content_path(&id);
         let parent = dest.parent().expect("content path has a parent");
         fs::create_dir_all(parent).at(parent)?;
-        fs::rename(&tmp_path, &dest).at(&dest)?;
+        fs::rename(tmp_path, &dest).at(&dest)?;
         self.added.insert((id.0, ObjectKind::File));
         for (chunk, _) in &object.chunks {
             self.added.insert((chunk.0, ObjectKind::Chunk));
@@ -313,7 +320,7 @@ impl<'s> BareWriter<'s> {
         self.objects.push((ObjectKind::File, id.0, encoded));
         self.files.push((id, object.clone()));
         self.stats.metadata_new += 1;
-        Ok((id, object))
+        Ok(())
     }
 
     /// Stores a file whose chunks are known (a pull): writes the content from `chunk`, which must
@@ -340,16 +347,7 @@ impl<'s> BareWriter<'s> {
             tmp.write_all(&data).at(&tmp_path)?;
         }
         let tmp = tmp.into_inner().map_err(|e| e.into_error()).at(&tmp_path)?;
-        tmp.set_permissions(fs::Permissions::from_mode(0o444)).at(&tmp_path)?;
-        drop(tmp);
-        let dest = self.store.content_path(&id);
-        let parent = dest.parent().expect("content path has a parent");
-        fs::create_dir_all(parent).at(parent)?;
-        fs::rename(&tmp_path, &dest).at(&dest)?;
-        self.added.insert((id.0, ObjectKind::File));
-        self.objects.push((ObjectKind::File, id.0, object.encode()));
-        self.files.push((id, object.clone()));
-        self.stats.metadata_new += 1;
+        self.publish(tmp, &tmp_path, id, object, object.encode())?;
         self.stats.bytes_stored += object.size;
         Ok(())
     }

@@ -180,29 +180,18 @@ fn now() -> i64 {
 mod tests {
     use super::*;
     use crate::chunker::ChunkerParams;
+    use crate::chunker::tests::pseudo_random;
     use crate::object::FileObject;
     use crate::repo::RepoMode;
-
-    fn random(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect()
-    }
 
     #[test]
     fn archive_packs_hold_chunks_in_tree_order_and_metadata_apart() {
         let tmp = tempfile::tempdir().unwrap();
         let src = tmp.path().join("src");
         std::fs::create_dir_all(src.join("b")).unwrap();
-        std::fs::write(src.join("a"), random(700_000, 10)).unwrap();
-        std::fs::write(src.join("b/c"), random(500_000, 20)).unwrap();
-        std::fs::write(src.join("d"), random(300_000, 30)).unwrap();
+        std::fs::write(src.join("a"), pseudo_random(700_000, 10)).unwrap();
+        std::fs::write(src.join("b/c"), pseudo_random(500_000, 20)).unwrap();
+        std::fs::write(src.join("d"), pseudo_random(300_000, 30)).unwrap();
         let mut repo = Repo::init(&tmp.path().join("repo"), RepoMode::Archive, 3, ChunkerParams::default()).unwrap();
         let options = CommitOptions { branch: "main".into(), ..Default::default() };
         let outcome = commit(&mut repo, &src, &options, &mut |_| {}).unwrap();

@@ -5,9 +5,12 @@
 
 use std::collections::HashSet;
 use std::fs;
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+
+use serde_json::Value;
 
 /// The `osdeploy` binary under test, with `--repo REPO` set.
 pub fn osdeploy(repo: &Path) -> Command {
@@ -209,4 +212,39 @@ impl Drop for LoopFs {
         let _ = Command::new("umount").arg(&self.mount).status();
         let _ = Command::new("losetup").arg("-d").arg(&self.device).status();
     }
+}
+
+/// Parses a command's JSON output, showing it when it is not JSON.
+pub fn json(out: &str) -> Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+}
+
+/// A server process, killed on drop.
+pub struct Server {
+    /// The process.
+    pub child: Child,
+    /// Its base URL.
+    pub url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `osdeploy serve REPO` on an ephemeral loopback port.
+pub fn osdeploy_serve(repo: &Path) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_osdeploy"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .arg(repo)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stderr.as_mut().unwrap()).read_line(&mut line).unwrap();
+    let url = line.split_whitespace().last().unwrap_or_default().trim_end_matches('/').to_string();
+    assert!(url.starts_with("http://127.0.0.1:"), "serve said: {line}");
+    Server { child, url }
 }
