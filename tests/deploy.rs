@@ -577,3 +577,33 @@ fn real_bootloader_backends_drive_a_trial_from_the_kernel_command_line() {
         assert!(err.contains("osdeploy.slot"), "{kind}: {err}");
     }
 }
+
+/// Unmounts a bind mount on drop, also when the test fails.
+struct BindMount(PathBuf);
+
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn slots_on_another_filesystem_are_copied_and_it_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (sysroot, config, tree) = (tmp.path().join("sysroot"), tmp.path().join("config"), tmp.path().join("tree"));
+    fs::create_dir_all(&sysroot).unwrap();
+    fs::create_dir_all(config.join("health.d")).unwrap();
+    release_tree(&tree);
+    ok(osd_at(&sysroot, &config).args(["init-sysroot", "--bootloader", "file"]));
+    ok(osd_at(&sysroot, &config).args(["commit", "-b", "release"]).arg(&tree));
+    // slot b lives on another filesystem than the repository
+    let other = LoopFs::new("btrfs", 300);
+    let slot_b = sysroot.join("osdeploy/slots/b");
+    sh("mount", &["--bind", &other.mount.display().to_string(), &slot_b.display().to_string()]);
+    let _bind = BindMount(slot_b.clone());
+    let human = ok(osd_at(&sysroot, &config).args(["switch", "release"]));
+    assert!(human.contains("copied (the slots are not on the repository's filesystem"), "{human}");
+    let st = json(&ok(osd_at(&sysroot, &config).args(["status", "--json"])));
+    assert_eq!((st["next_boot"].as_str(), st["slots"]["b"]["state"].as_str()), (Some("b"), Some("trial")), "{st}");
+    assert_same_tree(&tree, &slot_b);
+}
