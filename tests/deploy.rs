@@ -70,6 +70,14 @@ impl Node {
         ok(osdeploy(&origin).args(["commit", "-b", "stable", "--version", version]).arg(tree)).trim().to_string()
     }
 
+    /// Pulls the origin's release, switches to it, boots it (slot b) and marks it good.
+    fn deploy_first_release(&self) {
+        ok(self.osd().args(["pull", "origin", "stable"]));
+        self.switch(None);
+        assert_eq!(self.boot(), "b");
+        ok(self.osd().arg("mark-good"));
+    }
+
     fn status(&self) -> Value {
         json(&ok(self.osd().args(["status", "--json"])))
     }
@@ -299,10 +307,7 @@ fn etc_three_way_merge_keeps_local_changes_and_reports_conflicts() {
     let (v1_tree, v2_tree) = (node.tree("v1"), node.tree("v2"));
     release_tree(&v1_tree);
     node.release("1", &v1_tree);
-    ok(node.osd().args(["pull", "origin", "stable"]));
-    node.switch(None);
-    assert_eq!(node.boot(), "b");
-    ok(node.osd().arg("mark-good"));
+    node.deploy_first_release();
 
     // Local edits in the booted slot.
     let etc = node.slot("b").join("etc");
@@ -346,10 +351,7 @@ fn symlinks_pointing_outside_never_make_switch_write_outside_the_slot() {
     symlink("/", v1_tree.join("etc/root")).unwrap();
     symlink(&canary, v1_tree.join("usr/escape")).unwrap();
     node.release("1", &v1_tree);
-    ok(node.osd().args(["pull", "origin", "stable"]));
-    node.switch(None);
-    assert_eq!(node.boot(), "b");
-    ok(node.osd().arg("mark-good"));
+    node.deploy_first_release();
 
     // Locally, etc/evil becomes a directory with a file and a new local symlink points out too.
     let etc = node.slot("b").join("etc");

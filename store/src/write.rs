@@ -73,9 +73,7 @@ impl ObjectWriter<'_> {
             ObjectWriter::Bare(w) => w.stats,
         }
     }
-}
 
-impl ObjectWriter<'_> {
     /// Makes everything durable and visible (see the writers' `finish`). Returns the counters and,
     /// for an archive repository, the packs to register with [`crate::Repo::register_packs`].
     pub fn finish(self, repo_path: &Path) -> Result<(WriteStats, Vec<crate::pack::FinishedPack>)> {
@@ -87,9 +85,7 @@ impl ObjectWriter<'_> {
             ObjectWriter::Bare(w) => Ok((w.finish(repo_path)?, Vec::new())),
         }
     }
-}
 
-impl ObjectWriter<'_> {
     /// Stores a file object whose chunks are known, as a pull receives it: `chunk` returns a
     /// chunk's verified bytes (from the repository itself or from what was fetched).
     pub fn add_file_object(
