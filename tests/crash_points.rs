@@ -28,6 +28,18 @@ const ARCHIVE_COMMIT_POINTS: [&str; 4] =
 const BARE_COMMIT_POINTS: [&str; 4] =
     ["commit:before-finish", "bare:before-sync", "bare:before-index", "commit:before-ref"];
 const PRUNE_POINTS: [&str; 1] = ["prune:before-delete"];
+/// The crash points of the transport, tested where pulls and mirrors run against real servers:
+/// `tests/transport.rs` (a_crashed_pull_resumes_without_fetching_twice) and `tests/mirror.rs`
+/// (a_mirror_aborted_at_each_crash_point_stays_consistent_and_a_rerun_completes).
+const TRANSPORT_POINTS: [&str; 7] = [
+    "pull:before-store",
+    "pull:after-assembly",
+    "pull:before-ref",
+    "mirror:after-download",
+    "mirror:between-pack-and-index",
+    "mirror:before-refs",
+    "mirror:between-signature-and-summary",
+];
 
 fn json(out: &str) -> Value {
     serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
@@ -380,21 +392,29 @@ fn archive_prune_aborted_before_delete() {
     assert_eq!((&again["packs_deleted"], &again["packs_rewritten"]), (&0.into(), &0.into()), "{ctx}: {again}");
 }
 
-/// Every crash point in the store's source is exercised by a test above.
+/// Every crash point in the store's and the transport's source is exercised by a test (above, or
+/// where [`TRANSPORT_POINTS`] says).
 #[test]
 fn every_crash_point_is_tested() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../store/src");
     let mut found = BTreeSet::new();
-    for entry in fs::read_dir(&src).unwrap() {
-        let text = fs::read_to_string(entry.unwrap().path()).unwrap();
-        for (i, _) in text.match_indices("crash_point(\"") {
-            let rest = &text[i + "crash_point(\"".len()..];
-            found.insert(rest[..rest.find('"').unwrap()].to_string());
+    for dir in ["../store/src", "../transport/src"] {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+        for entry in fs::read_dir(&src).unwrap() {
+            let text = fs::read_to_string(entry.unwrap().path()).unwrap();
+            for (i, _) in text.match_indices("crash_point(\"") {
+                let rest = &text[i + "crash_point(\"".len()..];
+                found.insert(rest[..rest.find('"').unwrap()].to_string());
+            }
         }
     }
-    let tested: BTreeSet<String> =
-        ARCHIVE_COMMIT_POINTS.iter().chain(&BARE_COMMIT_POINTS).chain(&PRUNE_POINTS).map(|s| s.to_string()).collect();
-    assert_eq!(found, tested, "crash points in store/src vs. crash points tested here");
+    let tested: BTreeSet<String> = ARCHIVE_COMMIT_POINTS
+        .iter()
+        .chain(&BARE_COMMIT_POINTS)
+        .chain(&PRUNE_POINTS)
+        .chain(&TRANSPORT_POINTS)
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(found, tested, "crash points in store/src and transport/src vs. crash points tested");
 }
 
 /// A tree of about 200 MiB of random data in a few hundred files.

@@ -6,45 +6,9 @@ mod support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde_json::Value;
 use support::*;
-
-/// nginx (from Debian, installed by .ci/run) serving `root` on a free loopback port.
-fn nginx(root: &Path, work: &Path) -> Server {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let conf = work.join("nginx.conf");
-    fs::write(
-        &conf,
-        format!(
-            "daemon off; worker_processes 1; pid {w}/nginx.pid; error_log {w}/error.log;\n\
-             events {{}}\n\
-             http {{ access_log {w}/access.log; client_body_temp_path {w}; proxy_temp_path {w};\n\
-             fastcgi_temp_path {w}; uwsgi_temp_path {w}; scgi_temp_path {w};\n\
-             server {{ listen 127.0.0.1:{port}; root {root}; }} }}\n",
-            w = work.display(),
-            root = root.display()
-        ),
-    )
-    .unwrap();
-    let child = Command::new("nginx")
-        .arg("-c")
-        .arg(&conf)
-        .arg("-p")
-        .arg(work)
-        .spawn()
-        .unwrap_or_else(|e| panic!("nginx is required (apt-get install nginx-light): {e}"));
-    let url = format!("http://127.0.0.1:{port}");
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Server { child, url };
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    drop(Server { child, url });
-    panic!("nginx did not start; see {}", work.join("error.log").display());
-}
 
 struct Origin {
     _tmp: tempfile::TempDir,
@@ -133,20 +97,27 @@ fn pull_from_nginx() {
 fn a_crashed_pull_resumes_without_fetching_twice() {
     let o = origin();
     let server = osdeploy_serve(&o.repo);
-    let node = node_with_remote(&o.root, "bare", &server.url);
-    for step in ["pull:before-store", "pull:before-ref"] {
-        let out = osdeploy(&node).env("OSDEPLOY_CRASH_AT", step).args(["pull", "origin", "stable"]).output().unwrap();
-        assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains(step));
-        let refs = json(&ok(osdeploy(&node).args(["refs", "--json"])));
-        assert!(refs.get("origin/stable").is_none(), "{step}: the ref moved before the pull completed: {refs}");
-        let fsck = json(&ok(osdeploy(&node).args(["fsck", "--json"])));
-        assert_eq!(fsck["errors"].as_array().unwrap().len(), 0, "{step}: {fsck}");
+    // Each run crashes at its point; every later run resumes from what the earlier left: staged
+    // chunks (before-store), content written but not recorded, staged chunks gone
+    // (after-assembly: the rerun adopts the content), everything stored but the ref (before-ref).
+    let steps = [&["pull:before-store", "pull:after-assembly"][..], &["pull:before-ref"][..]];
+    for (n, steps) in steps.iter().enumerate() {
+        let node = node_with_remote(&o.root.join(format!("node-{n}")), "bare", &server.url);
+        for step in *steps {
+            let out =
+                osdeploy(&node).env("OSDEPLOY_CRASH_AT", step).args(["pull", "origin", "stable"]).output().unwrap();
+            assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains(step));
+            let refs = json(&ok(osdeploy(&node).args(["refs", "--json"])));
+            assert!(refs.get("origin/stable").is_none(), "{step}: the ref moved before the pull completed: {refs}");
+            let fsck = json(&ok(osdeploy(&node).args(["fsck", "--json"])));
+            assert_eq!(fsck["errors"].as_array().unwrap().len(), 0, "{step}: {fsck}");
+        }
+        let resumed = pull(&node);
+        assert_eq!(resumed["chunks_fetched"], 0, "everything was staged or stored before the crash: {resumed}");
+        let out = o.root.join(format!("co-{n}"));
+        ok(osdeploy(&node).args(["checkout", "origin/stable"]).arg(&out));
+        assert_same_tree(&o.v1, &out);
     }
-    let resumed = pull(&node);
-    assert_eq!(resumed["chunks_fetched"], 0, "everything was staged or stored before the crash: {resumed}");
-    let out = o.root.join("co");
-    ok(osdeploy(&node).args(["checkout", "origin/stable"]).arg(&out));
-    assert_same_tree(&o.v1, &out);
 }
 
 #[test]

@@ -7,9 +7,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use osdeploy::deploy::{BootloaderKind, Sysroot};
 
+use osdeploy_transport::client::HttpOptions;
 use osdeploy_transport::pull::PullOptions;
 
-use crate::{deploy_cmds, repo_cmds, transport_cmds};
+use crate::{deploy_cmds, mirror_cmd, repo_cmds, transport_cmds};
 
 /// The sysroot when neither `--sysroot` nor `OSDEPLOY_SYSROOT` gives one: where a booted node sees its physical root.
 pub const DEFAULT_SYSROOT: &str = "/sysroot";
@@ -39,6 +40,39 @@ pub enum ModeArg {
     Archive,
     /// Whole uncompressed files for reflink checkout, for nodes.
     Bare,
+}
+
+/// Network options of commands that fetch from a remote.
+#[derive(clap::Args, Clone, Copy, Debug)]
+pub struct HttpArgs {
+    /// Abandon a connection that delivers nothing for this many seconds (the next URL is tried).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub timeout: u64,
+    /// Use at most this many bytes per second (suffixes k, M, G: powers of 1024), for links that
+    /// must not be saturated.
+    #[arg(long, value_name = "BYTES/s", value_parser = parse_rate)]
+    pub limit_rate: Option<u64>,
+}
+
+impl HttpArgs {
+    /// The transport's options.
+    pub fn options(self) -> HttpOptions {
+        HttpOptions { timeout: std::time::Duration::from_secs(self.timeout.max(1)), limit_rate: self.limit_rate }
+    }
+}
+
+/// "500k", "10M", "1G" or plain bytes.
+fn parse_rate(text: &str) -> Result<u64, String> {
+    let (digits, shift) = match text.trim().to_ascii_lowercase().as_str() {
+        t if t.ends_with('k') => (t[..t.len() - 1].to_string(), 10),
+        t if t.ends_with('m') => (t[..t.len() - 1].to_string(), 20),
+        t if t.ends_with('g') => (t[..t.len() - 1].to_string(), 30),
+        t => (t.to_string(), 0),
+    };
+    match digits.parse::<u64>() {
+        Ok(n) if n > 0 => n.checked_mul(1 << shift).ok_or_else(|| format!("{text} is too large")),
+        _ => Err(format!("{text:?} is not a positive byte rate such as 500k, 10M or 1048576")),
+    }
 }
 
 /// Bootloader backend of a sysroot.
@@ -253,6 +287,9 @@ pub enum Command {
         /// Accept a commit older than the one already pulled (a deliberate downgrade).
         #[arg(long)]
         allow_downgrade: bool,
+        /// How the transfer uses the network.
+        #[command(flatten)]
+        http: HttpArgs,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -277,6 +314,9 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
     },
+    /// Copy a remote archive repository (all branches, or chosen ones) into a local archive repository that can be
+    /// served in turn: packs byte-identical, only new packs fetched on the next run.
+    Mirror(mirror_cmd::MirrorArgs),
     /// List branches.
     Refs {
         /// Print JSON.
@@ -356,8 +396,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Key { action: KeyAction::Generate { file } } => transport_cmds::key_generate(&file),
         Command::Sign { key } => transport_cmds::sign(&repo, &key),
         Command::Remote { action: RemoteAction::List { json } } => transport_cmds::remote_list(&repo, json),
-        Command::Pull { remote, branch, in_flight, allow_downgrade, json } => {
-            let options = PullOptions { in_flight, allow_downgrade, ..Default::default() };
+        Command::Pull { remote, branch, in_flight, allow_downgrade, http, json } => {
+            let options = PullOptions { in_flight, allow_downgrade, http: http.options(), ..Default::default() };
             deploy_cmds::pull(&sysroot, on_sysroot, &repo, remote.zip(branch), options, json)
         }
         Command::InitSysroot { bootloader } => deploy_cmds::init_sysroot(&sysroot, bootloader.into()),
@@ -369,6 +409,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Rollback => deploy_cmds::rollback(&sysroot),
         Command::Status { json } => deploy_cmds::status(&sysroot, json),
         Command::Serve { dir, listen } => transport_cmds::serve(dir, listen),
+        Command::Mirror(args) => mirror_cmd::mirror(args),
         Command::Delta { from, to, max_gap, max_request, json } => repo_cmds::delta(
             &repo,
             &from,
@@ -408,6 +449,20 @@ mod tests {
             other => panic!("parsed as {other:?}"),
         }
         assert!(Cli::try_parse_from(["osdeploy", "init"]).is_err(), "init needs --mode");
+    }
+
+    #[test]
+    fn parses_rates() {
+        assert_eq!(parse_rate("1048576"), Ok(1 << 20));
+        assert_eq!(parse_rate("500k"), Ok(500 << 10));
+        assert_eq!(parse_rate("10M"), Ok(10 << 20));
+        assert_eq!(parse_rate("2g"), Ok(2 << 30));
+        assert!(parse_rate("0").is_err());
+        assert!(parse_rate("fast").is_err());
+        let cli = Cli::try_parse_from(["osdeploy", "pull", "o", "b", "--limit-rate", "1M", "--timeout", "5"]).unwrap();
+        let Command::Pull { http, .. } = cli.command else { panic!("not a pull") };
+        assert_eq!(http.options().limit_rate, Some(1 << 20));
+        assert_eq!(http.options().timeout.as_secs(), 5);
     }
 
     #[test]

@@ -3,8 +3,10 @@
 
 mod cli;
 mod deploy_cmds;
+mod mirror_cmd;
 mod output;
 mod repo_cmds;
+mod transfer_bar;
 mod transport_cmds;
 
 use clap::Parser;

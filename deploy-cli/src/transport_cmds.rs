@@ -2,14 +2,17 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use osdeploy_store::{Access, Repo};
+use osdeploy_transport::client::Progress;
 use osdeploy_transport::pull::{PullOptions, pull as transport_pull};
 use osdeploy_transport::remote::{self, Remote};
 use osdeploy_transport::sign;
 
 use crate::output;
+use crate::transfer_bar::TransferBar;
 
 /// `remote add`.
 pub fn remote_add(repo: &Path, name: String, urls: Vec<String>, key_files: &[PathBuf], insecure: bool) -> Result<()> {
@@ -78,15 +81,18 @@ pub fn remote_list(repo: &Path, json: bool) -> Result<()> {
 pub fn pull(repo: &Path, remote_name: &str, branch: &str, options: PullOptions, json: bool) -> Result<()> {
     let mut repo = Repo::open(repo, Access::Write)?;
     let remote = remote::get(&repo, remote_name)?;
-    let stats = transport_pull(&mut repo, &remote, branch, options)
+    let progress = Arc::new(Progress::default());
+    let bar = TransferBar::start(progress.clone());
+    let stats = transport_pull(&mut repo, &remote, branch, options, progress)
         .with_context(|| format!("pulling {branch} from {remote_name}"))?;
+    drop(bar);
     if json {
         println!("{}", serde_json::to_string_pretty(&stats)?);
         return Ok(());
     }
     println!("{}", stats.commit);
     eprintln!(
-        "pulled {} as {} in {:.1}s: {} in {} requests, {} metadata objects and {} chunks fetched, {} new files",
+        "pulled {} as {} in {:.1}s: {} in {} requests, {} metadata objects and {} chunks fetched ({} reused), {} new files",
         branch,
         stats.r#ref,
         stats.seconds,
@@ -94,6 +100,7 @@ pub fn pull(repo: &Path, remote_name: &str, branch: &str, options: PullOptions, 
         stats.requests,
         stats.metadata_fetched,
         stats.chunks_fetched,
+        stats.chunks_reused,
         stats.files_new
     );
     Ok(())

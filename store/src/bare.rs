@@ -9,6 +9,7 @@ use std::io::Write;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use rayon::prelude::*;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::chunker::Chunker;
@@ -100,6 +101,30 @@ impl BareStore {
     /// Path of a file object's content.
     pub fn content_path(&self, file: &FileId) -> PathBuf {
         content_path(&self.objects_dir, file)
+    }
+
+    /// True when `file`'s content lies in `objects/` although no transaction recorded it (a pull
+    /// was killed between writing content and recording it) and every chunk of it verifies: the
+    /// content can be adopted instead of fetched again.
+    pub fn has_unrecorded_content(&self, id: &FileId, object: &FileObject) -> Result<bool> {
+        let path = self.content_path(id);
+        let data = match fs::read(&path) {
+            Ok(data) => data,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e).at(&path),
+        };
+        if data.len() as u64 != object.size {
+            return Ok(false);
+        }
+        let mut offset = 0;
+        for (chunk, len) in &object.chunks {
+            let end = offset + *len as usize;
+            if ObjectId::of(&data[offset..end]) != chunk.0 {
+                return Ok(false);
+            }
+            offset = end;
+        }
+        Ok(true)
     }
 
     /// True when the metadata object is recorded (for a file object: and its content is stored).
@@ -250,6 +275,52 @@ pub struct BareWriter<'s> {
     pub stats: WriteStats,
 }
 
+/// Makes written content read-only and renames it to its place in `objects/`.
+fn place(tmp: File, tmp_path: &Path, dest: &Path) -> Result<()> {
+    tmp.set_permissions(fs::Permissions::from_mode(0o444)).at(tmp_path)?;
+    drop(tmp);
+    let parent = dest.parent().expect("content path has a parent");
+    fs::create_dir_all(parent).at(parent)?;
+    fs::rename(tmp_path, dest).at(dest)
+}
+
+/// Writes `content` as a nameless file in `dest`'s directory and links it at `dest` (replacing
+/// an unrecorded leftover of a crash). Unlike a rename from `tmp/`, this never takes the
+/// filesystem-wide cross-directory rename lock, so writers on several cores do not queue, and a
+/// crash leaves nothing behind but what was linked.
+fn write_in_place(dest: &Path, content: &[u8]) -> Result<()> {
+    use rustix::fs::{AtFlags, CWD, Mode, OFlags};
+    let parent = dest.parent().expect("content path has a parent");
+    fs::create_dir_all(parent).at(parent)?;
+    let fd = rustix::fs::open(parent, OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC, Mode::from_raw_mode(0o444))
+        .map_err(std::io::Error::from)
+        .at(parent)?;
+    let mut file = File::from(fd);
+    file.write_all(content).at(dest)?;
+    let proc_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file));
+    let link = || rustix::fs::linkat(CWD, proc_path.as_str(), CWD, dest, AtFlags::SYMLINK_FOLLOW);
+    match link() {
+        Err(rustix::io::Errno::EXIST) => {
+            fs::remove_file(dest).at(dest)?;
+            link()
+        }
+        other => other,
+    }
+    .map_err(std::io::Error::from)
+    .at(dest)
+}
+
+/// A chunk handed to a pulled file must have the length its file object records.
+fn check_chunk_len(file: &FileId, chunk: &ChunkId, data: &[u8], len: u32) -> Result<()> {
+    if data.len() == len as usize {
+        return Ok(());
+    }
+    Err(StoreError::Corrupt {
+        what: format!("file object {file}"),
+        reason: format!("chunk {chunk} is {} bytes, the object says {len}", data.len()),
+    })
+}
+
 impl<'s> BareWriter<'s> {
     /// Starts a transaction using `tmp` for content being written.
     pub fn new(store: &'s BareStore, tmp: &Path) -> Self {
@@ -307,12 +378,13 @@ impl<'s> BareWriter<'s> {
     /// Moves finished content (`tmp`, at `tmp_path`) into place as file object `id` and records
     /// the object and its chunks for the index transaction.
     fn publish(&mut self, tmp: File, tmp_path: &Path, id: FileId, object: &FileObject, encoded: Vec<u8>) -> Result<()> {
-        tmp.set_permissions(fs::Permissions::from_mode(0o444)).at(tmp_path)?;
-        drop(tmp);
-        let dest = self.store.content_path(&id);
-        let parent = dest.parent().expect("content path has a parent");
-        fs::create_dir_all(parent).at(parent)?;
-        fs::rename(tmp_path, &dest).at(&dest)?;
+        place(tmp, tmp_path, &self.store.content_path(&id))?;
+        self.record(id, object, encoded);
+        Ok(())
+    }
+
+    /// Records published content as part of this transaction.
+    fn record(&mut self, id: FileId, object: &FileObject, encoded: Vec<u8>) {
         self.added.insert((id.0, ObjectKind::File));
         for (chunk, _) in &object.chunks {
             self.added.insert((chunk.0, ObjectKind::Chunk));
@@ -320,7 +392,6 @@ impl<'s> BareWriter<'s> {
         self.objects.push((ObjectKind::File, id.0, encoded));
         self.files.push((id, object.clone()));
         self.stats.metadata_new += 1;
-        Ok(())
     }
 
     /// Stores a file whose chunks are known (a pull): writes the content from `chunk`, which must
@@ -338,17 +409,66 @@ impl<'s> BareWriter<'s> {
         let mut tmp = std::io::BufWriter::with_capacity(1 << 20, File::create(&tmp_path).at(&tmp_path)?);
         for (chunk_id, len) in &object.chunks {
             let data = chunk(chunk_id)?;
-            if data.len() != *len as usize {
-                return Err(StoreError::Corrupt {
-                    what: format!("file object {id}"),
-                    reason: format!("chunk {chunk_id} is {} bytes, the object says {len}", data.len()),
-                });
-            }
+            check_chunk_len(&id, chunk_id, &data, *len)?;
             tmp.write_all(&data).at(&tmp_path)?;
         }
         let tmp = tmp.into_inner().map_err(|e| e.into_error()).at(&tmp_path)?;
         self.publish(tmp, &tmp_path, id, object, object.encode())?;
         self.stats.bytes_stored += object.size;
+        Ok(())
+    }
+
+    /// Records content already in place (see [`BareStore::has_unrecorded_content`]).
+    pub fn adopt_file_object(&mut self, id: FileId, object: &FileObject) {
+        if !self.added.contains(&(id.0, ObjectKind::File)) {
+            self.record(id, object, object.encode());
+        }
+    }
+
+    /// Stores many file objects whose chunks are known (a pull), like [`Self::add_file_object`]
+    /// but faster: small files are assembled in memory in batches and written by all cores;
+    /// large ones are streamed one at a time, so memory stays bounded.
+    pub fn add_file_objects(
+        &mut self,
+        files: &[(FileId, FileObject)],
+        mut chunk: impl FnMut(&ChunkId) -> Result<Vec<u8>>,
+    ) -> Result<()> {
+        const SMALL: u64 = 4 << 20;
+        const BATCH: u64 = 32 << 20;
+        let mut batch = Vec::new();
+        let mut batch_bytes = 0;
+        let mut taken = HashSet::new();
+        for (id, object) in files {
+            if !taken.insert(*id) || self.has(ObjectKind::File, &id.0)? {
+                continue;
+            }
+            if object.size > SMALL {
+                self.add_file_object(*id, object, &mut chunk)?;
+                continue;
+            }
+            let mut content = Vec::with_capacity(object.size as usize);
+            for (chunk_id, len) in &object.chunks {
+                let data = chunk(chunk_id)?;
+                check_chunk_len(id, chunk_id, &data, *len)?;
+                content.extend_from_slice(&data);
+            }
+            batch_bytes += object.size;
+            batch.push((*id, object, self.store.content_path(id), content));
+            if batch_bytes >= BATCH {
+                self.write_batch(std::mem::take(&mut batch))?;
+                batch_bytes = 0;
+            }
+        }
+        self.write_batch(batch)
+    }
+
+    /// Writes and places a batch of contents in parallel, then records them.
+    fn write_batch(&mut self, batch: Vec<(FileId, &FileObject, PathBuf, Vec<u8>)>) -> Result<()> {
+        batch.par_iter().try_for_each(|(_, _, dest, content)| write_in_place(dest, content))?;
+        for (id, object, _, content) in batch {
+            self.record(id, object, object.encode());
+            self.stats.bytes_stored += content.len() as u64;
+        }
         Ok(())
     }
 
@@ -367,20 +487,24 @@ impl<'s> BareWriter<'s> {
     /// transaction: an object is in the index only once its content is on disk.
     pub fn finish(self, repo_path: &Path) -> Result<WriteStats> {
         crash_point("bare:before-sync");
-        syncfs(repo_path)?;
-        crash_point("bare:before-index");
-        let db_path = &self.store.db_path;
-        let tx = sql(db_path, self.store.db.unchecked_transaction())?;
-        {
-            let mut stmt = sql(db_path, tx.prepare_cached("INSERT OR IGNORE INTO objects VALUES (?1, ?2, ?3)"))?;
-            for (kind, id, data) in &self.objects {
-                sql(db_path, stmt.execute(params![&id.0[..], *kind as u8, data]))?;
+        // The rows are prepared while the content syncs, and committed only once it is durable.
+        std::thread::scope(|scope| {
+            let sync = scope.spawn(|| syncfs(repo_path));
+            let db_path = &self.store.db_path;
+            let tx = sql(db_path, self.store.db.unchecked_transaction())?;
+            {
+                let mut stmt = sql(db_path, tx.prepare_cached("INSERT OR IGNORE INTO objects VALUES (?1, ?2, ?3)"))?;
+                for (kind, id, data) in &self.objects {
+                    sql(db_path, stmt.execute(params![&id.0[..], *kind as u8, data]))?;
+                }
             }
-        }
-        for (id, file) in &self.files {
-            insert_chunk_rows(&tx, db_path, file, id)?;
-        }
-        sql(db_path, tx.commit())?;
+            for (id, file) in &self.files {
+                insert_chunk_rows(&tx, db_path, file, id)?;
+            }
+            sync.join().expect("the syncfs thread does not panic")?;
+            crash_point("bare:before-index");
+            sql(db_path, tx.commit())
+        })?;
         Ok(self.stats)
     }
 }

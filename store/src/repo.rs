@@ -290,9 +290,15 @@ impl Repo {
 
     /// Points a branch at a commit, atomically and durably; in archive mode the summary follows.
     pub fn write_ref(&self, name: &str, id: &CommitId) -> Result<()> {
-        check_ref_name(name)?;
-        atomic_write(&self.ref_path(name), &self.path.join("tmp"), format!("{}\n", id.0).as_bytes())?;
+        self.write_ref_without_summary(name, id)?;
         self.write_summary()
+    }
+
+    /// Points a branch at a commit, atomically and durably, leaving the summary alone: for a caller
+    /// that moves several refs and then publishes a summary of its own (a mirror).
+    pub fn write_ref_without_summary(&self, name: &str, id: &CommitId) -> Result<()> {
+        check_ref_name(name)?;
+        atomic_write(&self.ref_path(name), &self.path.join("tmp"), format!("{}\n", id.0).as_bytes())
     }
 
     /// Every branch, sorted by name.
@@ -345,8 +351,17 @@ impl Repo {
     /// Rewrites `REPO/summary` (archive mode): every ref with its commit's version and timestamp,
     /// and every pack, so that a client reading plain files over HTTP finds everything else.
     pub fn write_summary(&self) -> Result<()> {
+        match self.summary_bytes()? {
+            Some(text) => atomic_write(&self.path.join("summary"), &self.path.join("tmp"), &text),
+            None => Ok(()),
+        }
+    }
+
+    /// The summary [`Repo::write_summary`] writes, without writing it (`None` in bare mode): a
+    /// mirror signs it before publishing it.
+    pub fn summary_bytes(&self) -> Result<Option<Vec<u8>>> {
         let Store::Archive(archive) = &self.store else {
-            return Ok(());
+            return Ok(None);
         };
         let mut refs = BTreeMap::new();
         for (name, id) in self.refs()? {
@@ -356,24 +371,33 @@ impl Repo {
                 serde_json::json!({"commit": id.0.to_hex(), "version": commit.version, "timestamp": commit.timestamp}),
             );
         }
-        let mut packs: Vec<_> = archive
-            .packs()
-            .iter()
-            .map(|p| serde_json::json!({"id": p.id.to_hex(), "size": p.size, "objects": p.objects}))
-            .collect();
+        let mut packs = Vec::new();
+        for p in archive.packs() {
+            // The index's hash lets a client verify (and cache) indexes through the signed summary.
+            let index_path = archive.packs_dir().join(format!("{}.idx", p.id.to_hex()));
+            let index = ObjectId::of(&fs::read(&index_path).at(&index_path)?);
+            packs.push(
+                serde_json::json!({"id": p.id.to_hex(), "size": p.size, "objects": p.objects, "index": index.to_hex()}),
+            );
+        }
         packs.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
         let summary = serde_json::json!({"format_version": REPO_FORMAT_VERSION, "refs": refs, "packs": packs});
         let text = serde_json::to_string_pretty(&summary).expect("summary serializes") + "\n";
-        atomic_write(&self.path.join("summary"), &self.path.join("tmp"), text.as_bytes())
+        Ok(Some(text.into_bytes()))
     }
 
     /// Deletes a branch.
     pub fn delete_ref(&self, name: &str) -> Result<()> {
+        self.delete_ref_without_summary(name)?;
+        self.write_summary()
+    }
+
+    /// Deletes a branch, leaving the summary alone (see [`Repo::write_ref_without_summary`]).
+    pub fn delete_ref_without_summary(&self, name: &str) -> Result<()> {
         check_ref_name(name)?;
         let path = self.ref_path(name);
         fs::remove_file(&path).at(&path)?;
-        fsync_dir(path.parent().expect("ref has a parent"))?;
-        self.write_summary()
+        fsync_dir(path.parent().expect("ref has a parent"))
     }
 }
 

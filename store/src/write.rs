@@ -108,4 +108,28 @@ impl ObjectWriter<'_> {
             ObjectWriter::Bare(w) => w.add_file_object(id, object, chunk),
         }
     }
+
+    /// Records a file object whose content a killed pull left complete in a bare repository's
+    /// `objects/` (see [`crate::bare::BareStore::has_unrecorded_content`]); an archive
+    /// repository never has such content.
+    pub fn adopt_file_object(&mut self, id: FileId, object: &FileObject) {
+        if let ObjectWriter::Bare(w) = self {
+            w.adopt_file_object(id, object);
+        }
+    }
+
+    /// Stores many file objects whose chunks are known (see [`Self::add_file_object`]); a bare
+    /// repository writes them with all cores.
+    pub fn add_file_objects(
+        &mut self,
+        files: &[(FileId, FileObject)],
+        mut chunk: impl FnMut(&ChunkId) -> Result<Vec<u8>>,
+    ) -> Result<()> {
+        match self {
+            ObjectWriter::Bare(w) => w.add_file_objects(files, chunk),
+            ObjectWriter::Archive(_) => {
+                files.iter().try_for_each(|(id, object)| self.add_file_object(*id, object, &mut chunk))
+            }
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! Shared helpers of the integration tests: running the real `osdeploy` binary, building sample
 //! trees with every kind of entry and metadata, comparing trees with rsync, loop-mounted
-//! filesystems. A missing tool or privilege fails the test loudly; nothing is skipped silently.
+//! filesystems, nginx, and a fault-injecting HTTP proxy (`fault_proxy`). A missing tool or
+//! privilege fails the test loudly; nothing is skipped silently.
 #![allow(dead_code)]
 
 use std::collections::HashSet;
@@ -11,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
 use serde_json::Value;
+
+pub mod fault_proxy;
 
 /// The `osdeploy` binary under test, with `--repo REPO` set.
 pub fn osdeploy(repo: &Path) -> Command {
@@ -247,4 +250,40 @@ pub fn osdeploy_serve(repo: &Path) -> Server {
     let url = line.split_whitespace().last().unwrap_or_default().trim_end_matches('/').to_string();
     assert!(url.starts_with("http://127.0.0.1:"), "serve said: {line}");
     Server { child, url }
+}
+
+/// nginx (from Debian, installed by .ci/run) serving `root` on a free loopback port. One process
+/// (no master and workers), so that killing it on drop leaves no worker behind.
+pub fn nginx(root: &Path, work: &Path) -> Server {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let conf = work.join("nginx.conf");
+    fs::write(
+        &conf,
+        format!(
+            "daemon off; master_process off; pid {w}/nginx.pid; error_log {w}/error.log;\n\
+             events {{}}\n\
+             http {{ access_log {w}/access.log; client_body_temp_path {w}; proxy_temp_path {w};\n\
+             fastcgi_temp_path {w}; uwsgi_temp_path {w}; scgi_temp_path {w};\n\
+             server {{ listen 127.0.0.1:{port}; root {root}; }} }}\n",
+            w = work.display(),
+            root = root.display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new("nginx")
+        .arg("-c")
+        .arg(&conf)
+        .arg("-p")
+        .arg(work)
+        .spawn()
+        .unwrap_or_else(|e| panic!("nginx is required (apt-get install nginx-light): {e}"));
+    let url = format!("http://127.0.0.1:{port}");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Server { child, url };
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    drop(Server { child, url });
+    panic!("nginx did not start; see {}", work.join("error.log").display());
 }

@@ -1,107 +1,335 @@
 //! HTTP(S) client over a remote's URLs: failover in order, bounded retries with backoff,
-//! timeouts for stalled connections, byte and request accounting.
+//! abandoning connections that make no progress, an optional rate limit shared by all requests,
+//! and live byte and request counters for progress displays.
+//!
+//! Bodies are streamed to a [`BodySink`] piece by piece, so memory does not grow with the size
+//! of a response, and a sink that rejects the data (it does not verify) makes the client try the
+//! next URL: a corrupt edge mirror falls back to the origin like a dead one.
 
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use osdeploy_store::StoreError;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
 
 use crate::error::TransportError;
 use crate::remote::Remote;
 
 /// How many rounds over all URLs before giving up.
 const ROUNDS: u32 = 3;
-/// A connection that delivers nothing for this long is abandoned.
-const READ_TIMEOUT: Duration = Duration::from_secs(30);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A client for one remote; cheap to clone (shared connection pool and counters).
+/// How the client talks to servers.
+#[derive(Clone, Copy, Debug)]
+pub struct HttpOptions {
+    /// A connection that delivers nothing for this long is abandoned (and the next URL tried).
+    pub timeout: Duration,
+    /// At most this many body bytes per second over all requests together.
+    pub limit_rate: Option<u64>,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        HttpOptions { timeout: Duration::from_secs(30), limit_rate: None }
+    }
+}
+
+/// Live counters of a transfer, shared with whoever displays its progress.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Requests sent (successful or not).
+    pub requests: AtomicU64,
+    /// Body bytes received.
+    pub bytes: AtomicU64,
+    /// Body bytes the current plan expects in all (0 while unknown).
+    pub bytes_expected: AtomicU64,
+    /// Objects verified.
+    pub objects: AtomicU64,
+    /// Objects the current plan expects in all.
+    pub objects_expected: AtomicU64,
+}
+
+/// Receives a response body piece by piece.
+pub trait BodySink: Send {
+    /// Called before every attempt: forget what an earlier, failed attempt delivered.
+    fn reset(&mut self) -> Result<(), TransportError>;
+    /// Takes the next piece of the body. A [`TransportError::Store`] error (local trouble, such
+    /// as a full disk) ends the request; any other error rejects this URL's data and the next
+    /// URL is tried.
+    fn data(&mut self, piece: &[u8]) -> Result<(), TransportError>;
+    /// Called once the whole body has arrived; an error rejects this URL's data.
+    fn finish(&mut self) -> Result<(), TransportError> {
+        Ok(())
+    }
+}
+
+/// Collects a body in memory (small files: summaries, signatures, indexes).
+#[derive(Default)]
+struct VecSink(Vec<u8>);
+
+impl BodySink for VecSink {
+    fn reset(&mut self) -> Result<(), TransportError> {
+        self.0.clear();
+        Ok(())
+    }
+    fn data(&mut self, piece: &[u8]) -> Result<(), TransportError> {
+        self.0.extend_from_slice(piece);
+        Ok(())
+    }
+}
+
+/// Shares a byte rate among all requests: each piece is given the next free slot of the
+/// schedule and its reader waits until the slot has passed.
+#[derive(Debug)]
+struct RateLimit {
+    bytes_per_sec: u64,
+    next_free: Mutex<Instant>,
+}
+
+impl RateLimit {
+    async fn take(&self, bytes: usize) {
+        let until = {
+            let mut next = self.next_free.lock().await;
+            let start = (*next).max(Instant::now());
+            *next = start + Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec as f64);
+            *next
+        };
+        tokio::time::sleep_until(until).await;
+    }
+}
+
+/// A client for one remote; cheap to clone (shared connection pool, counters and rate limit).
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
     remote: Arc<Remote>,
-    /// Requests sent (successful or not).
-    pub requests: Arc<AtomicU64>,
-    /// Body bytes received.
-    pub bytes: Arc<AtomicU64>,
+    limit: Option<Arc<RateLimit>>,
+    /// The transfer's live counters.
+    pub progress: Arc<Progress>,
 }
 
 impl Client {
-    /// A client for `remote`.
-    pub fn new(remote: &Remote) -> Result<Self, TransportError> {
+    /// A client for `remote`, counting into `progress`.
+    pub fn new(remote: &Remote, options: HttpOptions, progress: Arc<Progress>) -> Result<Self, TransportError> {
+        if remote.urls.is_empty() {
+            return Err(TransportError::Config(format!("remote {} has no URL", remote.name)));
+        }
+        if options.limit_rate == Some(0) {
+            return Err(TransportError::Config("a rate limit of 0 bytes/s would never finish".into()));
+        }
         let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .read_timeout(READ_TIMEOUT)
+            .connect_timeout(options.timeout)
+            .read_timeout(options.timeout)
             .user_agent(concat!("osdeploy/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| TransportError::Config(format!("cannot build the HTTP client: {e}")))?;
-        Ok(Client { http, remote: Arc::new(remote.clone()), requests: Arc::default(), bytes: Arc::default() })
+        let limit = options
+            .limit_rate
+            .map(|bytes_per_sec| Arc::new(RateLimit { bytes_per_sec, next_free: Mutex::new(Instant::now()) }));
+        Ok(Client { http, remote: Arc::new(remote.clone()), limit, progress })
     }
 
-    /// Fetches `path` (relative to the repository root) whole.
+    /// The remote's name.
+    pub fn remote_name(&self) -> &str {
+        &self.remote.name
+    }
+
+    /// Fetches `path` (relative to the repository root) whole, into memory.
     pub async fn get(&self, path: &str) -> Result<Vec<u8>, TransportError> {
-        self.fetch(path, None).await
+        let mut sink = VecSink::default();
+        self.stream(path, None, &mut sink).await?;
+        Ok(sink.0)
     }
 
-    /// Fetches `len` bytes of `path` from `offset` with a Range request.
-    pub async fn get_range(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>, TransportError> {
-        self.fetch(path, Some((offset, len))).await
-    }
-
-    async fn fetch(&self, path: &str, range: Option<(u64, u64)>) -> Result<Vec<u8>, TransportError> {
-        let mut last = None;
-        for round in 0..ROUNDS {
-            if round > 0 {
-                tokio::time::sleep(Duration::from_millis(250 << round)).await;
-            }
-            for base in &self.remote.urls {
-                let url = format!("{}/{path}", base.trim_end_matches('/'));
-                match self.try_once(&url, range).await {
-                    Ok(body) => return Ok(body),
-                    Err(e) => {
-                        tracing::warn!("{e}");
-                        last = Some(e);
-                    }
-                }
+    /// Streams `len` bytes of `path` from `offset` (a Range request) into `sink`, trying the
+    /// remote's URLs in order, for [`ROUNDS`] rounds, until one delivers data the sink accepts.
+    pub async fn stream(
+        &self,
+        path: &str,
+        range: Option<(u64, u64)>,
+        sink: &mut impl BodySink,
+    ) -> Result<(), TransportError> {
+        let mut urls = Failover::new(&self.remote, path);
+        while let Some(url) = urls.next().await {
+            sink.reset()?;
+            match self.try_stream(&url, range, sink).await {
+                Ok(()) => return Ok(()),
+                Err(e) => urls.failed(e)?,
             }
         }
-        Err(TransportError::AllUrlsFailed {
-            remote: self.remote.name.clone(),
-            last: Box::new(last.expect("at least one URL was tried")),
-        })
+        Err(urls.give_up())
     }
 
-    async fn try_once(&self, url: &str, range: Option<(u64, u64)>) -> Result<Vec<u8>, TransportError> {
-        let request_error =
-            |e: reqwest::Error| TransportError::Request { url: url.to_string(), message: e.to_string() };
-        let mut request = self.http.get(url);
-        if let Some((offset, len)) = range {
-            request = request.header(reqwest::header::RANGE, format!("bytes={offset}-{}", offset + len - 1));
-        }
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        let response = request.send().await.map_err(request_error)?;
+    async fn try_stream(
+        &self,
+        url: &str,
+        range: Option<(u64, u64)>,
+        sink: &mut impl BodySink,
+    ) -> Result<(), TransportError> {
+        let header = range.map(|(offset, len)| format!("bytes={offset}-{}", offset + len - 1));
+        let response = self.send(url, header).await?;
         let status = response.status().as_u16();
-        let expected = if range.is_some() { 206 } else { 200 };
-        if status != expected {
-            if range.is_some() && status == 200 {
-                return Err(TransportError::Invalid {
-                    what: "a Range request".into(),
-                    url: url.into(),
-                    reason: "the server ignored the Range header (answered 200, not 206); serve the repository with a server that supports Range requests".into(),
-                });
-            }
+        if range.is_some() && status == 200 {
+            return Err(TransportError::Invalid {
+                what: "a Range request".into(),
+                url: url.into(),
+                reason: "the server ignored the Range header (answered 200, not 206); serve the repository with a server that supports Range requests".into(),
+            });
+        }
+        if status != if range.is_some() { 206 } else { 200 } {
             return Err(TransportError::Status { url: url.into(), status });
         }
-        let body = response.bytes().await.map_err(request_error)?;
-        self.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+        let received = self.read_body(url, response, |piece| sink.data(piece).map_err(|e| within(url, e))).await?;
         if let Some((_, len)) = range
-            && body.len() as u64 != len
+            && received != len
         {
             return Err(TransportError::Invalid {
                 what: "a Range response".into(),
                 url: url.into(),
-                reason: format!("{} bytes instead of {len} (truncated)", body.len()),
+                reason: format!("{received} bytes instead of {len} (truncated)"),
             });
         }
-        Ok(body.to_vec())
+        sink.finish().map_err(|e| within(url, e))
+    }
+
+    /// Downloads `path` to `dest`, appending to what `dest` already holds (a Range request from
+    /// its length: an interrupted download resumes). Returns the final length of `dest`. The
+    /// caller verifies the content.
+    pub async fn download(&self, path: &str, dest: &Path) -> Result<u64, TransportError> {
+        let io = |error| TransportError::Store(StoreError::Io { path: dest.into(), error });
+        let mut file = OpenOptions::new().create(true).append(true).open(dest).map_err(io)?;
+        let mut urls = Failover::new(&self.remote, path);
+        while let Some(url) = urls.next().await {
+            match self.try_download(&url, &mut file, dest).await {
+                Ok(len) => return Ok(len),
+                Err(e) => urls.failed(e)?,
+            }
+        }
+        Err(urls.give_up())
+    }
+
+    async fn try_download(&self, url: &str, file: &mut File, dest: &Path) -> Result<u64, TransportError> {
+        let io = |error| TransportError::Store(StoreError::Io { path: dest.into(), error });
+        let have = file.metadata().map_err(io)?.len();
+        let response = self.send(url, (have > 0).then(|| format!("bytes={have}-"))).await?;
+        match response.status().as_u16() {
+            206 => {}
+            200 => file.set_len(0).map_err(io)?,
+            // Nothing left past what we hold: the caller's verification decides.
+            416 if have > 0 => return Ok(have),
+            status => return Err(TransportError::Status { url: url.into(), status }),
+        }
+        self.read_body(url, response, |piece| file.write_all(piece).map_err(io)).await?;
+        file.metadata().map(|m| m.len()).map_err(io)
+    }
+
+    async fn send(&self, url: &str, range: Option<String>) -> Result<reqwest::Response, TransportError> {
+        let mut request = self.http.get(url);
+        if let Some(range) = range {
+            request = request.header(reqwest::header::RANGE, range);
+        }
+        self.progress.requests.fetch_add(1, Ordering::Relaxed);
+        request.send().await.map_err(|e| request_error(url, e))
+    }
+
+    /// Feeds the body to `piece`, honouring the rate limit; returns the bytes received.
+    async fn read_body(
+        &self,
+        url: &str,
+        mut response: reqwest::Response,
+        mut piece: impl FnMut(&[u8]) -> Result<(), TransportError>,
+    ) -> Result<u64, TransportError> {
+        let mut received = 0u64;
+        while let Some(bytes) = response.chunk().await.map_err(|e| request_error(url, e))? {
+            if let Some(limit) = &self.limit {
+                limit.take(bytes.len()).await;
+            }
+            self.progress.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            received += bytes.len() as u64;
+            piece(&bytes)?;
+        }
+        Ok(received)
+    }
+}
+
+/// The URLs to try for one file: the remote's URLs in order, for [`ROUNDS`] rounds with backoff.
+/// Local trouble ([`TransportError::Store`]) ends the attempts at once; so does a round in which
+/// every server said the file does not exist.
+struct Failover<'r> {
+    remote: &'r Remote,
+    path: &'r str,
+    round: u32,
+    next_url: usize,
+    all_absent: bool,
+    last: Option<TransportError>,
+}
+
+impl<'r> Failover<'r> {
+    fn new(remote: &'r Remote, path: &'r str) -> Self {
+        Failover { remote, path, round: 0, next_url: 0, all_absent: true, last: None }
+    }
+
+    /// The next URL to try (after a pause when a new round starts), or None when all is tried.
+    async fn next(&mut self) -> Option<String> {
+        if self.next_url == self.remote.urls.len() {
+            self.round += 1;
+            if self.round == ROUNDS || self.all_absent {
+                return None;
+            }
+            self.next_url = 0;
+            self.all_absent = true;
+            tokio::time::sleep(Duration::from_millis(250 << self.round)).await;
+        }
+        let base = &self.remote.urls[self.next_url];
+        self.next_url += 1;
+        Some(format!("{}/{}", base.trim_end_matches('/'), self.path))
+    }
+
+    /// Notes a failed attempt; local trouble is returned at once.
+    fn failed(&mut self, e: TransportError) -> Result<(), TransportError> {
+        if let TransportError::Store(_) = e {
+            return Err(e);
+        }
+        tracing::warn!("{e}");
+        self.all_absent &= is_absent(&e);
+        self.last = Some(e);
+        Ok(())
+    }
+
+    /// The error after every attempt failed.
+    fn give_up(self) -> TransportError {
+        TransportError::AllUrlsFailed {
+            remote: self.remote.name.clone(),
+            last: Box::new(self.last.expect("a remote has at least one URL")),
+        }
+    }
+}
+
+/// A 404 or 410: the file is not there (retrying is pointless, another URL may have it).
+fn is_absent(e: &TransportError) -> bool {
+    matches!(e, TransportError::Status { status: 404 | 410, .. })
+}
+
+fn request_error(url: &str, e: reqwest::Error) -> TransportError {
+    // reqwest's Display omits the cause ("error decoding response body"); give the whole chain.
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    TransportError::Request { url: url.to_string(), message }
+}
+
+/// Names the URL in a sink's complaint about the data it was given.
+fn within(url: &str, e: TransportError) -> TransportError {
+    match e {
+        TransportError::Invalid { what, reason, .. } => TransportError::Invalid { what, url: url.into(), reason },
+        other => other,
     }
 }

@@ -5,17 +5,23 @@
 //! - [`pull`]: fetch a branch from a remote archive repository over HTTP(S) into a bare or
 //!   archive repository, moving only missing objects, resumable after a crash.
 //! - [`serve`]: serve an archive repository over HTTP with Range support.
+//! - [`mirror`]: copy a remote archive repository (all or chosen branches) into a local one that
+//!   can be served in turn, packs byte-identical, incrementally.
 //! - [`remote`]: the remotes a repository knows.
 //!
 //! To come (issue 3): signed summaries and commits, mirror, rate limiting, downgrade protection.
 
 pub mod client;
 pub mod error;
+pub mod fetch;
+pub mod index;
+pub mod mirror;
 pub mod plan;
 pub mod pull;
 pub mod remote;
 pub mod serve;
 pub mod sign;
 pub mod staging;
+pub mod summary;
 
 pub use error::TransportError;

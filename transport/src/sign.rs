@@ -87,8 +87,13 @@ pub fn sign_file(key: &SigningKey, message: &[u8], sig_path: &Path, tmp: &Path) 
         .filter(|l| l.split_whitespace().nth(1) != Some(public.as_str()))
         .map(str::to_string)
         .collect();
-    lines.push(format!("ed25519 {public} {}", HEX.encode(&key.sign(message).to_bytes())));
+    lines.push(signature_line(key, message));
     Ok(atomic_write(sig_path, tmp, (lines.join("\n") + "\n").as_bytes())?)
+}
+
+/// One line of a signature file: `key`'s signature of `message`, without the newline.
+pub fn signature_line(key: &SigningKey, message: &[u8]) -> String {
+    format!("ed25519 {} {}", public_hex(&key.verifying_key()), HEX.encode(&key.sign(message).to_bytes()))
 }
 
 /// True when some line of `signatures` is a valid signature of `message` by one of `trusted`.
