@@ -59,9 +59,25 @@ fn check_update_cycle(server_for: impl Fn(&Path, &Path) -> Server) {
         assert_same_tree(&o.v1, &out);
         assert!(first["requests"].as_u64().unwrap() < 40, "{mode}: {first}");
     }
+    let v1 = json(&ok(osdeploy(&o.repo).args(["show", "--json", "stable"])))["commit"].as_str().unwrap().to_string();
     ok(osdeploy(&o.repo).args(["commit", "-b", "stable", "--version", "2"]).arg(&o.v2));
+    // The plan computed over HTTP (indexes and metadata only) is the origin's own plan.
+    let local = json(&ok(osdeploy(&o.repo).args(["delta", "--json", &v1, "stable"])));
+    let remote = json(&ok(osdeploy(&nodes[0].1).args(["delta", "--remote", "origin", "--json", &v1, "stable"])));
+    for key in ["from", "to", "transfer_bytes", "requests", "reads", "chunks", "metadata_objects", "chunks_reused"] {
+        assert_eq!(local[key], remote[key], "{key}: local {local} remote {remote}");
+    }
+    assert!(remote["survey_requests"].as_u64().unwrap() >= 3, "{remote}");
+    let full = json(&ok(osdeploy(&nodes[0].1).args(["delta", "--remote", "origin", "--json", "none", "stable"])));
+    let full_local = json(&ok(osdeploy(&o.repo).args(["delta", "--json", "none", "stable"])));
+    assert_eq!(full["transfer_bytes"], full_local["transfer_bytes"], "{full}");
+    let err = fails(osdeploy(&nodes[0].1).args(["delta", "--remote", "origin", "none", "nightly"]));
+    assert!(err.contains("no branch \"nightly\"") && err.contains("stable"), "{err}");
     for (mode, node) in &nodes {
         let second = pull(node);
+        // The update pull is the plan executed: the same bytes in the same requests.
+        assert_eq!(second["bytes_fetched"], local["transfer_bytes"], "{mode}: {second} vs {local}");
+        assert_eq!(second["requests"], local["requests"], "{mode}: {second} vs {local}");
         let out = o.root.join(format!("co2-{mode}"));
         ok(osdeploy(node).args(["checkout", "origin/stable"]).arg(&out));
         assert_same_tree(&o.v2, &out);

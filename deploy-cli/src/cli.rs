@@ -263,6 +263,13 @@ pub enum Command {
         /// Largest single Range request in bytes.
         #[arg(long, default_value_t = 16 << 20)]
         max_request: u64,
+        /// Plan against this remote over HTTP (FROM and TO name its branches or full commit ids): only its
+        /// summary, pack indexes and metadata are fetched, nothing is stored.
+        #[arg(long, value_name = "REMOTE")]
+        remote: Option<String>,
+        /// How the survey uses the network (with --remote).
+        #[command(flatten)]
+        http: HttpArgs,
         /// Print JSON (with every planned request).
         #[arg(long)]
         json: bool,
@@ -410,13 +417,16 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Status { json } => deploy_cmds::status(&sysroot, json),
         Command::Serve { dir, listen } => transport_cmds::serve(dir, listen),
         Command::Mirror(args) => mirror_cmd::mirror(args),
-        Command::Delta { from, to, max_gap, max_request, json } => repo_cmds::delta(
-            &repo,
-            &from,
-            &to,
-            osdeploy_transport::plan::CoalesceOptions { max_gap, max_request },
-            json,
-        ),
+        Command::Delta { from, to, max_gap, max_request, remote, http, json } => {
+            let coalesce = osdeploy_transport::plan::CoalesceOptions { max_gap, max_request };
+            match remote {
+                Some(remote) => {
+                    let options = PullOptions { coalesce, http: http.options(), ..Default::default() };
+                    transport_cmds::remote_delta(&repo, &remote, &from, &to, options, json)
+                }
+                None => repo_cmds::delta(&repo, &from, &to, coalesce, json),
+            }
+        }
     }
 }
 

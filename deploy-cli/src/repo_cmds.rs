@@ -497,20 +497,8 @@ pub fn refs(repo: &Path, json: bool) -> Result<()> {
 }
 
 /// `delta`.
-pub fn delta(
-    repo: &Path,
-    from: &str,
-    to: &str,
-    options: osdeploy_transport::plan::CoalesceOptions,
-    json: bool,
-) -> Result<()> {
-    let repo = open(repo, Access::Read)?;
-    let from = if from == "none" { None } else { Some(repo.resolve(from)?) };
-    let to = repo.resolve(to)?;
-    let plan = osdeploy_transport::plan::plan(&repo, from, to, options)?;
-    if json {
-        return print_json(&serde_json::to_value(&plan)?);
-    }
+/// The human table of a delta plan.
+pub fn print_plan(plan: &osdeploy_transport::plan::DeltaPlan) {
     let total_raw = plan.chunk_bytes_raw + plan.reused_bytes_raw;
     println!("from {}", plan.from.as_deref().unwrap_or("(nothing)"));
     println!("to   {}", plan.to);
@@ -535,5 +523,23 @@ pub fn delta(
         plan.chunks_reused,
         if total_raw == 0 { 0.0 } else { 100.0 * plan.reused_bytes_raw as f64 / total_raw as f64 }
     );
+}
+
+/// `delta` on a local archive repository.
+pub fn delta(
+    repo: &Path,
+    from: &str,
+    to: &str,
+    options: osdeploy_transport::plan::CoalesceOptions,
+    json: bool,
+) -> Result<()> {
+    let repo = open(repo, Access::Read)?;
+    let from = if from == "none" { None } else { Some(repo.resolve(from)?) };
+    let to = repo.resolve(to)?;
+    let plan = osdeploy_transport::plan::plan(&repo, from, to, options)?;
+    if json {
+        return print_json(&serde_json::to_value(&plan)?);
+    }
+    print_plan(&plan);
     Ok(())
 }

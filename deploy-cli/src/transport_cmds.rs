@@ -114,3 +114,29 @@ pub fn serve(dir: PathBuf, listen: SocketAddr) -> Result<()> {
     }))?;
     Ok(())
 }
+
+/// `delta --remote`.
+pub fn remote_delta(
+    repo: &Path,
+    remote_name: &str,
+    from: &str,
+    to: &str,
+    options: PullOptions,
+    json: bool,
+) -> Result<()> {
+    let repo = Repo::open(repo, Access::Read)?;
+    let remote = remote::get(&repo, remote_name)?;
+    let delta = osdeploy_transport::remote_plan::plan_remote(&remote, from, to, &std::env::temp_dir(), options)
+        .with_context(|| format!("planning {from} → {to} on remote {remote_name}"))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&delta)?);
+        return Ok(());
+    }
+    crate::repo_cmds::print_plan(&delta.plan);
+    eprintln!(
+        "(surveyed over HTTP: {} in {} requests for the summary, pack indexes and metadata)",
+        output::size(delta.survey_bytes),
+        delta.survey_requests
+    );
+    Ok(())
+}

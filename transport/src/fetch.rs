@@ -80,6 +80,41 @@ pub async fn fetch(
     Ok(())
 }
 
+/// Fetches the metadata objects of one level of a tree walk that `absent` says are missing, and
+/// returns how many objects were fetched. A release's metadata lies together in a pack of its
+/// own: the first time the walk needs an object of a pack, every absent metadata object of that
+/// pack comes along in one range, so a tree costs a request per release it reuses, not one per
+/// level. `prefetched` remembers those packs.
+pub async fn fetch_metadata(
+    client: &Client,
+    index: &RemoteIndex,
+    level: &[(ObjectId, ObjectKind)],
+    staged: &mut Staging,
+    prefetched: &mut HashSet<ObjectId>,
+    absent: impl Fn(&Staging, ObjectKind, &ObjectId) -> Result<bool, TransportError>,
+    options: crate::pull::PullOptions,
+) -> Result<u64, TransportError> {
+    let mut lacking = HashSet::new();
+    for (id, kind) in level {
+        if !absent(staged, *kind, id)? {
+            continue;
+        }
+        lacking.insert((*id, *kind));
+        if let Some((pack, _)) = index.locate(*kind, id)
+            && prefetched.insert(pack.pack)
+        {
+            for e in pack.entries.iter().filter(|e| e.kind != ObjectKind::Chunk) {
+                if absent(staged, e.kind, &e.id)? {
+                    lacking.insert((e.id, e.kind));
+                }
+            }
+        }
+    }
+    let lacking: Vec<_> = lacking.into_iter().collect();
+    fetch(client, index, &lacking, staged, options.in_flight, options.coalesce, |_, _| Ok(())).await?;
+    Ok(lacking.len() as u64)
+}
+
 /// Splits one range's body into pack entries as it streams in.
 struct RangeSink {
     read: PackRead,

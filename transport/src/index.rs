@@ -58,32 +58,48 @@ pub async fn load(repo: &Repo, client: &Client, packs: &[(ObjectId, ObjectId)]) 
         let bytes = match fs::read(&path) {
             Ok(b) if ObjectId::of(&b) == *index_hash => b,
             _ => {
-                let mut sink = IndexSink { hash: *index_hash, name: name.clone(), bytes: Vec::new() };
-                client.stream(&name, None, &mut sink).await?;
-                atomic_write(&path, &repo.path().join("tmp"), &sink.bytes)?;
-                sink.bytes
+                let bytes = download(client, &name, index_hash).await?;
+                atomic_write(&path, &repo.path().join("tmp"), &bytes)?;
+                bytes
             }
         };
-        let decoded = pack::decode_index(&bytes, &name).and_then(|d| {
-            if d.pack == *pack_id {
-                Ok(d)
-            } else {
-                Err(StoreError::Corrupt { what: name.clone(), reason: format!("it describes pack {}", d.pack) })
-            }
-        });
-        // The index matches the signed summary, so a bad one is the publisher's fault.
-        let decoded = decoded.map_err(|e| TransportError::Invalid {
-            what: name.clone(),
-            url: client.remote_name().into(),
-            reason: format!("{e} (although it matches the summary's hash)"),
-        })?;
-        index.packs.push(Arc::new(PackEntries {
-            pack: *pack_id,
-            index_bytes: bytes.len() as u64,
-            entries: decoded.entries,
-        }));
+        index.packs.push(Arc::new(decode(client, pack_id, &name, bytes)?));
     }
     Ok(index)
+}
+
+/// Fetches the indexes of `packs` into memory only (a survey that must not write).
+pub async fn fetch(client: &Client, packs: &[(ObjectId, ObjectId)]) -> Result<RemoteIndex, TransportError> {
+    let mut index = RemoteIndex::default();
+    for (pack_id, index_hash) in packs {
+        let name = format!("packs/{pack_id}.idx");
+        let bytes = download(client, &name, index_hash).await?;
+        index.packs.push(Arc::new(decode(client, pack_id, &name, bytes)?));
+    }
+    Ok(index)
+}
+
+async fn download(client: &Client, name: &str, hash: &ObjectId) -> Result<Vec<u8>, TransportError> {
+    let mut sink = IndexSink { hash: *hash, name: name.into(), bytes: Vec::new() };
+    client.stream(name, None, &mut sink).await?;
+    Ok(sink.bytes)
+}
+
+fn decode(client: &Client, pack_id: &ObjectId, name: &str, bytes: Vec<u8>) -> Result<PackEntries, TransportError> {
+    let decoded = pack::decode_index(&bytes, name).and_then(|d| {
+        if d.pack == *pack_id {
+            Ok(d)
+        } else {
+            Err(StoreError::Corrupt { what: name.into(), reason: format!("it describes pack {}", d.pack) })
+        }
+    });
+    // The index matches the signed summary, so a bad one is the publisher's fault.
+    let decoded = decoded.map_err(|e| TransportError::Invalid {
+        what: name.into(),
+        url: client.remote_name().into(),
+        reason: format!("{e} (although it matches the summary's hash)"),
+    })?;
+    Ok(PackEntries { pack: *pack_id, index_bytes: bytes.len() as u64, entries: decoded.entries })
 }
 
 /// Collects an index file and checks it against the summary's hash.

@@ -19,6 +19,7 @@ pub mod mirror;
 pub mod plan;
 pub mod pull;
 pub mod remote;
+pub mod remote_plan;
 pub mod serve;
 pub mod sign;
 pub mod staging;

@@ -8,7 +8,9 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use osdeploy_store::archive::ArchiveStore;
 use osdeploy_store::object::{EntryKind, ObjectKind};
+use osdeploy_store::pack::IndexEntry;
 use osdeploy_store::{CommitId, ObjectId, Repo, StoreError};
 use serde::Serialize;
 
@@ -76,6 +78,26 @@ pub struct DeltaPlan {
     pub transfer_bytes: u64,
 }
 
+/// Where a repository being planned keeps its objects: a local archive repository, or a
+/// remote's pack indexes (`osdeploy delta --remote`).
+pub trait ObjectLocations {
+    /// The pack holding an object, and the object's entry there.
+    fn locate(&self, kind: ObjectKind, id: &ObjectId) -> Option<(ObjectId, IndexEntry)>;
+    /// The size of a pack's index file.
+    fn index_bytes(&self, pack: &ObjectId) -> Result<u64, StoreError>;
+}
+
+impl ObjectLocations for ArchiveStore {
+    fn locate(&self, kind: ObjectKind, id: &ObjectId) -> Option<(ObjectId, IndexEntry)> {
+        ArchiveStore::locate(self, kind, id).map(|(pack, entry)| (pack.id, *entry))
+    }
+
+    fn index_bytes(&self, pack: &ObjectId) -> Result<u64, StoreError> {
+        let path = self.packs_dir().join(format!("{}.idx", pack.to_hex()));
+        std::fs::metadata(&path).map(|m| m.len()).map_err(|error| StoreError::Io { path, error })
+    }
+}
+
 /// Plans the transfer from `from` (None: the node holds nothing) to `to` in an archive repository.
 pub fn plan(
     repo: &Repo,
@@ -92,10 +114,24 @@ pub fn plan(
         None => HashSet::new(),
     };
     let want = only_commit(repo, to)?;
+    let summary_bytes = std::fs::metadata(repo.path().join("summary")).map(|m| m.len()).unwrap_or(0);
     let mut plan = DeltaPlan { from: from.map(|f| f.to_string()), to: to.to_string(), ..Default::default() };
+    plan_objects(archive, &have, &want, summary_bytes, options, &mut plan)?;
+    Ok(plan)
+}
+
+/// Fills `plan` with what fetching `want` costs a node that holds `have`.
+pub fn plan_objects(
+    locations: &impl ObjectLocations,
+    have: &HashSet<(ObjectId, ObjectKind)>,
+    want: &HashSet<(ObjectId, ObjectKind)>,
+    summary_bytes: u64,
+    options: CoalesceOptions,
+    plan: &mut DeltaPlan,
+) -> Result<(), StoreError> {
     let mut by_pack: BTreeMap<ObjectId, Vec<(u64, u64)>> = BTreeMap::new();
-    for key @ (id, kind) in &want {
-        let (pack, entry) = archive.locate(*kind, id).ok_or(StoreError::ObjectMissing { kind: *kind, id: *id })?;
+    for key @ (id, kind) in want {
+        let (pack, entry) = locations.locate(*kind, id).ok_or(StoreError::ObjectMissing { kind: *kind, id: *id })?;
         if have.contains(key) {
             if *kind == ObjectKind::Chunk {
                 plan.chunks_reused += 1;
@@ -114,22 +150,17 @@ pub fn plan(
             }
         }
         plan.needed_bytes += entry.span();
-        by_pack.entry(pack.id).or_default().push((entry.offset, entry.span()));
+        by_pack.entry(pack).or_default().push((entry.offset, entry.span()));
     }
     for (pack, mut spans) in by_pack {
-        let index_path = archive.packs_dir().join(format!("{}.idx", pack.to_hex()));
         plan.index_files += 1;
-        plan.index_bytes += std::fs::metadata(&index_path)
-            .map(|m| m.len())
-            .map_err(|error| StoreError::Io { path: index_path, error })?;
+        plan.index_bytes += locations.index_bytes(&pack)?;
         spans.sort_unstable();
         plan.reads.extend(coalesce(&pack.to_hex(), &spans, options));
     }
-    let summary = repo.path().join("summary");
-    let summary_bytes = std::fs::metadata(&summary).map(|m| m.len()).unwrap_or(0);
     plan.requests = plan.reads.len() as u64 + plan.index_files + 1;
     plan.transfer_bytes = plan.reads.iter().map(|r| r.len).sum::<u64>() + plan.index_bytes + summary_bytes;
-    Ok(plan)
+    Ok(())
 }
 
 /// The objects one commit reaches (not its ancestors: a node holds one deployed tree).

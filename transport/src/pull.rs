@@ -21,7 +21,7 @@ use serde::Serialize;
 
 use crate::client::{Client, HttpOptions, Progress};
 use crate::error::TransportError;
-use crate::fetch::fetch;
+use crate::fetch::{fetch, fetch_metadata};
 use crate::index::RemoteIndex;
 use crate::plan::CoalesceOptions;
 use crate::remote::{Remote, staging};
@@ -299,28 +299,8 @@ async fn walk(
     let mut wanted_chunks = HashSet::new();
     let mut prefetched = HashSet::new();
     while !level.is_empty() {
-        // A release's metadata lies together in a pack of its own: when the walk needs one
-        // object of such a pack, it takes every metadata object of that pack the repository
-        // lacks, in one range, so a tree costs a request per release it reuses, not per level.
-        let mut lacking = HashSet::new();
-        for (id, kind) in &level {
-            if !absent(staged, *kind, id)? {
-                continue;
-            }
-            lacking.insert((*id, *kind));
-            if let Some((pack, _)) = index.locate(*kind, id)
-                && prefetched.insert(pack.pack)
-            {
-                for e in pack.entries.iter().filter(|e| e.kind != ObjectKind::Chunk) {
-                    if absent(staged, e.kind, &e.id)? {
-                        lacking.insert((e.id, e.kind));
-                    }
-                }
-            }
-        }
-        let lacking: Vec<_> = lacking.into_iter().collect();
-        missing.metadata_fetched += lacking.len() as u64;
-        fetch(client, index, &lacking, staged, options.in_flight, options.coalesce, |_, _| Ok(())).await?;
+        missing.metadata_fetched +=
+            fetch_metadata(client, index, &level, staged, &mut prefetched, absent, options).await?;
         let mut next = Vec::new();
         for (id, kind) in level {
             if repo.has(kind, &id)? {
