@@ -285,3 +285,44 @@ fn a_dead_first_url_fails_over_to_the_next() {
     assert_same_tree(&o.v1, &out);
     assert!(stats["requests"].as_u64().unwrap() > 0);
 }
+
+#[test]
+fn limit_rate_bounds_the_transfer_rate() {
+    let o = origin();
+    let server = osdeploy_serve(&o.repo);
+    let node = node_with_remote(&o.root, "bare", &server.url);
+    let rate: u64 = 4 << 20;
+    let started = std::time::Instant::now();
+    let stats = json(&ok(osdeploy(&node).args(["pull", "--json", "--limit-rate", "4M", "origin", "stable"])));
+    let elapsed = started.elapsed().as_secs_f64();
+    // A lower bound set by the limiter itself (not a speed measurement): the body bytes cannot
+    // have arrived faster than the rate allows.
+    let bytes = stats["bytes_fetched"].as_u64().unwrap();
+    assert!(bytes > 8_000_000, "{stats}");
+    assert!(elapsed >= bytes as f64 / rate as f64 * 0.95, "{bytes} bytes in {elapsed:.2}s at 4 MiB/s");
+    let err = fails(osdeploy(&node).args(["pull", "--limit-rate", "fast", "origin", "stable"]));
+    assert!(err.contains("not a positive byte rate"), "{err}");
+}
+
+#[test]
+fn a_pull_on_a_terminal_draws_a_progress_bar() {
+    let o = origin();
+    let server = osdeploy_serve(&o.repo);
+    let node = node_with_remote(&o.root, "bare", &server.url);
+    // script(1) (util-linux) runs the pull on a pseudo-terminal; the rate limit makes it last
+    // long enough for the bar to be drawn a few times.
+    let bin = env!("CARGO_BIN_EXE_osdeploy");
+    let command = format!("{bin} --repo {} pull --limit-rate 4M origin stable", node.display());
+    let out = std::process::Command::new("script")
+        .args(["-qefc", &command, "/dev/null"])
+        .output()
+        .unwrap_or_else(|e| panic!("script (util-linux) is required: {e}"));
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{shown}");
+    assert!(shown.contains("ETA") && shown.contains("objects, ") && shown.contains("MiB"), "{shown}");
+    // Without a terminal (the tests' pipes) nothing but the result is printed.
+    let second = o.root.join("second");
+    let plain = node_with_remote(&second, "bare", &server.url);
+    let out = osdeploy(&plain).args(["pull", "--limit-rate", "4M", "origin", "stable"]).output().unwrap();
+    assert!(out.status.success() && !String::from_utf8_lossy(&out.stderr).contains("ETA"), "{out:?}");
+}
