@@ -475,8 +475,9 @@ fn a_full_disk_fails_cleanly_and_the_rerun_completes() {
     ok(osdeploy(&node).args(["init", "--mode", "bare"]));
     set_urls(&node, &[&o.nginx.url]);
     let ballast = disk.mount.join("ballast");
-    // Too little room for the staged chunks, then room for them but not for the stored files.
-    for leave in [8 << 20, 36 << 20] {
+    // Too little room for the new files: with 8 MiB free the first file does not fit, with 20 MiB
+    // some are written (and adopted by the rerun) before the disk is full.
+    for leave in [8 << 20, 20 << 20] {
         let _ = fs::remove_file(&ballast);
         write_ballast(&ballast, leave);
         let err = failure(&mut pull(&node));
@@ -494,18 +495,27 @@ fn a_full_disk_fails_cleanly_and_the_rerun_completes() {
     o.assert_holds(&node, &o.v1);
 }
 
-/// Bytes in the node's staging area: the verified objects a killed pull kept (with their small
-/// record headers): one file per object (`<kind>-<id>`) or per range (`*.range`); temporary
-/// files (other names starting with a dot, which the next pull drops) are not counted.
-fn staged_bytes(node: &Path) -> u64 {
-    let Ok(dir) = fs::read_dir(node.join("staging")) else { return 0 };
-    dir.map(|e| e.unwrap())
-        .filter(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.ends_with(".range") || !name.starts_with('.')
+/// Bytes a killed pull kept for its rerun: the verified objects in the node's staging area (with
+/// their small record headers; temporary files, whose names start with a dot, are dropped by the
+/// next pull and not counted) and the complete new files it had written into `objects/` (the
+/// rerun adopts them; the node held nothing before).
+fn kept_bytes(node: &Path) -> u64 {
+    let staged: u64 = fs::read_dir(node.join("staging"))
+        .map(|dir| {
+            dir.map(|e| e.unwrap())
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                .map(|e| e.metadata().unwrap().len())
+                .sum()
         })
-        .map(|e| e.metadata().unwrap().len())
-        .sum()
+        .unwrap_or(0);
+    let written: u64 = fs::read_dir(node.join("objects"))
+        .map(|dir| {
+            dir.flat_map(|shard| fs::read_dir(shard.unwrap().path()).unwrap())
+                .map(|e| e.unwrap().metadata().unwrap().len())
+                .sum()
+        })
+        .unwrap_or(0);
+    staged + written
 }
 
 /// Body bytes the proxy sent for pack requests among `log`.
@@ -556,7 +566,7 @@ fn a_pull_killed_at_arbitrary_points_resumes_without_refetching() {
     const KILLED: usize = 7;
     let (mut kills, mut total_sent, mut max_resumed) = (0u64, 0u64, 0u64);
     for attempt in 0..=KILLED {
-        let staged = staged_bytes(&node);
+        let staged = kept_bytes(&node);
         max_resumed = max_resumed.max(staged);
         let start = proxy.log().len();
         let stderr = o.root.join(format!("pull-{attempt}.stderr"));
@@ -580,7 +590,7 @@ fn a_pull_killed_at_arbitrary_points_resumes_without_refetching() {
         let status = child.wait().unwrap();
         proxy.wait_idle();
         let log = &proxy.log()[start..];
-        let context = format!("attempt {attempt} (kill after {target:?} bytes, {staged} bytes staged before)");
+        let context = format!("attempt {attempt} (kill after {target:?} bytes, {staged} bytes kept before)");
         match status.signal() {
             Some(9) => kills += 1,
             _ => assert!(status.success(), "{context}: {status}: {}", fs::read_to_string(&stderr).unwrap()),
@@ -588,11 +598,11 @@ fn a_pull_killed_at_arbitrary_points_resumes_without_refetching() {
         let held = stable_ref(&node);
         assert!(held.is_none() || held.as_deref() == Some(final_commit.as_str()), "{context}: the ref names {held:?}");
         assert_intact(&node, held.as_deref(), &context);
-        // What was staged before this attempt is not requested again.
+        // What was kept before this attempt is not requested again.
         let requested = pack_bytes_requested(log);
         assert!(
             requested + staged <= full_requested + slack,
-            "{context}: requested {requested} pack bytes with {staged} staged; a whole pull requests {full_requested}"
+            "{context}: requested {requested} pack bytes with {staged} kept; a whole pull requests {full_requested}"
         );
         total_sent += pack_bytes_sent(log);
         eprintln!("{context}: {status}, {requested} pack bytes requested, {} sent", pack_bytes_sent(log));
@@ -601,8 +611,8 @@ fn a_pull_killed_at_arbitrary_points_resumes_without_refetching() {
         }
     }
     // The first kill comes after more than one range (seed and shares are fixed): what follows
-    // must resume from a whole staged range.
-    assert!(max_resumed >= MAX_REQUEST / 2, "no attempt resumed with a whole range staged ({max_resumed} bytes)");
+    // must resume from a whole range kept (staged or written into its files).
+    assert!(max_resumed >= MAX_REQUEST / 2, "no attempt resumed with a whole range kept ({max_resumed} bytes)");
     assert_intact(&node, Some(&final_commit), "after the last rerun");
     o.assert_holds(&node, &o.v1);
     // At most the one range in flight is lost per kill.

@@ -61,9 +61,29 @@ pub trait BodySink: Send {
     /// as a full disk) ends the request; any other error rejects this URL's data and the next
     /// URL is tried.
     fn data(&mut self, piece: &[u8]) -> Result<(), TransportError>;
+    /// Called after each piece to hand on what [`Self::data`] produced; a sink may wait here,
+    /// which slows the transfer down to the pace of its consumer.
+    fn deliver(&mut self) -> impl Future<Output = Result<(), TransportError>> + Send {
+        std::future::ready(Ok(()))
+    }
     /// Called once the whole body has arrived; an error rejects this URL's data.
     fn finish(&mut self) -> Result<(), TransportError> {
         Ok(())
+    }
+}
+
+/// Appends a body to a file (a download).
+struct FileSink<'f> {
+    file: &'f mut File,
+    path: &'f Path,
+}
+
+impl BodySink for FileSink<'_> {
+    fn reset(&mut self) -> Result<(), TransportError> {
+        Ok(())
+    }
+    fn data(&mut self, piece: &[u8]) -> Result<(), TransportError> {
+        self.file.write_all(piece).map_err(|error| StoreError::Io { path: self.path.into(), error }.into())
     }
 }
 
@@ -183,7 +203,7 @@ impl Client {
         if status != if range.is_some() { 206 } else { 200 } {
             return Err(TransportError::Status { url: url.into(), status });
         }
-        let received = self.read_body(url, response, |piece| sink.data(piece).map_err(|e| within(url, e))).await?;
+        let received = self.read_body(url, response, sink).await?;
         if let Some((_, len)) = range
             && received != len
         {
@@ -223,7 +243,7 @@ impl Client {
             416 if have > 0 => return Ok(have),
             status => return Err(TransportError::Status { url: url.into(), status }),
         }
-        self.read_body(url, response, |piece| file.write_all(piece).map_err(io)).await?;
+        self.read_body(url, response, &mut FileSink { file, path: dest }).await?;
         file.metadata().map(|m| m.len()).map_err(io)
     }
 
@@ -236,12 +256,12 @@ impl Client {
         request.send().await.map_err(|e| request_error(url, e))
     }
 
-    /// Feeds the body to `piece`, honouring the rate limit; returns the bytes received.
+    /// Feeds the body to `sink`, honouring the rate limit; returns the bytes received.
     async fn read_body(
         &self,
         url: &str,
         mut response: reqwest::Response,
-        mut piece: impl FnMut(&[u8]) -> Result<(), TransportError>,
+        sink: &mut impl BodySink,
     ) -> Result<u64, TransportError> {
         let mut received = 0u64;
         while let Some(bytes) = response.chunk().await.map_err(|e| request_error(url, e))? {
@@ -250,7 +270,8 @@ impl Client {
             }
             self.progress.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
             received += bytes.len() as u64;
-            piece(&bytes)?;
+            sink.data(&bytes).map_err(|e| within(url, e))?;
+            sink.deliver().await?;
         }
         Ok(received)
     }

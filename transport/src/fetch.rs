@@ -10,13 +10,14 @@ use std::sync::atomic::Ordering;
 use osdeploy_store::object::ObjectKind;
 use osdeploy_store::pack::{self, ENTRY_HEADER_LEN};
 use osdeploy_store::{ObjectId, StoreError};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::client::{BodySink, Client};
 use crate::error::TransportError;
 use crate::index::{PackEntries, RemoteIndex};
 use crate::plan::{CoalesceOptions, PackRead, coalesce};
-use crate::staging::{RangeWriter, Staging};
+use crate::staging::Staging;
 
 /// The coalesced reads that fetch `wanted`, each with its pack's entries.
 pub fn reads(
@@ -42,8 +43,16 @@ pub fn reads(
     Ok(reads)
 }
 
-/// Fetches `wanted` objects into `staged`, `in_flight` requests at a time; `on_staged` is told
-/// about the objects of each range once they are staged (the fetch goes on meanwhile).
+/// Raw bytes staged between two calls of `on_staged`.
+const SETTLE_EVERY: usize = 8 << 20;
+
+/// A verified object on its way from a request to the staging area.
+type Verified = (ObjectId, ObjectKind, Vec<u8>);
+
+/// Fetches `wanted` objects into `staged`, `in_flight` requests at a time. Verified objects flow
+/// to this task through a short channel (so a slow consumer slows the transfer down instead of
+/// filling memory) and are staged in memory; every [`SETTLE_EVERY`] bytes, and at the end,
+/// `on_staged` is told which objects arrived and settles them (see [`Staging::settle`]).
 pub async fn fetch(
     client: &Client,
     index: &RemoteIndex,
@@ -51,33 +60,53 @@ pub async fn fetch(
     staged: &mut Staging,
     in_flight: usize,
     coalesce: CoalesceOptions,
-    mut on_staged: impl FnMut(&Staging, Vec<(ObjectId, ObjectKind)>) -> Result<(), TransportError>,
+    mut on_staged: impl FnMut(&mut Staging, Vec<(ObjectId, ObjectKind)>) -> Result<(), TransportError>,
 ) -> Result<(), TransportError> {
     let reads = reads(index, wanted, coalesce)?;
     let progress = &client.progress;
     progress.bytes_expected.fetch_add(reads.iter().map(|(_, r)| r.len).sum(), Ordering::Relaxed);
     progress.objects_expected.fetch_add(wanted.len() as u64, Ordering::Relaxed);
     let wanted: Arc<HashSet<(ObjectId, ObjectKind)>> = Arc::new(wanted.iter().copied().collect());
+    let (sender, mut receiver) = mpsc::channel::<Verified>(64);
     let mut pending = reads.into_iter();
     let mut tasks = JoinSet::new();
+    let (mut arrived, mut arrived_bytes) = (Vec::new(), 0);
     loop {
         while tasks.len() < in_flight.max(1) {
             let Some((entries, read)) = pending.next() else { break };
             let client = client.clone();
-            let mut sink = RangeSink::new(read, entries, wanted.clone(), staged.range_writer()?);
+            let mut sink = RangeSink::new(read, entries, wanted.clone(), sender.clone());
             tasks.spawn(async move {
                 let path = format!("packs/{}.pack", sink.read.pack);
-                client.stream(&path, Some((sink.read.offset, sink.read.len)), &mut sink).await?;
-                client.progress.objects.fetch_add(sink.verified, Ordering::Relaxed);
-                Ok::<_, TransportError>(sink.writer)
+                client.stream(&path, Some((sink.read.offset, sink.read.len)), &mut sink).await
             });
         }
-        let Some(done) = tasks.join_next().await else { break };
-        let writer = done.map_err(|e| TransportError::Config(format!("fetch task failed: {e}")))??;
-        let committed = staged.commit(writer)?;
-        on_staged(staged, committed)?;
+        if tasks.is_empty() {
+            // Every task delivered all it had before it ended: what is left is in the channel.
+            while let Ok((id, kind, raw)) = receiver.try_recv() {
+                progress.objects.fetch_add(1, Ordering::Relaxed);
+                staged.put(kind, id, &raw);
+                arrived.push((id, kind));
+            }
+            return on_staged(staged, arrived);
+        }
+        tokio::select! {
+            biased;
+            Some((id, kind, raw)) = receiver.recv() => {
+                progress.objects.fetch_add(1, Ordering::Relaxed);
+                arrived_bytes += raw.len();
+                staged.put(kind, id, &raw);
+                arrived.push((id, kind));
+                if arrived_bytes >= SETTLE_EVERY {
+                    on_staged(staged, std::mem::take(&mut arrived))?;
+                    arrived_bytes = 0;
+                }
+            }
+            Some(done) = tasks.join_next() => {
+                done.map_err(|e| TransportError::Config(format!("fetch task failed: {e}")))??;
+            }
+        }
     }
-    Ok(())
 }
 
 /// Fetches the metadata objects of one level of a tree walk that `absent` says are missing, and
@@ -111,22 +140,24 @@ pub async fn fetch_metadata(
         }
     }
     let lacking: Vec<_> = lacking.into_iter().collect();
-    fetch(client, index, &lacking, staged, options.in_flight, options.coalesce, |_, _| Ok(())).await?;
+    let keep_all = |staged: &mut Staging, _| Ok(staged.settle(|_, _| true)?);
+    fetch(client, index, &lacking, staged, options.in_flight, options.coalesce, keep_all).await?;
     Ok(lacking.len() as u64)
 }
 
-/// Splits one range's body into pack entries as it streams in.
+/// Splits one range's body into pack entries as it streams in, and sends the wanted ones on once
+/// they verify.
 struct RangeSink {
     read: PackRead,
     entries: Arc<PackEntries>,
     wanted: Arc<HashSet<(ObjectId, ObjectKind)>>,
-    writer: RangeWriter,
+    sender: mpsc::Sender<Verified>,
+    /// Verified objects not yet sent.
+    verified: Vec<Verified>,
     /// Bytes received but not yet consumed (at most one entry).
     pending: Vec<u8>,
     /// The pack offset of `pending[0]`.
     offset: u64,
-    /// Wanted objects verified and staged.
-    verified: u64,
 }
 
 impl RangeSink {
@@ -134,10 +165,10 @@ impl RangeSink {
         read: PackRead,
         entries: Arc<PackEntries>,
         wanted: Arc<HashSet<(ObjectId, ObjectKind)>>,
-        writer: RangeWriter,
+        sender: mpsc::Sender<Verified>,
     ) -> Self {
         let offset = read.offset;
-        RangeSink { read, entries, wanted, writer, pending: Vec::new(), offset, verified: 0 }
+        RangeSink { read, entries, wanted, sender, verified: Vec::new(), pending: Vec::new(), offset }
     }
 
     fn invalid(&self, reason: String) -> TransportError {
@@ -150,11 +181,13 @@ impl RangeSink {
 }
 
 impl BodySink for RangeSink {
+    /// What an earlier attempt delivered was verified and is kept; the staging area ignores
+    /// the objects it sends again.
     fn reset(&mut self) -> Result<(), TransportError> {
         self.pending.clear();
+        self.verified.clear();
         self.offset = self.read.offset;
-        self.verified = 0;
-        Ok(self.writer.reset()?)
+        Ok(())
     }
 
     fn data(&mut self, piece: &[u8]) -> Result<(), TransportError> {
@@ -179,14 +212,25 @@ impl BodySink for RangeSink {
                     }
                     Err(e) => return Err(self.invalid(e.to_string())),
                 };
-                self.writer.put(kind, id, &raw)?;
-                self.verified += 1;
+                self.verified.push((id, kind, raw));
             }
             start += span;
             self.offset += span as u64;
         }
         self.pending.drain(..start);
         Ok(())
+    }
+
+    fn deliver(&mut self) -> impl Future<Output = Result<(), TransportError>> + Send {
+        let verified = std::mem::take(&mut self.verified);
+        let sender = self.sender.clone();
+        async move {
+            for object in verified {
+                // The receiver is gone only when the fetch has already failed.
+                sender.send(object).await.map_err(|_| TransportError::Config("the fetch was abandoned".into()))?;
+            }
+            Ok(())
+        }
     }
 
     fn finish(&mut self) -> Result<(), TransportError> {

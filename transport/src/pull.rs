@@ -115,16 +115,23 @@ struct Assembler {
     files: Vec<Option<(FileId, FileObject)>>,
     /// Per file, the chunks it still waits for.
     remaining: Vec<u32>,
-    /// Chunk → the files waiting for it.
+    /// Chunk → the files waiting for it to arrive.
     waiting: HashMap<ObjectId, Vec<usize>>,
+    /// Fetched chunk → how many files not yet written use it (it must stay staged until 0).
+    needed: HashMap<ObjectId, u32>,
     ready: Vec<usize>,
 }
 
 impl Assembler {
     fn new(missing: &Missing, staged: &Staging) -> Result<Self, TransportError> {
         let fetched: HashSet<ObjectId> = missing.chunks.iter().map(|(id, _)| *id).collect();
-        let mut assembler =
-            Assembler { files: Vec::new(), remaining: Vec::new(), waiting: HashMap::new(), ready: Vec::new() };
+        let mut assembler = Assembler {
+            files: Vec::new(),
+            remaining: Vec::new(),
+            waiting: HashMap::new(),
+            needed: HashMap::new(),
+            ready: Vec::new(),
+        };
         for id in &missing.files {
             let object = FileObject::decode(id.0, &staged.get(ObjectKind::File, &id.0)?)?;
             let n = assembler.files.len();
@@ -134,6 +141,7 @@ impl Assembler {
             awaited.dedup();
             for chunk in &awaited {
                 assembler.waiting.entry(*chunk).or_default().push(n);
+                *assembler.needed.entry(*chunk).or_default() += 1;
             }
             assembler.remaining.push(awaited.len() as u32);
             if awaited.is_empty() {
@@ -159,6 +167,16 @@ impl Assembler {
     /// Writes the files whose chunks are all at hand.
     fn write_ready(&mut self, writer: &mut ObjectWriter, staged: &Staging, repo: &Repo) -> Result<(), TransportError> {
         let files: Vec<_> = self.ready.drain(..).filter_map(|n| self.files[n].take()).collect();
+        for (_, object) in &files {
+            let mut used: Vec<ObjectId> = object.chunks.iter().map(|(c, _)| c.0).collect();
+            used.sort_unstable();
+            used.dedup();
+            for chunk in used {
+                if let Some(count) = self.needed.get_mut(&chunk) {
+                    *count -= 1;
+                }
+            }
+        }
         writer.add_file_objects(&files, |chunk| {
             if staged.has(ObjectKind::Chunk, &chunk.0) {
                 staged.get(ObjectKind::Chunk, &chunk.0)
@@ -167,6 +185,11 @@ impl Assembler {
             }
         })?;
         Ok(())
+    }
+
+    /// True while a file not yet written uses this fetched chunk.
+    fn needs(&self, chunk: &ObjectId) -> bool {
+        self.needed.get(chunk).is_some_and(|n| *n > 0)
     }
 
     /// Checks that every file was written.
@@ -239,7 +262,9 @@ async fn pull_async(
     assembler.write_ready(&mut writer, &staged, repo)?;
     fetch(&client, &index, &missing.chunks, &mut staged, options.in_flight, options.coalesce, |staged, ids| {
         assembler.staged(&ids);
-        assembler.write_ready(&mut writer, staged, repo)
+        assembler.write_ready(&mut writer, staged, repo)?;
+        // Chunks no file waits for any more are in their files now: they need no staged copy.
+        Ok(staged.settle(|kind, id| kind != ObjectKind::Chunk || assembler.needs(id))?)
     })
     .await?;
     tracing::debug!(
