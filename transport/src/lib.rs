@@ -1,16 +1,18 @@
 //! Transport of osdeploy repositories to nodes and mirrors (DESIGN.md §4).
 //!
 //! - [`plan`]: what a node holding one commit must fetch for another, as coalesced pack ranges
-//!   (`osdeploy delta`).
+//!   (`osdeploy delta`); [`remote_plan`]: the same over HTTP (`delta --remote`).
 //! - [`pull`]: fetch a branch from a remote archive repository over HTTP(S) into a bare or
-//!   archive repository, moving only missing objects, resumable after a crash.
-//! - [`serve`]: serve an archive repository over HTTP with Range support.
+//!   archive repository, moving only missing objects, resumable after a crash. Its parts:
+//!   [`summary`] (fetched and verified), [`index`] (the remote's pack indexes), [`fetch`]
+//!   (coalesced Range requests, verified as they stream in), [`staging`] (what a rerun reuses).
 //! - [`mirror`]: copy a remote archive repository (all or chosen branches) into a local one that
 //!   can be served in turn, packs byte-identical, incrementally.
-//! - [`remote`]: the remotes a repository knows.
-//!
-//! To come (issue 3): signed summaries and commits, mirror, rate limiting, downgrade protection.
+//! - [`serve`]: serve an archive repository over HTTP with Range support.
+//! - [`client`]: HTTP with failover, retries, timeouts, rate limit and progress counters.
+//! - [`remote`]: the remotes a repository knows; [`sign`]: ed25519 keys and signatures.
 
+mod assemble;
 pub mod client;
 pub mod error;
 pub mod fetch;

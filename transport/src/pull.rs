@@ -8,17 +8,17 @@
 //! write transaction (new files assembled from old local chunks and fetched ones) → the ref
 //! `REMOTE/BRANCH`, last. A killed pull resumes from its staging area.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use osdeploy_store::fsutil::crash_point;
 use osdeploy_store::object::{Commit, DirTree, EntryKind, FileObject, ObjectKind};
-use osdeploy_store::write::ObjectWriter;
 use osdeploy_store::{CommitId, FileId, ObjectId, Repo};
 use serde::Serialize;
 
+use crate::assemble::Assembler;
 use crate::client::{Client, HttpOptions, Progress};
 use crate::error::TransportError;
 use crate::fetch::{fetch, fetch_metadata};
@@ -110,101 +110,6 @@ fn is_ancestor(repo: &Repo, older: &CommitId, newer: &CommitId) -> Result<bool, 
     Ok(false)
 }
 
-/// New files waiting for their chunks: each is written as soon as the last one is staged.
-struct Assembler {
-    files: Vec<Option<(FileId, FileObject)>>,
-    /// Per file, the chunks it still waits for.
-    remaining: Vec<u32>,
-    /// Chunk → the files waiting for it to arrive.
-    waiting: HashMap<ObjectId, Vec<usize>>,
-    /// Fetched chunk → how many files not yet written use it (it must stay staged until 0).
-    needed: HashMap<ObjectId, u32>,
-    ready: Vec<usize>,
-}
-
-impl Assembler {
-    fn new(missing: &Missing, staged: &Staging) -> Result<Self, TransportError> {
-        let fetched: HashSet<ObjectId> = missing.chunks.iter().map(|(id, _)| *id).collect();
-        let mut assembler = Assembler {
-            files: Vec::new(),
-            remaining: Vec::new(),
-            waiting: HashMap::new(),
-            needed: HashMap::new(),
-            ready: Vec::new(),
-        };
-        for id in &missing.files {
-            let object = FileObject::decode(id.0, &staged.get(ObjectKind::File, &id.0)?)?;
-            let n = assembler.files.len();
-            let mut awaited: Vec<ObjectId> =
-                object.chunks.iter().map(|(c, _)| c.0).filter(|c| fetched.contains(c)).collect();
-            awaited.sort_unstable();
-            awaited.dedup();
-            for chunk in &awaited {
-                assembler.waiting.entry(*chunk).or_default().push(n);
-                *assembler.needed.entry(*chunk).or_default() += 1;
-            }
-            assembler.remaining.push(awaited.len() as u32);
-            if awaited.is_empty() {
-                assembler.ready.push(n);
-            }
-            assembler.files.push(Some((*id, object)));
-        }
-        Ok(assembler)
-    }
-
-    /// Notes newly staged objects.
-    fn staged(&mut self, ids: &[(ObjectId, ObjectKind)]) {
-        for (id, _) in ids {
-            for n in self.waiting.remove(id).unwrap_or_default() {
-                self.remaining[n] -= 1;
-                if self.remaining[n] == 0 {
-                    self.ready.push(n);
-                }
-            }
-        }
-    }
-
-    /// Writes the files whose chunks are all at hand.
-    fn write_ready(&mut self, writer: &mut ObjectWriter, staged: &Staging, repo: &Repo) -> Result<(), TransportError> {
-        let files: Vec<_> = self.ready.drain(..).filter_map(|n| self.files[n].take()).collect();
-        for (_, object) in &files {
-            let mut used: Vec<ObjectId> = object.chunks.iter().map(|(c, _)| c.0).collect();
-            used.sort_unstable();
-            used.dedup();
-            for chunk in used {
-                if let Some(count) = self.needed.get_mut(&chunk) {
-                    *count -= 1;
-                }
-            }
-        }
-        writer.add_file_objects(&files, |chunk| {
-            if staged.has(ObjectKind::Chunk, &chunk.0) {
-                staged.get(ObjectKind::Chunk, &chunk.0)
-            } else {
-                repo.read(ObjectKind::Chunk, &chunk.0)
-            }
-        })?;
-        Ok(())
-    }
-
-    /// True while a file not yet written uses this fetched chunk.
-    fn needs(&self, chunk: &ObjectId) -> bool {
-        self.needed.get(chunk).is_some_and(|n| *n > 0)
-    }
-
-    /// Checks that every file was written.
-    fn finish(self) -> Result<(), TransportError> {
-        match self.waiting.keys().next() {
-            None => Ok(()),
-            Some(chunk) => Err(TransportError::Invalid {
-                what: format!("chunk {chunk}"),
-                url: "the remote".into(),
-                reason: "it was wanted but never arrived".into(),
-            }),
-        }
-    }
-}
-
 /// What the walk found the repository lacks.
 #[derive(Default)]
 struct Missing {
@@ -258,7 +163,7 @@ async fn pull_async(
     // Files are written while the fetch goes on, each as soon as its last chunk is staged; then
     // one write transaction records them with the trees and the commit, and the ref goes last.
     let mut writer = repo.writer();
-    let mut assembler = Assembler::new(&missing, &staged)?;
+    let mut assembler = Assembler::new(&missing.files, &missing.chunks, &staged)?;
     assembler.write_ready(&mut writer, &staged, repo)?;
     fetch(&client, &index, &missing.chunks, &mut staged, options.in_flight, options.coalesce, |staged, ids| {
         assembler.staged(&ids);
