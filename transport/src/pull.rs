@@ -157,6 +157,7 @@ async fn pull_async(
         }
     }
     let index = crate::index::load(repo, &client, &summary.packs()?).await?;
+    tracing::debug!("indexes loaded after {:.3}s", started.elapsed().as_secs_f64());
     let mut staged = Staging::open(staging(repo))?;
     let missing = walk(repo, &client, &index, &mut staged, commit, options).await?;
     tracing::debug!("walk done after {:.2}s: {} new files", started.elapsed().as_secs_f64(), missing.files.len());
