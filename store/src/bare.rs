@@ -49,6 +49,11 @@ pub fn content_path(objects_dir: &Path, file: &FileId) -> PathBuf {
     objects_dir.join(&hex[..2]).join(&hex[2..])
 }
 
+/// A read snapshot of a bare repository's index (see [`BareStore::batch_reads`]).
+pub struct ReadBatch<'s> {
+    _snapshot: rusqlite::Transaction<'s>,
+}
+
 /// Read access to a bare repository.
 pub struct BareStore {
     objects_dir: PathBuf,
@@ -101,6 +106,12 @@ impl BareStore {
     /// Path of a file object's content.
     pub fn content_path(&self, file: &FileId) -> PathBuf {
         content_path(&self.objects_dir, file)
+    }
+
+    /// Holds one read snapshot of the index until dropped, so that many lookups in a row (a
+    /// pull's walk) take the database's lock once instead of once each.
+    pub fn batch_reads(&self) -> Result<ReadBatch<'_>> {
+        Ok(ReadBatch { _snapshot: sql(&self.db_path, self.db.unchecked_transaction())? })
     }
 
     /// True when `file`'s content lies in `objects/` although no transaction recorded it (a pull

@@ -20,7 +20,7 @@ use crate::plan::{CoalesceOptions, PackRead, coalesce};
 use crate::staging::Staging;
 
 /// The coalesced reads that fetch `wanted`, each with its pack's entries.
-pub fn reads(
+fn reads(
     index: &RemoteIndex,
     wanted: &[(ObjectId, ObjectKind)],
     options: CoalesceOptions,

@@ -222,6 +222,8 @@ async fn walk(
     options: PullOptions,
 ) -> Result<Missing, TransportError> {
     let mut missing = Missing::default();
+    // Tens of thousands of lookups follow: one read snapshot instead of a lock for each.
+    let _snapshot = repo.bare().map(|bare| bare.batch_reads()).transpose()?;
     let absent = |staged: &Staging, kind, id: &ObjectId| -> Result<bool, TransportError> {
         Ok(!staged.has(kind, id) && !repo.has(kind, id)?)
     };
@@ -254,7 +256,8 @@ async fn walk(
                 }
                 ObjectKind::File => {
                     let object = FileObject::decode(id, &bytes)?;
-                    if let Some(bare) = repo.bare()
+                    if staged.resumed()
+                        && let Some(bare) = repo.bare()
                         && bare.has_unrecorded_content(&FileId(id), &object)?
                     {
                         missing.adopted.push(FileId(id));

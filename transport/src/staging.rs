@@ -25,6 +25,9 @@ use osdeploy_store::{ObjectId, StoreError};
 
 const RECORD_HEADER_LEN: usize = 1 + 32 + 4;
 
+/// What a fetch stages in memory between two settles (8 MiB) plus one object of the largest kind.
+const MEMORY_RANGE_CAPACITY: usize = (8 << 20) + (1 << 20);
+
 /// One staged range: in memory until settled, then in a file.
 enum Range {
     Memory(Vec<u8>),
@@ -45,6 +48,8 @@ pub struct Staging {
     dir: PathBuf,
     ranges: Vec<Range>,
     present: HashMap<(ObjectId, ObjectKind), Location>,
+    /// The directory held what an interrupted pull left.
+    resumed: bool,
     /// The staged file read last (a file's chunks usually lie in one range).
     open_file: RefCell<Option<(u32, File)>>,
 }
@@ -66,9 +71,15 @@ fn append_record(out: &mut Vec<u8>, kind: ObjectKind, id: &ObjectId, raw: &[u8])
 impl Staging {
     /// Opens (creating) `dir`, keeping every staged object that still verifies.
     pub fn open(dir: PathBuf) -> Result<Self, StoreError> {
+        let resumed = dir.exists();
         fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
-        let mut staging =
-            Staging { dir: dir.clone(), ranges: Vec::new(), present: HashMap::new(), open_file: RefCell::default() };
+        let mut staging = Staging {
+            dir: dir.clone(),
+            ranges: Vec::new(),
+            present: HashMap::new(),
+            resumed,
+            open_file: RefCell::default(),
+        };
         for entry in fs::read_dir(&dir).map_err(|e| io(&dir, e))? {
             let path = entry.map_err(|e| io(&dir, e))?.path();
             if path.extension().is_some_and(|e| e == "range") {
@@ -107,6 +118,12 @@ impl Staging {
         Ok(())
     }
 
+    /// True when an interrupted pull left this staging area (it is removed when a pull
+    /// completes): only then can the repository hold content no transaction recorded.
+    pub fn resumed(&self) -> bool {
+        self.resumed
+    }
+
     /// True when the object is staged.
     pub fn has(&self, kind: ObjectKind, id: &ObjectId) -> bool {
         self.present.contains_key(&(*id, kind))
@@ -139,7 +156,8 @@ impl Staging {
             return;
         }
         if !matches!(self.ranges.last(), Some(Range::Memory(_))) {
-            self.ranges.push(Range::Memory(Vec::new()));
+            // Sized for what arrives between two settles, so that it is never copied to grow.
+            self.ranges.push(Range::Memory(Vec::with_capacity(MEMORY_RANGE_CAPACITY)));
         }
         let range = self.ranges.len() as u32 - 1;
         let Some(Range::Memory(data)) = self.ranges.last_mut() else { unreachable!("pushed above") };
