@@ -322,13 +322,13 @@ fn write_in_place(dest: &Path, content: &[u8]) -> Result<()> {
 }
 
 /// A chunk handed to a pulled file must have the length its file object records.
-fn check_chunk_len(file: &FileId, chunk: &ChunkId, data: &[u8], len: u32) -> Result<()> {
-    if data.len() == len as usize {
+fn check_chunk_len(file: &FileId, chunk: &ChunkId, got: usize, len: u32) -> Result<()> {
+    if got == len as usize {
         return Ok(());
     }
     Err(StoreError::Corrupt {
         what: format!("file object {file}"),
-        reason: format!("chunk {chunk} is {} bytes, the object says {len}", data.len()),
+        reason: format!("chunk {chunk} is {got} bytes, the object says {len}"),
     })
 }
 
@@ -420,7 +420,7 @@ impl<'s> BareWriter<'s> {
         let mut tmp = std::io::BufWriter::with_capacity(1 << 20, File::create(&tmp_path).at(&tmp_path)?);
         for (chunk_id, len) in &object.chunks {
             let data = chunk(chunk_id)?;
-            check_chunk_len(&id, chunk_id, &data, *len)?;
+            check_chunk_len(&id, chunk_id, data.len(), *len)?;
             tmp.write_all(&data).at(&tmp_path)?;
         }
         let tmp = tmp.into_inner().map_err(|e| e.into_error()).at(&tmp_path)?;
@@ -442,7 +442,7 @@ impl<'s> BareWriter<'s> {
     pub fn add_file_objects(
         &mut self,
         files: &[(FileId, FileObject)],
-        mut chunk: impl FnMut(&ChunkId) -> Result<Vec<u8>>,
+        mut chunk: impl FnMut(&ChunkId, &mut Vec<u8>) -> Result<()>,
     ) -> Result<()> {
         const SMALL: u64 = 4 << 20;
         const BATCH: u64 = 32 << 20;
@@ -454,14 +454,18 @@ impl<'s> BareWriter<'s> {
                 continue;
             }
             if object.size > SMALL {
-                self.add_file_object(*id, object, &mut chunk)?;
+                self.add_file_object(*id, object, |c| {
+                    let mut data = Vec::new();
+                    chunk(c, &mut data)?;
+                    Ok(data)
+                })?;
                 continue;
             }
             let mut content = Vec::with_capacity(object.size as usize);
             for (chunk_id, len) in &object.chunks {
-                let data = chunk(chunk_id)?;
-                check_chunk_len(id, chunk_id, &data, *len)?;
-                content.extend_from_slice(&data);
+                let before = content.len();
+                chunk(chunk_id, &mut content)?;
+                check_chunk_len(id, chunk_id, content.len() - before, *len)?;
             }
             batch_bytes += object.size;
             batch.push((*id, object, self.store.content_path(id), content));

@@ -118,18 +118,23 @@ impl ObjectWriter<'_> {
         }
     }
 
-    /// Stores many file objects whose chunks are known (see [`Self::add_file_object`]); a bare
-    /// repository writes them with all cores.
+    /// Stores many file objects whose chunks are known (see [`Self::add_file_object`]); `chunk`
+    /// appends a chunk's verified bytes to the buffer it is given. A bare repository writes the
+    /// files with all cores.
     pub fn add_file_objects(
         &mut self,
         files: &[(FileId, FileObject)],
-        mut chunk: impl FnMut(&ChunkId) -> Result<Vec<u8>>,
+        mut chunk: impl FnMut(&ChunkId, &mut Vec<u8>) -> Result<()>,
     ) -> Result<()> {
         match self {
             ObjectWriter::Bare(w) => w.add_file_objects(files, chunk),
-            ObjectWriter::Archive(_) => {
-                files.iter().try_for_each(|(id, object)| self.add_file_object(*id, object, &mut chunk))
-            }
+            ObjectWriter::Archive(_) => files.iter().try_for_each(|(id, object)| {
+                self.add_file_object(*id, object, |c| {
+                    let mut data = Vec::new();
+                    chunk(c, &mut data)?;
+                    Ok(data)
+                })
+            }),
         }
     }
 }

@@ -88,11 +88,12 @@ impl Assembler {
                 }
             }
         }
-        writer.add_file_objects(&files, |chunk| {
+        writer.add_file_objects(&files, |chunk, out| {
             if staged.has(ObjectKind::Chunk, &chunk.0) {
-                staged.get(ObjectKind::Chunk, &chunk.0)
+                staged.read_into(ObjectKind::Chunk, &chunk.0, out)
             } else {
-                repo.read(ObjectKind::Chunk, &chunk.0)
+                out.extend_from_slice(&repo.read(ObjectKind::Chunk, &chunk.0)?);
+                Ok(())
             }
         })?;
         Ok(())

@@ -149,6 +149,17 @@ impl Staging {
         }
     }
 
+    /// Appends a staged chunk's bytes to `out` (as [`Self::get`], without a copy of its own).
+    pub fn read_into(&self, kind: ObjectKind, id: &ObjectId, out: &mut Vec<u8>) -> Result<(), StoreError> {
+        let location = *self.present.get(&(*id, kind)).ok_or(StoreError::ObjectMissing { kind, id: *id })?;
+        let (start, len) = (location.offset as usize, location.len as usize);
+        match &self.ranges[location.range as usize] {
+            Range::Memory(data) => out.extend_from_slice(&data[start..start + len]),
+            _ => out.extend_from_slice(&self.get(kind, id)?),
+        }
+        Ok(())
+    }
+
     /// Adds a verified object (in memory, until [`Self::settle`]); an object already staged is
     /// ignored (a range fetched again after a failure delivers its objects again).
     pub fn put(&mut self, kind: ObjectKind, id: ObjectId, raw: &[u8]) {
