@@ -74,7 +74,8 @@ run "$osd" --repo "$origin" diff "${v1:0:8}" stable/x86_64
 run "$osd" --repo "$origin" delta "${v1:0:8}" stable/x86_64
 run "$osd" --repo "$origin" cat stable/x86_64 /etc/os-release
 
-step "Node: pull the update (only what changed) and switch; the new release fails its health check"
+step "Node: ask the origin over HTTP what the update costs, pull it (only what changed) and switch; the new release fails its health check"
+run "$osd" delta --remote origin "$v1" stable/x86_64
 run "$osd" pull
 run "$osd" switch
 printf '#!/bin/sh\necho "health: containerd does not answer"; exit 1\n' > "$OSDEPLOY_CONFIG_DIR/health.d/10-runtime"

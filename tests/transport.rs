@@ -207,8 +207,17 @@ fn signed_remotes_refuse_unsigned_foreign_stale_and_replayed_data() {
     let err = fails(osdeploy(&node).args(["pull", "origin", "stable"]));
     assert!(err.contains("not signed by a trusted key"), "{err}");
     ok(osdeploy(&o.repo).args(["sign", "--key"]).arg(&key));
+    // The plan of a signed update counts the signature files the pull fetches, locally and over
+    // HTTP (where the commit's signature is verified as the pull would).
+    let v1 = first["commit"].as_str().unwrap();
+    let local = json(&ok(osdeploy(&o.repo).args(["delta", "--json", v1, "stable"])));
+    let remote = json(&ok(osdeploy(&node).args(["delta", "--remote", "origin", "--json", v1, "stable"])));
+    assert_eq!(local["requests"], remote["requests"], "{local} {remote}");
+    assert_eq!(local["transfer_bytes"], remote["transfer_bytes"], "{local} {remote}");
     let second = pull(&node);
     assert_ne!(second["commit"], first["commit"]);
+    assert_eq!(second["requests"], local["requests"], "{second} {local}");
+    assert_eq!(second["bytes_fetched"], local["transfer_bytes"], "{second} {local}");
     // a replayed, validly signed older summary must not downgrade the node silently
     fs::write(o.repo.join("summary"), &v1_summary.0).unwrap();
     fs::write(o.repo.join("summary.sig"), &v1_summary.1).unwrap();

@@ -502,12 +502,14 @@ pub fn print_plan(plan: &osdeploy_transport::plan::DeltaPlan) {
     let total_raw = plan.chunk_bytes_raw + plan.reused_bytes_raw;
     println!("from {}", plan.from.as_deref().unwrap_or("(nothing)"));
     println!("to   {}", plan.to);
+    let signatures = plan.requests - plan.reads.len() as u64 - plan.index_files - 1;
     println!(
-        "fetch      {:>12}  in {} requests: {} pack ranges, {} pack indexes, the summary",
+        "fetch      {:>12}  in {} requests: {} pack ranges, {} pack indexes, the summary{}",
         output::size(plan.transfer_bytes),
         plan.requests,
         plan.reads.len(),
-        plan.index_files
+        plan.index_files,
+        if signatures > 0 { format!(" and {signatures} signature files") } else { String::new() }
     );
     println!(
         "  chunks   {:>12}  {} new chunks, {} uncompressed",

@@ -72,9 +72,10 @@ pub struct DeltaPlan {
     pub index_bytes: u64,
     /// Coalesced Range requests into packs.
     pub reads: Vec<PackRead>,
-    /// Range requests + index requests + 1 for the summary.
+    /// Range requests + index requests + the summary (and, when signed, its signature and the
+    /// commit's).
     pub requests: u64,
-    /// Bytes on the wire: ranges (gaps included) + index files + summary.
+    /// Bytes on the wire: ranges (gaps included) + index files + summary (+ signatures).
     pub transfer_bytes: u64,
 }
 
@@ -114,18 +115,24 @@ pub fn plan(
         None => HashSet::new(),
     };
     let want = only_commit(repo, to)?;
-    let summary_bytes = std::fs::metadata(repo.path().join("summary")).map(|m| m.len()).unwrap_or(0);
+    // The files every pull fetches whole: the summary and, from a signed repository, its
+    // signature and the wanted commit's.
+    let whole_files: Vec<u64> = ["summary".to_string(), "summary.sig".into(), format!("signatures/{to}.sig")]
+        .iter()
+        .filter_map(|name| std::fs::metadata(repo.path().join(name)).ok().map(|m| m.len()))
+        .collect();
     let mut plan = DeltaPlan { from: from.map(|f| f.to_string()), to: to.to_string(), ..Default::default() };
-    plan_objects(archive, &have, &want, summary_bytes, options, &mut plan)?;
+    plan_objects(archive, &have, &want, &whole_files, options, &mut plan)?;
     Ok(plan)
 }
 
-/// Fills `plan` with what fetching `want` costs a node that holds `have`.
+/// Fills `plan` with what fetching `want` costs a node that holds `have`, besides the files
+/// fetched whole (`whole_files`: their sizes).
 pub fn plan_objects(
     locations: &impl ObjectLocations,
     have: &HashSet<(ObjectId, ObjectKind)>,
     want: &HashSet<(ObjectId, ObjectKind)>,
-    summary_bytes: u64,
+    whole_files: &[u64],
     options: CoalesceOptions,
     plan: &mut DeltaPlan,
 ) -> Result<(), StoreError> {
@@ -158,8 +165,9 @@ pub fn plan_objects(
         spans.sort_unstable();
         plan.reads.extend(coalesce(&pack.to_hex(), &spans, options));
     }
-    plan.requests = plan.reads.len() as u64 + plan.index_files + 1;
-    plan.transfer_bytes = plan.reads.iter().map(|r| r.len).sum::<u64>() + plan.index_bytes + summary_bytes;
+    plan.requests = plan.reads.len() as u64 + plan.index_files + whole_files.len() as u64;
+    plan.transfer_bytes =
+        plan.reads.iter().map(|r| r.len).sum::<u64>() + plan.index_bytes + whole_files.iter().sum::<u64>();
     Ok(())
 }
 

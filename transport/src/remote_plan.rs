@@ -19,7 +19,7 @@ use crate::plan::{DeltaPlan, ObjectLocations, plan_objects};
 use crate::pull::PullOptions;
 use crate::remote::Remote;
 use crate::staging::Staging;
-use crate::summary::{Summary, fetch_summary};
+use crate::summary::{Summary, fetch_summary, verify_commit};
 
 /// A remote delta plan and what computing it cost.
 #[derive(Debug, Serialize)]
@@ -77,8 +77,13 @@ async fn plan_async(
         None => HashSet::new(),
     };
     let want = reachable(&client, &index, &mut staged, to, options).await?;
+    // A pull fetches the summary whole, and from a signed remote its signature and the commit's
+    // (verified here as the pull would).
+    let mut whole_files = vec![fetched.bytes.len() as u64];
+    whole_files.extend(fetched.signatures.as_ref().map(|s| s.len() as u64));
+    whole_files.extend(verify_commit(&client, remote, &to).await?.map(|s| s.len() as u64));
     let mut plan = DeltaPlan { from: from.map(|f| f.to_string()), to: to.to_string(), ..Default::default() };
-    plan_objects(&index, &have, &want, fetched.bytes.len() as u64, options.coalesce, &mut plan)?;
+    plan_objects(&index, &have, &want, &whole_files, options.coalesce, &mut plan)?;
     Ok(RemoteDelta {
         plan,
         survey_requests: progress.requests.load(std::sync::atomic::Ordering::Relaxed),
