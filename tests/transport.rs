@@ -311,6 +311,20 @@ fn limit_rate_bounds_the_transfer_rate() {
     assert!(elapsed >= bytes as f64 / rate as f64 * 0.95, "{bytes} bytes in {elapsed:.2}s at 4 MiB/s");
     let err = fails(osdeploy(&node).args(["pull", "--limit-rate", "fast", "origin", "stable"]));
     assert!(err.contains("not a positive byte rate"), "{err}");
+    // A node's configuration sets the limit for its pulls (the command line would override it).
+    let conf = o.root.join("etc-osdeploy");
+    fs::create_dir_all(&conf).unwrap();
+    fs::write(conf.join("config.toml"), format!("pull_limit_rate = {rate}\npull_timeout = 10\n")).unwrap();
+    let configured = node_with_remote(&o.root.join("configured"), "bare", &server.url);
+    let started = std::time::Instant::now();
+    let stats =
+        json(&ok(osdeploy(&configured).arg("--config-dir").arg(&conf).args(["pull", "--json", "origin", "stable"])));
+    let elapsed = started.elapsed().as_secs_f64();
+    let bytes = stats["bytes_fetched"].as_u64().unwrap();
+    assert!(elapsed >= bytes as f64 / rate as f64 * 0.95, "{bytes} bytes in {elapsed:.2}s with pull_limit_rate");
+    fs::write(conf.join("config.toml"), "pull_limit_rate = 0\n").unwrap();
+    let err = fails(osdeploy(&configured).arg("--config-dir").arg(&conf).args(["pull", "origin", "stable"]));
+    assert!(err.contains("config.toml") && err.contains("pull_limit_rate"), "{err}");
 }
 
 #[test]

@@ -45,19 +45,28 @@ pub enum ModeArg {
 /// Network options of commands that fetch from a remote.
 #[derive(clap::Args, Clone, Copy, Debug)]
 pub struct HttpArgs {
-    /// Abandon a connection that delivers nothing for this many seconds (the next URL is tried).
-    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
-    pub timeout: u64,
+    /// Abandon a connection that delivers nothing for this many seconds (the next URL is tried)
+    /// [default: 30, or pull_timeout in config.toml for pull].
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<u64>,
     /// Use at most this many bytes per second (suffixes k, M, G: powers of 1024), for links that
-    /// must not be saturated.
+    /// must not be saturated [default: unlimited, or pull_limit_rate in config.toml for pull].
     #[arg(long, value_name = "BYTES/s", value_parser = parse_rate)]
     pub limit_rate: Option<u64>,
 }
 
 impl HttpArgs {
-    /// The transport's options.
+    /// The transport's options: these arguments where given, the defaults otherwise.
     pub fn options(self) -> HttpOptions {
-        HttpOptions { timeout: std::time::Duration::from_secs(self.timeout.max(1)), limit_rate: self.limit_rate }
+        self.options_over(HttpOptions::default())
+    }
+
+    /// The transport's options: these arguments where given, `defaults` otherwise.
+    pub fn options_over(self, defaults: HttpOptions) -> HttpOptions {
+        HttpOptions {
+            timeout: self.timeout.map_or(defaults.timeout, |s| std::time::Duration::from_secs(s.max(1))),
+            limit_rate: self.limit_rate.or(defaults.limit_rate),
+        }
     }
 }
 
@@ -404,7 +413,13 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Sign { key } => transport_cmds::sign(&repo, &key),
         Command::Remote { action: RemoteAction::List { json } } => transport_cmds::remote_list(&repo, json),
         Command::Pull { remote, branch, in_flight, allow_downgrade, http, json } => {
-            let options = PullOptions { in_flight, allow_downgrade, http: http.options(), ..Default::default() };
+            let node = osdeploy::deploy::Config::load(&config_dir)?;
+            let defaults = HttpOptions {
+                timeout: std::time::Duration::from_secs(node.pull_timeout),
+                limit_rate: node.pull_limit_rate,
+            };
+            let http = http.options_over(defaults);
+            let options = PullOptions { in_flight, allow_downgrade, http, ..Default::default() };
             deploy_cmds::pull(&sysroot, on_sysroot, &repo, remote.zip(branch), options, json)
         }
         Command::InitSysroot { bootloader } => deploy_cmds::init_sysroot(&sysroot, bootloader.into()),

@@ -5,6 +5,10 @@
 //! boot_tries = 3
 //! # seconds each health check in health.d/ may run before it is killed and counts as failed
 //! health_check_timeout = 60
+//! # bytes per second `osdeploy pull` may use (unlimited when absent; --limit-rate overrides it)
+//! pull_limit_rate = 10485760
+//! # seconds without progress before a pull abandons a connection (--timeout overrides it)
+//! pull_timeout = 30
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -18,6 +22,9 @@ use crate::bootloader::{DEFAULT_TRIES, MAX_TRIES};
 /// The default time a health check may take, in seconds.
 pub const DEFAULT_HEALTH_CHECK_TIMEOUT: u64 = 60;
 
+/// The default time a pull waits for a stalled connection, in seconds.
+pub const DEFAULT_PULL_TIMEOUT: u64 = 30;
+
 /// The settings.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -29,6 +36,10 @@ pub struct Config {
     /// Re-hash the new release's content while switching (reads every byte; off by default because
     /// content is verified when it is pulled and `osdeploy fsck` re-hashes the repository).
     pub verify_on_switch: bool,
+    /// Bytes per second a pull may use (none: unlimited); `--limit-rate` overrides it.
+    pub pull_limit_rate: Option<u64>,
+    /// Seconds without progress before a pull abandons a connection; `--timeout` overrides it.
+    pub pull_timeout: u64,
 }
 
 impl Default for Config {
@@ -37,6 +48,8 @@ impl Default for Config {
             boot_tries: DEFAULT_TRIES,
             health_check_timeout: DEFAULT_HEALTH_CHECK_TIMEOUT,
             verify_on_switch: false,
+            pull_limit_rate: None,
+            pull_timeout: DEFAULT_PULL_TIMEOUT,
         }
     }
 }
@@ -63,6 +76,12 @@ impl Config {
         if config.health_check_timeout == 0 {
             return Err(bad("health_check_timeout must be at least 1 second".into()));
         }
+        if config.pull_timeout == 0 {
+            return Err(bad("pull_timeout must be at least 1 second".into()));
+        }
+        if config.pull_limit_rate == Some(0) {
+            return Err(bad("pull_limit_rate = 0 would never finish; leave it out for no limit".into()));
+        }
         Ok(config)
     }
 
@@ -85,10 +104,14 @@ mod tests {
         assert_eq!((config.boot_tries, config.health_timeout()), (5, Duration::from_secs(2)));
         let p = Path::new("/c/config.toml");
         assert_eq!(Config::parse("boot_tries = 2", p).unwrap().health_check_timeout, DEFAULT_HEALTH_CHECK_TIMEOUT);
+        let pull = Config::parse("pull_limit_rate = 1048576\npull_timeout = 5", p).unwrap();
+        assert_eq!((pull.pull_limit_rate, pull.pull_timeout), (Some(1 << 20), 5));
         for (text, expected) in [
             ("boot_tries = 0", "outside"),
             ("boot_tries = 10", "outside"),
             ("health_check_timeout = 0", "at least"),
+            ("pull_timeout = 0", "at least"),
+            ("pull_limit_rate = 0", "never finish"),
             ("boot_trys = 3", "unknown field"),
             ("boot_tries = \"x\"", "invalid type"),
         ] {
