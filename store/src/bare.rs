@@ -119,23 +119,10 @@ impl BareStore {
     /// content can be adopted instead of fetched again.
     pub fn has_unrecorded_content(&self, id: &FileId, object: &FileObject) -> Result<bool> {
         let path = self.content_path(id);
-        let data = match fs::read(&path) {
-            Ok(data) => data,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(e).at(&path),
-        };
-        if data.len() as u64 != object.size {
+        if !path.exists() {
             return Ok(false);
         }
-        let mut offset = 0;
-        for (chunk, len) in &object.chunks {
-            let end = offset + *len as usize;
-            if ObjectId::of(&data[offset..end]) != chunk.0 {
-                return Ok(false);
-            }
-            offset = end;
-        }
-        Ok(true)
+        Ok(content_problem(&path, &id.0, object)?.is_none())
     }
 
     /// True when the metadata object is recorded (for a file object: and its content is stored).
@@ -319,6 +306,37 @@ fn write_in_place(dest: &Path, content: &[u8]) -> Result<()> {
     }
     .map_err(std::io::Error::from)
     .at(dest)
+}
+
+/// Re-hashes a file object's content at `path` chunk by chunk; returns the problem, if any.
+pub(crate) fn content_problem(path: &Path, id: &ObjectId, object: &FileObject) -> Result<Option<String>> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) => return Ok(Some(format!("file object {id}: content {}: {e}", path.display()))),
+    };
+    let len = file.metadata().at(path)?.len();
+    if len != object.size {
+        return Ok(Some(format!(
+            "file object {id}: content {} is {len} bytes, the object says {}",
+            path.display(),
+            object.size
+        )));
+    }
+    let mut offset = 0u64;
+    let mut buf = Vec::new();
+    for (chunk, chunk_len) in &object.chunks {
+        buf.resize(*chunk_len as usize, 0);
+        file.read_exact_at(&mut buf, offset).at(path)?;
+        let actual = ChunkId(ObjectId::of(&buf));
+        if actual != *chunk {
+            return Ok(Some(format!(
+                "file object {id}: content {} at offset {offset} hashes to {actual}, expected chunk {chunk}",
+                path.display()
+            )));
+        }
+        offset += u64::from(*chunk_len);
+    }
+    Ok(None)
 }
 
 /// A chunk handed to a pulled file must have the length its file object records.

@@ -1,16 +1,13 @@
 //! `fsck`: re-hash every stored object and check that everything the refs reach is present.
 
-use std::fs::{self, File};
-use std::io::Read;
-use std::os::unix::fs::FileExt;
+use std::fs;
 
 use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::error::{IoContext, Result};
-use crate::id::{ChunkId, ObjectId};
-use crate::object::{FileObject, ObjectKind};
-use crate::pack::{self, PACK_HEADER_LEN};
+use crate::object::ObjectKind;
+use crate::pack;
 use crate::reach::reachable;
 use crate::repo::Repo;
 
@@ -59,7 +56,7 @@ pub fn fsck(repo: &Repo) -> Result<FsckReport> {
             }
         }
         let results: Vec<Result<Option<String>>> =
-            objects.par_iter().map(|(id, path, object)| check_content(path, id, object)).collect();
+            objects.par_iter().map(|(id, path, object)| crate::bare::content_problem(path, id, object)).collect();
         for r in results {
             if let Some(problem) = r? {
                 report.errors.push(problem);
@@ -88,69 +85,11 @@ pub fn fsck(repo: &Repo) -> Result<FsckReport> {
 }
 
 fn check_pack(info: &crate::archive::PackInfo, report: &mut FsckReport) -> Result<()> {
-    let mut file = File::open(&info.path).at(&info.path)?;
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut first = true;
-    loop {
-        let n = file.read(&mut buf).at(&info.path)?;
-        if n == 0 {
-            break;
-        }
-        if first {
-            if let Err(e) =
-                pack::check_pack_header(&buf[..n.min(PACK_HEADER_LEN as usize)], &info.path.display().to_string())
-            {
-                report.errors.push(e.to_string());
-            }
-            first = false;
-        }
-        hasher.update(&buf[..n]);
-    }
-    let actual = ObjectId::from(hasher.finalize());
-    if actual != info.id {
-        report.errors.push(format!("pack {}: its bytes hash to {actual}, not to its name", info.path.display()));
-    }
-    report.bytes_checked += info.size;
-    let bytes = fs::read(info.path.with_extension("idx")).at(info.path.with_extension("idx"))?;
+    let index_path = info.path.with_extension("idx");
+    let bytes = fs::read(&index_path).at(&index_path)?;
     let index = pack::decode_index(&bytes, &info.path.display().to_string())?;
-    let problems: Vec<String> = index
-        .entries
-        .par_iter()
-        .filter_map(|e| pack::read_entry(&file, e, &info.path).err().map(|err| err.to_string()))
-        .collect();
+    report.errors.extend(pack::verify_pack_file(&info.path, &info.id, index.pack_size, &index.entries)?);
+    report.bytes_checked += info.size;
     report.objects_checked += index.entries.len() as u64;
-    report.errors.extend(problems);
     Ok(())
-}
-
-/// Re-hashes a bare file object's content chunk by chunk; returns the problem, if any.
-fn check_content(path: &std::path::Path, id: &ObjectId, object: &FileObject) -> Result<Option<String>> {
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) => return Ok(Some(format!("file object {id}: content {}: {e}", path.display()))),
-    };
-    let len = file.metadata().at(path)?.len();
-    if len != object.size {
-        return Ok(Some(format!(
-            "file object {id}: content {} is {len} bytes, the object says {}",
-            path.display(),
-            object.size
-        )));
-    }
-    let mut offset = 0u64;
-    let mut buf = Vec::new();
-    for (chunk, clen) in &object.chunks {
-        buf.resize(*clen as usize, 0);
-        file.read_exact_at(&mut buf, offset).at(path)?;
-        let actual = ChunkId(ObjectId::of(&buf));
-        if actual != *chunk {
-            return Ok(Some(format!(
-                "file object {id}: content {} at offset {offset} hashes to {actual}, expected chunk {chunk}",
-                path.display()
-            )));
-        }
-        offset += u64::from(*clen);
-    }
-    Ok(None)
 }

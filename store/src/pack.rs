@@ -296,6 +296,33 @@ pub fn read_entry(pack_file: &File, entry: &IndexEntry, pack_path: &Path) -> Res
     decode_entry(&buf, entry, &pack_path.display().to_string())
 }
 
+/// Checks a pack file against its name and index: its size, its header, every object
+/// (decompressed within its limit and hashed, on all cores) and the blake3 of the whole file.
+/// Returns the problems found, each naming the pack; I/O failures are errors.
+pub fn verify_pack_file(path: &Path, id: &ObjectId, pack_size: u64, entries: &[IndexEntry]) -> Result<Vec<String>> {
+    use rayon::prelude::*;
+    let name = path.display().to_string();
+    let mut file = File::open(path).at(path)?;
+    let mut problems = Vec::new();
+    let len = file.metadata().at(path)?.len();
+    if len != pack_size {
+        problems.push(format!("pack {name}: {len} bytes, its index says {pack_size}"));
+    }
+    let mut header = [0u8; PACK_HEADER_LEN as usize];
+    match file.read_exact_at(&mut header, 0) {
+        Ok(()) => problems.extend(check_pack_header(&header, &name).err().map(|e| e.to_string())),
+        Err(e) => problems.push(format!("pack {name}: no header: {e}")),
+    }
+    problems.par_extend(entries.par_iter().filter_map(|e| read_entry(&file, e, path).err().map(|err| err.to_string())));
+    let mut hasher = blake3::Hasher::new();
+    hasher.update_reader(&mut file).at(path)?;
+    let actual = ObjectId::from(hasher.finalize());
+    if actual != *id {
+        problems.push(format!("pack {name}: its bytes hash to {actual}, not to its name"));
+    }
+    Ok(problems)
+}
+
 /// Validates a pack file's header.
 pub fn check_pack_header(header: &[u8], what: &str) -> Result<()> {
     if header.len() < PACK_HEADER_LEN as usize || &header[..4] != PACK_MAGIC {

@@ -21,7 +21,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs::{self, File};
-use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -32,7 +31,7 @@ use osdeploy_store::chunker::ChunkerParams;
 use osdeploy_store::fsutil::{atomic_write, crash_point, fsync_dir};
 use osdeploy_store::name::check_ref_name;
 use osdeploy_store::object::{Commit, DirTree, EntryKind, FileObject, ObjectKind};
-use osdeploy_store::pack::{self, FinishedPack, PACK_HEADER_LEN, PackIndex};
+use osdeploy_store::pack::{self, FinishedPack, PackIndex};
 use osdeploy_store::repo::{DEFAULT_COMPRESSION_LEVEL, RepoMode};
 use osdeploy_store::{Access, CommitId, ObjectId, Repo, StoreError};
 use serde::Serialize;
@@ -368,48 +367,12 @@ impl Packs<'_> {
     }
 }
 
-/// Checks a downloaded pack against its index: its size and header, every object (decompressed
-/// within its limit and hashed against its id, on all cores), and the hash of the whole file
-/// against the pack's id (which also covers bytes outside any entry).
+/// Checks a downloaded pack against its name and index (see [`pack::verify_pack_file`]).
 fn verify_pack(path: &Path, id: &ObjectId, index: &PackIndex) -> Result<(), StoreError> {
-    let io = |error| StoreError::Io { path: path.into(), error };
-    let corrupt = |reason: String| StoreError::Corrupt { what: format!("pack {id}"), reason };
-    let mut file = File::open(path).map_err(io)?;
-    let len = file.metadata().map_err(io)?.len();
-    if len != index.pack_size {
-        return Err(corrupt(format!("{len} bytes, its index says {}", index.pack_size)));
+    match pack::verify_pack_file(path, id, index.pack_size, &index.entries)?.into_iter().next() {
+        None => Ok(()),
+        Some(problem) => Err(StoreError::Corrupt { what: format!("pack {id}"), reason: problem }),
     }
-    let mut header = [0u8; PACK_HEADER_LEN as usize];
-    file.read_exact(&mut header).map_err(io)?;
-    pack::check_pack_header(&header, &id.to_hex())?;
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
-    let share = index.entries.len().div_ceil(threads).max(1);
-    std::thread::scope(|scope| {
-        let file = &file;
-        let workers: Vec<_> = index
-            .entries
-            .chunks(share)
-            .map(|entries| {
-                scope.spawn(move || entries.iter().try_for_each(|e| pack::read_entry(file, e, path).map(drop)))
-            })
-            .collect();
-        workers.into_iter().try_for_each(|w| w.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
-    })?;
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(&header);
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).map_err(io)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    let actual = ObjectId::from(hasher.finalize());
-    if actual != *id {
-        return Err(corrupt(format!("its bytes hash to {actual}, not to its name")));
-    }
-    Ok(())
 }
 
 /// What `targets`' commits reach (trees, file objects, chunks; not parents) that the repository
