@@ -24,12 +24,8 @@ pub(crate) struct Assembler {
 }
 
 impl Assembler {
-    /// Takes the new files (staged file objects) and the chunks being fetched for them.
-    pub(crate) fn new(
-        files: &[FileId],
-        fetched: &[(ObjectId, ObjectKind)],
-        staged: &Staging,
-    ) -> Result<Self, TransportError> {
+    /// Takes the new files and the chunks being fetched for them.
+    pub(crate) fn new(files: Vec<(FileId, FileObject)>, fetched: &[(ObjectId, ObjectKind)]) -> Self {
         let fetched: HashSet<ObjectId> = fetched.iter().map(|(id, _)| *id).collect();
         let mut assembler = Assembler {
             files: Vec::new(),
@@ -38,8 +34,7 @@ impl Assembler {
             needed: HashMap::new(),
             ready: Vec::new(),
         };
-        for id in files {
-            let object = FileObject::decode(id.0, &staged.get(ObjectKind::File, &id.0)?)?;
+        for (id, object) in files {
             let n = assembler.files.len();
             let mut awaited: Vec<ObjectId> =
                 object.chunks.iter().map(|(c, _)| c.0).filter(|c| fetched.contains(c)).collect();
@@ -53,9 +48,9 @@ impl Assembler {
             if awaited.is_empty() {
                 assembler.ready.push(n);
             }
-            assembler.files.push(Some((*id, object)));
+            assembler.files.push(Some((id, object)));
         }
-        Ok(assembler)
+        assembler
     }
 
     /// Notes newly staged objects.

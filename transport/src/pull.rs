@@ -1,12 +1,12 @@
 //! `pull`: fetch a branch's newest commit from a remote archive repository, moving only the
 //! objects the local repository lacks, in few coalesced Range requests.
 //!
-//! Walk: summary → pack indexes (cached, immutable) → the commit and, level by level, the
-//! dirtrees and file objects the repository lacks (a dirtree already held implies its whole
-//! subtree) → the chunks of new files that no local file holds → coalesced Range requests, several
-//! in flight, every object verified (size limit, blake3) as it arrives and staged durably → one
-//! write transaction (new files assembled from old local chunks and fetched ones) → the ref
-//! `REMOTE/BRANCH`, last. A killed pull resumes from its staging area.
+//! Walk: summary → pack indexes (verified through the summary, cached) → the commit and, level by
+//! level, the dirtrees and file objects the repository lacks (a dirtree already held implies its
+//! whole subtree) → the chunks of new files that no local file holds → coalesced Range requests,
+//! several in flight, every object verified (size limit, blake3) as it arrives → new files written
+//! as their last chunk arrives (see [`crate::staging`] for what is kept for a rerun) → one write
+//! transaction → the ref `REMOTE/BRANCH`, last. A killed pull resumes from what it kept.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -110,15 +110,36 @@ fn is_ancestor(repo: &Repo, older: &CommitId, newer: &CommitId) -> Result<bool, 
     Ok(false)
 }
 
+/// The objects a commit or dirtree names (its root tree; its subdirectories and files).
+pub(crate) fn children(
+    kind: ObjectKind,
+    id: ObjectId,
+    bytes: &[u8],
+) -> Result<Vec<(ObjectId, ObjectKind)>, TransportError> {
+    Ok(match kind {
+        ObjectKind::Commit => vec![(Commit::decode(id, bytes)?.root.0, ObjectKind::DirTree)],
+        ObjectKind::DirTree => DirTree::decode(id, bytes)?
+            .entries
+            .into_iter()
+            .filter_map(|entry| match entry.kind {
+                EntryKind::Dir(t) => Some((t.0, ObjectKind::DirTree)),
+                EntryKind::File { file, .. } => Some((file.0, ObjectKind::File)),
+                _ => None,
+            })
+            .collect(),
+        ObjectKind::File | ObjectKind::Chunk => Vec::new(),
+    })
+}
+
 /// What the walk found the repository lacks.
 #[derive(Default)]
 struct Missing {
     /// New commit and dirtrees, staged.
     metadata: Vec<(ObjectId, ObjectKind)>,
-    /// New file objects, staged.
-    files: Vec<FileId>,
-    /// New file objects whose content a killed pull left complete in the repository, staged.
-    adopted: Vec<FileId>,
+    /// New file objects (also staged).
+    files: Vec<(FileId, FileObject)>,
+    /// New file objects whose content a killed pull left complete in the repository.
+    adopted: Vec<(FileId, FileObject)>,
     /// Chunks of new files that neither the repository nor the staging area holds.
     chunks: Vec<(ObjectId, ObjectKind)>,
     /// Chunks of new files already held or staged.
@@ -164,7 +185,8 @@ async fn pull_async(
     // Files are written while the fetch goes on, each as soon as its last chunk is staged; then
     // one write transaction records them with the trees and the commit, and the ref goes last.
     let mut writer = repo.writer();
-    let mut assembler = Assembler::new(&missing.files, &missing.chunks, &staged)?;
+    let files_new = missing.files.len() as u64;
+    let mut assembler = Assembler::new(missing.files, &missing.chunks);
     assembler.write_ready(&mut writer, &staged, repo)?;
     fetch(&client, &index, &missing.chunks, &mut staged, options.in_flight, options.coalesce, |staged, ids| {
         assembler.staged(&ids);
@@ -180,8 +202,8 @@ async fn pull_async(
     );
     assembler.finish()?;
     crash_point("pull:before-store");
-    for id in &missing.adopted {
-        writer.adopt_file_object(*id, &FileObject::decode(id.0, &staged.get(ObjectKind::File, &id.0)?)?);
+    for (id, object) in &missing.adopted {
+        writer.adopt_file_object(*id, object);
     }
     for (id, kind) in &missing.metadata {
         writer.add_metadata(*kind, &staged.get(*kind, id)?)?;
@@ -206,7 +228,7 @@ async fn pull_async(
         metadata_fetched: missing.metadata_fetched,
         chunks_fetched: missing.chunks.len() as u64,
         chunks_reused: missing.chunks_reused,
-        files_new: missing.files.len() as u64,
+        files_new,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -241,18 +263,8 @@ async fn walk(
             }
             let bytes = staged.get(kind, &id)?;
             match kind {
-                ObjectKind::Commit => next.push((Commit::decode(id, &bytes)?.root.0, ObjectKind::DirTree)),
-                ObjectKind::DirTree => {
-                    for entry in DirTree::decode(id, &bytes)?.entries {
-                        let child = match entry.kind {
-                            EntryKind::Dir(t) => (t.0, ObjectKind::DirTree),
-                            EntryKind::File { file, .. } => (file.0, ObjectKind::File),
-                            _ => continue,
-                        };
-                        if seen.insert(child) {
-                            next.push(child);
-                        }
-                    }
+                ObjectKind::Commit | ObjectKind::DirTree => {
+                    next.extend(children(kind, id, &bytes)?.into_iter().filter(|child| seen.insert(*child)));
                 }
                 ObjectKind::File => {
                     let object = FileObject::decode(id, &bytes)?;
@@ -260,10 +272,10 @@ async fn walk(
                         && let Some(bare) = repo.bare()
                         && bare.has_unrecorded_content(&FileId(id), &object)?
                     {
-                        missing.adopted.push(FileId(id));
+                        missing.adopted.push((FileId(id), object));
                         continue;
                     }
-                    for (chunk, _) in object.chunks {
+                    for (chunk, _) in &object.chunks {
                         if !wanted_chunks.insert(chunk.0) {
                             continue;
                         }
@@ -273,7 +285,7 @@ async fn walk(
                             missing.chunks_reused += 1;
                         }
                     }
-                    missing.files.push(FileId(id));
+                    missing.files.push((FileId(id), object));
                 }
                 ObjectKind::Chunk => unreachable!("chunks are not walked"),
             }

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use osdeploy_store::fsutil::unique_tmp_name;
-use osdeploy_store::object::{Commit, DirTree, EntryKind, FileObject, ObjectKind};
+use osdeploy_store::object::{FileObject, ObjectKind};
 use osdeploy_store::pack::IndexEntry;
 use osdeploy_store::{CommitId, ObjectId, StoreError};
 use serde::Serialize;
@@ -16,7 +16,7 @@ use crate::error::TransportError;
 use crate::fetch::fetch_metadata;
 use crate::index::RemoteIndex;
 use crate::plan::{DeltaPlan, ObjectLocations, plan_objects};
-use crate::pull::PullOptions;
+use crate::pull::{PullOptions, children};
 use crate::remote::Remote;
 use crate::staging::Staging;
 use crate::summary::{Summary, fetch_summary, verify_commit};
@@ -127,26 +127,12 @@ async fn reachable(
         let mut next = Vec::new();
         for (id, kind) in level {
             let bytes = staged.get(kind, &id)?;
-            let children: Vec<(ObjectId, ObjectKind)> = match kind {
-                ObjectKind::Commit => vec![(Commit::decode(id, &bytes)?.root.0, ObjectKind::DirTree)],
-                ObjectKind::DirTree => DirTree::decode(id, &bytes)?
-                    .entries
-                    .into_iter()
-                    .filter_map(|entry| match entry.kind {
-                        EntryKind::Dir(t) => Some((t.0, ObjectKind::DirTree)),
-                        EntryKind::File { file, .. } => Some((file.0, ObjectKind::File)),
-                        _ => None,
-                    })
-                    .collect(),
-                ObjectKind::File => {
-                    for (chunk, _) in FileObject::decode(id, &bytes)?.chunks {
-                        seen.insert((chunk.0, ObjectKind::Chunk));
-                    }
-                    Vec::new()
+            if kind == ObjectKind::File {
+                for (chunk, _) in FileObject::decode(id, &bytes)?.chunks {
+                    seen.insert((chunk.0, ObjectKind::Chunk));
                 }
-                ObjectKind::Chunk => unreachable!("chunks are not walked"),
-            };
-            next.extend(children.into_iter().filter(|child| seen.insert(*child)));
+            }
+            next.extend(children(kind, id, &bytes)?.into_iter().filter(|child| seen.insert(*child)));
         }
         level = next;
     }
