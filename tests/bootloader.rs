@@ -60,7 +60,7 @@ fn all_backends(dir: &Path) -> Vec<Box<dyn Bootloader>> {
         BackendConfig::UBoot { path: dir.join("uboot/uboot.env"), size: UBOOT_ENV_SIZE },
     ]
     .iter()
-    .map(BackendConfig::open)
+    .map(|config| config.open().unwrap())
     .collect()
 }
 
@@ -236,7 +236,7 @@ fn fw_printenv_reads_what_we_write() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("uboot.env");
     let (config, _) = fw_config(dir.path(), &path);
-    let uboot = UBootEnv::new(&path, UBOOT_ENV_SIZE);
+    let uboot = UBootEnv::new(&path, UBOOT_ENV_SIZE).unwrap();
     uboot.arm_trial(Slot::B, 3).unwrap();
     let printed = stdout("fw_printenv", "libubootenv-tool", &["-c", &config]);
     let mut lines: Vec<&str> = printed.lines().collect();
@@ -255,7 +255,7 @@ fn we_read_what_fw_setenv_writes() {
     // A blank environment has no valid CRC yet: fw_setenv starts from the (empty) defaults file.
     run("fw_setenv", "libubootenv-tool", &["-c", &config, "-f", &defaults, "bootdelay", "2"]);
     run("fw_setenv", "libubootenv-tool", &["-c", &config, "osdeploy_default", "b"]);
-    let uboot = UBootEnv::new(&path, UBOOT_ENV_SIZE);
+    let uboot = UBootEnv::new(&path, UBOOT_ENV_SIZE).unwrap();
     let vars = uboot.read_vars().unwrap();
     assert!(vars.contains(&("bootdelay".to_owned(), "2".to_owned())), "{vars:?}");
     assert_eq!(summary(&uboot.state().unwrap()), (Slot::B, None, Slot::B));
@@ -273,7 +273,7 @@ fn we_read_what_fw_setenv_writes() {
 fn corrupt_uboot_envs_name_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("uboot.env");
-    let uboot = UBootEnv::new(&path, UBOOT_ENV_SIZE);
+    let uboot = UBootEnv::new(&path, UBOOT_ENV_SIZE).unwrap();
     let mut bad_crc = uboot::render_env(&[("x".to_owned(), "1".to_owned())], UBOOT_ENV_SIZE, &path).unwrap();
     bad_crc[0] ^= 0xff;
     for (bytes, what) in [(bad_crc, "bad CRC32"), (vec![0u8; UBOOT_ENV_SIZE * 2], "configured as 8192")] {
@@ -291,7 +291,7 @@ fn garbage_state_file_names_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("boot.json");
     std::fs::write(&path, "not json at all").unwrap();
-    let bl = BackendConfig::File(path.clone()).open();
+    let bl = BackendConfig::File(path.clone()).open().unwrap();
     let err = bl.state().unwrap_err();
     assert!(matches!(err, BootloaderError::Corrupt { .. }), "{err}");
     assert!(err.to_string().contains(path.to_str().unwrap()), "{err}");

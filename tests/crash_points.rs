@@ -392,29 +392,39 @@ fn archive_prune_aborted_before_delete() {
     assert_eq!((&again["packs_deleted"], &again["packs_rewritten"]), (&0.into(), &0.into()), "{ctx}: {again}");
 }
 
-/// Every crash point in the store's and the transport's source is exercised by a test (above, or
-/// where [`TRANSPORT_POINTS`] says).
+/// Every crash point in the source of every crate is exercised by a test (above, where
+/// [`TRANSPORT_POINTS`] says, or in tests/deploy.rs for [`SWITCH_CRASH_POINTS`]).
 #[test]
 fn every_crash_point_is_tested() {
-    let mut found = BTreeSet::new();
-    for dir in ["../store/src", "../transport/src"] {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
-        for entry in fs::read_dir(&src).unwrap() {
-            let text = fs::read_to_string(entry.unwrap().path()).unwrap();
-            for (i, _) in text.match_indices("crash_point(\"") {
-                let rest = &text[i + "crash_point(\"".len()..];
-                found.insert(rest[..rest.find('"').unwrap()].to_string());
+    fn scan(dir: &Path, found: &mut BTreeSet<String>) {
+        for entry in fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                scan(&path, found);
+            } else if path.extension().is_some_and(|x| x == "rs") {
+                let text = fs::read_to_string(&path).unwrap();
+                for (i, _) in text.match_indices("crash_point(\"") {
+                    let rest = &text[i + "crash_point(\"".len()..];
+                    found.insert(rest[..rest.find('"').unwrap()].to_string());
+                }
             }
         }
     }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let mut found = BTreeSet::new();
+    for krate in ["store", "transport", "deploy-cli", "fuse-mount"] {
+        scan(&workspace.join(krate), &mut found);
+    }
+    assert!(found.contains("switch:merged"), "the scan reaches the deploy library: {found:?}");
     let tested: BTreeSet<String> = ARCHIVE_COMMIT_POINTS
         .iter()
         .chain(&BARE_COMMIT_POINTS)
         .chain(&PRUNE_POINTS)
         .chain(&TRANSPORT_POINTS)
+        .chain(&SWITCH_CRASH_POINTS)
         .map(|s| s.to_string())
         .collect();
-    assert_eq!(found, tested, "crash points in store/src and transport/src vs. crash points tested");
+    assert_eq!(found, tested, "crash points in the source vs. crash points tested");
 }
 
 /// A tree of about 200 MiB of random data in a few hundred files.

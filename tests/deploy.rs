@@ -209,6 +209,19 @@ fn update_fallback_rollback_and_crashes_leave_user_data_untouched() {
     next_release(&v1_tree, &v2_tree, "2");
     let v2 = node.release("2", &v2_tree);
     ok(node.osd().arg("pull")); // the followed branch
+    // The dry run prints the switch that follows, and writes nothing: not the state, a slot, a ref or the bootloader.
+    let sysroot_before = listing_below(node.sysroot());
+    let plan = json(&ok(node.osd().args(["switch", "--dry-run", "--json"])));
+    assert_eq!(listing_below(node.sysroot()), sysroot_before, "switch --dry-run wrote to the sysroot");
+    assert_eq!(
+        (plan["slot"].as_str(), plan["booted"].as_str(), plan["commit"].as_str(), plan["method"].as_str()),
+        (Some("a"), Some("b"), Some(v2.as_str()), Some("reflink")),
+        "{plan}"
+    );
+    assert_eq!(plan["etc"], serde_json::json!({"kind": "merge", "base": v1}), "{plan}");
+    assert_eq!((plan["tries"].as_u64(), plan["cancel_trial"].as_bool()), (Some(3), Some(false)), "{plan}");
+    let text = ok(node.osd().args(["switch", "--dry-run"]));
+    assert!(text.contains("nothing written") && text.contains("three-way merge"), "{text}");
     let sw = node.switch(None);
     assert_eq!(
         (sw["slot"].as_str(), sw["commit"].as_str(), sw["method"].as_str()),
@@ -246,12 +259,12 @@ fn update_fallback_rollback_and_crashes_leave_user_data_untouched() {
     let releases = [v1.as_str(), v2.as_str()];
     for cycle in 0..20 {
         let target = releases[cycle % 2];
-        if cycle == 2 || cycle == 11 {
-            // Aborted at a named step after the checkout: the booted slot still boots, a rerun completes.
+        if let Some(step) = [2, 7, 11, 13, 17].iter().position(|c| *c == cycle).map(|i| SWITCH_CRASH_POINTS[i]) {
+            // Aborted at each named step of the switch: the booted slot still boots, the rerun below completes.
             let booted = node.status()["booted"].as_str().unwrap().to_string();
-            let out = node.osd().env("OSDEPLOY_CRASH_AT", "switch:checked-out").args(["switch", target]).output();
+            let out = node.osd().env("OSDEPLOY_CRASH_AT", step).args(["switch", target]).output();
             let out = out.unwrap();
-            assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("switch:checked-out"));
+            assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains(step), "{step}");
             assert_eq!(node.status()["next_boot"], booted.as_str());
             assert_eq!(node.boot(), booted, "the active slot boots after the crash");
             assert!(node.slot(&booted).join("etc/os-release").exists());
@@ -493,6 +506,8 @@ fn on_ext4_switch_copies_and_says_so_and_survives_a_full_disk() {
     assert_eq!(fs::read_dir(node.slot("b")).unwrap().count(), 0, "the partial tree was removed");
     fs::remove_file(&filler).unwrap();
 
+    let plan = json(&ok(node.osd().args(["switch", "--dry-run", "--json"])));
+    assert_eq!((plan["method"].as_str(), plan["same_filesystem"].as_bool()), (Some("copy"), Some(true)), "{plan}");
     let out = ok(node.osd().arg("switch"));
     assert!(
         out.contains("checkout method: copy") && out.contains("copied (this filesystem cannot share extents)"),
@@ -603,6 +618,8 @@ fn slots_on_another_filesystem_are_copied_and_it_says_so() {
     let slot_b = sysroot.join("osdeploy/slots/b");
     sh("mount", &["--bind", &other.mount.display().to_string(), &slot_b.display().to_string()]);
     let _bind = BindMount(slot_b.clone());
+    let plan = json(&ok(osd_at(&sysroot, &config).args(["switch", "--dry-run", "--json", "release"])));
+    assert_eq!((plan["method"].as_str(), plan["same_filesystem"].as_bool()), (Some("copy"), Some(false)), "{plan}");
     let human = ok(osd_at(&sysroot, &config).args(["switch", "release"]));
     assert!(human.contains("copied (the slots are not on the repository's filesystem"), "{human}");
     let st = json(&ok(osd_at(&sysroot, &config).args(["status", "--json"])));

@@ -68,6 +68,17 @@ fn check_update_cycle(server_for: impl Fn(&Path, &Path) -> Server) {
         assert_eq!(local[key], remote[key], "{key}: local {local} remote {remote}");
     }
     assert!(remote["survey_requests"].as_u64().unwrap() >= 3, "{remote}");
+    // A node's `pull --dry-run` prints that same plan, and writes nothing.
+    for (mode, node) in &nodes {
+        let before = listing_below(node);
+        let planned = json(&ok(osdeploy(node).args(["pull", "--dry-run", "--json", "origin", "stable"])));
+        assert_eq!(listing_below(node), before, "{mode}: a dry run wrote to the repository");
+        for key in ["from", "to", "transfer_bytes", "requests", "reads", "whole_files", "chunks", "files_new"] {
+            assert_eq!(planned[key], remote[key], "{mode} {key}: dry run {planned} remote {remote}");
+        }
+        let text = ok(osdeploy(node).args(["pull", "--dry-run", "origin", "stable"]));
+        assert!(text.contains("pack ranges") && text.contains("new files built from chunks"), "{text}");
+    }
     let full = json(&ok(osdeploy(&nodes[0].1).args(["delta", "--remote", "origin", "--json", "none", "stable"])));
     let full_local = json(&ok(osdeploy(&o.repo).args(["delta", "--json", "none", "stable"])));
     assert_eq!(full["transfer_bytes"], full_local["transfer_bytes"], "{full}");
@@ -293,6 +304,23 @@ fn a_dead_first_url_fails_over_to_the_next() {
     ok(osdeploy(&node).args(["checkout", "origin/stable"]).arg(&out));
     assert_same_tree(&o.v1, &out);
     assert!(stats["requests"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn a_summary_of_an_unknown_format_is_refused_naming_its_version() {
+    let o = origin();
+    let server = osdeploy_serve(&o.repo);
+    let node = node_with_remote(&o.root, "bare", &server.url);
+    let summary = fs::read_to_string(o.repo.join("summary")).unwrap();
+    assert!(summary.contains("\"format_version\": 1"), "{summary}");
+    fs::write(o.repo.join("summary"), summary.replace("\"format_version\": 1", "\"format_version\": 7")).unwrap();
+    for args in [&["pull", "origin", "stable"][..], &["delta", "--remote", "origin", "none", "stable"]] {
+        let err = fails(osdeploy(&node).args(args));
+        assert!(err.contains("has format version 7, but this osdeploy reads only version 1"), "{err}");
+        assert!(err.contains(&server.url), "the error names the URL: {err}");
+    }
+    let refs = json(&ok(osdeploy(&node).args(["refs", "--json"])));
+    assert_eq!(refs, serde_json::json!({}), "nothing was pulled");
 }
 
 #[test]

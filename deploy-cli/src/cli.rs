@@ -14,6 +14,8 @@ use crate::{deploy_cmds, mirror_cmd, repo_cmds, transport_cmds};
 
 /// The sysroot when neither `--sysroot` nor `OSDEPLOY_SYSROOT` gives one: where a booted node sees its physical root.
 pub const DEFAULT_SYSROOT: &str = "/sysroot";
+/// Where a node keeps its configuration (config.toml, health.d/).
+pub const DEFAULT_CONFIG_DIR: &str = "/etc/osdeploy";
 
 /// Deliver immutable OS trees: commit them into a deduplicated repository, inspect, check out, deploy.
 #[derive(Parser, Debug)]
@@ -25,9 +27,9 @@ pub struct Cli {
     /// The sysroot (physical root holding osdeploy/ with the repository and the slots) [default: /sysroot].
     #[arg(long, global = true, env = "OSDEPLOY_SYSROOT", value_name = "PATH")]
     pub sysroot: Option<PathBuf>,
-    /// Node configuration: config.toml, health.d/.
-    #[arg(long, global = true, env = "OSDEPLOY_CONFIG_DIR", value_name = "DIR", default_value = "/etc/osdeploy")]
-    pub config_dir: PathBuf,
+    /// Node configuration: config.toml, health.d/ [default: /etc/osdeploy].
+    #[arg(long, global = true, env = "OSDEPLOY_CONFIG_DIR", value_name = "DIR")]
+    pub config_dir: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -306,6 +308,9 @@ pub enum Command {
         /// How the transfer uses the network.
         #[command(flatten)]
         http: HttpArgs,
+        /// Print the plan (what would be fetched, file by file and range by range) and write nothing.
+        #[arg(long)]
+        dry_run: bool,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -352,6 +357,9 @@ pub enum Command {
         /// Re-hash the release's content before deploying it (as `verify_on_switch = true` in config.toml).
         #[arg(long)]
         verify: bool,
+        /// Print the plan (slot, commit, checkout method, /etc merge, bootloader action) and write nothing.
+        #[arg(long)]
+        dry_run: bool,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -387,7 +395,10 @@ pub fn run(cli: Cli) -> Result<()> {
     // Without --repo, repository commands work on the sysroot's repository, and a pull there follows its branch.
     let on_sysroot = cli.repo.is_none();
     let repo = cli.repo.unwrap_or_else(|| sysroot.repo());
-    let config_dir = cli.config_dir;
+    // A pull on a repository named with --repo (an origin, a mirror) reads a node configuration only when one is
+    // named explicitly.
+    let node_config = on_sysroot || cli.config_dir.is_some();
+    let config_dir = cli.config_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_DIR));
     match cli.command {
         Command::Init { mode, compression_level, chunk_sizes } => {
             repo_cmds::init(&repo, mode, compression_level, chunk_sizes.as_deref())
@@ -412,19 +423,24 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Key { action: KeyAction::Generate { file } } => transport_cmds::key_generate(&file),
         Command::Sign { key } => transport_cmds::sign(&repo, &key),
         Command::Remote { action: RemoteAction::List { json } } => transport_cmds::remote_list(&repo, json),
-        Command::Pull { remote, branch, in_flight, allow_downgrade, http, json } => {
-            let node = osdeploy::deploy::Config::load(&config_dir)?;
-            let defaults = HttpOptions {
-                timeout: std::time::Duration::from_secs(node.pull_timeout),
-                limit_rate: node.pull_limit_rate,
+        Command::Pull { remote, branch, in_flight, allow_downgrade, http, dry_run, json } => {
+            let defaults = if node_config {
+                let node = osdeploy::deploy::Config::load(&config_dir)?;
+                HttpOptions {
+                    timeout: std::time::Duration::from_secs(node.pull_timeout),
+                    limit_rate: node.pull_limit_rate,
+                }
+            } else {
+                HttpOptions::default()
             };
             let http = http.options_over(defaults);
             let options = PullOptions { in_flight, allow_downgrade, http, ..Default::default() };
-            deploy_cmds::pull(&sysroot, on_sysroot, &repo, remote.zip(branch), options, json)
+            let output = if dry_run { transport_cmds::PullOutput::Plan } else { transport_cmds::PullOutput::Pull };
+            deploy_cmds::pull(&sysroot, on_sysroot, &repo, remote.zip(branch), options, output, json)
         }
         Command::InitSysroot { bootloader } => deploy_cmds::init_sysroot(&sysroot, bootloader.into()),
-        Command::Switch { target, verify, json } => {
-            deploy_cmds::switch(&sysroot, &config_dir, target.as_deref(), verify, json)
+        Command::Switch { target, verify, dry_run, json } => {
+            deploy_cmds::switch(&sysroot, &config_dir, target.as_deref(), verify, dry_run, json)
         }
         Command::BootCheck { cmdline, json } => deploy_cmds::boot_check(&sysroot, cmdline.as_deref(), json),
         Command::MarkGood { json } => deploy_cmds::mark_good(&sysroot, &config_dir, json),
@@ -493,14 +509,14 @@ mod tests {
     #[test]
     fn parses_sysroot_options_and_optional_pull_arguments() {
         let cli = Cli::try_parse_from(["osdeploy", "--sysroot", "/s", "pull"]).unwrap();
-        assert_eq!((cli.sysroot, cli.repo), (Some(PathBuf::from("/s")), None));
+        assert_eq!((cli.sysroot, cli.repo, cli.config_dir), (Some(PathBuf::from("/s")), None, None));
         match cli.command {
             Command::Pull { remote: None, branch: None, .. } => {}
             other => panic!("parsed as {other:?}"),
         }
         assert!(Cli::try_parse_from(["osdeploy", "pull", "origin"]).is_err(), "a remote needs a branch");
         let cli = Cli::try_parse_from(["osdeploy", "switch", "--config-dir", "/c", "stable"]).unwrap();
-        assert_eq!(cli.config_dir, PathBuf::from("/c"));
+        assert_eq!(cli.config_dir, Some(PathBuf::from("/c")));
         assert!(Cli::try_parse_from(["osdeploy", "init-sysroot", "--bootloader", "systemd-boot"]).is_ok());
         assert!(Cli::try_parse_from(["osdeploy", "init-sysroot", "--bootloader", "lilo"]).is_err());
     }

@@ -29,6 +29,7 @@ pub fn pull(
     repo: &Path,
     args: Option<(String, String)>,
     options: PullOptions,
+    output: transport_cmds::PullOutput,
     json: bool,
 ) -> Result<()> {
     let (remote, branch, record) = match args {
@@ -39,8 +40,8 @@ pub fn pull(
         }
         None => bail!("pull without REMOTE BRANCH pulls the branch a sysroot follows; it cannot be used with --repo"),
     };
-    transport_cmds::pull(repo, &remote, &branch, options, json)?;
-    if record && ops::follow_if_unset(sysroot, &remote, &branch)? {
+    transport_cmds::pull(repo, &remote, &branch, options, output, json)?;
+    if record && output == transport_cmds::PullOutput::Pull && ops::follow_if_unset(sysroot, &remote, &branch)? {
         eprintln!("sysroot {} now follows {remote}/{branch}", sysroot.root().display());
     }
     Ok(())
@@ -63,10 +64,21 @@ pub fn init_sysroot(sysroot: &Sysroot, kind: osdeploy::deploy::BootloaderKind) -
     Ok(())
 }
 
-/// `switch`.
-pub fn switch(sysroot: &Sysroot, config_dir: &Path, target: Option<&str>, verify: bool, json: bool) -> Result<()> {
+/// `switch` and `switch --dry-run`.
+pub fn switch(
+    sysroot: &Sysroot,
+    config_dir: &Path,
+    target: Option<&str>,
+    verify: bool,
+    dry_run: bool,
+    json: bool,
+) -> Result<()> {
     let mut config = Config::load(config_dir)?;
     config.verify_on_switch |= verify;
+    if dry_run {
+        let plan = ops::plan_switch(sysroot, target, &config)?;
+        return if json { print_json(&plan) } else { print_switch_plan(&plan) };
+    }
     let report = ops::switch(sysroot, target, &config)?;
     if json {
         return print_json(&report);
@@ -107,6 +119,32 @@ pub fn switch(sysroot: &Sysroot, config_dir: &Path, target: Option<&str>, verify
         "slot {} boots next, on trial for {} boots; after a successful boot run `osdeploy mark-good`",
         report.slot, report.tries
     );
+    Ok(())
+}
+
+fn print_switch_plan(plan: &ops::SwitchPlan) -> Result<()> {
+    let version = plan.version.as_ref().map_or_else(String::new, |v| format!(" (version {v})"));
+    println!("switch (dry run: nothing written) would deploy {}{version} into slot {}", plan.commit, plan.slot);
+    println!("slot {} stays as it is (booted)", plan.booted);
+    let how = match (plan.method, plan.same_filesystem) {
+        (ops::CheckoutMethod::Reflink, _) => "reflinked (FICLONE, no data copied)",
+        (ops::CheckoutMethod::Copy, false) => "copied (the slots are not on the repository's filesystem)",
+        (ops::CheckoutMethod::Copy, true) => "copied (this filesystem cannot share extents)",
+    };
+    println!("content: {how}{}", if plan.verify { ", re-hashed first" } else { "" });
+    match &plan.etc {
+        ops::EtcPlan::Merge { base } => println!("/etc: three-way merge with the booted release {base}"),
+        ops::EtcPlan::BaseMissing { base } => {
+            println!("/etc: not merged (the booted release {base} is no longer in the repository)")
+        }
+        ops::EtcPlan::NothingDeployed => {
+            println!("/etc: the new release's, as it is (nothing deployed in the booted slot)")
+        }
+    }
+    if plan.cancel_trial {
+        println!("the pending trial of slot {} is cancelled first", plan.slot);
+    }
+    println!("bootloader {}: slot {} armed for {} trial boots", plan.bootloader.as_str(), plan.slot, plan.tries);
     Ok(())
 }
 

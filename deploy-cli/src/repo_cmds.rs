@@ -463,23 +463,32 @@ pub fn fsck(repo: &Path, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// `prune`.
+/// `prune` and `prune --dry-run`.
 pub fn prune(repo: &Path, dry_run: bool, json: bool) -> Result<()> {
-    let mut repo = open(repo, Access::Prune)?;
-    let report = osdeploy_store::prune::prune(&mut repo, dry_run)?;
-    if json {
-        return print_json(&serde_json::to_value(&report)?);
-    }
-    println!(
-        "prune{}: {} objects removed, {} kept, {} freed, {} packs deleted, {} rewritten",
-        if dry_run { " (dry run)" } else { "" },
-        report.objects_removed,
-        report.objects_kept,
-        output::size(report.bytes_freed),
-        report.packs_deleted,
-        report.packs_rewritten
+    let mut repo = open(repo, if dry_run { Access::Read } else { Access::Prune })?;
+    let plan = osdeploy_store::prune::plan(&repo)?;
+    let line = format!(
+        "{} objects removed, {} kept, {} freed, {} packs deleted, {} rewritten",
+        plan.objects_removed,
+        plan.objects_kept,
+        output::size(plan.bytes_freed),
+        plan.packs_deleted,
+        plan.packs_rewritten
     );
-    Ok(())
+    let json_plan = json.then(|| serde_json::to_value(&plan)).transpose()?;
+    if !dry_run {
+        osdeploy_store::prune::execute(&mut repo, plan)?;
+    }
+    match json_plan {
+        Some(mut value) => {
+            value["dry_run"] = dry_run.into();
+            print_json(&value)
+        }
+        None => {
+            println!("prune{}: {line}", if dry_run { " (dry run: nothing removed)" } else { "" });
+            Ok(())
+        }
+    }
 }
 
 /// `refs`.
@@ -496,13 +505,15 @@ pub fn refs(repo: &Path, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// `delta`.
-/// The human table of a delta plan.
-pub fn print_plan(plan: &osdeploy_transport::plan::DeltaPlan) {
+/// The human table of a pull plan (`delta`, `pull --dry-run`).
+pub fn print_plan(plan: &osdeploy_transport::plan::PullPlan) {
     let total_raw = plan.chunk_bytes_raw + plan.reused_bytes_raw;
-    println!("from {}", plan.from.as_deref().unwrap_or("(nothing)"));
+    match &plan.from {
+        Some(from) => println!("from {from}"),
+        None => println!("from (nothing)"),
+    }
     println!("to   {}", plan.to);
-    let signatures = plan.requests - plan.reads.len() as u64 - plan.index_files - 1;
+    let signatures = plan.whole_files.len().saturating_sub(1);
     println!(
         "fetch      {:>12}  in {} requests: {} pack ranges, {} pack indexes, the summary{}",
         output::size(plan.transfer_bytes),
@@ -513,14 +524,23 @@ pub fn print_plan(plan: &osdeploy_transport::plan::DeltaPlan) {
     );
     println!(
         "  chunks   {:>12}  {} new chunks, {} uncompressed",
-        output::size(plan.needed_bytes - plan.metadata_bytes),
+        output::size(plan.needed_bytes.saturating_sub(plan.metadata_bytes)),
         plan.chunks,
         output::size(plan.chunk_bytes_raw)
     );
     println!("  metadata {:>12}  {} objects", output::size(plan.metadata_bytes), plan.metadata_objects);
     println!("  indexes  {:>12}", output::size(plan.index_bytes));
     println!(
-        "reuse      {:>12}  {} chunks already on the node ({:.1}% of the new tree's content)",
+        "files      {:>12}  new files built from chunks{}",
+        plan.files_new,
+        if plan.files_adopted > 0 {
+            format!(" ({} left complete by an interrupted pull)", plan.files_adopted)
+        } else {
+            String::new()
+        }
+    );
+    println!(
+        "reuse      {:>12}  {} chunks of the new files already on the node ({:.1}% of their content)",
         output::size(plan.reused_bytes_raw),
         plan.chunks_reused,
         if total_raw == 0 { 0.0 } else { 100.0 * plan.reused_bytes_raw as f64 / total_raw as f64 }

@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use osdeploy_store::{Access, Repo};
+use osdeploy_store::{Access, Repo, layout};
 use osdeploy_transport::client::Progress;
-use osdeploy_transport::pull::{PullOptions, pull as transport_pull};
+use osdeploy_transport::pull::{PullOptions, plan_pull, pull as transport_pull};
 use osdeploy_transport::remote::{self, Remote};
 use osdeploy_transport::sign;
 
@@ -41,15 +41,15 @@ pub fn sign(repo: &Path, key_file: &Path) -> Result<()> {
         repo.path().display()
     );
     let key = sign::load_secret(key_file)?;
-    let tmp = repo.path().join("tmp");
+    let tmp = repo.path().join(layout::TMP);
     for (name, commit) in repo.refs()? {
-        let path = repo.path().join(format!("signatures/{commit}.sig"));
+        let path = repo.path().join(layout::commit_signature(&commit));
         std::fs::create_dir_all(path.parent().expect("has a parent"))?;
         sign::sign_file(&key, commit.to_string().as_bytes(), &path, &tmp)?;
         println!("signed commit {commit} ({name})");
     }
-    let summary = std::fs::read(repo.path().join("summary"))?;
-    sign::sign_file(&key, &summary, &repo.path().join("summary.sig"), &tmp)?;
+    let summary = std::fs::read(repo.path().join(layout::SUMMARY))?;
+    sign::sign_file(&key, &summary, &repo.path().join(layout::SUMMARY_SIGNATURE), &tmp)?;
     println!("signed summary with key {}", sign::public_hex(&key.verifying_key()));
     Ok(())
 }
@@ -77,8 +77,36 @@ pub fn remote_list(repo: &Path, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// `pull`.
-pub fn pull(repo: &Path, remote_name: &str, branch: &str, options: PullOptions, json: bool) -> Result<()> {
+/// What `pull` does: pull, or print the plan a pull would execute (`--dry-run`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PullOutput {
+    /// Pull.
+    Pull,
+    /// Print the plan and write nothing.
+    Plan,
+}
+
+/// `pull` and `pull --dry-run`.
+pub fn pull(
+    repo: &Path,
+    remote_name: &str,
+    branch: &str,
+    options: PullOptions,
+    output: PullOutput,
+    json: bool,
+) -> Result<()> {
+    if output == PullOutput::Plan {
+        let repo = Repo::open(repo, Access::Read)?;
+        let remote = remote::get(&repo, remote_name)?;
+        let plan = plan_pull(&repo, &remote, branch, options, &std::env::temp_dir())
+            .with_context(|| format!("planning a pull of {branch} from {remote_name}"))?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&plan)?);
+        } else {
+            crate::repo_cmds::print_plan(&plan);
+        }
+        return Ok(());
+    }
     let mut repo = Repo::open(repo, Access::Write)?;
     let remote = remote::get(&repo, remote_name)?;
     let progress = Arc::new(Progress::default());

@@ -11,6 +11,7 @@ use crate::compress::compress;
 use crate::error::{IoContext, Result, StoreError};
 use crate::fsutil::{crash_point, fsync_dir, syncfs};
 use crate::id::ObjectId;
+use crate::layout;
 use crate::object::ObjectKind;
 use crate::pack::{self, FinishedPack, IndexEntry, PackWriter};
 use crate::write::WriteStats;
@@ -144,6 +145,18 @@ impl ArchiveStore {
         self.map.get(&(*id, kind)).map(|(slot, e)| (&self.packs[*slot as usize], e))
     }
 
+    /// The metadata objects (every kind but chunks) stored in pack `pack`.
+    pub fn metadata_of_pack(&self, pack: &ObjectId) -> Vec<(ObjectId, ObjectKind)> {
+        let Some(slot) = self.packs.iter().position(|p| p.id == *pack) else {
+            return Vec::new();
+        };
+        self.map
+            .iter()
+            .filter(|((_, kind), (s, _))| *s as usize == slot && *kind != ObjectKind::Chunk)
+            .map(|(key, _)| *key)
+            .collect()
+    }
+
     /// Ids of every stored object of `kind`.
     pub fn ids(&self, kind: ObjectKind) -> impl Iterator<Item = ObjectId> + '_ {
         self.map.keys().filter(move |(_, k)| *k == kind).map(|(id, _)| *id)
@@ -269,11 +282,10 @@ impl<'s> ArchiveWriter<'s> {
         syncfs(repo_path)?;
         let packs_dir = self.store.packs_dir.clone();
         for pack in &finished {
-            let hex = pack.id.to_hex();
-            let pack_path = packs_dir.join(format!("{hex}.pack"));
+            let pack_path = packs_dir.join(layout::pack_name(&pack.id));
             fs::rename(&pack.pack_tmp, &pack_path).at(&pack_path)?;
             crash_point("archive:between-pack-and-index");
-            let index_path = packs_dir.join(format!("{hex}.idx"));
+            let index_path = packs_dir.join(layout::index_name(&pack.id));
             fs::rename(&pack.index_tmp, &index_path).at(&index_path)?;
         }
         fsync_dir(&packs_dir)?;
@@ -285,7 +297,7 @@ impl ArchiveStore {
     /// Makes packs published by [`ArchiveWriter::finish`] readable through this store.
     pub fn add_published(&mut self, packs: Vec<FinishedPack>) {
         for p in packs {
-            let path = self.packs_dir.join(format!("{}.pack", p.id.to_hex()));
+            let path = self.packs_dir.join(layout::pack_name(&p.id));
             self.register(p.id, path, p.size, p.entries);
         }
     }

@@ -16,6 +16,7 @@ use crate::chunker::Chunker;
 use crate::error::{IoContext, Result, StoreError};
 use crate::fsutil::{crash_point, syncfs, unique_tmp_name};
 use crate::id::{ChunkId, FileId, ObjectId};
+use crate::layout;
 use crate::object::{FileObject, ObjectKind};
 use crate::write::WriteStats;
 
@@ -68,8 +69,8 @@ fn sql<T>(path: &Path, r: rusqlite::Result<T>) -> Result<T> {
 impl BareStore {
     /// Opens (creating when `create`) the index and object directory of the repo at `repo`.
     pub fn open(repo: &Path, create: bool) -> Result<Self> {
-        let objects_dir = repo.join("objects");
-        let db_path = repo.join("index.sqlite");
+        let objects_dir = repo.join(layout::OBJECTS);
+        let db_path = repo.join(layout::BARE_INDEX);
         if !create && !db_path.exists() {
             return Err(StoreError::NotARepository {
                 path: repo.into(),

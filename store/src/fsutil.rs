@@ -43,11 +43,12 @@ pub fn atomic_write(path: &Path, tmp_dir: &Path, bytes: &[u8]) -> Result<()> {
     fsync_dir(parent)
 }
 
-/// Aborts the process when the environment variable `OSDEPLOY_CRASH_AT` names `step`: the
-/// crash-consistency tests kill a command at every named step and check that fsck passes and a
-/// rerun completes.
+/// In debug builds (the tests'), aborts the process when the environment variable
+/// `OSDEPLOY_CRASH_AT` names `step`: the crash-consistency tests kill a command at every named
+/// step and check that fsck passes and a rerun completes. Release builds ignore the variable, so
+/// an environment variable can never abort a root tool on a node.
 pub fn crash_point(step: &str) {
-    if std::env::var_os("OSDEPLOY_CRASH_AT").is_some_and(|s| s == step) {
+    if cfg!(debug_assertions) && std::env::var_os("OSDEPLOY_CRASH_AT").is_some_and(|s| s == step) {
         eprintln!("osdeploy: aborting at crash point {step} (OSDEPLOY_CRASH_AT)");
         std::process::abort();
     }

@@ -40,6 +40,20 @@ impl fmt::Display for ObjectId {
     }
 }
 
+impl serde::Serialize for ObjectId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ObjectId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        ObjectId::from_hex(&text)
+            .ok_or_else(|| serde::de::Error::custom(format!("{text:?} is not an object id (64 hex digits)")))
+    }
+}
+
 impl fmt::Debug for ObjectId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.to_hex())
@@ -50,7 +64,10 @@ impl fmt::Debug for ObjectId {
 macro_rules! typed_id {
     ($(#[$doc:meta])* $name:ident, $kind:expr) => {
         $(#[$doc])*
-        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Default)]
+        #[derive(
+            Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Default, serde::Serialize, serde::Deserialize,
+        )]
+        #[serde(transparent)]
         pub struct $name(pub ObjectId);
 
         impl $name {
@@ -98,6 +115,16 @@ mod tests {
         assert_eq!(ObjectId::from_hex(&id.to_hex().to_uppercase()), Some(id));
         assert_eq!(ObjectId::from_hex("abc"), None);
         assert_eq!(ObjectId::from_hex(&"g".repeat(64)), None);
+    }
+
+    #[test]
+    fn ids_serialize_as_hex_strings_and_reject_bad_ones() {
+        let id = crate::CommitId(ObjectId::of(b"osdeploy"));
+        let text = serde_json::to_string(&id).unwrap();
+        assert_eq!(text, format!("\"{}\"", id.0.to_hex()));
+        assert_eq!(serde_json::from_str::<crate::CommitId>(&text).unwrap(), id);
+        let err = serde_json::from_str::<crate::CommitId>("\"abc\"").unwrap_err().to_string();
+        assert!(err.contains("\"abc\" is not an object id"), "{err}");
     }
 
     #[test]

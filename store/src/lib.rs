@@ -1,6 +1,6 @@
 //! osdeploy's content-addressed object store.
 //!
-//! OS trees are committed as blake3-addressed objects (DESIGN.md §2, docs/format.md):
+//! OS trees are committed as blake3-addressed objects (docs/format.md):
 //! files are cut into chunks by FastCDC ([`chunker`]); a [`object::FileObject`] lists a file's
 //! chunks; a [`object::DirTree`] lists a directory's entries with all their metadata; a
 //! [`object::Commit`] names a root tree, its parent and release information.
@@ -26,6 +26,7 @@ pub mod error;
 pub mod fsck;
 pub mod fsutil;
 pub mod id;
+pub mod layout;
 pub mod name;
 pub mod object;
 pub mod pack;
@@ -34,6 +35,7 @@ pub mod reach;
 pub mod reflink;
 pub mod repo;
 pub mod scan;
+pub mod summary;
 pub mod tree;
 pub mod write;
 

@@ -1,4 +1,5 @@
-//! `prune`: remove every object that no ref reaches.
+//! `prune`: remove every object that no ref reaches — a [`PrunePlan`] first (what is
+//! unreachable, the bytes it frees), then its execution.
 //!
 //! Archive packs whose objects are all unreachable are deleted; packs with some live objects are
 //! rewritten with only those (their stored bytes copied as they are), the new pack published
@@ -8,36 +9,56 @@
 use std::collections::HashSet;
 use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 
 use serde::Serialize;
 
+use crate::archive::ArchiveStore;
+use crate::bare::BareStore;
 use crate::error::{IoContext, Result, StoreError};
 use crate::fsutil::{crash_point, fsync_dir, syncfs};
 use crate::id::{FileId, ObjectId};
-use crate::object::ObjectKind;
-use crate::pack::{ENTRY_HEADER_LEN, PackWriter};
+use crate::layout;
+use crate::object::{FileObject, ObjectKind};
+use crate::pack::{ENTRY_HEADER_LEN, IndexEntry, PackWriter};
 use crate::reach::reachable;
 use crate::repo::Repo;
 
-/// What prune removed (or would remove, on a dry run).
+/// What prune will remove and what it frees: computed without writing anything (`prune
+/// --dry-run` prints it), then carried out by [`execute`].
 #[derive(Debug, Default, Serialize)]
-pub struct PruneReport {
-    /// Objects removed.
+pub struct PrunePlan {
+    /// Objects to remove.
     pub objects_removed: u64,
     /// Objects kept.
     pub objects_kept: u64,
     /// Bytes of storage freed.
     pub bytes_freed: u64,
-    /// Packs deleted whole.
+    /// Packs to delete whole.
     pub packs_deleted: u64,
-    /// Packs rewritten without their dead objects.
+    /// Packs to rewrite without their dead objects.
     pub packs_rewritten: u64,
-    /// Nothing was changed.
-    pub dry_run: bool,
+    /// What to do.
+    #[serde(skip)]
+    steps: Steps,
 }
 
-/// Removes what no ref reaches. The repository must be open with [`crate::Access::Prune`].
-pub fn prune(repo: &mut Repo, dry_run: bool) -> Result<PruneReport> {
+/// The changes a prune makes.
+#[derive(Debug, Default)]
+struct Steps {
+    /// Archive: packs to rewrite, each with the entries it keeps (in pack order).
+    rewrite: Vec<(PathBuf, Vec<IndexEntry>)>,
+    /// Archive: pack and index files to delete (those of rewritten packs included); bare:
+    /// content files no index row names.
+    delete_files: Vec<PathBuf>,
+    /// Bare: objects to drop from the index, with their content.
+    doomed: Vec<(ObjectKind, ObjectId)>,
+    /// Bare: the file objects that stay (their chunk locations are kept).
+    survivors: Vec<(FileId, FileObject)>,
+}
+
+/// Plans the removal of what no ref reaches. Reads only.
+pub fn plan(repo: &Repo) -> Result<PrunePlan> {
     let roots: Vec<_> = repo.refs()?.values().copied().collect();
     let reach = reachable(repo, &roots)?;
     if let Some(first) = reach.errors.first() {
@@ -49,80 +70,85 @@ pub fn prune(repo: &mut Repo, dry_run: bool) -> Result<PruneReport> {
             ),
         });
     }
-    let live = reach.objects;
-    let mut report = PruneReport { dry_run, ..Default::default() };
-    if repo.archive().is_some() {
-        prune_archive(repo, &live, &mut report)?;
-    } else {
-        prune_bare(repo, &live, &mut report)?;
+    let mut plan = PrunePlan::default();
+    match (repo.archive(), repo.bare()) {
+        (Some(archive), _) => plan_archive(archive, &reach.objects, &mut plan)?,
+        (None, Some(bare)) => plan_bare(repo, bare, &reach.objects, &mut plan)?,
+        (None, None) => unreachable!("a repository is archive or bare"),
     }
-    Ok(report)
+    Ok(plan)
 }
 
-fn prune_archive(repo: &mut Repo, live: &HashSet<(ObjectId, ObjectKind)>, report: &mut PruneReport) -> Result<()> {
-    let archive = repo.archive().expect("archive mode");
-    let packs_dir = archive.packs_dir().to_path_buf();
-    let tmp = repo.path().join("tmp");
-    let mut doomed_files = Vec::new();
-    let mut rewritten = Vec::new();
+/// Carries out a plan made by [`plan`] on the same repository, which must be open with
+/// [`crate::Access::Prune`] since before the plan was made.
+pub fn execute(repo: &mut Repo, plan: PrunePlan) -> Result<()> {
+    if repo.archive().is_some() { execute_archive(repo, plan.steps) } else { execute_bare(repo, plan.steps) }
+}
+
+fn plan_archive(archive: &ArchiveStore, live: &HashSet<(ObjectId, ObjectKind)>, plan: &mut PrunePlan) -> Result<()> {
     for info in archive.packs() {
         let index_path = info.path.with_extension("idx");
         let index =
             crate::pack::decode_index(&fs::read(&index_path).at(&index_path)?, &index_path.display().to_string())?;
-        let (keep, drop): (Vec<_>, Vec<_>) = index.entries.iter().partition(|e| live.contains(&(e.id, e.kind)));
-        report.objects_kept += keep.len() as u64;
-        report.objects_removed += drop.len() as u64;
+        let (mut keep, drop): (Vec<_>, Vec<_>) =
+            index.entries.into_iter().partition(|e| live.contains(&(e.id, e.kind)));
+        plan.objects_kept += keep.len() as u64;
+        plan.objects_removed += drop.len() as u64;
         if drop.is_empty() {
             continue;
         }
-        report.bytes_freed += drop.iter().map(|e: &&crate::pack::IndexEntry| e.span()).sum::<u64>();
-        doomed_files.push(index_path);
-        doomed_files.push(info.path.clone());
+        plan.bytes_freed += drop.iter().map(IndexEntry::span).sum::<u64>();
+        plan.steps.delete_files.push(index_path);
+        plan.steps.delete_files.push(info.path.clone());
         if keep.is_empty() {
-            report.packs_deleted += 1;
+            plan.packs_deleted += 1;
             continue;
         }
-        report.packs_rewritten += 1;
-        if report.dry_run {
-            continue;
-        }
-        let mut keep = keep;
+        plan.packs_rewritten += 1;
         keep.sort_by_key(|e| e.offset);
-        let src = File::open(&info.path).at(&info.path)?;
+        plan.steps.rewrite.push((info.path.clone(), keep));
+    }
+    for (path, _) in &archive.broken_indexes {
+        plan.steps.delete_files.push(path.clone());
+    }
+    let packs_dir = archive.packs_dir();
+    for entry in fs::read_dir(packs_dir).at(packs_dir)? {
+        let path = entry.at(packs_dir)?.path();
+        if path.extension().is_some_and(|x| x == "pack") && !path.with_extension("idx").exists() {
+            plan.bytes_freed += fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            plan.steps.delete_files.push(path);
+        }
+    }
+    Ok(())
+}
+
+fn execute_archive(repo: &mut Repo, steps: Steps) -> Result<()> {
+    let packs_dir = repo.path().join(layout::PACKS);
+    let tmp = repo.path().join(layout::TMP);
+    let mut rewritten = Vec::new();
+    for (path, keep) in &steps.rewrite {
+        let src = File::open(path).at(path)?;
         let mut writer = PackWriter::create(&tmp)?;
         for e in keep {
             let mut buf = vec![0u8; e.stored_len as usize];
-            src.read_exact_at(&mut buf, e.offset + ENTRY_HEADER_LEN).at(&info.path)?;
+            src.read_exact_at(&mut buf, e.offset + ENTRY_HEADER_LEN).at(path)?;
             writer.append(e.kind, e.id, e.codec, e.raw_len, &buf)?;
         }
         rewritten.push(writer.finish()?);
     }
-    for (path, _) in &archive.broken_indexes {
-        doomed_files.push(path.clone());
-    }
-    for entry in fs::read_dir(&packs_dir).at(&packs_dir)? {
-        let path = entry.at(&packs_dir)?.path();
-        if path.extension().is_some_and(|x| x == "pack") && !path.with_extension("idx").exists() {
-            report.bytes_freed += fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-            doomed_files.push(path);
-        }
-    }
-    if report.dry_run {
-        return Ok(());
-    }
     // New packs are durable and published before any old one goes.
     syncfs(repo.path())?;
     for p in &rewritten {
-        let hex = p.id.to_hex();
-        fs::rename(&p.pack_tmp, packs_dir.join(format!("{hex}.pack"))).at(&p.pack_tmp)?;
-        fs::rename(&p.index_tmp, packs_dir.join(format!("{hex}.idx"))).at(&p.index_tmp)?;
+        fs::rename(&p.pack_tmp, packs_dir.join(layout::pack_name(&p.id))).at(&p.pack_tmp)?;
+        fs::rename(&p.index_tmp, packs_dir.join(layout::index_name(&p.id))).at(&p.index_tmp)?;
     }
     fsync_dir(&packs_dir)?;
     crash_point("prune:before-delete");
     let kept: HashSet<_> = rewritten.iter().map(|p| p.id.to_hex()).collect();
     // Indexes first, so that a crash never leaves an index naming a deleted pack.
-    doomed_files.sort_by_key(|p| p.extension().is_some_and(|x| x == "pack"));
-    for path in doomed_files {
+    let mut doomed = steps.delete_files;
+    doomed.sort_by_key(|p| p.extension().is_some_and(|x| x == "pack"));
+    for path in doomed {
         if path.file_stem().is_some_and(|s| kept.contains(&*s.to_string_lossy())) {
             continue;
         }
@@ -132,40 +158,39 @@ fn prune_archive(repo: &mut Repo, live: &HashSet<(ObjectId, ObjectKind)>, report
         }
     }
     fsync_dir(&packs_dir)?;
-    let reloaded = Repo::reload_archive(repo)?;
-    reloaded.write_summary()
+    repo.reload_archive()?;
+    repo.write_summary()
 }
 
-fn prune_bare(repo: &mut Repo, live: &HashSet<(ObjectId, ObjectKind)>, report: &mut PruneReport) -> Result<()> {
-    let bare = repo.bare().expect("bare mode");
-    let mut doomed = Vec::new();
-    let mut survivors = Vec::new();
-    let mut survivor_ids = Vec::new();
+fn plan_bare(
+    repo: &Repo,
+    bare: &BareStore,
+    live: &HashSet<(ObjectId, ObjectKind)>,
+    plan: &mut PrunePlan,
+) -> Result<()> {
     for kind in [ObjectKind::File, ObjectKind::DirTree, ObjectKind::Commit] {
         for id in bare.ids(kind)? {
             if live.contains(&(id, kind)) {
-                report.objects_kept += 1;
+                plan.objects_kept += 1;
                 if kind == ObjectKind::File {
-                    survivors.push(repo.file_object(&FileId(id))?);
-                    survivor_ids.push(FileId(id));
+                    plan.steps.survivors.push((FileId(id), repo.file_object(&FileId(id))?));
                 }
             } else {
-                report.objects_removed += 1;
+                plan.objects_removed += 1;
                 if kind == ObjectKind::File {
-                    report.bytes_freed += fs::metadata(bare.content_path(&FileId(id))).map(|m| m.len()).unwrap_or(0);
+                    plan.bytes_freed += fs::metadata(bare.content_path(&FileId(id))).map(|m| m.len()).unwrap_or(0);
                 }
-                doomed.push((kind, id));
+                plan.steps.doomed.push((kind, id));
             }
         }
     }
-    if !report.dry_run {
-        bare.delete(&doomed, &survivors, &survivor_ids)?;
-    }
-    // Content files that no index row names (left by an interrupted write).
-    let recorded: HashSet<ObjectId> = survivor_ids.iter().map(|f| f.0).collect();
-    let objects_dir = bare.objects_dir().to_path_buf();
-    for sub in fs::read_dir(&objects_dir).at(&objects_dir)? {
-        let sub = sub.at(&objects_dir)?.path();
+    // Content files that no index row names (left by an interrupted write); those of the doomed
+    // file objects go with their rows.
+    let doomed_files = plan.steps.doomed.iter().filter(|(kind, _)| *kind == ObjectKind::File).map(|(_, id)| *id);
+    let recorded: HashSet<ObjectId> = plan.steps.survivors.iter().map(|(f, _)| f.0).chain(doomed_files).collect();
+    let objects_dir = bare.objects_dir();
+    for sub in fs::read_dir(objects_dir).at(objects_dir)? {
+        let sub = sub.at(objects_dir)?.path();
         for entry in fs::read_dir(&sub).at(&sub)? {
             let path = entry.at(&sub)?.path();
             let hex = format!(
@@ -176,11 +201,19 @@ fn prune_bare(repo: &mut Repo, live: &HashSet<(ObjectId, ObjectKind)>, report: &
             if ObjectId::from_hex(&hex).is_some_and(|id| recorded.contains(&id)) {
                 continue;
             }
-            report.bytes_freed += fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-            if !report.dry_run {
-                fs::remove_file(&path).at(&path)?;
-            }
+            plan.bytes_freed += fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            plan.steps.delete_files.push(path);
         }
+    }
+    Ok(())
+}
+
+fn execute_bare(repo: &Repo, steps: Steps) -> Result<()> {
+    let bare = repo.bare().expect("execute_bare runs on a bare repository");
+    let (ids, objects): (Vec<_>, Vec<_>) = steps.survivors.into_iter().unzip();
+    bare.delete(&steps.doomed, &objects, &ids)?;
+    for path in steps.delete_files {
+        fs::remove_file(&path).at(&path)?;
     }
     Ok(())
 }

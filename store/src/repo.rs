@@ -25,9 +25,11 @@ use crate::chunker::ChunkerParams;
 use crate::error::{IoContext, Result, StoreError};
 use crate::fsutil::{atomic_write, clear_dir, fsync_dir};
 use crate::id::{CommitId, FileId, ObjectId, TreeId};
+use crate::layout;
 use crate::name::check_ref_name;
 use crate::object::{Commit, DirTree, FileObject, ObjectKind};
 use crate::pack::FinishedPack;
+use crate::summary::{SUMMARY_FORMAT_VERSION, Summary, SummaryPack, SummaryRef};
 use crate::write::ObjectWriter;
 
 /// The repository format version this build reads and writes.
@@ -119,17 +121,17 @@ impl Repo {
                 reason: "the directory is not empty; init needs a new or empty directory".into(),
             });
         }
-        for dir in ["refs/heads", "tmp"] {
+        for dir in [layout::HEADS, layout::TMP] {
             fs::create_dir_all(path.join(dir)).at(path.join(dir))?;
         }
         match mode {
-            RepoMode::Archive => fs::create_dir_all(path.join("packs")).at(path.join("packs"))?,
+            RepoMode::Archive => fs::create_dir_all(path.join(layout::PACKS)).at(path.join(layout::PACKS))?,
             RepoMode::Bare => drop(BareStore::open(path, true)?),
         }
         let config = RepoConfig { format_version: REPO_FORMAT_VERSION, mode, compression_level, chunker };
         let text = serde_json::to_string_pretty(&config).expect("config serializes") + "\n";
         // The config is written last: a directory without it is not a repository yet.
-        atomic_write(&path.join("config"), &path.join("tmp"), text.as_bytes())?;
+        atomic_write(&path.join(layout::CONFIG), &path.join(layout::TMP), text.as_bytes())?;
         let repo = Repo::open(path, Access::Write)?;
         repo.write_summary()?;
         Ok(repo)
@@ -138,7 +140,7 @@ impl Repo {
     /// Opens the repository at `path`, taking the locks `access` needs.
     pub fn open(path: &Path, access: Access) -> Result<Repo> {
         let not_repo = |reason: String| StoreError::NotARepository { path: path.into(), reason };
-        let config_path = path.join("config");
+        let config_path = path.join(layout::CONFIG);
         let text = match fs::read_to_string(&config_path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -163,13 +165,13 @@ impl Repo {
             Access::Prune => (Some(FlockOperation::NonBlockingLockExclusive), FlockOperation::NonBlockingLockExclusive),
         };
         if let Some(op) = main {
-            locks.push(lock(&path.join("lock"), op)?);
+            locks.push(lock(&path.join(layout::LOCK), op)?);
             // Only a writer may clear what an interrupted writer left behind.
-            clear_dir(&path.join("tmp"))?;
+            clear_dir(&path.join(layout::TMP))?;
         }
         locks.push(lock(&path.join("gc.lock"), gc)?);
         let store = match config.mode {
-            RepoMode::Archive => Store::Archive(ArchiveStore::load(&path.join("packs"))?),
+            RepoMode::Archive => Store::Archive(ArchiveStore::load(&path.join(layout::PACKS))?),
             RepoMode::Bare => Store::Bare(BareStore::open(path, false)?),
         };
         Ok(Repo { path: path.into(), config, store, _locks: locks })
@@ -250,7 +252,7 @@ impl Repo {
 
     /// Starts a write transaction (needs [`Access::Write`]).
     pub fn writer(&self) -> ObjectWriter<'_> {
-        let tmp = self.path.join("tmp");
+        let tmp = self.path.join(layout::TMP);
         match &self.store {
             Store::Archive(a) => {
                 ObjectWriter::Archive(Box::new(ArchiveWriter::new(a, &tmp, self.config.compression_level)))
@@ -267,7 +269,7 @@ impl Repo {
     }
 
     fn ref_path(&self, name: &str) -> PathBuf {
-        self.path.join("refs/heads").join(name)
+        self.path.join(layout::HEADS).join(name)
     }
 
     /// The commit a branch points to, if the branch exists.
@@ -298,13 +300,13 @@ impl Repo {
     /// that moves several refs and then publishes a summary of its own (a mirror).
     pub fn write_ref_without_summary(&self, name: &str, id: &CommitId) -> Result<()> {
         check_ref_name(name)?;
-        atomic_write(&self.ref_path(name), &self.path.join("tmp"), format!("{}\n", id.0).as_bytes())
+        atomic_write(&self.ref_path(name), &self.path.join(layout::TMP), format!("{}\n", id.0).as_bytes())
     }
 
     /// Every branch, sorted by name.
     pub fn refs(&self) -> Result<BTreeMap<String, CommitId>> {
         let mut out = BTreeMap::new();
-        let root = self.path.join("refs/heads");
+        let root = self.path.join(layout::HEADS);
         let mut stack = vec![root.clone()];
         while let Some(dir) = stack.pop() {
             for entry in fs::read_dir(&dir).at(&dir)? {
@@ -352,7 +354,7 @@ impl Repo {
     /// and every pack, so that a client reading plain files over HTTP finds everything else.
     pub fn write_summary(&self) -> Result<()> {
         match self.summary_bytes()? {
-            Some(text) => atomic_write(&self.path.join("summary"), &self.path.join("tmp"), &text),
+            Some(text) => atomic_write(&self.path.join(layout::SUMMARY), &self.path.join(layout::TMP), &text),
             None => Ok(()),
         }
     }
@@ -366,24 +368,17 @@ impl Repo {
         let mut refs = BTreeMap::new();
         for (name, id) in self.refs()? {
             let commit = self.commit_object(&id)?;
-            refs.insert(
-                name,
-                serde_json::json!({"commit": id.0.to_hex(), "version": commit.version, "timestamp": commit.timestamp}),
-            );
+            refs.insert(name, SummaryRef { commit: id, timestamp: commit.timestamp, version: commit.version });
         }
         let mut packs = Vec::new();
         for p in archive.packs() {
             // The index's hash lets a client verify (and cache) indexes through the signed summary.
-            let index_path = archive.packs_dir().join(format!("{}.idx", p.id.to_hex()));
+            let index_path = archive.packs_dir().join(layout::index_name(&p.id));
             let index = ObjectId::of(&fs::read(&index_path).at(&index_path)?);
-            packs.push(
-                serde_json::json!({"id": p.id.to_hex(), "size": p.size, "objects": p.objects, "index": index.to_hex()}),
-            );
+            packs.push(SummaryPack { id: p.id, index, objects: p.objects as u64, size: p.size });
         }
-        packs.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
-        let summary = serde_json::json!({"format_version": REPO_FORMAT_VERSION, "refs": refs, "packs": packs});
-        let text = serde_json::to_string_pretty(&summary).expect("summary serializes") + "\n";
-        Ok(Some(text.into_bytes()))
+        packs.sort_by_key(|p| p.id);
+        Ok(Some(Summary { format_version: SUMMARY_FORMAT_VERSION, packs, refs }.to_bytes()))
     }
 
     /// Deletes a branch.
@@ -403,10 +398,10 @@ impl Repo {
 
 impl Repo {
     /// Re-reads the pack indexes after packs were added or removed behind this handle's back.
-    pub(crate) fn reload_archive(repo: &mut Repo) -> Result<&Repo> {
-        if let Store::Archive(a) = &mut repo.store {
-            *a = ArchiveStore::load(&repo.path.join("packs"))?;
+    pub(crate) fn reload_archive(&mut self) -> Result<()> {
+        if let Store::Archive(a) = &mut self.store {
+            *a = ArchiveStore::load(&self.path.join(layout::PACKS))?;
         }
-        Ok(repo)
+        Ok(())
     }
 }

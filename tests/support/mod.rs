@@ -146,27 +146,7 @@ pub fn assert_same_tree(expected: &Path, actual: &Path) {
     let diff = String::from_utf8_lossy(&out.stdout);
     assert!(diff.trim().is_empty(), "trees differ ({} vs {}):\n{diff}", expected.display(), actual.display());
     // rsync skips some metadata (e.g. nanoseconds of directory mtimes); a stat listing does not.
-    // Directory sizes are left out: they depend on the filesystem, not on the tree.
-    let stat = |p: &Path| {
-        let out = Command::new("find")
-            .arg(p)
-            .args(["-printf", "%P\\t%y\\t%m\\t%U\\t%G\\t%T@\\t%s\\t%l\\n"])
-            .output()
-            .unwrap();
-        let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| {
-                let mut f: Vec<&str> = l.split('\t').collect();
-                if f.get(1) == Some(&"d") {
-                    f[6] = "-";
-                }
-                f.join("\t")
-            })
-            .collect();
-        lines.sort();
-        lines
-    };
-    let (a, b) = (stat(expected), stat(actual));
+    let (a, b) = (stat_listing(expected), stat_listing(actual));
     let (set_a, set_b): (HashSet<&String>, HashSet<&String>) = (a.iter().collect(), b.iter().collect());
     let only_a: Vec<&&String> = set_a.difference(&set_b).take(20).collect();
     let only_b: Vec<&&String> = set_b.difference(&set_a).take(20).collect();
@@ -174,6 +154,40 @@ pub fn assert_same_tree(expected: &Path, actual: &Path) {
         only_a.is_empty() && only_b.is_empty(),
         "stat listings differ:\nexpected only: {only_a:#?}\nactual only: {only_b:#?}"
     );
+}
+
+/// The crash points of `switch`, in order; tests/deploy.rs aborts a switch at each.
+pub const SWITCH_CRASH_POINTS: [&str; 5] =
+    ["switch:before-empty", "switch:emptied", "switch:checked-out", "switch:merged", "switch:recorded"];
+
+/// One sorted line per entry below `root`: path, type, mode, owner, group, mtime (ns) and size
+/// (directory sizes are left out: they depend on the filesystem, not on the tree).
+pub fn stat_listing(root: &Path) -> Vec<String> {
+    let out =
+        Command::new("find").arg(root).args(["-printf", "%P\\t%y\\t%m\\t%U\\t%G\\t%T@\\t%s\\t%l\\n"]).output().unwrap();
+    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let mut f: Vec<&str> = l.split('\t').collect();
+            if f.get(1) == Some(&"d") {
+                f[6] = "-";
+            }
+            f.join("\t")
+        })
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// [`stat_listing`] of what a command that must write nothing may not change: everything but the
+/// directories of bare repositories, whose mtime changes with every reader (SQLite's WAL files
+/// come and go), and `root` itself when it is one.
+pub fn listing_below(root: &Path) -> Vec<String> {
+    let is_bare_repo = |line: &String| {
+        let path = line.split('\t').next().unwrap_or_default();
+        root.join(path).join("index.sqlite").exists()
+    };
+    stat_listing(root).into_iter().filter(|line| !is_bare_repo(line)).collect()
 }
 
 /// A filesystem image on a loop device mounted on a temporary directory; unmounted and detached

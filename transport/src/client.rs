@@ -87,17 +87,27 @@ impl BodySink for FileSink<'_> {
     }
 }
 
-/// Collects a body in memory (small files: summaries, signatures, indexes).
-#[derive(Default)]
-struct VecSink(Vec<u8>);
+/// Collects a body in memory (small files: summaries, signatures, indexes) and, once it is
+/// complete, parses it: a body that does not parse rejects this URL's data.
+struct VecSink<P, T> {
+    bytes: Vec<u8>,
+    parse: P,
+    parsed: Option<T>,
+}
 
-impl BodySink for VecSink {
+impl<P: FnMut(&[u8]) -> Result<T, TransportError> + Send, T: Send> BodySink for VecSink<P, T> {
     fn reset(&mut self) -> Result<(), TransportError> {
-        self.0.clear();
+        self.bytes.clear();
         Ok(())
     }
+
     fn data(&mut self, piece: &[u8]) -> Result<(), TransportError> {
-        self.0.extend_from_slice(piece);
+        self.bytes.extend_from_slice(piece);
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), TransportError> {
+        self.parsed = Some((self.parse)(&self.bytes)?);
         Ok(())
     }
 }
@@ -160,9 +170,21 @@ impl Client {
 
     /// Fetches `path` (relative to the repository root) whole, into memory.
     pub async fn get(&self, path: &str) -> Result<Vec<u8>, TransportError> {
-        let mut sink = VecSink::default();
+        Ok(self.get_parsed(path, |_| Ok(())).await?.0)
+    }
+
+    /// Fetches `path` whole and parses it with `parse`; data that does not parse (an error other
+    /// than [`TransportError::Store`]) counts as this URL's failure and the next URL is tried.
+    /// Returns the bytes and what `parse` made of them.
+    pub async fn get_parsed<T: Send>(
+        &self,
+        path: &str,
+        parse: impl FnMut(&[u8]) -> Result<T, TransportError> + Send,
+    ) -> Result<(Vec<u8>, T), TransportError> {
+        let mut sink = VecSink { bytes: Vec::new(), parse, parsed: None };
         self.stream(path, None, &mut sink).await?;
-        Ok(sink.0)
+        let parsed = sink.parsed.expect("a body that was streamed was parsed");
+        Ok((sink.bytes, parsed))
     }
 
     /// Streams `len` bytes of `path` from `offset` (a Range request) into `sink`, trying the

@@ -1,9 +1,8 @@
-//! Fetching objects by their pack ranges: group the wanted objects by pack, coalesce
-//! neighbouring ranges, stream several Range requests at once, and split each body into entries
-//! as it arrives — every wanted object is decompressed within its limit, verified against its
-//! id and staged; memory per request stays at one entry.
+//! Fetching objects by the pack ranges a plan lists: stream several Range requests at once and
+//! split each body into entries as it arrives — every wanted object is decompressed within its
+//! limit, verified against its id and staged; memory per request stays at one entry.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -16,32 +15,8 @@ use tokio::task::JoinSet;
 use crate::client::{BodySink, Client};
 use crate::error::TransportError;
 use crate::index::{PackEntries, RemoteIndex};
-use crate::plan::{CoalesceOptions, PackRead, coalesce};
+use crate::plan::PackRead;
 use crate::staging::Staging;
-
-/// The coalesced reads that fetch `wanted`, each with its pack's entries.
-fn reads(
-    index: &RemoteIndex,
-    wanted: &[(ObjectId, ObjectKind)],
-    options: CoalesceOptions,
-) -> Result<Vec<(Arc<PackEntries>, PackRead)>, TransportError> {
-    type Spans = (Arc<PackEntries>, Vec<(u64, u64)>);
-    let mut by_pack: BTreeMap<ObjectId, Spans> = BTreeMap::new();
-    for (id, kind) in wanted {
-        let (pack, entry) = index.locate(*kind, id).ok_or_else(|| TransportError::Invalid {
-            what: "the remote's pack indexes".into(),
-            url: "summary".into(),
-            reason: format!("no pack holds {kind} object {id}"),
-        })?;
-        by_pack.entry(pack.pack).or_insert_with(|| (pack.clone(), Vec::new())).1.push((entry.offset, entry.span()));
-    }
-    let mut reads = Vec::new();
-    for (pack, (entries, mut spans)) in by_pack {
-        spans.sort_unstable();
-        reads.extend(coalesce(&pack.to_hex(), &spans, options).into_iter().map(|r| (entries.clone(), r)));
-    }
-    Ok(reads)
-}
 
 /// Raw bytes staged between two calls of `on_staged`.
 const SETTLE_EVERY: usize = 8 << 20;
@@ -49,24 +24,35 @@ const SETTLE_EVERY: usize = 8 << 20;
 /// A verified object on its way from a request to the staging area.
 type Verified = (ObjectId, ObjectKind, Vec<u8>);
 
-/// Fetches `wanted` objects into `staged`, `in_flight` requests at a time. Verified objects flow
-/// to this task through a short channel (so a slow consumer slows the transfer down instead of
-/// filling memory) and are staged in memory; every [`SETTLE_EVERY`] bytes, and at the end,
-/// `on_staged` is told which objects arrived and settles them (see [`Staging::settle`]).
+/// Fetches `wanted` objects into `staged` by `reads` (which cover them: see
+/// [`crate::plan::plan_reads`]), `in_flight` requests at a time. Verified objects flow to this
+/// task through a short channel (so a slow consumer slows the transfer down instead of filling
+/// memory) and are staged in memory; every [`SETTLE_EVERY`] bytes, and at the end, `on_staged` is
+/// told which objects arrived and settles them (see [`Staging::settle`]).
 pub async fn fetch(
     client: &Client,
     index: &RemoteIndex,
-    wanted: &[(ObjectId, ObjectKind)],
+    reads: &[PackRead],
+    wanted: HashSet<(ObjectId, ObjectKind)>,
     staged: &mut Staging,
     in_flight: usize,
-    coalesce: CoalesceOptions,
     mut on_staged: impl FnMut(&mut Staging, Vec<(ObjectId, ObjectKind)>) -> Result<(), TransportError>,
 ) -> Result<(), TransportError> {
-    let reads = reads(index, wanted, coalesce)?;
+    let reads = reads
+        .iter()
+        .map(|read| {
+            let entries = index.pack(&read.pack).ok_or_else(|| TransportError::Invalid {
+                what: format!("pack {}", read.pack),
+                url: client.remote_name().into(),
+                reason: "the plan reads a pack the remote's summary does not list".into(),
+            })?;
+            Ok((entries.clone(), read.clone()))
+        })
+        .collect::<Result<Vec<_>, TransportError>>()?;
     let progress = &client.progress;
     progress.bytes_expected.fetch_add(reads.iter().map(|(_, r)| r.len).sum(), Ordering::Relaxed);
     progress.objects_expected.fetch_add(wanted.len() as u64, Ordering::Relaxed);
-    let wanted: Arc<HashSet<(ObjectId, ObjectKind)>> = Arc::new(wanted.iter().copied().collect());
+    let wanted = Arc::new(wanted);
     let (sender, mut receiver) = mpsc::channel::<Verified>(64);
     let mut pending = reads.into_iter();
     let mut tasks = JoinSet::new();
@@ -77,7 +63,7 @@ pub async fn fetch(
             let client = client.clone();
             let mut sink = RangeSink::new(read, entries, wanted.clone(), sender.clone());
             tasks.spawn(async move {
-                let path = format!("packs/{}.pack", sink.read.pack);
+                let path = osdeploy_store::layout::pack_file(&sink.read.pack);
                 client.stream(&path, Some((sink.read.offset, sink.read.len)), &mut sink).await
             });
         }
@@ -107,42 +93,6 @@ pub async fn fetch(
             }
         }
     }
-}
-
-/// Fetches the metadata objects of one level of a tree walk that `absent` says are missing, and
-/// returns how many objects were fetched. A release's metadata lies together in a pack of its
-/// own: the first time the walk needs an object of a pack, every absent metadata object of that
-/// pack comes along in one range, so a tree costs a request per release it reuses, not one per
-/// level. `prefetched` remembers those packs.
-pub async fn fetch_metadata(
-    client: &Client,
-    index: &RemoteIndex,
-    level: &[(ObjectId, ObjectKind)],
-    staged: &mut Staging,
-    prefetched: &mut HashSet<ObjectId>,
-    absent: impl Fn(&Staging, ObjectKind, &ObjectId) -> Result<bool, TransportError>,
-    options: crate::pull::PullOptions,
-) -> Result<u64, TransportError> {
-    let mut lacking = HashSet::new();
-    for (id, kind) in level {
-        if !absent(staged, *kind, id)? {
-            continue;
-        }
-        lacking.insert((*id, *kind));
-        if let Some((pack, _)) = index.locate(*kind, id)
-            && prefetched.insert(pack.pack)
-        {
-            for e in pack.entries.iter().filter(|e| e.kind != ObjectKind::Chunk) {
-                if absent(staged, e.kind, &e.id)? {
-                    lacking.insert((e.id, e.kind));
-                }
-            }
-        }
-    }
-    let lacking: Vec<_> = lacking.into_iter().collect();
-    let keep_all = |staged: &mut Staging, _| Ok(staged.settle(|_, _| true)?);
-    fetch(client, index, &lacking, staged, options.in_flight, options.coalesce, keep_all).await?;
-    Ok(lacking.len() as u64)
 }
 
 /// Splits one range's body into pack entries as it streams in, and sends the wanted ones on once
@@ -205,7 +155,7 @@ impl BodySink for RangeSink {
             let span = entry.span() as usize;
             let Some(bytes) = self.pending.get(start..start + span) else { break };
             if self.wanted.contains(&(id, kind)) {
-                let raw = match pack::decode_entry(bytes, entry, &self.read.pack) {
+                let raw = match pack::decode_entry(bytes, entry, &self.read.pack.to_hex()) {
                     Ok(raw) => raw,
                     Err(StoreError::HashMismatch { actual, .. }) => {
                         return Err(self.invalid(format!("{kind} object {id} hashes to {actual}: corrupt data")));

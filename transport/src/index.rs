@@ -6,12 +6,14 @@ use std::fs;
 use std::sync::Arc;
 
 use osdeploy_store::fsutil::atomic_write;
+use osdeploy_store::layout;
 use osdeploy_store::object::ObjectKind;
 use osdeploy_store::pack::{self, IndexEntry};
 use osdeploy_store::{ObjectId, Repo, StoreError};
 
-use crate::client::{BodySink, Client};
+use crate::client::Client;
 use crate::error::TransportError;
+use crate::plan::{IndexFetches, ObjectLocations};
 use crate::remote::index_cache;
 
 /// The entries of one remote pack, sorted by (id, kind).
@@ -40,49 +42,102 @@ pub struct RemoteIndex {
 }
 
 impl RemoteIndex {
+    /// A pack's entries.
+    pub fn pack(&self, id: &ObjectId) -> Option<&Arc<PackEntries>> {
+        self.packs.iter().find(|p| p.pack == *id)
+    }
+
     /// The pack holding an object and its entry.
     pub fn locate(&self, kind: ObjectKind, id: &ObjectId) -> Option<(&Arc<PackEntries>, &IndexEntry)> {
         self.packs.iter().find_map(|p| p.find(kind, id).map(|e| (p, e)))
     }
 }
 
+impl ObjectLocations for RemoteIndex {
+    fn locate(&self, kind: ObjectKind, id: &ObjectId) -> Option<(ObjectId, IndexEntry)> {
+        RemoteIndex::locate(self, kind, id).map(|(pack, entry)| (pack.pack, *entry))
+    }
+
+    fn index_bytes(&self, pack: &ObjectId) -> Result<u64, StoreError> {
+        Ok(self.pack(pack).map_or(0, |p| p.index_bytes))
+    }
+
+    fn metadata_of_pack(&self, pack: &ObjectId) -> Vec<(ObjectId, ObjectKind)> {
+        let entries = self.pack(pack).map(|p| p.entries.as_slice()).unwrap_or_default();
+        entries.iter().filter(|e| e.kind != ObjectKind::Chunk).map(|e| (e.id, e.kind)).collect()
+    }
+}
+
+/// Whether the index cache may be written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheWrites {
+    /// Indexes downloaded are cached for the next pull.
+    Allowed,
+    /// Nothing is written (a dry run): cached indexes are read, the others kept in memory.
+    Forbidden,
+}
+
 /// Loads the indexes of `packs` (pack id, index hash from the summary), from the repository's
-/// cache or the remote; each is verified against its hash before it is used or cached.
-pub async fn load(repo: &Repo, client: &Client, packs: &[(ObjectId, ObjectId)]) -> Result<RemoteIndex, TransportError> {
+/// cache or the remote; each is verified against its hash before it is used or cached. Returns
+/// them with what was downloaded.
+pub async fn load(
+    repo: &Repo,
+    client: &Client,
+    packs: &[(ObjectId, ObjectId)],
+    writes: CacheWrites,
+) -> Result<(RemoteIndex, IndexFetches), TransportError> {
     let cache = index_cache(repo);
-    fs::create_dir_all(&cache).map_err(|e| StoreError::Io { path: cache.clone(), error: e })?;
+    if writes == CacheWrites::Allowed {
+        fs::create_dir_all(&cache).map_err(|e| StoreError::Io { path: cache.clone(), error: e })?;
+    }
     let mut index = RemoteIndex::default();
+    let mut fetches = IndexFetches::default();
     for (pack_id, index_hash) in packs {
-        let path = cache.join(format!("{pack_id}.idx"));
-        let name = format!("packs/{pack_id}.idx");
+        let path = cache.join(layout::index_name(pack_id));
+        let name = layout::index_file(pack_id);
         let bytes = match fs::read(&path) {
             Ok(b) if ObjectId::of(&b) == *index_hash => b,
             _ => {
                 let bytes = download(client, &name, index_hash).await?;
-                atomic_write(&path, &repo.path().join("tmp"), &bytes)?;
+                fetches.files += 1;
+                fetches.bytes += bytes.len() as u64;
+                if writes == CacheWrites::Allowed {
+                    atomic_write(&path, &repo.path().join(layout::TMP), &bytes)?;
+                }
                 bytes
             }
         };
         index.packs.push(Arc::new(decode(client, pack_id, &name, bytes)?));
     }
-    Ok(index)
+    Ok((index, fetches))
 }
 
 /// Fetches the indexes of `packs` into memory only (a survey that must not write).
 pub async fn fetch(client: &Client, packs: &[(ObjectId, ObjectId)]) -> Result<RemoteIndex, TransportError> {
     let mut index = RemoteIndex::default();
     for (pack_id, index_hash) in packs {
-        let name = format!("packs/{pack_id}.idx");
+        let name = layout::index_file(pack_id);
         let bytes = download(client, &name, index_hash).await?;
         index.packs.push(Arc::new(decode(client, pack_id, &name, bytes)?));
     }
     Ok(index)
 }
 
+/// Fetches an index file and checks it against the summary's hash (an index that does not match
+/// is this URL's failure: the next URL is tried).
 async fn download(client: &Client, name: &str, hash: &ObjectId) -> Result<Vec<u8>, TransportError> {
-    let mut sink = IndexSink { hash: *hash, name: name.into(), bytes: Vec::new() };
-    client.stream(name, None, &mut sink).await?;
-    Ok(sink.bytes)
+    let check = |bytes: &[u8]| {
+        let actual = ObjectId::of(bytes);
+        if actual == *hash {
+            return Ok(());
+        }
+        Err(TransportError::Invalid {
+            what: name.into(),
+            url: String::new(),
+            reason: format!("it hashes to {actual}, the summary says {hash}: corrupt data"),
+        })
+    };
+    Ok(client.get_parsed(name, check).await?.0)
 }
 
 fn decode(client: &Client, pack_id: &ObjectId, name: &str, bytes: Vec<u8>) -> Result<PackEntries, TransportError> {
@@ -100,35 +155,4 @@ fn decode(client: &Client, pack_id: &ObjectId, name: &str, bytes: Vec<u8>) -> Re
         reason: format!("{e} (although it matches the summary's hash)"),
     })?;
     Ok(PackEntries { pack: *pack_id, index_bytes: bytes.len() as u64, entries: decoded.entries })
-}
-
-/// Collects an index file and checks it against the summary's hash.
-struct IndexSink {
-    hash: ObjectId,
-    name: String,
-    bytes: Vec<u8>,
-}
-
-impl BodySink for IndexSink {
-    fn reset(&mut self) -> Result<(), TransportError> {
-        self.bytes.clear();
-        Ok(())
-    }
-
-    fn data(&mut self, piece: &[u8]) -> Result<(), TransportError> {
-        self.bytes.extend_from_slice(piece);
-        Ok(())
-    }
-
-    fn finish(&mut self) -> Result<(), TransportError> {
-        let actual = ObjectId::of(&self.bytes);
-        if actual == self.hash {
-            return Ok(());
-        }
-        Err(TransportError::Invalid {
-            what: self.name.clone(),
-            url: String::new(),
-            reason: format!("it hashes to {actual}, the summary says {}: corrupt data", self.hash),
-        })
-    }
 }

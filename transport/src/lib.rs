@@ -1,11 +1,14 @@
-//! Transport of osdeploy repositories to nodes and mirrors (DESIGN.md §4).
+//! Transport of osdeploy repositories to nodes and mirrors (docs/design.md, "Transport").
 //!
-//! - [`plan`]: what a node holding one commit must fetch for another, as coalesced pack ranges
-//!   (`osdeploy delta`); [`remote_plan`]: the same over HTTP (`delta --remote`).
-//! - [`pull`]: fetch a branch from a remote archive repository over HTTP(S) into a bare or
-//!   archive repository, moving only missing objects, resumable after a crash. Its parts:
-//!   [`summary`] (fetched and verified), [`index`] (the remote's pack indexes), [`fetch`]
-//!   (coalesced Range requests, verified as they stream in), [`staging`] (what a rerun reuses).
+//! - [`plan`]: the [`plan::PullPlan`] — what a node must fetch for a commit, file by file and
+//!   as coalesced pack ranges — printed by `osdeploy delta` and `pull --dry-run`, executed by
+//!   `pull`; [`survey`]: the one walk that finds what a node lacks; [`remote_plan`]: the plan
+//!   between two commits of a remote over HTTP (`delta --remote`).
+//! - [`pull`]: survey, plan and execute: fetch a branch from a remote archive repository over
+//!   HTTP(S) into a bare or archive repository, moving only missing objects, resumable after a
+//!   crash. Its parts: [`summary`] (fetched and verified), [`index`] (the remote's pack indexes),
+//!   [`fetch`] (the plan's Range requests, verified as they stream in), [`staging`] (what a
+//!   rerun reuses).
 //! - [`mirror`]: copy a remote archive repository (all or chosen branches) into a local one that
 //!   can be served in turn, packs byte-identical, incrementally.
 //! - [`serve`]: serve an archive repository over HTTP with Range support.
@@ -26,5 +29,6 @@ pub mod serve;
 pub mod sign;
 pub mod staging;
 pub mod summary;
+pub mod survey;
 
 pub use error::TransportError;

@@ -29,6 +29,7 @@ use std::time::Instant;
 use ed25519_dalek::SigningKey;
 use osdeploy_store::chunker::ChunkerParams;
 use osdeploy_store::fsutil::{atomic_write, crash_point, fsync_dir};
+use osdeploy_store::layout;
 use osdeploy_store::name::check_ref_name;
 use osdeploy_store::object::{Commit, DirTree, EntryKind, FileObject, ObjectKind};
 use osdeploy_store::pack::{self, FinishedPack, PackIndex};
@@ -40,7 +41,7 @@ use crate::client::{Client, HttpOptions, Progress};
 use crate::error::TransportError;
 use crate::index;
 use crate::remote::{Remote, index_cache};
-use crate::summary::{fetch_summary, verify_commit};
+use crate::summary::{self, fetch_summary, verify_commit};
 
 /// What to mirror and how.
 #[derive(Default)]
@@ -106,7 +107,7 @@ fn io(path: &Path, error: std::io::Error) -> TransportError {
 
 /// Opens the mirror's repository for writing, creating it (archive mode) when `dir` holds none.
 fn open_or_init(dir: &Path) -> Result<Repo, TransportError> {
-    let repo = if dir.join("config").exists() {
+    let repo = if dir.join(layout::CONFIG).exists() {
         Repo::open(dir, Access::Write)?
     } else {
         Repo::init(dir, RepoMode::Archive, DEFAULT_COMPRESSION_LEVEL, ChunkerParams::default())?
@@ -153,7 +154,7 @@ async fn mirror_async(
     let mut wanted = BTreeMap::new();
     for name in names {
         check_ref_name(&name)?;
-        let (commit, _) = fetched.summary.branch(remote, &name)?;
+        let (commit, _) = summary::branch(&fetched.summary, remote, &name)?;
         wanted.insert(name, commit);
     }
     let mut commit_signatures = Vec::new();
@@ -161,7 +162,7 @@ async fn mirror_async(
         let signatures = match verify_commit(&client, remote, commit).await? {
             Some(s) => Some(s),
             // An insecure mirror still passes on the signatures of a signed origin.
-            None if summary_signatures.is_some() => client.get(&format!("signatures/{commit}.sig")).await.ok(),
+            None if summary_signatures.is_some() => client.get(&layout::commit_signature(commit)).await.ok(),
             None => None,
         };
         if let Some(s) = signatures {
@@ -169,7 +170,7 @@ async fn mirror_async(
         }
     }
 
-    let listed = fetched.summary.packs()?;
+    let listed = summary::packs(&fetched.summary);
     let held: HashSet<ObjectId> = repo.archive().expect("archive mode").packs().iter().map(|p| p.id).collect();
     let mut stats = MirrorStats {
         full,
@@ -205,7 +206,7 @@ async fn mirror_async(
         }
         if remote_index.is_none() {
             let unheld: Vec<_> = listed.iter().filter(|(p, _)| !packs.held.contains(p)).copied().collect();
-            remote_index = Some(index::load(&repo, &client, &unheld).await?);
+            remote_index = Some(index::load(&repo, &client, &unheld, index::CacheWrites::Allowed).await?.0);
         }
         let remote_index = remote_index.as_ref().expect("loaded above");
         let mut needed = BTreeSet::new();
@@ -233,9 +234,9 @@ async fn mirror_async(
 
     // Commit signatures before the refs and the summary that name the commits.
     for (commit, signatures) in &commit_signatures {
-        let path = repo.path().join(format!("signatures/{commit}.sig"));
+        let path = repo.path().join(layout::commit_signature(commit));
         if fs::read(&path).ok().as_ref() != Some(signatures) {
-            atomic_write(&path, &repo.path().join("tmp"), signatures)?;
+            atomic_write(&path, &repo.path().join(layout::TMP), signatures)?;
         }
     }
     stats.refs_deleted = write_refs(&repo, &wanted)?;
@@ -262,7 +263,7 @@ async fn mirror_async(
 /// The summary signature of an `--insecure` upstream, if it has one that verifies (by the keys it
 /// names): passed on, so that nodes holding the origin's key can trust the mirror.
 async fn unverified_signatures(client: &Client, summary: &[u8]) -> Option<Vec<u8>> {
-    let signatures = client.get("summary.sig").await.ok()?;
+    let signatures = client.get(layout::SUMMARY_SIGNATURE).await.ok()?;
     (!self_verified_lines(summary, &signatures).is_empty()).then_some(signatures)
 }
 
@@ -294,16 +295,16 @@ impl Packs<'_> {
             return Ok(());
         }
         // The index first: fetched once (cached by pack id), checked against the summary.
-        index::load(repo, self.client, &[(id, index_hash)]).await?;
-        let cached = index_cache(repo).join(format!("{id}.idx"));
+        index::load(repo, self.client, &[(id, index_hash)], index::CacheWrites::Allowed).await?;
+        let cached = index_cache(repo).join(layout::index_name(&id));
         let index_bytes = fs::read(&cached).map_err(|e| io(&cached, e))?;
-        let index = pack::decode_index(&index_bytes, &format!("{}/packs/{id}.idx", self.url))?;
+        let index = pack::decode_index(&index_bytes, &format!("{}/{}", self.url, layout::index_file(&id)))?;
 
-        let partial_dir = repo.path().join("mirror/partial");
+        let partial_dir = repo.path().join(layout::MIRROR_PARTIAL);
         fs::create_dir_all(&partial_dir).map_err(|e| io(&partial_dir, e))?;
-        let partial = partial_dir.join(format!("{id}.pack"));
-        let packs_dir = repo.path().join("packs");
-        let published = packs_dir.join(format!("{id}.pack"));
+        let partial = partial_dir.join(layout::pack_name(&id));
+        let packs_dir = repo.path().join(layout::PACKS);
+        let published = packs_dir.join(layout::pack_name(&id));
         if !partial.exists() && published.exists() {
             // Published without its index by an interrupted run: verify it again like a download.
             fs::rename(&published, &partial).map_err(|e| io(&partial, e))?;
@@ -321,7 +322,7 @@ impl Packs<'_> {
         let mut resumed = have > 0;
         loop {
             if have < index.pack_size {
-                self.client.download(&format!("packs/{id}.pack"), &partial).await?;
+                self.client.download(&layout::pack_file(&id), &partial).await?;
             }
             crash_point("mirror:after-download");
             match verify_pack(&partial, &id, &index) {
@@ -337,7 +338,7 @@ impl Packs<'_> {
                     }
                     return Err(TransportError::Invalid {
                         what: format!("pack {id}"),
-                        url: format!("{}/packs/{id}.pack", self.url),
+                        url: format!("{}/{}", self.url, layout::pack_file(&id)),
                         reason: e.to_string(),
                     });
                 }
@@ -350,9 +351,9 @@ impl Packs<'_> {
         File::open(&partial).and_then(|f| f.sync_all()).map_err(|e| io(&partial, e))?;
         fs::rename(&partial, &published).map_err(|e| io(&published, e))?;
         crash_point("mirror:between-pack-and-index");
-        let index_path = packs_dir.join(format!("{id}.idx"));
+        let index_path = packs_dir.join(layout::index_name(&id));
         // atomic_write syncs packs/, which makes the rename of the pack durable too.
-        atomic_write(&index_path, &repo.path().join("tmp"), &index_bytes)?;
+        atomic_write(&index_path, &repo.path().join(layout::TMP), &index_bytes)?;
         let _ = fs::remove_file(&cached);
         repo.register_packs(vec![FinishedPack {
             id,
@@ -423,8 +424,8 @@ fn missing_objects(
 /// mirror owns: written with the union before any ref moves, so a crash never leaves a branch the
 /// mirror wrote unrecorded.
 fn write_refs(repo: &Repo, wanted: &BTreeMap<String, CommitId>) -> Result<Vec<String>, TransportError> {
-    let path = repo.path().join("mirror/refs.json");
-    let tmp = repo.path().join("tmp");
+    let path = repo.path().join(layout::MIRROR_REFS);
+    let tmp = repo.path().join(layout::TMP);
     let owned: BTreeSet<String> = match fs::read(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map_err(|e| TransportError::Config(format!("{}: {e} (delete it to start over)", path.display())))?,
@@ -462,9 +463,9 @@ fn write_refs(repo: &Repo, wanted: &BTreeMap<String, CommitId>) -> Result<Vec<St
 /// that one just before); the next run drops them. An unsigned summary is written first, then a
 /// signature file that no longer matches it is removed.
 fn publish_summary(repo: &Repo, summary: &[u8], signatures: Option<&[u8]>) -> Result<(), TransportError> {
-    let tmp = repo.path().join("tmp");
-    let summary_path = repo.path().join("summary");
-    let sig_path = repo.path().join("summary.sig");
+    let tmp = repo.path().join(layout::TMP);
+    let summary_path = repo.path().join(layout::SUMMARY);
+    let sig_path = repo.path().join(layout::SUMMARY_SIGNATURE);
     let old_summary = fs::read(&summary_path).ok();
     let old_signatures = fs::read(&sig_path).ok();
     if let Some(signatures) = signatures {

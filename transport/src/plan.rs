@@ -1,17 +1,20 @@
-//! Delta planning: the objects a node lacks, located in packs, coalesced into Range requests.
+//! Pull plans: what a node must fetch for a commit — the metadata it lacks, the files it must
+//! build and where each file's content comes from, and the pack ranges to request, coalesced.
 //!
-//! A node that holds commit FROM (and therefore every object FROM reaches) needs, for commit TO,
-//! the metadata objects and chunks that TO reaches and FROM does not. Each lies at a known byte
-//! range of a pack (its pack index says where); ranges in the same pack that are close are merged
-//! into one request, accepting a small gap of unneeded bytes, up to a maximum request size. The
-//! same plan drives `osdeploy delta` (print it) and the pull (fetch it).
+//! One [`PullPlan`] value is built from a survey of the wanted commit (see [`crate::survey`]: the
+//! summary, the pack indexes and the new release's metadata), printed by `osdeploy delta` and
+//! `osdeploy pull --dry-run`, and executed by `osdeploy pull`, so what a pull moves is what its plan
+//! says. Objects lie at known byte ranges of packs (their pack index says where); ranges in the
+//! same pack that are close are merged into one request, accepting a small gap of unneeded bytes,
+//! up to a maximum request size.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use osdeploy_store::archive::ArchiveStore;
-use osdeploy_store::object::{EntryKind, ObjectKind};
+use osdeploy_store::layout;
+use osdeploy_store::object::{FileObject, ObjectKind};
 use osdeploy_store::pack::IndexEntry;
-use osdeploy_store::{CommitId, ObjectId, Repo, StoreError};
+use osdeploy_store::{CommitId, FileId, ObjectId, Repo, StoreError};
 use serde::Serialize;
 
 /// How ranges are merged into requests.
@@ -35,7 +38,7 @@ impl Default for CoalesceOptions {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct PackRead {
     /// The pack's id.
-    pub pack: String,
+    pub pack: ObjectId,
     /// First byte.
     pub offset: u64,
     /// Length in bytes (entry headers and merged gaps included).
@@ -44,17 +47,80 @@ pub struct PackRead {
     pub objects: u64,
 }
 
-/// What a node holding `from` must fetch for `to`.
+/// A file fetched whole (not a pack range): the summary and signatures.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct WholeFile {
+    /// Its path in the repository (and URL relative to the remote's).
+    pub name: String,
+    /// Its size.
+    pub bytes: u64,
+}
+
+/// Where the content of one new file comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FileSource {
+    /// Its chunks: those the node holds are read from its files, the others are fetched.
+    Chunks,
+    /// An interrupted pull left its complete content in the repository: it is recorded as it is.
+    Adopted,
+}
+
+/// A file of the wanted commit that the node does not hold.
+#[derive(Clone, Debug)]
+pub struct PlannedFile {
+    /// Its file object's id.
+    pub id: FileId,
+    /// Its file object.
+    pub object: FileObject,
+    /// Where its content comes from.
+    pub source: FileSource,
+}
+
+/// What a survey found the node lacks (the input of [`PullPlan::new`]).
+#[derive(Debug, Default)]
+pub struct Survey {
+    /// New commit and dirtree objects.
+    pub new_metadata: Vec<(ObjectId, ObjectKind)>,
+    /// New files, with their sources.
+    pub files: Vec<PlannedFile>,
+    /// Chunks of new files that the node does not hold, each once.
+    pub missing_chunks: Vec<ObjectId>,
+    /// Chunks of new files the node holds already.
+    pub chunks_reused: u64,
+    /// Their uncompressed size.
+    pub reused_bytes_raw: u64,
+    /// Every metadata object (commit, dirtree, file) fetched for the plan.
+    pub metadata_fetched: Vec<(ObjectId, ObjectKind)>,
+    /// The reads that fetched them.
+    pub metadata_reads: Vec<PackRead>,
+}
+
+impl Survey {
+    /// The objects this survey found the node lacks: for a node holding nothing, the commit's
+    /// whole tree.
+    pub fn objects(&self) -> HashSet<(ObjectId, ObjectKind)> {
+        let mut all: HashSet<_> = self.new_metadata.iter().copied().collect();
+        all.extend(self.files.iter().map(|f| (f.id.0, ObjectKind::File)));
+        all.extend(self.missing_chunks.iter().map(|id| (*id, ObjectKind::Chunk)));
+        all
+    }
+}
+
+/// What a node must fetch for commit `to`, and how.
 #[derive(Clone, Debug, Default, Serialize)]
-pub struct DeltaPlan {
-    /// The commit the node holds, if any.
-    pub from: Option<String>,
+pub struct PullPlan {
+    /// The commit the node holds for this branch, if any.
+    pub from: Option<CommitId>,
     /// The commit it wants.
-    pub to: String,
+    pub to: CommitId,
     /// New metadata objects (commit, dirtrees, file objects).
     pub metadata_objects: u64,
     /// Their stored size, entry headers included.
     pub metadata_bytes: u64,
+    /// New files to build.
+    pub files_new: u64,
+    /// Of those, files whose content an interrupted pull left complete.
+    pub files_adopted: u64,
     /// New chunks.
     pub chunks: u64,
     /// Their uncompressed size.
@@ -66,26 +132,121 @@ pub struct DeltaPlan {
     pub chunks_reused: u64,
     /// Their uncompressed size.
     pub reused_bytes_raw: u64,
-    /// Pack index files to fetch (one request each), and their bytes.
+    /// Pack index files the node fetches (one request each).
     pub index_files: u64,
     /// Bytes of those index files.
     pub index_bytes: u64,
-    /// Coalesced Range requests into packs.
+    /// Files fetched whole: the summary and, from a signed repository, its signature and the
+    /// wanted commit's.
+    pub whole_files: Vec<WholeFile>,
+    /// Coalesced Range requests into packs: the metadata's, then the chunks'.
     pub reads: Vec<PackRead>,
-    /// Range requests + index requests + the summary (and, when signed, its signature and the
-    /// commit's).
+    /// Range requests + index requests + whole files.
     pub requests: u64,
-    /// Bytes on the wire: ranges (gaps included) + index files + summary (+ signatures).
+    /// Bytes on the wire: ranges (gaps included) + index files + whole files.
     pub transfer_bytes: u64,
+    /// The new commit and dirtree objects, stored last.
+    #[serde(skip)]
+    pub new_metadata: Vec<(ObjectId, ObjectKind)>,
+    /// The new files and their sources.
+    #[serde(skip)]
+    pub files: Vec<PlannedFile>,
+    /// The chunks to fetch.
+    #[serde(skip)]
+    pub missing_chunks: Vec<ObjectId>,
+    /// Where in `reads` the chunk reads begin.
+    #[serde(skip)]
+    pub first_chunk_read: usize,
+}
+
+/// Pack index files a node fetches.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IndexFetches {
+    /// How many.
+    pub files: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+/// Which pack indexes a plan counts.
+#[derive(Clone, Copy, Debug)]
+pub enum Indexes {
+    /// Those a node's survey fetched (the ones not in its cache).
+    Fetched(IndexFetches),
+    /// Those of the packs the plan reads: what a node lacks when the indexes it holds are
+    /// exactly those of the packs it needs nothing from (a plan between two commits).
+    OfReads,
+}
+
+impl PullPlan {
+    /// Builds the plan from a survey: the chunk reads are coalesced here, everything else is
+    /// counted.
+    pub fn new(
+        from: Option<CommitId>,
+        to: CommitId,
+        survey: Survey,
+        locations: &impl ObjectLocations,
+        indexes: Indexes,
+        whole_files: Vec<WholeFile>,
+        options: CoalesceOptions,
+    ) -> Result<PullPlan, StoreError> {
+        let wanted: Vec<_> = survey.missing_chunks.iter().map(|id| (*id, ObjectKind::Chunk)).collect();
+        let chunk_reads = plan_reads(locations, &wanted, options)?;
+        let mut plan = PullPlan {
+            from,
+            to,
+            files_new: survey.files.len() as u64,
+            files_adopted: survey.files.iter().filter(|f| f.source == FileSource::Adopted).count() as u64,
+            chunks: survey.missing_chunks.len() as u64,
+            chunks_reused: survey.chunks_reused,
+            reused_bytes_raw: survey.reused_bytes_raw,
+            first_chunk_read: survey.metadata_reads.len(),
+            ..Default::default()
+        };
+        for (id, kind) in &survey.metadata_fetched {
+            let (_, entry) = locate(locations, *kind, id)?;
+            plan.metadata_objects += 1;
+            plan.metadata_bytes += entry.span();
+        }
+        for (id, kind) in &wanted {
+            let (_, entry) = locate(locations, *kind, id)?;
+            plan.chunk_bytes_raw += u64::from(entry.raw_len);
+            plan.needed_bytes += entry.span();
+        }
+        plan.needed_bytes += plan.metadata_bytes;
+        plan.reads = survey.metadata_reads;
+        plan.reads.extend(chunk_reads);
+        let indexes = match indexes {
+            Indexes::Fetched(fetches) => fetches,
+            Indexes::OfReads => indexes_of_reads(&plan.reads, locations)?,
+        };
+        (plan.index_files, plan.index_bytes) = (indexes.files, indexes.bytes);
+        plan.requests = (plan.reads.len() + whole_files.len()) as u64 + plan.index_files;
+        plan.transfer_bytes = plan.reads.iter().map(|r| r.len).sum::<u64>()
+            + plan.index_bytes
+            + whole_files.iter().map(|f| f.bytes).sum::<u64>();
+        plan.whole_files = whole_files;
+        plan.new_metadata = survey.new_metadata;
+        plan.files = survey.files;
+        plan.missing_chunks = survey.missing_chunks;
+        Ok(plan)
+    }
+
+    /// The chunk reads (executed by the pull; the metadata's were done by the survey).
+    pub fn chunk_reads(&self) -> &[PackRead] {
+        &self.reads[self.first_chunk_read..]
+    }
 }
 
 /// Where a repository being planned keeps its objects: a local archive repository, or a
-/// remote's pack indexes (`osdeploy delta --remote`).
+/// remote's pack indexes.
 pub trait ObjectLocations {
     /// The pack holding an object, and the object's entry there.
     fn locate(&self, kind: ObjectKind, id: &ObjectId) -> Option<(ObjectId, IndexEntry)>;
     /// The size of a pack's index file.
     fn index_bytes(&self, pack: &ObjectId) -> Result<u64, StoreError>;
+    /// The metadata objects (every kind but chunks) a pack holds.
+    fn metadata_of_pack(&self, pack: &ObjectId) -> Vec<(ObjectId, ObjectKind)>;
 }
 
 impl ObjectLocations for ArchiveStore {
@@ -94,115 +255,82 @@ impl ObjectLocations for ArchiveStore {
     }
 
     fn index_bytes(&self, pack: &ObjectId) -> Result<u64, StoreError> {
-        let path = self.packs_dir().join(format!("{}.idx", pack.to_hex()));
+        let path = self.packs_dir().join(layout::index_name(pack));
         std::fs::metadata(&path).map(|m| m.len()).map_err(|error| StoreError::Io { path, error })
+    }
+
+    fn metadata_of_pack(&self, pack: &ObjectId) -> Vec<(ObjectId, ObjectKind)> {
+        ArchiveStore::metadata_of_pack(self, pack)
     }
 }
 
-/// Plans the transfer from `from` (None: the node holds nothing) to `to` in an archive repository.
+fn indexes_of_reads(reads: &[PackRead], locations: &impl ObjectLocations) -> Result<IndexFetches, StoreError> {
+    let packs: BTreeSet<ObjectId> = reads.iter().map(|r| r.pack).collect();
+    let mut fetches = IndexFetches::default();
+    for pack in packs {
+        fetches.files += 1;
+        fetches.bytes += locations.index_bytes(&pack)?;
+    }
+    Ok(fetches)
+}
+
+fn locate(
+    locations: &impl ObjectLocations,
+    kind: ObjectKind,
+    id: &ObjectId,
+) -> Result<(ObjectId, IndexEntry), StoreError> {
+    locations.locate(kind, id).ok_or(StoreError::ObjectMissing { kind, id: *id })
+}
+
+/// The coalesced reads that fetch `wanted`, pack by pack (see [`CoalesceOptions`]).
+pub fn plan_reads(
+    locations: &impl ObjectLocations,
+    wanted: &[(ObjectId, ObjectKind)],
+    options: CoalesceOptions,
+) -> Result<Vec<PackRead>, StoreError> {
+    let mut by_pack: BTreeMap<ObjectId, Vec<(u64, u64)>> = BTreeMap::new();
+    for (id, kind) in wanted {
+        let (pack, entry) = locate(locations, *kind, id)?;
+        by_pack.entry(pack).or_default().push((entry.offset, entry.span()));
+    }
+    let mut reads = Vec::new();
+    for (pack, mut spans) in by_pack {
+        spans.sort_unstable();
+        reads.extend(coalesce(pack, &spans, options));
+    }
+    Ok(reads)
+}
+
+/// Plans the transfer from `from` (None: the node holds nothing) to `to` in a local archive
+/// repository: the plan a node holding exactly `from` makes when the repository is served
+/// (the same walk as a pull's, reading metadata from the local packs).
 pub fn plan(
     repo: &Repo,
     from: Option<CommitId>,
     to: CommitId,
     options: CoalesceOptions,
-) -> Result<DeltaPlan, StoreError> {
+) -> Result<PullPlan, StoreError> {
     let archive = repo.archive().ok_or_else(|| StoreError::NotARepository {
         path: repo.path().into(),
         reason: "delta plans are computed on an archive repository (what nodes pull from)".into(),
     })?;
+    let survey = |commit, holdings| crate::survey::walk_local(repo, archive, &holdings, commit, options);
     let have = match from {
-        Some(f) => only_commit(repo, f)?,
+        Some(f) => survey(f, HashSet::new())?.objects(),
         None => HashSet::new(),
     };
-    let want = only_commit(repo, to)?;
+    let survey = survey(to, have)?;
     // The files every pull fetches whole: the summary and, from a signed repository, its
     // signature and the wanted commit's.
-    let whole_files: Vec<u64> = ["summary".to_string(), "summary.sig".into(), format!("signatures/{to}.sig")]
-        .iter()
-        .filter_map(|name| std::fs::metadata(repo.path().join(name)).ok().map(|m| m.len()))
+    let whole_files = [layout::SUMMARY.to_string(), layout::SUMMARY_SIGNATURE.into(), layout::commit_signature(&to)]
+        .into_iter()
+        .filter_map(|name| std::fs::metadata(repo.path().join(&name)).ok().map(|m| WholeFile { name, bytes: m.len() }))
         .collect();
-    let mut plan = DeltaPlan { from: from.map(|f| f.to_string()), to: to.to_string(), ..Default::default() };
-    plan_objects(archive, &have, &want, &whole_files, options, &mut plan)?;
-    Ok(plan)
-}
-
-/// Fills `plan` with what fetching `want` costs a node that holds `have`, besides the files
-/// fetched whole (`whole_files`: their sizes).
-pub fn plan_objects(
-    locations: &impl ObjectLocations,
-    have: &HashSet<(ObjectId, ObjectKind)>,
-    want: &HashSet<(ObjectId, ObjectKind)>,
-    whole_files: &[u64],
-    options: CoalesceOptions,
-    plan: &mut DeltaPlan,
-) -> Result<(), StoreError> {
-    let mut by_pack: BTreeMap<ObjectId, Vec<(u64, u64)>> = BTreeMap::new();
-    for key @ (id, kind) in want {
-        let (pack, entry) = locations.locate(*kind, id).ok_or(StoreError::ObjectMissing { kind: *kind, id: *id })?;
-        if have.contains(key) {
-            if *kind == ObjectKind::Chunk {
-                plan.chunks_reused += 1;
-                plan.reused_bytes_raw += u64::from(entry.raw_len);
-            }
-            continue;
-        }
-        match kind {
-            ObjectKind::Chunk => {
-                plan.chunks += 1;
-                plan.chunk_bytes_raw += u64::from(entry.raw_len);
-            }
-            _ => {
-                plan.metadata_objects += 1;
-                plan.metadata_bytes += entry.span();
-            }
-        }
-        plan.needed_bytes += entry.span();
-        by_pack.entry(pack).or_default().push((entry.offset, entry.span()));
-    }
-    for (pack, mut spans) in by_pack {
-        plan.index_files += 1;
-        plan.index_bytes += locations.index_bytes(&pack)?;
-        spans.sort_unstable();
-        plan.reads.extend(coalesce(&pack.to_hex(), &spans, options));
-    }
-    plan.requests = plan.reads.len() as u64 + plan.index_files + whole_files.len() as u64;
-    plan.transfer_bytes =
-        plan.reads.iter().map(|r| r.len).sum::<u64>() + plan.index_bytes + whole_files.iter().sum::<u64>();
-    Ok(())
-}
-
-/// The objects one commit reaches (not its ancestors: a node holds one deployed tree).
-fn only_commit(repo: &Repo, commit: CommitId) -> Result<HashSet<(ObjectId, ObjectKind)>, StoreError> {
-    let c = repo.commit_object(&commit)?;
-    let mut own = HashSet::from([(commit.0, ObjectKind::Commit)]);
-    collect_tree(repo, &c.root, &mut own)?;
-    Ok(own)
-}
-
-fn collect_tree(
-    repo: &Repo,
-    tree: &osdeploy_store::TreeId,
-    out: &mut HashSet<(ObjectId, ObjectKind)>,
-) -> Result<(), StoreError> {
-    if !out.insert((tree.0, ObjectKind::DirTree)) {
-        return Ok(());
-    }
-    for entry in repo.tree(tree)?.entries {
-        match entry.kind {
-            EntryKind::Dir(sub) => collect_tree(repo, &sub, out)?,
-            EntryKind::File { file, .. } if out.insert((file.0, ObjectKind::File)) => {
-                for (chunk, _) in repo.file_object(&file)?.chunks {
-                    out.insert((chunk.0, ObjectKind::Chunk));
-                }
-            }
-            _ => {}
-        }
-    }
-    Ok(())
+    PullPlan::new(from, to, survey, archive, Indexes::OfReads, whole_files, options)
 }
 
 /// Merges sorted `(offset, len)` spans of one pack into reads (see [`CoalesceOptions`]).
-pub fn coalesce(pack: &str, spans: &[(u64, u64)], options: CoalesceOptions) -> Vec<PackRead> {
+pub fn coalesce(pack: ObjectId, spans: &[(u64, u64)], options: CoalesceOptions) -> Vec<PackRead> {
     let mut reads: Vec<PackRead> = Vec::new();
     for &(offset, len) in spans {
         if let Some(last) = reads.last_mut() {
@@ -213,7 +341,7 @@ pub fn coalesce(pack: &str, spans: &[(u64, u64)], options: CoalesceOptions) -> V
                 continue;
             }
         }
-        reads.push(PackRead { pack: pack.to_string(), offset, len, objects: 1 });
+        reads.push(PackRead { pack, offset, len, objects: 1 });
     }
     reads
 }
@@ -225,12 +353,13 @@ mod tests {
     #[test]
     fn coalesces_across_small_gaps_up_to_the_request_limit() {
         let opts = CoalesceOptions { max_gap: 10, max_request: 100 };
-        let reads = coalesce("p", &[(0, 20), (25, 20), (60, 10), (70, 50), (120, 10)], opts);
+        let pack = ObjectId::of(b"p");
+        let reads = coalesce(pack, &[(0, 20), (25, 20), (60, 10), (70, 50), (120, 10)], opts);
         let got: Vec<(u64, u64, u64)> = reads.iter().map(|r| (r.offset, r.len, r.objects)).collect();
         // 0..45 merges (gap 5); 60 starts new (gap 15); 70..120 merges with 60 (gap 0, 60 bytes);
         // 120..130 would make 70 bytes: merged.
         assert_eq!(got, vec![(0, 45, 2), (60, 70, 3)]);
-        let reads = coalesce("p", &[(0, 60), (60, 60)], opts);
+        let reads = coalesce(pack, &[(0, 60), (60, 60)], opts);
         assert_eq!(reads.len(), 2, "the merged read would exceed max_request");
     }
 }

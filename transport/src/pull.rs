@@ -1,32 +1,35 @@
 //! `pull`: fetch a branch's newest commit from a remote archive repository, moving only the
-//! objects the local repository lacks, in few coalesced Range requests.
+//! objects the local repository lacks, in few coalesced Range requests — a plan, then its
+//! execution.
 //!
-//! Walk: summary → pack indexes (verified through the summary, cached) → the commit and, level by
-//! level, the dirtrees and file objects the repository lacks (a dirtree already held implies its
-//! whole subtree) → the chunks of new files that no local file holds → coalesced Range requests,
-//! several in flight, every object verified (size limit, blake3) as it arrives → new files written
-//! as their last chunk arrives (see [`crate::staging`] for what is kept for a rerun) → one write
-//! transaction → the ref `REMOTE/BRANCH`, last. A killed pull resumes from what it kept.
+//! Survey: summary → pack indexes (verified through the summary, cached) → the commit and, level
+//! by level, the dirtrees and file objects the repository lacks ([`crate::survey`]) → a
+//! [`PullPlan`]. Execution: the plan's chunk reads, several in flight, every object verified
+//! (size limit, blake3) as it arrives → new files written as their last chunk arrives (see
+//! [`crate::staging`] for what is kept for a rerun) → one write transaction → the ref
+//! `REMOTE/BRANCH`, last. A killed pull resumes from what it kept. `pull --dry-run` stops after
+//! the survey and writes nothing.
 
-use std::collections::HashSet;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use osdeploy_store::fsutil::crash_point;
-use osdeploy_store::object::{Commit, DirTree, EntryKind, FileObject, ObjectKind};
-use osdeploy_store::{CommitId, FileId, ObjectId, Repo};
+use osdeploy_store::fsutil::{crash_point, unique_tmp_name};
+use osdeploy_store::object::ObjectKind;
+use osdeploy_store::{CommitId, Repo};
 use serde::Serialize;
 
 use crate::assemble::Assembler;
 use crate::client::{Client, HttpOptions, Progress};
 use crate::error::TransportError;
-use crate::fetch::{fetch, fetch_metadata};
-use crate::index::RemoteIndex;
-use crate::plan::CoalesceOptions;
+use crate::fetch::fetch;
+use crate::index::{CacheWrites, RemoteIndex};
+use crate::plan::{CoalesceOptions, FileSource, Indexes, PullPlan};
 use crate::remote::{Remote, staging};
 use crate::staging::Staging;
-use crate::summary::{fetch_summary, verify_commit};
+use crate::summary::{self, fetch_summary, verify_commit};
+use crate::survey;
 
 /// How a pull fetches.
 #[derive(Clone, Copy, Debug)]
@@ -83,7 +86,52 @@ pub fn pull(
     options: PullOptions,
     progress: Arc<Progress>,
 ) -> Result<PullStats, TransportError> {
-    runtime()?.block_on(pull_async(repo, remote, branch, options, progress))
+    runtime()?.block_on(async {
+        let started = Instant::now();
+        let client = Client::new(remote, options.http, progress.clone())?;
+        let mut staged = Staging::open(staging(repo))?;
+        let surveyed = make_plan(repo, &client, remote, branch, &mut staged, options, CacheWrites::Allowed).await?;
+        tracing::debug!(
+            "survey done after {:.2}s: {} new files",
+            started.elapsed().as_secs_f64(),
+            surveyed.plan.files_new
+        );
+        let plan = &surveyed.plan;
+        let mut stats = PullStats {
+            commit: plan.to.to_string(),
+            r#ref: surveyed.local_ref.clone(),
+            metadata_fetched: plan.metadata_objects,
+            chunks_fetched: plan.chunks,
+            chunks_reused: plan.chunks_reused,
+            files_new: plan.files_new,
+            ..Default::default()
+        };
+        execute(repo, &client, surveyed, staged, options).await?;
+        stats.requests = progress.requests.load(Ordering::Relaxed);
+        stats.bytes_fetched = progress.bytes.load(Ordering::Relaxed);
+        stats.seconds = started.elapsed().as_secs_f64();
+        Ok(stats)
+    })
+}
+
+/// `pull --dry-run`: the plan a pull of `branch` would execute now. Nothing is written: indexes
+/// not in the cache and the new metadata are fetched into memory and `scratch` (a directory
+/// removed afterwards). A staging area an interrupted pull left is not consulted.
+pub fn plan_pull(
+    repo: &Repo,
+    remote: &Remote,
+    branch: &str,
+    options: PullOptions,
+    scratch: &Path,
+) -> Result<PullPlan, TransportError> {
+    let dir = scratch.join(unique_tmp_name("pull-plan"));
+    let result = runtime()?.block_on(async {
+        let client = Client::new(remote, options.http, Arc::new(Progress::default()))?;
+        let mut staged = Staging::open(dir.clone())?;
+        Ok(make_plan(repo, &client, remote, branch, &mut staged, options, CacheWrites::Forbidden).await?.plan)
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    result
 }
 
 /// The async runtime transport commands run on.
@@ -110,58 +158,31 @@ fn is_ancestor(repo: &Repo, older: &CommitId, newer: &CommitId) -> Result<bool, 
     Ok(false)
 }
 
-/// The objects a commit or dirtree names (its root tree; its subdirectories and files).
-pub(crate) fn children(
-    kind: ObjectKind,
-    id: ObjectId,
-    bytes: &[u8],
-) -> Result<Vec<(ObjectId, ObjectKind)>, TransportError> {
-    Ok(match kind {
-        ObjectKind::Commit => vec![(Commit::decode(id, bytes)?.root.0, ObjectKind::DirTree)],
-        ObjectKind::DirTree => DirTree::decode(id, bytes)?
-            .entries
-            .into_iter()
-            .filter_map(|entry| match entry.kind {
-                EntryKind::Dir(t) => Some((t.0, ObjectKind::DirTree)),
-                EntryKind::File { file, .. } => Some((file.0, ObjectKind::File)),
-                _ => None,
-            })
-            .collect(),
-        ObjectKind::File | ObjectKind::Chunk => Vec::new(),
-    })
+/// A surveyed pull: its plan, and what executing it needs.
+struct Surveyed {
+    plan: PullPlan,
+    index: RemoteIndex,
+    local_ref: String,
 }
 
-/// What the walk found the repository lacks.
-#[derive(Default)]
-struct Missing {
-    /// New commit and dirtrees, staged.
-    metadata: Vec<(ObjectId, ObjectKind)>,
-    /// New file objects (also staged).
-    files: Vec<(FileId, FileObject)>,
-    /// New file objects whose content a killed pull left complete in the repository.
-    adopted: Vec<(FileId, FileObject)>,
-    /// Chunks of new files that neither the repository nor the staging area holds.
-    chunks: Vec<(ObjectId, ObjectKind)>,
-    /// Chunks of new files already held or staged.
-    chunks_reused: u64,
-    /// Metadata objects fetched.
-    metadata_fetched: u64,
-}
-
-async fn pull_async(
-    repo: &mut Repo,
+/// Everything a pull does before it fetches a chunk: the summary and signatures, the downgrade
+/// check, the pack indexes, the walk of the new commit's metadata into `staged`, and the plan.
+async fn make_plan(
+    repo: &Repo,
+    client: &Client,
     remote: &Remote,
     branch: &str,
+    staged: &mut Staging,
     options: PullOptions,
-    progress: Arc<Progress>,
-) -> Result<PullStats, TransportError> {
-    let started = Instant::now();
-    let client = Client::new(remote, options.http, progress.clone())?;
-    let summary = fetch_summary(&client, remote).await?.summary;
-    let (commit, offered_time) = summary.branch(remote, branch)?;
-    verify_commit(&client, remote, &commit).await?;
+    writes: CacheWrites,
+) -> Result<Surveyed, TransportError> {
+    let fetched = fetch_summary(client, remote).await?;
+    let (commit, offered_time) = summary::branch(&fetched.summary, remote, branch)?;
+    let signature = verify_commit(client, remote, &commit).await?;
+    let whole_files = fetched.whole_files(&commit, signature.as_deref());
     let local_ref = format!("{}/{branch}", remote.name);
-    if let Some(held) = repo.read_ref(&local_ref)?
+    let held = repo.read_ref(&local_ref)?;
+    if let Some(held) = held
         && held != commit
         && !options.allow_downgrade
     {
@@ -177,35 +198,47 @@ async fn pull_async(
             });
         }
     }
-    let index = crate::index::load(repo, &client, &summary.packs()?).await?;
-    tracing::debug!("indexes loaded after {:.3}s", started.elapsed().as_secs_f64());
-    let mut staged = Staging::open(staging(repo))?;
-    let missing = walk(repo, &client, &index, &mut staged, commit, options).await?;
-    tracing::debug!("walk done after {:.2}s: {} new files", started.elapsed().as_secs_f64(), missing.files.len());
+    let (index, fetches) = crate::index::load(repo, client, &summary::packs(&fetched.summary), writes).await?;
+    // Tens of thousands of lookups follow: one read snapshot instead of a lock for each.
+    let snapshot = repo.bare().map(|bare| bare.batch_reads()).transpose()?;
+    let source = survey::Remote { client, index: &index, staged, in_flight: options.in_flight };
+    let surveyed = survey::walk(source, repo, commit, options.coalesce).await?;
+    drop(snapshot);
+    let plan = PullPlan::new(held, commit, surveyed, &index, Indexes::Fetched(fetches), whole_files, options.coalesce)?;
+    Ok(Surveyed { plan, index, local_ref })
+}
+
+/// Executes a surveyed plan: fetches its chunk reads while writing the new files, stores the new
+/// metadata in one transaction, then writes the ref.
+async fn execute(
+    repo: &mut Repo,
+    client: &Client,
+    surveyed: Surveyed,
+    mut staged: Staging,
+    options: PullOptions,
+) -> Result<(), TransportError> {
+    let Surveyed { plan, index, local_ref } = surveyed;
     // Files are written while the fetch goes on, each as soon as its last chunk is staged; then
     // one write transaction records them with the trees and the commit, and the ref goes last.
     let mut writer = repo.writer();
-    let files_new = missing.files.len() as u64;
-    let mut assembler = Assembler::new(missing.files, &missing.chunks);
+    let (built, adopted): (Vec<_>, Vec<_>) = plan.files.iter().partition(|f| f.source == FileSource::Chunks);
+    let missing: Vec<_> = plan.missing_chunks.iter().map(|id| (*id, ObjectKind::Chunk)).collect();
+    let mut assembler = Assembler::new(built.into_iter().map(|f| (f.id, f.object.clone())).collect(), &missing);
     assembler.write_ready(&mut writer, &staged, repo)?;
-    fetch(&client, &index, &missing.chunks, &mut staged, options.in_flight, options.coalesce, |staged, ids| {
+    let wanted = missing.iter().copied().collect();
+    fetch(client, &index, plan.chunk_reads(), wanted, &mut staged, options.in_flight, |staged, ids| {
         assembler.staged(&ids);
         assembler.write_ready(&mut writer, staged, repo)?;
         // Chunks no file waits for any more are in their files now: they need no staged copy.
         Ok(staged.settle(|kind, id| kind != ObjectKind::Chunk || assembler.needs(id))?)
     })
     .await?;
-    tracing::debug!(
-        "{} chunks fetched and the new files written after {:.2}s",
-        missing.chunks.len(),
-        started.elapsed().as_secs_f64()
-    );
     assembler.finish()?;
     crash_point("pull:before-store");
-    for (id, object) in &missing.adopted {
-        writer.adopt_file_object(*id, object);
+    for file in adopted {
+        writer.adopt_file_object(file.id, &file.object);
     }
-    for (id, kind) in &missing.metadata {
+    for (id, kind) in &plan.new_metadata {
         writer.add_metadata(*kind, &staged.get(*kind, id)?)?;
     }
     // In a bare repository the staged chunks are in the new files now; dropped before the sync,
@@ -215,85 +248,9 @@ async fn pull_async(
     }
     crash_point("pull:after-assembly");
     let (_, packs) = writer.finish(repo.path())?;
-    tracing::debug!("stored after {:.2}s", started.elapsed().as_secs_f64());
     repo.register_packs(packs);
     crash_point("pull:before-ref");
-    repo.write_ref(&local_ref, &commit)?;
+    repo.write_ref(&local_ref, &plan.to)?;
     staged.clear()?;
-    Ok(PullStats {
-        commit: commit.to_string(),
-        r#ref: local_ref,
-        requests: progress.requests.load(Ordering::Relaxed),
-        bytes_fetched: progress.bytes.load(Ordering::Relaxed),
-        metadata_fetched: missing.metadata_fetched,
-        chunks_fetched: missing.chunks.len() as u64,
-        chunks_reused: missing.chunks_reused,
-        files_new,
-        seconds: started.elapsed().as_secs_f64(),
-    })
-}
-
-/// Walks `commit` from the top, fetching (into `staged`) the metadata the repository lacks; a
-/// held dirtree or file object is complete, so the walk never descends into one.
-async fn walk(
-    repo: &Repo,
-    client: &Client,
-    index: &RemoteIndex,
-    staged: &mut Staging,
-    commit: CommitId,
-    options: PullOptions,
-) -> Result<Missing, TransportError> {
-    let mut missing = Missing::default();
-    // Tens of thousands of lookups follow: one read snapshot instead of a lock for each.
-    let _snapshot = repo.bare().map(|bare| bare.batch_reads()).transpose()?;
-    let absent = |staged: &Staging, kind, id: &ObjectId| -> Result<bool, TransportError> {
-        Ok(!staged.has(kind, id) && !repo.has(kind, id)?)
-    };
-    let mut level = vec![(commit.0, ObjectKind::Commit)];
-    let mut seen: HashSet<(ObjectId, ObjectKind)> = level.iter().copied().collect();
-    let mut wanted_chunks = HashSet::new();
-    let mut prefetched = HashSet::new();
-    while !level.is_empty() {
-        missing.metadata_fetched +=
-            fetch_metadata(client, index, &level, staged, &mut prefetched, absent, options).await?;
-        let mut next = Vec::new();
-        for (id, kind) in level {
-            if repo.has(kind, &id)? {
-                continue; // held objects are complete, with everything below them
-            }
-            let bytes = staged.get(kind, &id)?;
-            match kind {
-                ObjectKind::Commit | ObjectKind::DirTree => {
-                    next.extend(children(kind, id, &bytes)?.into_iter().filter(|child| seen.insert(*child)));
-                }
-                ObjectKind::File => {
-                    let object = FileObject::decode(id, &bytes)?;
-                    if staged.resumed()
-                        && let Some(bare) = repo.bare()
-                        && bare.has_unrecorded_content(&FileId(id), &object)?
-                    {
-                        missing.adopted.push((FileId(id), object));
-                        continue;
-                    }
-                    for (chunk, _) in &object.chunks {
-                        if !wanted_chunks.insert(chunk.0) {
-                            continue;
-                        }
-                        if absent(staged, ObjectKind::Chunk, &chunk.0)? {
-                            missing.chunks.push((chunk.0, ObjectKind::Chunk));
-                        } else {
-                            missing.chunks_reused += 1;
-                        }
-                    }
-                    missing.files.push((FileId(id), object));
-                }
-                ObjectKind::Chunk => unreachable!("chunks are not walked"),
-            }
-            if kind != ObjectKind::File {
-                missing.metadata.push((id, kind));
-            }
-        }
-        level = next;
-    }
-    Ok(missing)
+    Ok(())
 }

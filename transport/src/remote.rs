@@ -2,8 +2,8 @@
 
 use std::collections::BTreeMap;
 
-use osdeploy_store::Repo;
 use osdeploy_store::fsutil::atomic_write;
+use osdeploy_store::{Repo, layout};
 use serde::{Deserialize, Serialize};
 
 use crate::error::TransportError;
@@ -24,7 +24,7 @@ pub struct Remote {
 }
 
 fn path(repo: &Repo) -> std::path::PathBuf {
-    repo.path().join("remotes.json")
+    repo.path().join(layout::REMOTES)
 }
 
 /// Every configured remote, by name.
@@ -64,15 +64,15 @@ pub fn add(repo: &Repo, remote: Remote) -> Result<(), TransportError> {
     let mut all = list(repo)?;
     all.insert(remote.name.clone(), remote);
     let text = serde_json::to_string_pretty(&all).expect("remotes serialize") + "\n";
-    Ok(atomic_write(&path(repo), &repo.path().join("tmp"), text.as_bytes())?)
+    Ok(atomic_write(&path(repo), &repo.path().join(layout::TMP), text.as_bytes())?)
 }
 
 /// Where this repository keeps remote pack indexes (immutable, named by pack id).
 pub fn index_cache(repo: &Repo) -> std::path::PathBuf {
-    repo.path().join("cache/indexes")
+    repo.path().join(layout::INDEX_CACHE)
 }
 
 /// Where a pull keeps verified objects until its commit is complete (survives a crash).
 pub fn staging(repo: &Repo) -> std::path::PathBuf {
-    repo.path().join("staging")
+    repo.path().join(layout::STAGING)
 }

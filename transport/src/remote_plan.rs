@@ -1,46 +1,40 @@
-//! `osdeploy delta --remote`: the delta plan between two commits of a remote archive repository,
+//! `osdeploy delta --remote`: the plan between two commits of a remote archive repository,
 //! computed over HTTP from its summary, pack indexes and metadata only — no chunk is fetched,
-//! and nothing is written to the local repository.
+//! and nothing is written to the local repository. It walks like a pull ([`crate::survey`]) of a
+//! node that holds exactly FROM's objects, so it prints the plan such a node's `pull --dry-run`
+//! prints.
 
 use std::collections::HashSet;
+use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use osdeploy_store::fsutil::unique_tmp_name;
-use osdeploy_store::object::{FileObject, ObjectKind};
-use osdeploy_store::pack::IndexEntry;
-use osdeploy_store::{CommitId, ObjectId, StoreError};
+use osdeploy_store::object::ObjectKind;
+use osdeploy_store::summary::Summary;
+use osdeploy_store::{CommitId, ObjectId};
 use serde::Serialize;
 
 use crate::client::{Client, Progress};
 use crate::error::TransportError;
-use crate::fetch::fetch_metadata;
 use crate::index::RemoteIndex;
-use crate::plan::{DeltaPlan, ObjectLocations, plan_objects};
-use crate::pull::{PullOptions, children};
+use crate::plan::{Indexes, PullPlan};
+use crate::pull::{PullOptions, runtime};
 use crate::remote::Remote;
 use crate::staging::Staging;
-use crate::summary::{Summary, fetch_summary, verify_commit};
+use crate::summary::{self, fetch_summary, verify_commit};
+use crate::survey;
 
-/// A remote delta plan and what computing it cost.
+/// A remote plan and what computing it cost.
 #[derive(Debug, Serialize)]
 pub struct RemoteDelta {
     /// The plan, as `osdeploy delta` prints it for a local repository.
     #[serde(flatten)]
-    pub plan: DeltaPlan,
+    pub plan: PullPlan,
     /// Requests sent to compute it (summary, indexes, metadata).
     pub survey_requests: u64,
     /// Bytes received to compute it.
     pub survey_bytes: u64,
-}
-
-impl ObjectLocations for RemoteIndex {
-    fn locate(&self, kind: ObjectKind, id: &ObjectId) -> Option<(ObjectId, IndexEntry)> {
-        RemoteIndex::locate(self, kind, id).map(|(pack, entry)| (pack.pack, *entry))
-    }
-
-    fn index_bytes(&self, pack: &ObjectId) -> Result<u64, StoreError> {
-        Ok(self.packs.iter().find(|p| p.pack == *pack).map_or(0, |p| p.index_bytes))
-    }
 }
 
 /// Plans what a node holding `from` ("none": nothing) must fetch from `remote` for `to`; each
@@ -50,12 +44,14 @@ pub fn plan_remote(
     remote: &Remote,
     from: &str,
     to: &str,
-    scratch: &std::path::Path,
+    scratch: &Path,
     options: PullOptions,
 ) -> Result<RemoteDelta, TransportError> {
-    let dir = scratch.join(unique_tmp_name("delta"));
-    let result = crate::pull::runtime()?.block_on(plan_async(remote, from, to, Staging::open(dir.clone())?, options));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dirs = [scratch.join(unique_tmp_name("delta-from")), scratch.join(unique_tmp_name("delta-to"))];
+    let result = runtime()?.block_on(plan_async(remote, from, to, &dirs, options));
+    for dir in dirs {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     result
 }
 
@@ -63,38 +59,45 @@ async fn plan_async(
     remote: &Remote,
     from: &str,
     to: &str,
-    mut staged: Staging,
+    dirs: &[std::path::PathBuf; 2],
     options: PullOptions,
 ) -> Result<RemoteDelta, TransportError> {
     let progress = Arc::new(Progress::default());
     let client = Client::new(remote, options.http, progress.clone())?;
     let fetched = fetch_summary(&client, remote).await?;
-    let index = crate::index::fetch(&client, &fetched.summary.packs()?).await?;
+    let index = crate::index::fetch(&client, &summary::packs(&fetched.summary)).await?;
     let from = if from == "none" { None } else { Some(resolve(remote, &fetched.summary, &index, from)?) };
     let to = resolve(remote, &fetched.summary, &index, to)?;
+    let walk_commit = |commit, holdings: HashSet<(ObjectId, ObjectKind)>, dir: &Path| {
+        let (client, index) = (&client, &index);
+        let dir = dir.to_path_buf();
+        async move {
+            let mut staged = Staging::open(dir)?;
+            let source = survey::Remote { client, index, staged: &mut staged, in_flight: options.in_flight };
+            survey::walk(source, &holdings, commit, options.coalesce).await
+        }
+    };
     let have = match from {
-        Some(f) => reachable(&client, &index, &mut staged, f, options).await?,
+        Some(f) => walk_commit(f, HashSet::new(), &dirs[0]).await?.objects(),
         None => HashSet::new(),
     };
-    let want = reachable(&client, &index, &mut staged, to, options).await?;
+    let survey = walk_commit(to, have, &dirs[1]).await?;
     // A pull fetches the summary whole, and from a signed remote its signature and the commit's
     // (verified here as the pull would).
-    let mut whole_files = vec![fetched.bytes.len() as u64];
-    whole_files.extend(fetched.signatures.as_ref().map(|s| s.len() as u64));
-    whole_files.extend(verify_commit(&client, remote, &to).await?.map(|s| s.len() as u64));
-    let mut plan = DeltaPlan { from: from.map(|f| f.to_string()), to: to.to_string(), ..Default::default() };
-    plan_objects(&index, &have, &want, &whole_files, options.coalesce, &mut plan)?;
+    let signature = verify_commit(&client, remote, &to).await?;
+    let whole_files = fetched.whole_files(&to, signature.as_deref());
+    let plan = PullPlan::new(from, to, survey, &index, Indexes::OfReads, whole_files, options.coalesce)?;
     Ok(RemoteDelta {
         plan,
-        survey_requests: progress.requests.load(std::sync::atomic::Ordering::Relaxed),
-        survey_bytes: progress.bytes.load(std::sync::atomic::Ordering::Relaxed),
+        survey_requests: progress.requests.load(Ordering::Relaxed),
+        survey_bytes: progress.bytes.load(Ordering::Relaxed),
     })
 }
 
 /// A branch of the remote or a full commit id it holds.
 fn resolve(remote: &Remote, summary: &Summary, index: &RemoteIndex, name: &str) -> Result<CommitId, TransportError> {
     if summary.refs.contains_key(name) {
-        return Ok(summary.branch(remote, name)?.0);
+        return Ok(summary::branch(summary, remote, name)?.0);
     }
     match ObjectId::from_hex(name) {
         Some(id) if index.locate(ObjectKind::Commit, &id).is_some() => Ok(CommitId(id)),
@@ -107,34 +110,4 @@ fn resolve(remote: &Remote, summary: &Summary, index: &RemoteIndex, name: &str) 
             ),
         }),
     }
-}
-
-/// Every object `commit` reaches (metadata fetched into `staged` as needed; chunks are listed,
-/// not fetched).
-async fn reachable(
-    client: &Client,
-    index: &RemoteIndex,
-    staged: &mut Staging,
-    commit: CommitId,
-    options: PullOptions,
-) -> Result<HashSet<(ObjectId, ObjectKind)>, TransportError> {
-    let mut seen = HashSet::from([(commit.0, ObjectKind::Commit)]);
-    let mut level = vec![(commit.0, ObjectKind::Commit)];
-    let mut prefetched = HashSet::new();
-    let absent = |staged: &Staging, kind, id: &ObjectId| Ok(!staged.has(kind, id));
-    while !level.is_empty() {
-        fetch_metadata(client, index, &level, staged, &mut prefetched, absent, options).await?;
-        let mut next = Vec::new();
-        for (id, kind) in level {
-            let bytes = staged.get(kind, &id)?;
-            if kind == ObjectKind::File {
-                for (chunk, _) in FileObject::decode(id, &bytes)?.chunks {
-                    seen.insert((chunk.0, ObjectKind::Chunk));
-                }
-            }
-            next.extend(children(kind, id, &bytes)?.into_iter().filter(|child| seen.insert(*child)));
-        }
-        level = next;
-    }
-    Ok(seen)
 }

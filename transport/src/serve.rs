@@ -13,6 +13,8 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use tower_http::services::ServeDir;
 
+use osdeploy_store::layout;
+
 use crate::error::TransportError;
 
 async fn cache_headers(request: Request, next: Next) -> Response {
@@ -25,7 +27,7 @@ async fn cache_headers(request: Request, next: Next) -> Response {
 
 /// Serves `dir` on `addr` until the process is stopped; `ready` receives the bound address.
 pub async fn serve(dir: PathBuf, addr: SocketAddr, ready: impl FnOnce(SocketAddr)) -> Result<(), TransportError> {
-    if !dir.join("summary").exists() {
+    if !dir.join(layout::SUMMARY).exists() {
         return Err(TransportError::Config(format!(
             "{} is not an archive repository (no summary file): only archive repositories are served",
             dir.display()

@@ -1,40 +1,13 @@
 //! A remote's summary (its refs and packs) and the signatures that make it trustworthy.
 
-use std::collections::BTreeMap;
-
+use osdeploy_store::layout;
+use osdeploy_store::summary::Summary;
 use osdeploy_store::{CommitId, ObjectId};
-use serde::Deserialize;
 
 use crate::client::Client;
 use crate::error::TransportError;
+use crate::plan::WholeFile;
 use crate::remote::Remote;
-
-/// One branch as the summary offers it.
-#[derive(Clone, Debug, Deserialize)]
-pub struct SummaryRef {
-    /// The branch's commit (hex).
-    pub commit: String,
-    /// The commit's timestamp (seconds since the epoch).
-    pub timestamp: i64,
-}
-
-/// One pack as the summary lists it.
-#[derive(Clone, Debug, Deserialize)]
-pub struct SummaryPack {
-    /// The pack's id (hex): the blake3 of the pack file.
-    pub id: String,
-    /// The blake3 of the pack's index file (hex).
-    pub index: String,
-}
-
-/// The parts of a remote's `summary` a client uses.
-#[derive(Clone, Debug, Deserialize)]
-pub struct Summary {
-    /// Branch → commit.
-    pub refs: BTreeMap<String, SummaryRef>,
-    /// Every pack of the repository.
-    pub packs: Vec<SummaryPack>,
-}
 
 /// A summary as fetched and verified, with its exact bytes (a mirror passes them on).
 pub struct VerifiedSummary {
@@ -46,33 +19,31 @@ pub struct VerifiedSummary {
     pub signatures: Option<Vec<u8>>,
 }
 
-impl Summary {
-    /// Each pack's id and its index's hash, parsed.
-    pub fn packs(&self) -> Result<Vec<(ObjectId, ObjectId)>, TransportError> {
-        let parse = |hex: &str| {
-            ObjectId::from_hex(hex).ok_or_else(|| TransportError::Invalid {
-                what: "the summary".into(),
-                url: "summary".into(),
-                reason: format!("{hex:?} is not an object id"),
-            })
-        };
-        self.packs.iter().map(|p| Ok((parse(&p.id)?, parse(&p.index)?))).collect()
+impl VerifiedSummary {
+    /// The files a pull of `commit` fetches whole: this summary, its signature and the commit's
+    /// signature (`commit_signature`, when the remote is signed).
+    pub fn whole_files(&self, commit: &CommitId, commit_signature: Option<&[u8]>) -> Vec<WholeFile> {
+        let file = |name: String, bytes: &[u8]| WholeFile { name, bytes: bytes.len() as u64 };
+        let mut files = vec![file(layout::SUMMARY.into(), &self.bytes)];
+        files.extend(self.signatures.as_deref().map(|s| file(layout::SUMMARY_SIGNATURE.into(), s)));
+        files.extend(commit_signature.map(|s| file(layout::commit_signature(commit), s)));
+        files
     }
+}
 
-    /// The commit `branch` names, or an error listing the branches there are.
-    pub fn branch(&self, remote: &Remote, branch: &str) -> Result<(CommitId, i64), TransportError> {
-        let offered = self.refs.get(branch).ok_or_else(|| TransportError::NoSuchBranch {
-            remote: remote.name.clone(),
-            branch: branch.into(),
-            available: self.refs.keys().cloned().collect::<Vec<_>>().join(", "),
-        })?;
-        let id = ObjectId::from_hex(&offered.commit).ok_or_else(|| TransportError::Invalid {
-            what: "the summary".into(),
-            url: remote.urls[0].clone(),
-            reason: format!("branch {branch} names {:?}, not a commit id", offered.commit),
-        })?;
-        Ok((CommitId(id), offered.timestamp))
-    }
+/// Each pack's id and its index's hash.
+pub fn packs(summary: &Summary) -> Vec<(ObjectId, ObjectId)> {
+    summary.packs.iter().map(|p| (p.id, p.index)).collect()
+}
+
+/// The commit `branch` names and its timestamp, or an error listing the branches there are.
+pub fn branch(summary: &Summary, remote: &Remote, branch: &str) -> Result<(CommitId, i64), TransportError> {
+    let offered = summary.refs.get(branch).ok_or_else(|| TransportError::NoSuchBranch {
+        remote: remote.name.clone(),
+        branch: branch.into(),
+        available: summary.refs.keys().cloned().collect::<Vec<_>>().join(", "),
+    })?;
+    Ok((offered.commit, offered.timestamp))
 }
 
 fn trusted_keys(remote: &Remote) -> Result<Vec<ed25519_dalek::VerifyingKey>, TransportError> {
@@ -104,17 +75,24 @@ pub async fn fetch_summary(client: &Client, remote: &Remote) -> Result<VerifiedS
     let trusted = trusted_keys(remote)?;
     let mut attempt = 0;
     loop {
-        let bytes = client.get("summary").await?;
-        let summary: Summary = serde_json::from_slice(&bytes).map_err(|e| TransportError::Invalid {
-            what: "the summary".into(),
-            url: remote.urls[0].clone(),
-            reason: e.to_string(),
-        })?;
+        // A summary that does not parse, or has a format this osdeploy does not read, rejects
+        // that URL's data.
+        let (bytes, summary) = client
+            .get_parsed(layout::SUMMARY, |bytes| {
+                Summary::parse(bytes, layout::SUMMARY).map_err(|e| TransportError::Invalid {
+                    what: "the summary".into(),
+                    url: String::new(),
+                    reason: e.to_string(),
+                })
+            })
+            .await?;
         if remote.insecure {
             return Ok(VerifiedSummary { summary, bytes, signatures: None });
         }
-        let signatures =
-            client.get("summary.sig").await.map_err(|_| signature_error(remote, "its summary", "is not signed"))?;
+        let signatures = client
+            .get(layout::SUMMARY_SIGNATURE)
+            .await
+            .map_err(|_| signature_error(remote, "its summary", "is not signed"))?;
         if crate::sign::verify(&bytes, &signatures, &trusted) {
             return Ok(VerifiedSummary { summary, bytes, signatures: Some(signatures) });
         }
@@ -139,7 +117,7 @@ pub async fn verify_commit(
     let trusted = trusted_keys(remote)?;
     let what = format!("commit {commit}");
     let signatures = client
-        .get(&format!("signatures/{commit}.sig"))
+        .get(&layout::commit_signature(commit))
         .await
         .map_err(|_| signature_error(remote, &what, "is not signed"))?;
     if !crate::sign::verify(commit.to_string().as_bytes(), &signatures, &trusted) {

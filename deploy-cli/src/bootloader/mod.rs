@@ -1,6 +1,6 @@
 //! Bootloader backends: how a node is told which slot (`a` or `b`) to boot, once on trial or from now on.
 //!
-//! # Boot semantics (DESIGN.md §5)
+//! # Boot semantics (docs/deployments.md)
 //!
 //! Every backend stores the same small model, in its own format:
 //!
@@ -278,13 +278,13 @@ pub enum BackendConfig {
 
 impl BackendConfig {
     /// Opens the backend.
-    pub fn open(&self) -> Box<dyn Bootloader> {
-        match self {
+    pub fn open(&self) -> Result<Box<dyn Bootloader>> {
+        Ok(match self {
             BackendConfig::File(path) => Box::new(StateFile::new(path)),
             BackendConfig::Grub(path) => Box::new(GrubEnv::new(path)),
             BackendConfig::SystemdBoot(path) => Box::new(SystemdBoot::new(path)),
-            BackendConfig::UBoot { path, size } => Box::new(UBootEnv::new(path, *size)),
-        }
+            BackendConfig::UBoot { path, size } => Box::new(UBootEnv::new(path, *size)?),
+        })
     }
 }
 

@@ -145,6 +145,9 @@ pub fn render_env(vars: &[(String, String)], size: usize, path: &Path) -> Result
     Ok(out)
 }
 
+/// The smallest environment: a 4-byte CRC and the empty variable list's terminating NUL.
+const MIN_ENV_SIZE: usize = 5;
+
 /// A U-Boot environment file holding the boot state.
 #[derive(Clone, Debug)]
 pub struct UBootEnv {
@@ -155,9 +158,18 @@ pub struct UBootEnv {
 impl UBootEnv {
     /// A backend using the environment file `path` of `size` bytes ([`DEFAULT_ENV_SIZE`] is common; it must match
     /// U-Boot's `CONFIG_ENV_SIZE`). A missing file counts as an empty environment (slot `a`, no trial) and is created
-    /// at the first change.
-    pub fn new(path: impl Into<PathBuf>, size: usize) -> Self {
-        UBootEnv { path: path.into(), size }
+    /// at the first change. A size too small for the CRC and an empty variable list is refused.
+    pub fn new(path: impl Into<PathBuf>, size: usize) -> Result<Self> {
+        let path = path.into();
+        if size < MIN_ENV_SIZE {
+            return Err(BootloaderError::Corrupt {
+                reason: format!(
+                    "the configured environment size {size} is too small (at least {MIN_ENV_SIZE} bytes: a CRC and an empty variable list)"
+                ),
+                path,
+            });
+        }
+        Ok(UBootEnv { path, size })
     }
 }
 
@@ -170,12 +182,6 @@ impl VarEnv for UBootEnv {
 
     /// All variables of the environment, in order (empty if the file does not exist).
     fn read_vars(&self) -> Result<Vec<(String, String)>> {
-        if self.size < 5 {
-            return Err(BootloaderError::Corrupt {
-                path: self.path.clone(),
-                reason: format!("the configured environment size {} is too small", self.size),
-            });
-        }
         match read_optional(&self.path)? {
             Some(bytes) => parse_env(&bytes, self.size, &self.path),
             None => Ok(Vec::new()),
@@ -198,8 +204,18 @@ mod tests {
 
     fn backend() -> (tempfile::TempDir, UBootEnv) {
         let dir = tempfile::tempdir().unwrap();
-        let env = UBootEnv::new(dir.path().join("uboot.env"), SIZE);
+        let env = UBootEnv::new(dir.path().join("uboot.env"), SIZE).unwrap();
         (dir, env)
+    }
+
+    #[test]
+    fn environments_too_small_for_a_crc_are_refused() {
+        for size in 0..MIN_ENV_SIZE {
+            let err = UBootEnv::new("/boot/uboot.env", size).unwrap_err().to_string();
+            assert!(err.contains("/boot/uboot.env") && err.contains(&format!("size {size} is too small")), "{err}");
+        }
+        let env = UBootEnv::new(tempfile::tempdir().unwrap().path().join("e"), MIN_ENV_SIZE).unwrap();
+        assert_eq!(env.read_vars().unwrap(), Vec::new());
     }
 
     #[test]

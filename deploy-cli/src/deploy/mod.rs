@@ -1,4 +1,4 @@
-//! Deployments (DESIGN.md §5): A/B slots in a sysroot, switched by reflink checkout, booted once on trial,
+//! Deployments (docs/deployments.md): A/B slots in a sysroot, switched by reflink checkout, booted once on trial,
 //! made default by `mark-good` after health checks, rolled back automatically by the bootloader.
 //!
 //! # Sysroot layout

@@ -18,7 +18,7 @@ use osdeploy_store::chunker::ChunkerParams;
 use osdeploy_store::fsutil::crash_point;
 use osdeploy_store::object::ObjectKind;
 use osdeploy_store::repo::{DEFAULT_COMPRESSION_LEVEL, RepoMode};
-use osdeploy_store::{Access, CommitId, ObjectId, Repo, StoreError};
+use osdeploy_store::{Access, CommitId, Repo, StoreError};
 use rustix::fs::{FileType, Mode};
 use serde::Serialize;
 
@@ -35,8 +35,8 @@ pub fn slot_ref(slot: Slot) -> String {
     format!("osdeploy/slot-{slot}")
 }
 
-fn bootloader(sysroot: &Sysroot, kind: BootloaderKind) -> Box<dyn Bootloader> {
-    kind.backend(sysroot).open()
+fn bootloader(sysroot: &Sysroot, kind: BootloaderKind) -> Result<Box<dyn Bootloader>> {
+    Ok(kind.backend(sysroot).open()?)
 }
 
 /// What `init-sysroot` set up.
@@ -63,7 +63,7 @@ pub fn init_sysroot(sysroot: &Sysroot, kind: BootloaderKind) -> Result<InitRepor
         return Err(DeployError::AlreadyInitialized { path: root.to_owned() });
     }
     let repo = sysroot.repo();
-    if !repo.join("config").exists() {
+    if !repo.join(osdeploy_store::layout::CONFIG).exists() {
         Repo::init(&repo, RepoMode::Bare, DEFAULT_COMPRESSION_LEVEL, ChunkerParams::default())?;
     }
     for slot in Slot::ALL {
@@ -91,12 +91,68 @@ pub fn init_sysroot(sysroot: &Sysroot, kind: BootloaderKind) -> Result<InitRepor
         }
         sd.install_loader_default()?;
     }
-    let bl = bootloader(sysroot, kind);
+    let bl = bootloader(sysroot, kind)?;
     bl.set_next(Slot::A)?;
     let mut state = State::new(kind);
     state.log("init", None, None, format!("sysroot created with the {} bootloader backend", bl.name()));
     state.save(sysroot)?;
     Ok(InitReport { bootloader: kind, bootloader_location: bl.location().to_owned(), created_data_dirs })
+}
+
+/// How a switch will place the new tree's content in the slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckoutMethod {
+    /// Extents shared with the repository (FICLONE): no data copied.
+    Reflink,
+    /// Data copied: the slot is on another filesystem, or its filesystem cannot share extents.
+    Copy,
+}
+
+/// What happens to /etc.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum EtcPlan {
+    /// Three-way merge: the booted release's defaults, the new release's, the booted slot's files.
+    Merge {
+        /// The booted release.
+        base: CommitId,
+    },
+    /// The booted release is no longer in the repository: the new release's /etc is used as it is.
+    BaseMissing {
+        /// The booted release.
+        base: CommitId,
+    },
+    /// Nothing is deployed in the booted slot: the new release's /etc is used as it is.
+    NothingDeployed,
+}
+
+/// A validated switch: everything `switch` will do, worked out before anything is written.
+/// `switch --dry-run` prints it; [`switch`] carries it out.
+#[derive(Clone, Debug, Serialize)]
+pub struct SwitchPlan {
+    /// The slot that is booted (and stays untouched).
+    pub booted: Slot,
+    /// The standby slot the release is deployed into.
+    pub slot: Slot,
+    /// The commit deployed.
+    pub commit: CommitId,
+    /// Its release version.
+    pub version: Option<String>,
+    /// How content will be placed.
+    pub method: CheckoutMethod,
+    /// Whether the slot and the repository are on one filesystem (required for reflinks).
+    pub same_filesystem: bool,
+    /// What happens to /etc.
+    pub etc: EtcPlan,
+    /// The standby slot's pending trial is cancelled before the slot is emptied.
+    pub cancel_trial: bool,
+    /// The bootloader backend armed last.
+    pub bootloader: BootloaderKind,
+    /// Boots the trial gets.
+    pub tries: u32,
+    /// Content is re-hashed before it is deployed (`--verify`, `verify_on_switch`).
+    pub verify: bool,
 }
 
 /// What `switch` did.
@@ -107,7 +163,7 @@ pub struct SwitchReport {
     /// The slot that was booted.
     pub booted: Slot,
     /// The commit deployed.
-    pub commit: String,
+    pub commit: CommitId,
     /// Its release version.
     pub version: Option<String>,
     /// How content was placed: `reflink`, `copy`, `decompress` or a mix joined by `+` (see the store's checkout).
@@ -159,83 +215,113 @@ fn resolve_target(repo: &Repo, state: &State, sysroot: &Sysroot, target: Option<
     }
 }
 
+/// Filesystems whose files can share extents (FICLONE): btrfs, and xfs made with reflink=1 (the
+/// default of mkfs.xfs since xfsprogs 5.1; an older xfs falls back to copying at checkout).
+fn can_share_extents(path: &Path) -> Result<bool> {
+    const BTRFS_SUPER_MAGIC: i64 = 0x9123_683e;
+    const XFS_SUPER_MAGIC: i64 = 0x5846_5342;
+    let fs = rustix::fs::statfs(path).at(path)?;
+    Ok(matches!(fs.f_type as i64, BTRFS_SUPER_MAGIC | XFS_SUPER_MAGIC))
+}
+
+/// Works out a switch to `target` (or the followed branch's commit) without writing anything.
+fn plan(
+    sysroot: &Sysroot,
+    state: &State,
+    boot: &crate::bootloader::BootState,
+    repo: &Repo,
+    target: Option<&str>,
+    config: &Config,
+) -> Result<SwitchPlan> {
+    let booted = state.booted.unwrap_or(boot.default);
+    let slot = booted.other();
+    if boot.default == slot {
+        return Err(DeployError::StandbyIsDefault { slot });
+    }
+    let commit = resolve_target(repo, state, sysroot, target)?;
+    let version = Some(repo.commit_object(&commit)?.version).filter(|v| !v.is_empty());
+    let etc = match state.slots.get(booted).commit {
+        Some(base) if repo.has(ObjectKind::Commit, &base.0)? => EtcPlan::Merge { base },
+        Some(base) => EtcPlan::BaseMissing { base },
+        None => EtcPlan::NothingDeployed,
+    };
+    // The slot directory may not exist yet: its parent is on the same filesystem.
+    let slot_dir = sysroot.slot_dir(slot);
+    let slot_place = if slot_dir.exists() { slot_dir } else { sysroot.slots_dir() };
+    let dev = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).at(p);
+    let same_filesystem = dev(&sysroot.repo())? == dev(&slot_place)?;
+    let method =
+        if same_filesystem && can_share_extents(&slot_place)? { CheckoutMethod::Reflink } else { CheckoutMethod::Copy };
+    Ok(SwitchPlan {
+        booted,
+        slot,
+        commit,
+        version,
+        method,
+        same_filesystem,
+        etc,
+        cancel_trial: boot.trial.is_some_and(|t| t.slot == slot),
+        bootloader: state.bootloader,
+        tries: config.boot_tries,
+        verify: config.verify_on_switch,
+    })
+}
+
+/// `switch --dry-run`: the plan of a switch, computed without writing anything (not even the lock).
+pub fn plan_switch(sysroot: &Sysroot, target: Option<&str>, config: &Config) -> Result<SwitchPlan> {
+    let state = State::load(sysroot)?;
+    let boot = bootloader(sysroot, state.bootloader)?.state()?;
+    let repo = Repo::open(&sysroot.repo(), Access::Read)?;
+    plan(sysroot, &state, &boot, &repo, target, config)
+}
+
 /// `switch`: deploys `target` (or the followed branch's commit) into the standby slot and arms it for a trial boot.
 pub fn switch(sysroot: &Sysroot, target: Option<&str>, config: &Config) -> Result<SwitchReport> {
     let started = Instant::now();
     let _lock = SysrootLock::acquire(sysroot)?;
     let mut state = State::load(sysroot)?;
-    let bl = bootloader(sysroot, state.bootloader);
+    let bl = bootloader(sysroot, state.bootloader)?;
     let boot = bl.state()?;
-    let booted = state.booted.unwrap_or(boot.default);
-    let standby = booted.other();
-    if boot.default == standby {
-        return Err(DeployError::StandbyIsDefault { slot: standby });
-    }
     let repo = Repo::open(&sysroot.repo(), Access::Write)?;
-    let commit_id = resolve_target(&repo, &state, sysroot, target)?;
-    let commit = repo.commit_object(&commit_id)?;
-    let hex = commit_id.to_string();
-    let version = Some(commit.version.clone()).filter(|v| !v.is_empty());
+    let plan = plan(sysroot, &state, &boot, &repo, target, config)?;
+    let (slot, commit, version) = (plan.slot, plan.commit, plan.version.clone());
 
     // Nothing may boot the standby slot while it is rewritten.
-    if boot.trial.is_some_and(|t| t.slot == standby) {
+    if plan.cancel_trial {
         bl.set_next(boot.default)?;
     }
-    let old_commit = state.slots.get(booted).commit.clone();
-    *state.slots.get_mut(standby) = SlotRecord::default();
+    *state.slots.get_mut(slot) = SlotRecord::default();
     state.log(
         "switch-started",
-        Some(standby),
-        Some(&hex),
-        format!("emptying slot {standby} to deploy {hex}{}", version_suffix(&version)),
+        Some(slot),
+        Some(commit),
+        format!("emptying slot {slot} to deploy {commit}{}", version_suffix(&version)),
     );
     state.save(sysroot)?;
-    let pin = slot_ref(standby);
+    let pin = slot_ref(slot);
     if repo.read_ref(&pin)?.is_some() {
         repo.delete_ref(&pin)?;
     }
     crash_point("switch:before-empty");
-    let slot_dir = sysroot.slot_dir(standby);
-    let deployed =
-        (|| -> Result<(CheckoutStats, MergeReport)> {
-            empty_slot(sysroot, standby)?;
-            crash_point("switch:emptied");
-            let options = CheckoutOptions { sync: false, verify: config.verify_on_switch, ..Default::default() };
-            let stats = checkout(&repo, &commit_id, &slot_dir, options)
-                .map_err(|error| DeployError::CheckoutFailed { slot: standby, commit: hex.clone(), error })?;
-            crash_point("switch:checked-out");
-            let old = old_commit.as_deref().and_then(ObjectId::from_hex).map(CommitId);
-            let mut etc = match old {
-                Some(id) if !repo.has(ObjectKind::Commit, &id.0)? => MergeReport {
-                    note: Some(format!("the booted release {id} is no longer in the repository: /etc was not merged")),
-                    ..Default::default()
-                },
-                old => etc::merge(&repo, old.as_ref(), &commit_id, &sysroot.slot_dir(booted), &slot_dir)?,
-            };
-            etc.kept_local.sort();
-            crash_point("switch:merged");
-            osdeploy_store::fsutil::syncfs(&slot_dir)?;
-            Ok((stats, etc))
-        })();
-    let (stats, etc) = match deployed {
+    let (stats, etc) = match deploy_into_slot(sysroot, &repo, &plan) {
         Ok(done) => done,
         Err(error) => {
             // The partial tree is of no use, and removing it gives a full disk the room to record the failure.
-            let _ = empty_slot(sysroot, standby);
-            let record = state.slots.get_mut(standby);
+            let _ = empty_slot(sysroot, slot);
+            let record = state.slots.get_mut(slot);
             record.state = SlotState::Bad;
-            record.commit = Some(hex.clone());
+            record.commit = Some(commit);
             record.version = version.clone();
             record.reason = Some(format!("switch failed: {error}"));
-            state.log("switch-failed", Some(standby), Some(&hex), format!("switch failed: {error}"));
+            state.log("switch-failed", Some(slot), Some(commit), format!("switch failed: {error}"));
             state.save(sysroot)?;
             return Err(error);
         }
     };
-    repo.write_ref(&pin, &commit_id)?;
-    *state.slots.get_mut(standby) = SlotRecord {
+    repo.write_ref(&pin, &commit)?;
+    *state.slots.get_mut(slot) = SlotRecord {
         state: SlotState::Trial,
-        commit: Some(hex.clone()),
+        commit: Some(commit),
         version: version.clone(),
         boot_attempts: 0,
         deployed_at: Some(now()),
@@ -244,33 +330,59 @@ pub fn switch(sysroot: &Sysroot, target: Option<&str>, config: &Config) -> Resul
     };
     state.log(
         "switch",
-        Some(standby),
-        Some(&hex),
+        Some(slot),
+        Some(commit),
         format!(
-            "deployed {hex}{} into slot {standby} ({}), {} /etc conflicts; armed for {} trial boots",
+            "deployed {commit}{} into slot {slot} ({}), {} /etc conflicts; armed for {} trial boots",
             version_suffix(&version),
             stats.method(),
             etc.conflicts.len(),
-            config.boot_tries
+            plan.tries
         ),
     );
     state.save(sysroot)?;
     crash_point("switch:recorded");
-    bl.arm_trial(standby, config.boot_tries)?;
-    let dev = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).at(p);
-    let same_filesystem = dev(&sysroot.repo())? == dev(&slot_dir)?;
+    bl.arm_trial(slot, plan.tries)?;
     Ok(SwitchReport {
-        slot: standby,
-        booted,
-        commit: hex,
+        slot,
+        booted: plan.booted,
+        commit,
         version,
         method: stats.method(),
-        same_filesystem,
+        same_filesystem: plan.same_filesystem,
         stats,
         etc,
-        tries: config.boot_tries,
+        tries: plan.tries,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// The part of a switch that writes the slot: empty it, check the commit out, merge /etc, sync.
+fn deploy_into_slot(sysroot: &Sysroot, repo: &Repo, plan: &SwitchPlan) -> Result<(CheckoutStats, MergeReport)> {
+    let slot_dir = sysroot.slot_dir(plan.slot);
+    empty_slot(sysroot, plan.slot)?;
+    crash_point("switch:emptied");
+    let options = CheckoutOptions { sync: false, verify: plan.verify, ..Default::default() };
+    let stats = checkout(repo, &plan.commit, &slot_dir, options).map_err(|error| DeployError::CheckoutFailed {
+        slot: plan.slot,
+        commit: plan.commit.to_string(),
+        error,
+    })?;
+    crash_point("switch:checked-out");
+    let mut etc = match plan.etc {
+        EtcPlan::Merge { base } => {
+            etc::merge(repo, Some(&base), &plan.commit, &sysroot.slot_dir(plan.booted), &slot_dir)?
+        }
+        EtcPlan::BaseMissing { base } => MergeReport {
+            note: Some(format!("the booted release {base} is no longer in the repository: /etc was not merged")),
+            ..Default::default()
+        },
+        EtcPlan::NothingDeployed => etc::merge(repo, None, &plan.commit, &sysroot.slot_dir(plan.booted), &slot_dir)?,
+    };
+    etc.kept_local.sort();
+    crash_point("switch:merged");
+    osdeploy_store::fsutil::syncfs(&slot_dir)?;
+    Ok((stats, etc))
 }
 
 fn version_suffix(version: &Option<String>) -> String {
@@ -308,7 +420,7 @@ pub fn slot_from_cmdline(path: &Path) -> Result<Slot> {
 pub fn boot_check(sysroot: &Sysroot, cmdline: Option<&Path>) -> Result<BootCheckReport> {
     let _lock = SysrootLock::acquire(sysroot)?;
     let mut state = State::load(sysroot)?;
-    let bl = bootloader(sysroot, state.bootloader);
+    let bl = bootloader(sysroot, state.bootloader)?;
     let simulated = state.bootloader == BootloaderKind::File;
     let booted = match (simulated, cmdline) {
         (true, Some(path)) => {
@@ -333,8 +445,8 @@ pub fn boot_check(sysroot: &Sysroot, cmdline: Option<&Path>) -> Result<BootCheck
         let record = state.slots.get_mut(other);
         record.state = SlotState::Bad;
         record.reason = Some(reason.clone());
-        let commit = record.commit.clone();
-        state.log("trial-failed", Some(other), commit.as_deref(), format!("slot {other} is bad: {reason}"));
+        let commit = record.commit;
+        state.log("trial-failed", Some(other), commit, format!("slot {other} is bad: {reason}"));
         failed_trial = Some(other);
     }
     let record = state.slots.get_mut(booted);
@@ -347,7 +459,7 @@ pub fn boot_check(sysroot: &Sysroot, cmdline: Option<&Path>) -> Result<BootCheck
     state.log(
         "boot",
         Some(booted),
-        record.commit.as_deref(),
+        record.commit,
         format!("booted slot {booted} ({}, attempt {})", record.state, record.boot_attempts),
     );
     state.save(sysroot)?;
@@ -378,29 +490,29 @@ pub fn mark_good(sysroot: &Sysroot, config_dir: &Path, config: &Config) -> Resul
     let env = [
         ("OSDEPLOY_SYSROOT", sysroot.root().display().to_string()),
         ("OSDEPLOY_SLOT", booted.to_string()),
-        ("OSDEPLOY_COMMIT", record.commit.clone().unwrap_or_default()),
+        ("OSDEPLOY_COMMIT", record.commit.map(|c| c.to_string()).unwrap_or_default()),
         ("OSDEPLOY_VERSION", record.version.clone().unwrap_or_default()),
     ];
     let checks = health::run_checks(&config_dir.join("health.d"), config.health_timeout(), &env)?;
     let failed: Vec<&str> = checks.iter().filter(|c| !c.passed()).map(|c| c.name.as_str()).collect();
     let marked = failed.is_empty();
     if marked {
-        bootloader(sysroot, state.bootloader).mark_good(booted)?;
+        bootloader(sysroot, state.bootloader)?.mark_good(booted)?;
         let record = state.slots.get_mut(booted);
         record.state = SlotState::Good;
         record.reason = None;
-        let commit = record.commit.clone();
+        let commit = record.commit;
         state.log(
             "mark-good",
             Some(booted),
-            commit.as_deref(),
+            commit,
             format!("slot {booted} is good and the default ({} health checks passed)", checks.len()),
         );
     } else {
         state.log(
             "mark-good-refused",
             Some(booted),
-            record.commit.as_deref(),
+            record.commit,
             format!("health checks failed: {}", failed.join(", ")),
         );
     }
@@ -438,19 +550,14 @@ pub fn rollback(sysroot: &Sysroot) -> Result<RollbackReport> {
     if matches!(target.state, SlotState::Empty | SlotState::Bad) {
         return Err(unusable(to, &target, "refusing to roll back to it"));
     }
-    bootloader(sysroot, state.bootloader).set_next(to)?;
+    bootloader(sysroot, state.bootloader)?.set_next(to)?;
     let from = state.slots.get_mut(booted);
     let rejected_trial = from.state == SlotState::Trial;
     if rejected_trial {
         from.state = SlotState::Bad;
         from.reason = Some("rolled back while on trial".into());
     }
-    state.log(
-        "rollback",
-        Some(to),
-        target.commit.as_deref(),
-        format!("slot {to} boots next (rolled back from {booted})"),
-    );
+    state.log("rollback", Some(to), target.commit, format!("slot {to} boots next (rolled back from {booted})"));
     state.save(sysroot)?;
     Ok(RollbackReport { from: booted, to, rejected_trial })
 }
@@ -488,7 +595,7 @@ pub struct Status {
 /// Reads the status (no lock: the state and bootloader files are replaced atomically).
 pub fn status(sysroot: &Sysroot) -> Result<Status> {
     let state = State::load(sysroot)?;
-    let bl = bootloader(sysroot, state.bootloader);
+    let bl = bootloader(sysroot, state.bootloader)?;
     let boot = bl.state()?;
     let skip = state.history.len().saturating_sub(20);
     Ok(Status {

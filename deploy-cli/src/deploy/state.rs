@@ -5,6 +5,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use osdeploy_store::CommitId;
 use serde::{Deserialize, Serialize};
 
 use super::{DeployError, IoContext, Result, Sysroot};
@@ -86,8 +87,8 @@ impl fmt::Display for SlotState {
 pub struct SlotRecord {
     /// Its state.
     pub state: SlotState,
-    /// The commit checked out into it (64 hex digits), if any.
-    pub commit: Option<String>,
+    /// The commit checked out into it, if any.
+    pub commit: Option<CommitId>,
     /// That commit's release version, if any.
     pub version: Option<String>,
     /// Boots of this slot counted by `boot-check` since it was deployed while on trial.
@@ -155,7 +156,7 @@ pub struct HistoryEntry {
     /// The slot concerned, if any.
     pub slot: Option<Slot>,
     /// The commit concerned, if any.
-    pub commit: Option<String>,
+    pub commit: Option<CommitId>,
     /// A sentence for people.
     pub message: String,
 }
@@ -226,14 +227,8 @@ impl State {
     }
 
     /// Appends a history entry (dropping the oldest beyond [`HISTORY_LIMIT`]).
-    pub fn log(&mut self, event: &str, slot: Option<Slot>, commit: Option<&str>, message: impl Into<String>) {
-        self.history.push(HistoryEntry {
-            time: now(),
-            event: event.to_owned(),
-            slot,
-            commit: commit.map(str::to_owned),
-            message: message.into(),
-        });
+    pub fn log(&mut self, event: &str, slot: Option<Slot>, commit: Option<CommitId>, message: impl Into<String>) {
+        self.history.push(HistoryEntry { time: now(), event: event.to_owned(), slot, commit, message: message.into() });
         if self.history.len() > HISTORY_LIMIT {
             let extra = self.history.len() - HISTORY_LIMIT;
             self.history.drain(..extra);
@@ -262,8 +257,9 @@ mod tests {
         let err = State::load(&sysroot).unwrap_err().to_string();
         assert!(err.contains("not an osdeploy sysroot"), "{err}");
         let mut state = State::new(BootloaderKind::SystemdBoot);
-        state.slots.b = SlotRecord { state: SlotState::Trial, commit: Some("ab".into()), ..Default::default() };
-        state.log("switch", Some(Slot::B), Some("ab"), "switched");
+        let commit = CommitId(osdeploy_store::ObjectId::of(b"release"));
+        state.slots.b = SlotRecord { state: SlotState::Trial, commit: Some(commit), ..Default::default() };
+        state.log("switch", Some(Slot::B), Some(commit), "switched");
         state.save(&sysroot).unwrap();
         assert_eq!(State::load(&sysroot).unwrap(), state);
         let json: serde_json::Value = serde_json::from_slice(&std::fs::read(sysroot.state_path()).unwrap()).unwrap();
@@ -271,6 +267,16 @@ mod tests {
         assert_eq!(json["slots"]["b"]["state"], "trial");
         assert_eq!(json["slots"]["a"]["state"], "empty");
         assert_eq!(json["history"][0]["slot"], "b");
+        assert_eq!(json["slots"]["b"]["commit"], commit.to_string());
+        // A damaged commit id is an error naming the state file, never a silently missing commit (which would skip
+        // the /etc merge of the next switch).
+        let damaged = std::fs::read_to_string(sysroot.state_path()).unwrap().replacen(&commit.to_string(), "c0ffee", 1);
+        std::fs::write(sysroot.state_path(), damaged).unwrap();
+        let err = State::load(&sysroot).unwrap_err().to_string();
+        assert!(
+            err.contains(&sysroot.state_path().display().to_string()) && err.contains("\"c0ffee\" is not an object id"),
+            "{err}"
+        );
         std::fs::write(sysroot.state_path(), b"{\"format\": 7}").unwrap();
         let err = State::load(&sysroot).unwrap_err().to_string();
         assert!(err.contains("corrupt") && err.contains("format 7"), "{err}");

@@ -1,0 +1,78 @@
+//! The repository layout: the name of every file and directory of a repository, relative to its
+//! root. The same names are filesystem paths below a local repository and URL paths below a
+//! remote's URL, so a repository can be served by any static HTTP server.
+
+use crate::{CommitId, ObjectId};
+
+/// The repository's configuration (mode, chunking, compression).
+pub const CONFIG: &str = "config";
+/// The lock file writers hold.
+pub const LOCK: &str = "lock";
+/// Temporary files, on the repository's filesystem so that renames publish them atomically.
+pub const TMP: &str = "tmp";
+/// Local branches: one file per branch holding a commit id.
+pub const HEADS: &str = "refs/heads";
+/// Packs and their indexes (archive repositories).
+pub const PACKS: &str = "packs";
+/// Whole-file content objects (bare repositories).
+pub const OBJECTS: &str = "objects";
+/// The SQLite index of a bare repository's objects and chunk locations.
+pub const BARE_INDEX: &str = "index.sqlite";
+/// The summary a remote publishes: refs and packs (see `Summary`).
+pub const SUMMARY: &str = "summary";
+/// Signatures of the summary.
+pub const SUMMARY_SIGNATURE: &str = "summary.sig";
+/// Detached signatures of commits.
+pub const SIGNATURES: &str = "signatures";
+/// The remotes a repository pulls from.
+pub const REMOTES: &str = "remotes.json";
+/// Remote pack indexes cached by a node (immutable, named by pack id).
+pub const INDEX_CACHE: &str = "cache/indexes";
+/// Verified objects of a pull not yet committed (survives a crash).
+pub const STAGING: &str = "staging";
+
+/// Packs a mirror is downloading, verified before they are published.
+pub const MIRROR_PARTIAL: &str = "mirror/partial";
+/// The branches a mirror owns (written by it, deleted by it when no longer mirrored).
+pub const MIRROR_REFS: &str = "mirror/refs.json";
+
+/// A pack's file name inside [`PACKS`].
+pub fn pack_name(pack: &ObjectId) -> String {
+    format!("{pack}.pack")
+}
+
+/// A pack index's file name inside [`PACKS`] (and [`INDEX_CACHE`]).
+pub fn index_name(pack: &ObjectId) -> String {
+    format!("{pack}.idx")
+}
+
+/// A pack's path in the repository.
+pub fn pack_file(pack: &ObjectId) -> String {
+    format!("{PACKS}/{}", pack_name(pack))
+}
+
+/// A pack index's path in the repository.
+pub fn index_file(pack: &ObjectId) -> String {
+    format!("{PACKS}/{}", index_name(pack))
+}
+
+/// The path of a commit's detached signature.
+pub fn commit_signature(commit: &CommitId) -> String {
+    format!("{SIGNATURES}/{commit}.sig")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_relative_paths_that_double_as_urls() {
+        let id = ObjectId::of(b"pack");
+        assert_eq!(pack_file(&id), format!("packs/{}.pack", id.to_hex()));
+        assert_eq!(index_file(&id), format!("packs/{}.idx", id.to_hex()));
+        assert_eq!(commit_signature(&CommitId(id)), format!("signatures/{}.sig", id.to_hex()));
+        for name in [CONFIG, TMP, HEADS, PACKS, OBJECTS, SUMMARY, SUMMARY_SIGNATURE, REMOTES, INDEX_CACHE, STAGING] {
+            assert!(!name.starts_with('/') && !name.contains(".."), "{name}");
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! The summary an archive repository publishes ([`crate::layout::SUMMARY`]): every branch with
+//! its commit, and every pack with the hash of its index, so that a client reading plain files
+//! over HTTP finds everything else. Written by the repository, read by clients and mirrors.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{CommitId, ObjectId, Result, StoreError};
+
+/// The summary format this osdeploy writes and reads.
+pub const SUMMARY_FORMAT_VERSION: u32 = 1;
+
+/// One branch as the summary offers it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SummaryRef {
+    /// The branch's commit.
+    pub commit: CommitId,
+    /// The commit's timestamp (seconds since the epoch).
+    pub timestamp: i64,
+    /// The commit's version string.
+    pub version: String,
+}
+
+/// One pack as the summary lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SummaryPack {
+    /// The pack's id: the blake3 of the pack file.
+    pub id: ObjectId,
+    /// The blake3 of the pack's index file (a client verifies and caches indexes through it).
+    pub index: ObjectId,
+    /// Objects in the pack.
+    pub objects: u64,
+    /// The pack's size in bytes.
+    pub size: u64,
+}
+
+/// A repository's summary. Fields are in alphabetical order, as they appear in the file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    /// [`SUMMARY_FORMAT_VERSION`].
+    pub format_version: u32,
+    /// Every pack, sorted by id.
+    pub packs: Vec<SummaryPack>,
+    /// Branch → commit.
+    pub refs: BTreeMap<String, SummaryRef>,
+}
+
+#[derive(Deserialize)]
+struct VersionOnly {
+    format_version: Option<u32>,
+}
+
+impl Summary {
+    /// The file's bytes: pretty-printed JSON and a newline.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        (serde_json::to_string_pretty(self).expect("a summary serializes") + "\n").into_bytes()
+    }
+
+    /// Parses a summary read from `origin` (a path or URL, named in errors); a format version
+    /// other than [`SUMMARY_FORMAT_VERSION`] is refused before anything else is read.
+    pub fn parse(bytes: &[u8], origin: &str) -> Result<Summary> {
+        let what = format!("the summary {origin}");
+        let corrupt = |e: serde_json::Error| StoreError::Corrupt { what: what.clone(), reason: e.to_string() };
+        let version = serde_json::from_slice::<VersionOnly>(bytes).map_err(corrupt)?.format_version.unwrap_or(0);
+        if version != SUMMARY_FORMAT_VERSION {
+            return Err(StoreError::UnsupportedVersion {
+                what: what.clone(),
+                found: version,
+                supported: SUMMARY_FORMAT_VERSION,
+            });
+        }
+        serde_json::from_slice(bytes).map_err(corrupt)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Summary {
+        let id = ObjectId::of(b"x");
+        Summary {
+            format_version: SUMMARY_FORMAT_VERSION,
+            packs: vec![SummaryPack { id, index: ObjectId::of(b"i"), objects: 3, size: 100 }],
+            refs: BTreeMap::from([(
+                "stable".to_string(),
+                SummaryRef { commit: CommitId(id), timestamp: 7, version: "1".into() },
+            )]),
+        }
+    }
+
+    #[test]
+    fn round_trips_and_keeps_its_field_order() {
+        let bytes = sample().to_bytes();
+        assert_eq!(Summary::parse(&bytes, "s").unwrap(), sample());
+        let text = String::from_utf8(bytes).unwrap();
+        let at = |key: &str| text.find(key).unwrap();
+        assert!(at("format_version") < at("packs") && at("packs") < at("refs"), "{text}");
+    }
+
+    #[test]
+    fn refuses_unknown_versions_and_bad_ids() {
+        let mut newer = sample();
+        newer.format_version = 2;
+        let err = Summary::parse(&newer.to_bytes(), "http://o/summary").unwrap_err().to_string();
+        assert!(err.contains("the summary http://o/summary has format version 2"), "{err}");
+        let err = Summary::parse(br#"{"refs": {}, "packs": []}"#, "s").unwrap_err().to_string();
+        assert!(err.contains("format version 0"), "{err}");
+        let bad = String::from_utf8(sample().to_bytes()).unwrap().replace(&ObjectId::of(b"x").to_hex(), "xyz");
+        let err = Summary::parse(bad.as_bytes(), "s").unwrap_err().to_string();
+        assert!(err.contains("the summary s is corrupt") && err.contains("\"xyz\" is not an object id"), "{err}");
+    }
+}
