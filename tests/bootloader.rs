@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use osdeploy::bootloader::{
+use osdeploy_deploy::bootloader::{
     BackendConfig, BlsEntry, BootState, Bootloader, BootloaderError, GrubEnv, Slot, SystemdBoot, Trial, UBootEnv,
     VarEnv, grub, uboot,
 };

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use osdeploy::deploy::{BootloaderKind, Sysroot};
+use osdeploy_deploy::deploy::{BootloaderKind, Sysroot};
 
 use osdeploy_transport::client::HttpOptions;
 use osdeploy_transport::pull::PullOptions;
@@ -425,7 +425,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Remote { action: RemoteAction::List { json } } => transport_cmds::remote_list(&repo, json),
         Command::Pull { remote, branch, in_flight, allow_downgrade, http, dry_run, json } => {
             let defaults = if node_config {
-                let node = osdeploy::deploy::Config::load(&config_dir)?;
+                let node = osdeploy_deploy::deploy::Config::load(&config_dir)?;
                 HttpOptions {
                     timeout: std::time::Duration::from_secs(node.pull_timeout),
                     limit_rate: node.pull_limit_rate,

@@ -1,14 +1,14 @@
 //! The deployment commands: init-sysroot, switch, boot-check, mark-good, rollback, status, and pull on a sysroot.
-//! The work is done by `osdeploy::deploy::ops`; this module prints.
+//! The work is done by `osdeploy_deploy::deploy::ops`; this module prints.
 
 use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Result, bail};
-use osdeploy::bootloader::Slot;
-use osdeploy::deploy::health::Outcome;
-use osdeploy::deploy::state::SlotRecord;
-use osdeploy::deploy::{Config, Sysroot, ops};
+use osdeploy_deploy::bootloader::Slot;
+use osdeploy_deploy::deploy::health::Outcome;
+use osdeploy_deploy::deploy::state::SlotRecord;
+use osdeploy_deploy::deploy::{Config, Sysroot, ops};
 use osdeploy_transport::pull::PullOptions;
 use serde::Serialize;
 
@@ -48,7 +48,7 @@ pub fn pull(
 }
 
 /// `init-sysroot`.
-pub fn init_sysroot(sysroot: &Sysroot, kind: osdeploy::deploy::BootloaderKind) -> Result<()> {
+pub fn init_sysroot(sysroot: &Sysroot, kind: osdeploy_deploy::deploy::BootloaderKind) -> Result<()> {
     let report = ops::init_sysroot(sysroot, kind)?;
     println!(
         "initialized sysroot {}: repository {}, slots a and b in {}, bootloader {} at {}",

@@ -1,5 +1,5 @@
-//! `osdeploy` as a library: the parts of the deployment tool that the command-line front end (`src/main.rs`) and the
-//! integration tests share.
+//! osdeploy's deployment library: what a node does with the trees its repository holds. The command-line front end
+//! (`osdeploy`) and, later, the fleet agent call it; it never prints.
 //!
 //! - [`bootloader`]: the bootloader backends (state file, GRUB environment block, systemd-boot entries with boot
 //!   counting, U-Boot environment) behind the [`bootloader::Bootloader`] trait.
