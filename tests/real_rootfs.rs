@@ -1,8 +1,9 @@
-//! Round trip of a real Debian rootfs (built by ../shared/data/make-os-pair.sh with mmdebstrap):
+//! Round trip of a real Debian rootfs (built by benches/harness/make-os-pair.sh with mmdebstrap):
 //! commit → checkout must be identical in content and metadata, as rsync -aHAX --checksum sees it,
 //! in an archive repository and in a bare repository on btrfs (reflinked).
 //!
-//! The pair is built once into `OSDEPLOY_OS_PAIR` (default: target/os-pair) and reused.
+//! The pair is built once into `OSDEPLOY_OS_PAIR` (default: target/os-pair) and reused: the script
+//! keeps a finished tree whose marker records the current recipe and rebuilds any other.
 
 mod support;
 
@@ -15,11 +16,10 @@ fn os_pair() -> PathBuf {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
     let pair =
         std::env::var_os("OSDEPLOY_OS_PAIR").map(PathBuf::from).unwrap_or_else(|| workspace.join("target/os-pair"));
-    if !(pair.join("old.done").exists() && pair.join("new.done").exists()) {
-        let script = workspace.join("../shared/data/make-os-pair.sh");
-        assert!(script.exists(), "{} is needed to build the real rootfs pair", script.display());
-        sh("bash", &[&script.display().to_string(), &pair.display().to_string()]);
-    }
+    let script = workspace.join("benches/harness/make-os-pair.sh");
+    assert!(script.exists(), "{} is needed to build the real rootfs pair", script.display());
+    sh("bash", &[&script.display().to_string(), &pair.display().to_string()]);
+    assert!(pair.join("old.done").exists() && pair.join("new.done").exists(), "{} is unfinished", pair.display());
     pair
 }
 

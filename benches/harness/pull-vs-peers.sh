@@ -4,9 +4,11 @@
 # NEW against this machine's decompress + hash + write reference (`checkout` of NEW from the
 # archive repository into the same filesystem), a rate-limited full pull, the peak RSS of full
 # pulls of synthetic trees of growing size, and mirroring (first run, then incremental). The
-# peers (OSTree object pull and static delta, casync) are measured by
-# ../shared/data/measure-baseline.sh in the same session; docs/benchmarks.md puts both side by side.
-# Usage (root): benches/harness/pull-vs-peers.sh PAIR WORK [LEVEL...]   (PAIR from make-os-pair.sh)
+# peers (OSTree, casync, xdelta3, zstd --patch-from, rsync, full images) are measured by
+# benches/harness/peers.sh; benches/harness/compare.sh runs both (and store-vs-peers.sh) in one
+# run and writes the table of docs/benchmarks.md.
+# Usage (root): benches/harness/pull-vs-peers.sh PAIR WORK [LEVEL...]
+#   (PAIR from benches/harness/make-os-pair.sh; OSDEPLOY overrides target/release/osdeploy)
 # Needs: nginx, GNU time, xfsprogs. Writes WORK/results.tsv. Nodes live on a fresh loop-mounted
 # xfs (reflink=1) made per level, as on a real node.
 set -euo pipefail
@@ -93,7 +95,7 @@ for mib in 256 1024; do
   tree=$W/synthetic-$mib; rm -rf "$tree"; mkdir -p "$tree"
   left=$((mib << 20)); i=0
   while [ $left -gt 0 ]; do
-    size=$(( (65536 << (i % 7)) )); [ $size -gt $left ] && size=$left
+    size=$(( 65536 << (i % 7) )); [ $size -gt $left ] && size=$left
     mkdir -p "$tree/d$((i / 100))"; head -c "$size" /dev/urandom > "$tree/d$((i / 100))/f$i"
     left=$((left - size)); i=$((i + 1))
   done

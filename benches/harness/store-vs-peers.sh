@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Commit and checkout of a real rootfs: osdeploy against OSTree and cp, measured in the same run.
 # Usage (root): benches/harness/store-vs-peers.sh TREE WORK [RUNS]
-#   TREE: a rootfs directory (e.g. PAIR/new from ../shared/data/make-os-pair.sh)
+#   TREE: a rootfs directory (e.g. PAIR/new from benches/harness/make-os-pair.sh)
 #   WORK: scratch directory on a local disk (loop images are created inside it)
 # Needs: ostree, btrfs-progs, xfsprogs, GNU time (apt-get install ostree btrfs-progs xfsprogs time)
 # Writes WORK/results.tsv: tool  op  fs  run  wall_s  max_rss_kib  extra_used_kib  note
