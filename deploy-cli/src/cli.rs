@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+use osdeploy_store::repo::RepoMode;
 
 use osdeploy_deploy::deploy::{BootloaderKind, Sysroot};
 
@@ -33,15 +34,6 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
-}
-
-/// Repository storage mode.
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum ModeArg {
-    /// Compressed packs, for origins and mirrors (what is served over HTTP).
-    Archive,
-    /// Whole uncompressed files for reflink checkout, for nodes.
-    Bare,
 }
 
 /// Network options of commands that fetch from a remote.
@@ -83,30 +75,6 @@ fn parse_rate(text: &str) -> Result<u64, String> {
     match digits.parse::<u64>() {
         Ok(n) if n > 0 => n.checked_mul(1 << shift).ok_or_else(|| format!("{text} is too large")),
         _ => Err(format!("{text:?} is not a positive byte rate such as 500k, 10M or 1048576")),
-    }
-}
-
-/// Bootloader backend of a sysroot.
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum BootloaderArg {
-    /// A JSON state file (tests, containers): boot-check plays the bootloader.
-    File,
-    /// GRUB environment block SYSROOT/boot/grub/grubenv.
-    Grub,
-    /// systemd-boot entries with boot counting in SYSROOT/boot/loader/entries.
-    SystemdBoot,
-    /// U-Boot environment file SYSROOT/boot/uboot.env.
-    Uboot,
-}
-
-impl From<BootloaderArg> for BootloaderKind {
-    fn from(arg: BootloaderArg) -> Self {
-        match arg {
-            BootloaderArg::File => BootloaderKind::File,
-            BootloaderArg::Grub => BootloaderKind::Grub,
-            BootloaderArg::SystemdBoot => BootloaderKind::SystemdBoot,
-            BootloaderArg::Uboot => BootloaderKind::Uboot,
-        }
     }
 }
 
@@ -153,7 +121,7 @@ pub enum Command {
     Init {
         /// archive (origins, mirrors) or bare (nodes).
         #[arg(long, value_enum)]
-        mode: ModeArg,
+        mode: RepoMode,
         /// zstd level for archive objects (1-22; default chosen by measurement, see docs/benchmarks.md).
         #[arg(long, default_value_t = osdeploy_store::repo::DEFAULT_COMPRESSION_LEVEL)]
         compression_level: i32,
@@ -348,7 +316,7 @@ pub enum Command {
     InitSysroot {
         /// The bootloader backend.
         #[arg(long, value_enum)]
-        bootloader: BootloaderArg,
+        bootloader: BootloaderKind,
     },
     /// Deploy a commit into the standby slot (reflink checkout, /etc merge) and arm it to boot on trial.
     Switch {
@@ -438,7 +406,7 @@ pub fn run(cli: Cli) -> Result<()> {
             let output = if dry_run { transport_cmds::PullOutput::Plan } else { transport_cmds::PullOutput::Pull };
             deploy_cmds::pull(&sysroot, on_sysroot, &repo, remote.zip(branch), options, output, json)
         }
-        Command::InitSysroot { bootloader } => deploy_cmds::init_sysroot(&sysroot, bootloader.into()),
+        Command::InitSysroot { bootloader } => deploy_cmds::init_sysroot(&sysroot, bootloader),
         Command::Switch { target, verify, dry_run, json } => {
             deploy_cmds::switch(&sysroot, &config_dir, target.as_deref(), verify, dry_run, json)
         }

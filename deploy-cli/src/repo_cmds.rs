@@ -10,12 +10,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 use osdeploy_store::checkout::{CheckoutOptions, checkout as store_checkout};
 use osdeploy_store::chunker::ChunkerParams;
 use osdeploy_store::commit::{CommitOptions, CommitProgress, commit as store_commit};
-use osdeploy_store::object::{Commit, Entry, EntryKind, Meta, ObjectKind};
+use osdeploy_store::history::{Ancestor, ancestry};
+use osdeploy_store::object::{Commit, Entry, EntryKind, Meta};
 use osdeploy_store::repo::RepoMode;
 use osdeploy_store::{Access, CommitId, Repo};
 use serde_json::{Value, json};
 
-use crate::cli::ModeArg;
 use crate::output;
 
 fn open(repo: &Path, access: Access) -> Result<Repo> {
@@ -30,7 +30,7 @@ fn print_json(value: &Value) -> Result<()> {
 }
 
 /// `init`.
-pub fn init(repo: &Path, mode: ModeArg, level: i32, chunk_sizes: Option<&str>) -> Result<()> {
+pub fn init(repo: &Path, mode: RepoMode, level: i32, chunk_sizes: Option<&str>) -> Result<()> {
     let chunker = match chunk_sizes {
         None => ChunkerParams::default(),
         Some(text) => {
@@ -44,10 +44,6 @@ pub fn init(repo: &Path, mode: ModeArg, level: i32, chunk_sizes: Option<&str>) -
             };
             ChunkerParams { min, avg, max }
         }
-    };
-    let mode = match mode {
-        ModeArg::Archive => RepoMode::Archive,
-        ModeArg::Bare => RepoMode::Bare,
     };
     Repo::init(repo, mode, level, chunker)?;
     println!("initialized {} repository at {}", mode.as_str(), repo.display());
@@ -211,23 +207,19 @@ fn print_commit(id: &CommitId, c: &Commit) {
 /// `log`.
 pub fn log(repo: &Path, spec: &str, json: bool) -> Result<()> {
     let repo = open(repo, Access::Read)?;
-    let mut next = Some(repo.resolve(spec)?);
     let mut entries = Vec::new();
-    while let Some(id) = next {
-        if !repo.has(ObjectKind::Commit, &id.0)? {
-            if !json {
-                println!("(history continues with {id}, which this repository does not hold)");
+    for ancestor in ancestry(&repo, repo.resolve(spec)?) {
+        match ancestor? {
+            Ancestor::Held(id, c) if json => entries.push(commit_json(&id, &c)),
+            Ancestor::Held(id, c) => {
+                print_commit(&id, &c);
+                println!();
             }
-            break;
+            Ancestor::Missing(id) if !json => {
+                println!("(history continues with {id}, which this repository does not hold)")
+            }
+            Ancestor::Missing(_) => {}
         }
-        let c = repo.commit_object(&id)?;
-        if json {
-            entries.push(commit_json(&id, &c));
-        } else {
-            print_commit(&id, &c);
-            println!();
-        }
-        next = c.parent;
     }
     if json {
         print_json(&Value::Array(entries))?;
@@ -341,21 +333,9 @@ pub fn cat(repo: &Path, spec: &str, path: &str) -> Result<()> {
     let repo = open(repo, Access::Read)?;
     let id = repo.resolve(spec)?;
     let c = repo.commit_object(&id)?;
-    let (_, kind) = osdeploy_store::tree::lookup(&repo, &id, &c, path)?;
-    let EntryKind::File { file, .. } = kind else {
-        return Err(osdeploy_store::StoreError::WrongType {
-            commit: id.0,
-            path: path.into(),
-            found: kind.type_name(),
-            expected: "file",
-        }
-        .into());
-    };
-    let object = repo.file_object(&file)?;
-    let mut out = std::io::stdout().lock();
-    for (chunk, _) in &object.chunks {
-        out.write_all(&repo.read(ObjectKind::Chunk, &chunk.0)?)?;
-    }
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    osdeploy_store::tree::write_file(&repo, &id, &c, path, &mut out)?;
+    out.flush()?;
     Ok(())
 }
 
@@ -364,17 +344,7 @@ pub fn diff(repo: &Path, a: &str, b: &str, json: bool) -> Result<()> {
     let repo = open(repo, Access::Read)?;
     let (ia, ib) = (repo.resolve(a)?, repo.resolve(b)?);
     let (ca, cb) = (repo.commit_object(&ia)?, repo.commit_object(&ib)?);
-    let mut changes = osdeploy_store::diff::diff(&repo, &ca.root, &cb.root)?;
-    if ca.root_meta != cb.root_meta {
-        changes.insert(
-            0,
-            osdeploy_store::diff::Change {
-                path: String::new(),
-                change: osdeploy_store::diff::ChangeKind::Modified,
-                what: "metadata".into(),
-            },
-        );
-    }
+    let changes = osdeploy_store::diff::diff_commits(&repo, &ca, &cb)?;
     if json {
         return print_json(&json!({"from": ia.to_string(), "to": ib.to_string(), "changes": changes}));
     }

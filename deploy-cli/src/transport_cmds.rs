@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use osdeploy_store::{Access, Repo, layout};
+use osdeploy_store::{Access, Repo};
 use osdeploy_transport::client::Progress;
 use osdeploy_transport::pull::{PullOptions, plan_pull, pull as transport_pull};
 use osdeploy_transport::remote::{self, Remote};
@@ -32,25 +32,14 @@ pub fn key_generate(file: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `sign`: the summary and every branch's commit.
+/// `sign`: every branch's commit, then the summary.
 pub fn sign(repo: &Path, key_file: &Path) -> Result<()> {
     let repo = Repo::open(repo, Access::Write)?;
-    anyhow::ensure!(
-        repo.archive().is_some(),
-        "{} is not an archive repository: only served repositories are signed",
-        repo.path().display()
-    );
-    let key = sign::load_secret(key_file)?;
-    let tmp = repo.path().join(layout::TMP);
-    for (name, commit) in repo.refs()? {
-        let path = repo.path().join(layout::commit_signature(&commit));
-        std::fs::create_dir_all(path.parent().expect("has a parent"))?;
-        sign::sign_file(&key, commit.to_string().as_bytes(), &path, &tmp)?;
+    let signed = sign::sign_repository(&repo, &sign::load_secret(key_file)?)?;
+    for (name, commit) in &signed.commits {
         println!("signed commit {commit} ({name})");
     }
-    let summary = std::fs::read(repo.path().join(layout::SUMMARY))?;
-    sign::sign_file(&key, &summary, &repo.path().join(layout::SUMMARY_SIGNATURE), &tmp)?;
-    println!("signed summary with key {}", sign::public_hex(&key.verifying_key()));
+    println!("signed summary with key {}", signed.key);
     Ok(())
 }
 

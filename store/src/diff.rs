@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::id::TreeId;
-use crate::object::{Entry, EntryKind};
+use crate::object::{Commit, Entry, EntryKind};
 use crate::repo::Repo;
 use crate::tree::walk;
 
@@ -34,10 +34,15 @@ pub struct Change {
     pub what: String,
 }
 
-/// The changes from tree `old` to tree `new`, in path order. Identical subtrees are skipped by id.
-pub fn diff(repo: &Repo, old: &TreeId, new: &TreeId) -> Result<Vec<Change>> {
+/// The changes from commit `old` to commit `new`, in path order (identical subtrees are skipped
+/// by id); a change of the root
+/// directory's own metadata comes first, as the path "".
+pub fn diff_commits(repo: &Repo, old: &Commit, new: &Commit) -> Result<Vec<Change>> {
     let mut out = Vec::new();
-    diff_trees(repo, old, new, Path::new(""), &mut out)?;
+    if old.root_meta != new.root_meta {
+        out.push(Change { path: String::new(), change: ChangeKind::Modified, what: "metadata".into() });
+    }
+    diff_trees(repo, &old.root, &new.root, Path::new(""), &mut out)?;
     Ok(out)
 }
 

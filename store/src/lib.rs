@@ -25,6 +25,7 @@ pub mod diff;
 pub mod error;
 pub mod fsck;
 pub mod fsutil;
+pub mod history;
 pub mod id;
 pub mod layout;
 pub mod name;

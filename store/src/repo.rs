@@ -39,9 +39,10 @@ pub const DEFAULT_COMPRESSION_LEVEL: i32 = 3;
 
 /// How a repository stores objects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum RepoMode {
-    /// Compressed packs, for serving (origins, mirrors).
+    /// Compressed packs, for origins and mirrors (what is served over HTTP).
     Archive,
     /// Whole uncompressed files for reflink checkout, plus the SQLite index (nodes).
     Bare,

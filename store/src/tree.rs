@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Result, StoreError};
 use crate::id::{CommitId, TreeId};
-use crate::object::{Commit, Entry, EntryKind, Meta};
+use crate::object::{Commit, Entry, EntryKind, Meta, ObjectKind};
 use crate::repo::Repo;
 
 /// Splits a user-given path ("/usr/bin", "usr/bin/", "" or "/") into components.
@@ -29,6 +29,32 @@ pub fn lookup(repo: &Repo, commit_id: &CommitId, commit: &Commit, path: &str) ->
         kind = entry.kind.clone();
     }
     Ok((meta, kind))
+}
+
+/// Writes the content of the regular file at `path` in a commit to `out`, chunk by chunk; returns
+/// its size.
+pub fn write_file(
+    repo: &Repo,
+    commit_id: &CommitId,
+    commit: &Commit,
+    path: &str,
+    out: &mut impl std::io::Write,
+) -> Result<u64> {
+    let (_, kind) = lookup(repo, commit_id, commit, path)?;
+    let EntryKind::File { file, .. } = kind else {
+        return Err(StoreError::WrongType {
+            commit: commit_id.0,
+            path: path.into(),
+            found: kind.type_name(),
+            expected: "file",
+        });
+    };
+    let object = repo.file_object(&file)?;
+    for (chunk, _) in &object.chunks {
+        let bytes = repo.read(ObjectKind::Chunk, &chunk.0)?;
+        out.write_all(&bytes).map_err(|error| StoreError::Io { path: PathBuf::from("(output)"), error })?;
+    }
+    Ok(object.size)
 }
 
 /// Calls `visit` for every entry below `tree`, parents before children, in name order, with the

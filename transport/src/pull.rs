@@ -15,9 +15,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use osdeploy_store::Repo;
 use osdeploy_store::fsutil::{crash_point, unique_tmp_name};
+use osdeploy_store::history::is_ancestor;
 use osdeploy_store::object::ObjectKind;
-use osdeploy_store::{CommitId, Repo};
 use serde::Serialize;
 
 use crate::assemble::Assembler;
@@ -141,21 +142,6 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, TransportError> {
         .enable_all()
         .build()
         .map_err(|e| TransportError::Config(format!("cannot start the async runtime: {e}")))
-}
-
-/// True when `older` is `newer`'s parent, grandparent, … as far as this repository holds history.
-fn is_ancestor(repo: &Repo, older: &CommitId, newer: &CommitId) -> Result<bool, TransportError> {
-    let mut next = repo.commit_object(newer)?.parent;
-    while let Some(id) = next {
-        if id == *older {
-            return Ok(true);
-        }
-        if !repo.has(ObjectKind::Commit, &id.0)? {
-            return Ok(false);
-        }
-        next = repo.commit_object(&id)?.parent;
-    }
-    Ok(false)
 }
 
 /// A surveyed pull: its plan, and what executing it needs.

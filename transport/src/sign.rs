@@ -13,8 +13,8 @@ use std::path::Path;
 
 use data_encoding::HEXLOWER_PERMISSIVE as HEX;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
-use osdeploy_store::StoreError;
 use osdeploy_store::fsutil::atomic_write;
+use osdeploy_store::{CommitId, Repo, StoreError, layout};
 
 use crate::error::TransportError;
 
@@ -89,6 +89,39 @@ pub fn sign_file(key: &SigningKey, message: &[u8], sig_path: &Path, tmp: &Path) 
         .collect();
     lines.push(signature_line(key, message));
     Ok(atomic_write(sig_path, tmp, (lines.join("\n") + "\n").as_bytes())?)
+}
+
+/// What [`sign_repository`] signed.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SignedRepository {
+    /// Every branch and its commit, each commit now signed.
+    pub commits: Vec<(String, CommitId)>,
+    /// The public key that signed (hex).
+    pub key: String,
+}
+
+/// Signs an archive repository as served: every branch's commit (`signatures/<commit>.sig`),
+/// then the summary (`summary.sig`), so that a client never finds the summary signed before
+/// the commits it names. Run after every commit.
+pub fn sign_repository(repo: &Repo, key: &SigningKey) -> Result<SignedRepository, TransportError> {
+    if repo.archive().is_none() {
+        return Err(TransportError::Config(format!(
+            "{} is not an archive repository: only served repositories are signed",
+            repo.path().display()
+        )));
+    }
+    let tmp = repo.path().join(layout::TMP);
+    let signatures = repo.path().join(layout::SIGNATURES);
+    fs::create_dir_all(&signatures).map_err(|e| io(&signatures, e))?;
+    let mut commits = Vec::new();
+    for (name, commit) in repo.refs()? {
+        sign_file(key, commit.to_string().as_bytes(), &repo.path().join(layout::commit_signature(&commit)), &tmp)?;
+        commits.push((name, commit));
+    }
+    let summary_path = repo.path().join(layout::SUMMARY);
+    let summary = fs::read(&summary_path).map_err(|e| io(&summary_path, e))?;
+    sign_file(key, &summary, &repo.path().join(layout::SUMMARY_SIGNATURE), &tmp)?;
+    Ok(SignedRepository { commits, key: public_hex(&key.verifying_key()) })
 }
 
 /// One line of a signature file: `key`'s signature of `message`, without the newline.

@@ -19,6 +19,7 @@ pub const HISTORY_LIMIT: usize = 200;
 
 /// Which bootloader backend a sysroot uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum BootloaderKind {
     /// The JSON state file, for tests and containers: `SYSROOT/osdeploy/bootloader.json`.
@@ -27,7 +28,7 @@ pub enum BootloaderKind {
     Grub,
     /// systemd-boot entries in `SYSROOT/boot/loader/entries/` (`SYSROOT/boot` being the ESP or XBOOTLDR).
     SystemdBoot,
-    /// The U-Boot environment file `SYSROOT/boot/uboot.env` of [`uboot::DEFAULT_ENV_SIZE`] bytes.
+    /// The U-Boot environment file `SYSROOT/boot/uboot.env` (16 KiB, `CONFIG_ENV_SIZE` 0x4000).
     Uboot,
 }
 
