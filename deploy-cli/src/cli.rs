@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 use osdeploy_store::repo::RepoMode;
 
@@ -11,6 +11,7 @@ use osdeploy_deploy::deploy::{BootloaderKind, Sysroot};
 use osdeploy_transport::client::HttpOptions;
 use osdeploy_transport::pull::PullOptions;
 
+use crate::http_args::HttpArgs;
 use crate::{deploy_cmds, mirror_cmd, repo_cmds, transport_cmds};
 
 /// The sysroot when neither `--sysroot` nor `OSDEPLOY_SYSROOT` gives one: where a booted node sees its physical root.
@@ -34,48 +35,6 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
-}
-
-/// Network options of commands that fetch from a remote.
-#[derive(clap::Args, Clone, Copy, Debug)]
-pub struct HttpArgs {
-    /// Abandon a connection that delivers nothing for this many seconds (the next URL is tried)
-    /// [default: 30, or pull_timeout in config.toml for pull].
-    #[arg(long, value_name = "SECONDS")]
-    pub timeout: Option<u64>,
-    /// Use at most this many bytes per second (suffixes k, M, G: powers of 1024), for links that
-    /// must not be saturated [default: unlimited, or pull_limit_rate in config.toml for pull].
-    #[arg(long, value_name = "BYTES/s", value_parser = parse_rate)]
-    pub limit_rate: Option<u64>,
-}
-
-impl HttpArgs {
-    /// The transport's options: these arguments where given, the defaults otherwise.
-    pub fn options(self) -> HttpOptions {
-        self.options_over(HttpOptions::default())
-    }
-
-    /// The transport's options: these arguments where given, `defaults` otherwise.
-    pub fn options_over(self, defaults: HttpOptions) -> HttpOptions {
-        HttpOptions {
-            timeout: self.timeout.map_or(defaults.timeout, |s| std::time::Duration::from_secs(s.max(1))),
-            limit_rate: self.limit_rate.or(defaults.limit_rate),
-        }
-    }
-}
-
-/// "500k", "10M", "1G" or plain bytes.
-fn parse_rate(text: &str) -> Result<u64, String> {
-    let (digits, shift) = match text.trim().to_ascii_lowercase().as_str() {
-        t if t.ends_with('k') => (t[..t.len() - 1].to_string(), 10),
-        t if t.ends_with('m') => (t[..t.len() - 1].to_string(), 20),
-        t if t.ends_with('g') => (t[..t.len() - 1].to_string(), 30),
-        t => (t.to_string(), 0),
-    };
-    match digits.parse::<u64>() {
-        Ok(n) if n > 0 => n.checked_mul(1 << shift).ok_or_else(|| format!("{text} is too large")),
-        _ => Err(format!("{text:?} is not a positive byte rate such as 500k, 10M or 1048576")),
-    }
 }
 
 /// `osdeploy key` subcommands.
@@ -130,31 +89,7 @@ pub enum Command {
         chunk_sizes: Option<String>,
     },
     /// Commit a directory tree on a branch.
-    Commit {
-        /// Branch to commit on (its current commit becomes the parent).
-        #[arg(long, short)]
-        branch: String,
-        /// One-line subject.
-        #[arg(long, short, default_value = "")]
-        subject: String,
-        /// Longer description.
-        #[arg(long, default_value = "")]
-        body: String,
-        /// Release version.
-        #[arg(long = "version", id = "release_version", value_name = "VERSION", default_value = "")]
-        release_version: String,
-        /// Extra metadata, KEY=VALUE (repeatable).
-        #[arg(long = "add-metadata", value_name = "KEY=VALUE")]
-        metadata: Vec<String>,
-        /// Commit timestamp in seconds since the epoch (default: now, or SOURCE_DATE_EPOCH).
-        #[arg(long)]
-        timestamp: Option<i64>,
-        /// Print the result as JSON.
-        #[arg(long)]
-        json: bool,
-        /// The directory to commit.
-        dir: PathBuf,
-    },
+    Commit(repo_cmds::CommitArgs),
     /// Show a branch's history.
     Log {
         /// Branch, commit id or unique prefix.
@@ -371,9 +306,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Init { mode, compression_level, chunk_sizes } => {
             repo_cmds::init(&repo, mode, compression_level, chunk_sizes.as_deref())
         }
-        Command::Commit { branch, subject, body, release_version, metadata, timestamp, json, dir } => {
-            repo_cmds::commit(&repo, &dir, branch, subject, body, release_version, &metadata, timestamp, json)
-        }
+        Command::Commit(args) => repo_cmds::commit(&repo, args),
         Command::Log { commit, json } => repo_cmds::log(&repo, &commit, json),
         Command::Show { commit, json } => repo_cmds::show(&repo, &commit, json),
         Command::Ls { commit, path, recursive, json } => repo_cmds::ls(&repo, &commit, &path, recursive, json),
@@ -393,18 +326,23 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Remote { action: RemoteAction::List { json } } => transport_cmds::remote_list(&repo, json),
         Command::Pull { remote, branch, in_flight, allow_downgrade, http, dry_run, json } => {
             let defaults = if node_config {
-                let node = osdeploy_deploy::deploy::Config::load(&config_dir)?;
-                HttpOptions {
-                    timeout: std::time::Duration::from_secs(node.pull_timeout),
-                    limit_rate: node.pull_limit_rate,
-                }
+                osdeploy_deploy::deploy::pull::http_defaults(&osdeploy_deploy::deploy::Config::load(&config_dir)?)
             } else {
                 HttpOptions::default()
             };
-            let http = http.options_over(defaults);
-            let options = PullOptions { in_flight, allow_downgrade, http, ..Default::default() };
-            let output = if dry_run { transport_cmds::PullOutput::Plan } else { transport_cmds::PullOutput::Pull };
-            deploy_cmds::pull(&sysroot, on_sysroot, &repo, remote.zip(branch), options, output, json)
+            let options =
+                PullOptions { in_flight, allow_downgrade, http: http.options_over(defaults), ..Default::default() };
+            match (on_sysroot, remote.zip(branch)) {
+                (true, args) => deploy_cmds::pull(&sysroot, args, options, dry_run, json),
+                (false, Some((remote, branch))) => {
+                    transport_cmds::pull(&repo, &remote, &branch, options, dry_run, json)
+                }
+                (false, None) => {
+                    bail!(
+                        "pull without REMOTE BRANCH pulls the branch a sysroot follows; it cannot be used with --repo"
+                    )
+                }
+            }
         }
         Command::InitSysroot { bootloader } => deploy_cmds::init_sysroot(&sysroot, bootloader),
         Command::Switch { target, verify, dry_run, json } => {
@@ -432,6 +370,7 @@ pub fn run(cli: Cli) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http_args::parse_rate;
 
     #[test]
     fn parses_global_repo_and_commit_args() {
@@ -449,7 +388,7 @@ mod tests {
         .unwrap();
         assert_eq!(cli.repo, Some(PathBuf::from("/r")));
         match cli.command {
-            Command::Commit { branch, release_version, dir, .. } => {
+            Command::Commit(repo_cmds::CommitArgs { branch, release_version, dir, .. }) => {
                 assert_eq!(
                     (branch.as_str(), release_version.as_str(), dir),
                     ("stable/x86_64", "2", PathBuf::from("/src"))

@@ -1,48 +1,54 @@
 //! The deployment commands: init-sysroot, switch, boot-check, mark-good, rollback, status, and pull on a sysroot.
 //! The work is done by `osdeploy_deploy::deploy::ops`; this module prints.
 
-use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use osdeploy_deploy::bootloader::Slot;
 use osdeploy_deploy::deploy::health::Outcome;
+use osdeploy_deploy::deploy::pull::{PullTarget, plan_sysroot_pull, pull_into_sysroot};
 use osdeploy_deploy::deploy::state::SlotRecord;
 use osdeploy_deploy::deploy::{Config, Sysroot, ops};
+use osdeploy_transport::client::Progress;
 use osdeploy_transport::pull::PullOptions;
-use serde::Serialize;
 
-use crate::{output, transport_cmds};
+use crate::output::{self, print_json};
+use crate::reports;
+use crate::transfer_bar::TransferBar;
 
-fn print_json(value: &impl Serialize) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, value)?;
-    writeln!(out)?;
-    Ok(())
-}
-
-/// `pull` with the sysroot in mind: without arguments it pulls the followed branch; the first pull with arguments
-/// on a sysroot records the branch as followed.
+/// `pull` into a sysroot's repository: without arguments the followed branch; the first pull with arguments makes
+/// the sysroot follow that branch.
 pub fn pull(
     sysroot: &Sysroot,
-    on_sysroot: bool,
-    repo: &Path,
     args: Option<(String, String)>,
     options: PullOptions,
-    output: transport_cmds::PullOutput,
+    dry_run: bool,
     json: bool,
 ) -> Result<()> {
-    let (remote, branch, record) = match args {
-        Some((remote, branch)) => (remote, branch, on_sysroot && sysroot.state_path().exists()),
-        None if on_sysroot => {
-            let follows = ops::followed(sysroot)?;
-            (follows.remote, follows.branch, false)
-        }
-        None => bail!("pull without REMOTE BRANCH pulls the branch a sysroot follows; it cannot be used with --repo"),
+    let target = match args {
+        Some((remote, branch)) => PullTarget::branch(sysroot, remote, branch),
+        None => PullTarget::followed(sysroot)?,
     };
-    transport_cmds::pull(repo, &remote, &branch, options, output, json)?;
-    if record && output == transport_cmds::PullOutput::Pull && ops::follow_if_unset(sysroot, &remote, &branch)? {
-        eprintln!("sysroot {} now follows {remote}/{branch}", sysroot.root().display());
+    let context = || format!("pulling {} from {}", target.branch, target.remote);
+    if dry_run {
+        let plan = plan_sysroot_pull(sysroot, &target, options, &std::env::temp_dir()).with_context(context)?;
+        if json {
+            return print_json(&plan);
+        }
+        reports::print_plan(&plan);
+        return Ok(());
+    }
+    let progress = Arc::new(Progress::default());
+    let bar = TransferBar::start(progress.clone());
+    let done = pull_into_sysroot(sysroot, &target, options, progress).with_context(context)?;
+    drop(bar);
+    if json {
+        return print_json(&done);
+    }
+    reports::print_pull(&target.branch, &done.stats);
+    if done.now_follows {
+        eprintln!("sysroot {} now follows {}/{}", sysroot.root().display(), target.remote, target.branch);
     }
     Ok(())
 }
@@ -77,7 +83,11 @@ pub fn switch(
     config.verify_on_switch |= verify;
     if dry_run {
         let plan = ops::plan_switch(sysroot, target, &config)?;
-        return if json { print_json(&plan) } else { print_switch_plan(&plan) };
+        if json {
+            return print_json(&plan);
+        }
+        reports::print_switch_plan(&plan);
+        return Ok(());
     }
     let report = ops::switch(sysroot, target, &config)?;
     if json {
@@ -119,32 +129,6 @@ pub fn switch(
         "slot {} boots next, on trial for {} boots; after a successful boot run `osdeploy mark-good`",
         report.slot, report.tries
     );
-    Ok(())
-}
-
-fn print_switch_plan(plan: &ops::SwitchPlan) -> Result<()> {
-    let version = plan.version.as_ref().map_or_else(String::new, |v| format!(" (version {v})"));
-    println!("switch (dry run: nothing written) would deploy {}{version} into slot {}", plan.commit, plan.slot);
-    println!("slot {} stays as it is (booted)", plan.booted);
-    let how = match (plan.method, plan.same_filesystem) {
-        (ops::CheckoutMethod::Reflink, _) => "reflinked (FICLONE, no data copied)",
-        (ops::CheckoutMethod::Copy, false) => "copied (the slots are not on the repository's filesystem)",
-        (ops::CheckoutMethod::Copy, true) => "copied (this filesystem cannot share extents)",
-    };
-    println!("content: {how}{}", if plan.verify { ", re-hashed first" } else { "" });
-    match &plan.etc {
-        ops::EtcPlan::Merge { base } => println!("/etc: three-way merge with the booted release {base}"),
-        ops::EtcPlan::BaseMissing { base } => {
-            println!("/etc: not merged (the booted release {base} is no longer in the repository)")
-        }
-        ops::EtcPlan::NothingDeployed => {
-            println!("/etc: the new release's, as it is (nothing deployed in the booted slot)")
-        }
-    }
-    if plan.cancel_trial {
-        println!("the pending trial of slot {} is cancelled first", plan.slot);
-    }
-    println!("bootloader {}: slot {} armed for {} trial boots", plan.bootloader.as_str(), plan.slot, plan.tries);
     Ok(())
 }
 

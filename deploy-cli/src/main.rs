@@ -3,9 +3,11 @@
 
 mod cli;
 mod deploy_cmds;
+mod http_args;
 mod mirror_cmd;
 mod output;
 mod repo_cmds;
+mod reports;
 mod transfer_bar;
 mod transport_cmds;
 

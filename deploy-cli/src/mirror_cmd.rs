@@ -10,7 +10,7 @@ use osdeploy_transport::mirror::{MirrorOptions, SummarySigner, mirror as transpo
 use osdeploy_transport::remote::Remote;
 use osdeploy_transport::sign;
 
-use crate::cli::HttpArgs;
+use crate::http_args::HttpArgs;
 use crate::output;
 use crate::transfer_bar::TransferBar;
 
@@ -63,7 +63,7 @@ pub fn mirror(args: MirrorArgs) -> Result<()> {
         .with_context(|| format!("mirroring {} into {}", args.url, args.dir.display()))?;
     drop(bar);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&stats)?);
+        output::print_json(&stats)?;
     } else {
         for (name, commit) in &stats.refs {
             println!("{name}\t{commit}");

@@ -1,6 +1,17 @@
-//! Human-readable formatting: sizes, modes, dates.
+//! Output: JSON (every `--json` goes through [`print_json`]) and human-readable sizes, modes, dates.
+
+use std::io::Write;
 
 use osdeploy_store::object::{EntryKind, Meta};
+use serde::Serialize;
+
+/// Prints `value` as pretty JSON and a newline: the one way every `--json` is printed.
+pub fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
 
 /// "1.5 MiB"-style size.
 pub fn size(bytes: u64) -> String {

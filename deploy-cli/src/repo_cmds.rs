@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -16,17 +16,11 @@ use osdeploy_store::repo::RepoMode;
 use osdeploy_store::{Access, CommitId, Repo};
 use serde_json::{Value, json};
 
-use crate::output;
+use crate::output::{self, print_json};
+use crate::reports;
 
 fn open(repo: &Path, access: Access) -> Result<Repo> {
     Ok(Repo::open(repo, access)?)
-}
-
-fn print_json(value: &Value) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, value)?;
-    writeln!(out)?;
-    Ok(())
 }
 
 /// `init`.
@@ -95,21 +89,39 @@ fn dedup_percent(reused: u64, new: u64) -> f64 {
     if reused + new == 0 { 0.0 } else { 100.0 * reused as f64 / (reused + new) as f64 }
 }
 
+/// What `commit` records besides the tree.
+#[derive(clap::Args, Debug)]
+pub struct CommitArgs {
+    /// Branch to commit on (its current commit becomes the parent).
+    #[arg(long, short)]
+    pub branch: String,
+    /// One-line subject.
+    #[arg(long, short, default_value = "")]
+    pub subject: String,
+    /// Longer description.
+    #[arg(long, default_value = "")]
+    pub body: String,
+    /// Release version.
+    #[arg(long = "version", id = "release_version", value_name = "VERSION", default_value = "")]
+    pub release_version: String,
+    /// Extra metadata, KEY=VALUE (repeatable).
+    #[arg(long = "add-metadata", value_name = "KEY=VALUE")]
+    pub metadata: Vec<String>,
+    /// Commit timestamp in seconds since the epoch (default: now, or SOURCE_DATE_EPOCH).
+    #[arg(long)]
+    pub timestamp: Option<i64>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// The directory to commit.
+    pub dir: PathBuf,
+}
+
 /// `commit`.
-#[allow(clippy::too_many_arguments)]
-pub fn commit(
-    repo: &Path,
-    dir: &Path,
-    branch: String,
-    subject: String,
-    body: String,
-    version: String,
-    metadata: &[String],
-    timestamp: Option<i64>,
-    json: bool,
-) -> Result<()> {
+pub fn commit(repo: &Path, args: CommitArgs) -> Result<()> {
+    let CommitArgs { branch, subject, body, release_version: version, metadata, timestamp, json, dir } = args;
     let mut meta = BTreeMap::new();
-    for item in metadata {
+    for item in &metadata {
         let (k, v) = item.split_once('=').with_context(|| format!("--add-metadata {item:?}: expected KEY=VALUE"))?;
         meta.insert(k.to_string(), v.to_string());
     }
@@ -124,7 +136,7 @@ pub fn commit(
     let options = CommitOptions { branch, version, subject, body, metadata: meta, timestamp };
     let started = Instant::now();
     let mut progress = Progress::new();
-    let outcome = store_commit(&mut repo, dir, &options, &mut |p| progress.update(p));
+    let outcome = store_commit(&mut repo, &dir, &options, &mut |p| progress.update(p));
     progress.finish();
     let outcome = outcome.with_context(|| format!("committing {}", dir.display()))?;
     let s = outcome.stats;
@@ -405,7 +417,7 @@ pub fn fsck(repo: &Path, json: bool) -> Result<()> {
     let repo = open(repo, Access::Read)?;
     let report = osdeploy_store::fsck::fsck(&repo)?;
     if json {
-        print_json(&serde_json::to_value(&report)?)?;
+        print_json(&report)?;
     } else {
         for w in &report.warnings {
             println!("warning: {w}");
@@ -475,48 +487,6 @@ pub fn refs(repo: &Path, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// The human table of a pull plan (`delta`, `pull --dry-run`).
-pub fn print_plan(plan: &osdeploy_transport::plan::PullPlan) {
-    let total_raw = plan.chunk_bytes_raw + plan.reused_bytes_raw;
-    match &plan.from {
-        Some(from) => println!("from {from}"),
-        None => println!("from (nothing)"),
-    }
-    println!("to   {}", plan.to);
-    let signatures = plan.whole_files.len().saturating_sub(1);
-    println!(
-        "fetch      {:>12}  in {} requests: {} pack ranges, {} pack indexes, the summary{}",
-        output::size(plan.transfer_bytes),
-        plan.requests,
-        plan.reads.len(),
-        plan.index_files,
-        if signatures > 0 { format!(" and {signatures} signature files") } else { String::new() }
-    );
-    println!(
-        "  chunks   {:>12}  {} new chunks, {} uncompressed",
-        output::size(plan.needed_bytes.saturating_sub(plan.metadata_bytes)),
-        plan.chunks,
-        output::size(plan.chunk_bytes_raw)
-    );
-    println!("  metadata {:>12}  {} objects", output::size(plan.metadata_bytes), plan.metadata_objects);
-    println!("  indexes  {:>12}", output::size(plan.index_bytes));
-    println!(
-        "files      {:>12}  new files built from chunks{}",
-        plan.files_new,
-        if plan.files_adopted > 0 {
-            format!(" ({} left complete by an interrupted pull)", plan.files_adopted)
-        } else {
-            String::new()
-        }
-    );
-    println!(
-        "reuse      {:>12}  {} chunks of the new files already on the node ({:.1}% of their content)",
-        output::size(plan.reused_bytes_raw),
-        plan.chunks_reused,
-        if total_raw == 0 { 0.0 } else { 100.0 * plan.reused_bytes_raw as f64 / total_raw as f64 }
-    );
-}
-
 /// `delta` on a local archive repository.
 pub fn delta(
     repo: &Path,
@@ -530,8 +500,8 @@ pub fn delta(
     let to = repo.resolve(to)?;
     let plan = osdeploy_transport::plan::plan(&repo, from, to, options)?;
     if json {
-        return print_json(&serde_json::to_value(&plan)?);
+        return print_json(&plan);
     }
-    print_plan(&plan);
+    reports::print_plan(&plan);
     Ok(())
 }

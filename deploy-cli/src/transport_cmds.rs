@@ -11,7 +11,8 @@ use osdeploy_transport::pull::{PullOptions, plan_pull, pull as transport_pull};
 use osdeploy_transport::remote::{self, Remote};
 use osdeploy_transport::sign;
 
-use crate::output;
+use crate::output::{self, print_json};
+use crate::reports;
 use crate::transfer_bar::TransferBar;
 
 /// `remote add`.
@@ -48,8 +49,7 @@ pub fn remote_list(repo: &Path, json: bool) -> Result<()> {
     let repo = Repo::open(repo, Access::Read)?;
     let remotes = remote::list(&repo)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&remotes)?);
-        return Ok(());
+        return print_json(&remotes);
     }
     for r in remotes.values() {
         println!(
@@ -66,34 +66,24 @@ pub fn remote_list(repo: &Path, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// What `pull` does: pull, or print the plan a pull would execute (`--dry-run`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PullOutput {
-    /// Pull.
-    Pull,
-    /// Print the plan and write nothing.
-    Plan,
-}
-
-/// `pull` and `pull --dry-run`.
+/// `pull REMOTE BRANCH` and `pull --dry-run` into a repository named with `--repo` (an origin, a mirror, a test).
 pub fn pull(
     repo: &Path,
     remote_name: &str,
     branch: &str,
     options: PullOptions,
-    output: PullOutput,
+    dry_run: bool,
     json: bool,
 ) -> Result<()> {
-    if output == PullOutput::Plan {
+    if dry_run {
         let repo = Repo::open(repo, Access::Read)?;
         let remote = remote::get(&repo, remote_name)?;
         let plan = plan_pull(&repo, &remote, branch, options, &std::env::temp_dir())
             .with_context(|| format!("planning a pull of {branch} from {remote_name}"))?;
         if json {
-            println!("{}", serde_json::to_string_pretty(&plan)?);
-        } else {
-            crate::repo_cmds::print_plan(&plan);
+            return print_json(&plan);
         }
+        reports::print_plan(&plan);
         return Ok(());
     }
     let mut repo = Repo::open(repo, Access::Write)?;
@@ -104,22 +94,9 @@ pub fn pull(
         .with_context(|| format!("pulling {branch} from {remote_name}"))?;
     drop(bar);
     if json {
-        println!("{}", serde_json::to_string_pretty(&stats)?);
-        return Ok(());
+        return print_json(&stats);
     }
-    println!("{}", stats.commit);
-    eprintln!(
-        "pulled {} as {} in {:.1}s: {} in {} requests, {} metadata objects and {} chunks fetched ({} reused), {} new files",
-        branch,
-        stats.r#ref,
-        stats.seconds,
-        output::size(stats.bytes_fetched),
-        stats.requests,
-        stats.metadata_fetched,
-        stats.chunks_fetched,
-        stats.chunks_reused,
-        stats.files_new
-    );
+    reports::print_pull(branch, &stats);
     Ok(())
 }
 
@@ -146,10 +123,9 @@ pub fn remote_delta(
     let delta = osdeploy_transport::remote_plan::plan_remote(&remote, from, to, &std::env::temp_dir(), options)
         .with_context(|| format!("planning {from} → {to} on remote {remote_name}"))?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&delta)?);
-        return Ok(());
+        return print_json(&delta);
     }
-    crate::repo_cmds::print_plan(&delta.plan);
+    reports::print_plan(&delta.plan);
     eprintln!(
         "(surveyed over HTTP: {} in {} requests for the summary, pack indexes and metadata)",
         output::size(delta.survey_bytes),

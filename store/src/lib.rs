@@ -31,6 +31,8 @@ pub mod layout;
 pub mod name;
 pub mod object;
 pub mod pack;
+#[cfg(test)]
+mod proptests;
 pub mod prune;
 pub mod reach;
 pub mod reflink;

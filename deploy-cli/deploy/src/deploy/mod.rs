@@ -18,7 +18,8 @@
 //!
 //! Modules: [`state`] (the state file), [`config`] (`CONFIG_DIR/config.toml`), [`lock`] (the sysroot lock),
 //! [`fsops`] (removal that never follows a symlink), [`etc`] (three-way /etc merge), [`health`] (health checks with
-//! timeouts), [`ops`] (the commands).
+//! timeouts), [`ops`] (the commands), [`pull`] (pulls into the sysroot's repository: the followed branch, the node's
+//! network defaults).
 
 use std::path::{Path, PathBuf};
 
@@ -31,6 +32,7 @@ pub mod fsops;
 pub mod health;
 pub mod lock;
 pub mod ops;
+pub mod pull;
 pub mod state;
 
 pub use config::Config;
@@ -54,6 +56,9 @@ pub enum DeployError {
     /// The bootloader backend failed.
     #[error(transparent)]
     Bootloader(#[from] BootloaderError),
+    /// A pull failed.
+    #[error(transparent)]
+    Transport(#[from] osdeploy_transport::TransportError),
     /// Another osdeploy process holds the sysroot lock.
     #[error("sysroot {sysroot} is locked by another osdeploy process ({holder}); wait for it to finish")]
     Locked {
