@@ -10,6 +10,7 @@ use osdeploy_deploy::deploy::health::Outcome;
 use osdeploy_deploy::deploy::pull::{PullTarget, plan_sysroot_pull, pull_into_sysroot};
 use osdeploy_deploy::deploy::state::SlotRecord;
 use osdeploy_deploy::deploy::{Config, Sysroot, ops};
+use osdeploy_store::checkout::CheckoutMethod;
 use osdeploy_transport::client::Progress;
 use osdeploy_transport::pull::PullOptions;
 
@@ -94,13 +95,13 @@ pub fn switch(
         return print_json(&report);
     }
     let s = &report.stats;
-    let how = match report.method.as_str() {
-        "reflink" => "reflinked (FICLONE, no data copied)".to_owned(),
-        "copy" if !report.same_filesystem => {
+    let how = match (report.methods.as_slice(), report.same_filesystem) {
+        ([CheckoutMethod::Reflink], _) => "reflinked (FICLONE, no data copied)".to_owned(),
+        ([CheckoutMethod::Copy], false) => {
             "copied (the slots are not on the repository's filesystem, so extents cannot be shared)".to_owned()
         }
-        "copy" => "copied (this filesystem cannot share extents)".to_owned(),
-        other => format!("placed by {other}"),
+        ([CheckoutMethod::Copy], true) => "copied (this filesystem cannot share extents)".to_owned(),
+        _ => format!("placed by {}", report.method),
     };
     println!(
         "deployed {}{} into slot {} in {:.2}s: {} files {how}, {} hardlinks, {} dirs, {} symlinks, {} special, {}",

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use osdeploy_store::checkout::{CheckoutOptions, checkout as store_checkout};
+use osdeploy_store::checkout::{CheckoutMethod, CheckoutOptions, checkout as store_checkout};
 use osdeploy_store::chunker::ChunkerParams;
 use osdeploy_store::commit::{CommitOptions, CommitProgress, commit as store_commit};
 use osdeploy_store::history::{Ancestor, ancestry};
@@ -387,11 +387,11 @@ pub fn checkout(repo: &Path, spec: &str, dir: &Path, reflink: bool, json: bool) 
             &json!({"commit": id.to_string(), "dir": dir, "method": stats.method(), "stats": stats, "seconds": seconds, "owners_preserved": options.preserve_owner}),
         );
     }
-    let how = match stats.method().as_str() {
-        "reflink" => "reflinked (FICLONE, no data copied)".to_string(),
-        "copy" => "copied (this filesystem cannot share extents with the repository)".to_string(),
-        "decompress" => "written from compressed chunks (archive repository)".to_string(),
-        other => format!("placed by {other}"),
+    let how = match stats.methods().as_slice() {
+        [CheckoutMethod::Reflink] => "reflinked (FICLONE, no data copied)".to_string(),
+        [CheckoutMethod::Copy] => "copied (this filesystem cannot share extents with the repository)".to_string(),
+        [CheckoutMethod::Decompress] => "written from compressed chunks (archive repository)".to_string(),
+        _ => format!("placed by {}", stats.method()),
     };
     println!(
         "checked out {id} into {} in {seconds:.2}s: {} files {how}, {} hardlinks, {} dirs, {} symlinks, {} special, {}",

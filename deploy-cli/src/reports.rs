@@ -1,6 +1,7 @@
 //! Human reports of plans and transfers: pull plans (`delta`, `pull --dry-run`), pulls, switch plans.
 
-use osdeploy_deploy::deploy::ops::{CheckoutMethod, EtcPlan, SwitchPlan};
+use osdeploy_deploy::deploy::ops::{EtcPlan, SwitchPlan};
+use osdeploy_store::checkout::CheckoutMethod;
 use osdeploy_transport::plan::PullPlan;
 use osdeploy_transport::pull::PullStats;
 
@@ -74,6 +75,7 @@ pub fn print_switch_plan(plan: &SwitchPlan) {
         (CheckoutMethod::Reflink, _) => "reflinked (FICLONE, no data copied)",
         (CheckoutMethod::Copy, false) => "copied (the slots are not on the repository's filesystem)",
         (CheckoutMethod::Copy, true) => "copied (this filesystem cannot share extents)",
+        (CheckoutMethod::Decompress, _) => "written from compressed chunks",
     };
     println!("content: {how}{}", if plan.verify { ", re-hashed first" } else { "" });
     match &plan.etc {

@@ -80,15 +80,50 @@ pub struct CheckoutStats {
     pub decompressed: u64,
 }
 
+/// How a checkout places a file's content.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckoutMethod {
+    /// Extents shared with the repository's content file (FICLONE): no data copied.
+    Reflink,
+    /// Data copied from a bare repository (another filesystem, or one that cannot share extents).
+    Copy,
+    /// Written from decompressed chunks (archive repository).
+    Decompress,
+}
+
+impl CheckoutMethod {
+    /// The name `--json` and the reports use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckoutMethod::Reflink => "reflink",
+            CheckoutMethod::Copy => "copy",
+            CheckoutMethod::Decompress => "decompress",
+        }
+    }
+}
+
 impl CheckoutStats {
-    /// How content was placed: "reflink", "copy", "decompress", or a mix joined by '+'.
+    /// The methods that placed some content, in the order reflink, copy, decompress.
+    pub fn methods(&self) -> Vec<CheckoutMethod> {
+        [
+            (self.reflinked, CheckoutMethod::Reflink),
+            (self.copied, CheckoutMethod::Copy),
+            (self.decompressed, CheckoutMethod::Decompress),
+        ]
+        .into_iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(_, m)| m)
+        .collect()
+    }
+
+    /// [`Self::methods`] as text: "reflink", "copy", "decompress", a mix joined by '+', or "none".
     pub fn method(&self) -> String {
-        let parts: Vec<&str> = [(self.reflinked, "reflink"), (self.copied, "copy"), (self.decompressed, "decompress")]
-            .iter()
-            .filter(|(n, _)| *n > 0)
-            .map(|(_, s)| *s)
-            .collect();
-        if parts.is_empty() { "none".into() } else { parts.join("+") }
+        let methods = self.methods();
+        if methods.is_empty() {
+            return "none".into();
+        }
+        methods.iter().map(|m| m.as_str()).collect::<Vec<_>>().join("+")
     }
 }
 

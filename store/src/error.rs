@@ -139,6 +139,12 @@ pub enum StoreError {
         /// Why.
         reason: String,
     },
+    /// A directory being emptied holds a mount point: another filesystem is never entered.
+    #[error("{path} is a mount point (another filesystem is mounted inside the directory being emptied)")]
+    MountPointInside {
+        /// The mount point.
+        path: PathBuf,
+    },
     /// A checkout destination that already has content.
     #[error("checkout destination {path} exists and is not an empty directory")]
     DestinationNotEmpty {

@@ -1,14 +1,20 @@
-//! Durable file operations: atomic replace, directory fsync, filesystem sync, crash points.
+//! File operations: durable ones (atomic replace, directory fsync, filesystem sync), crash points,
+//! and operations that stay beneath a directory — every path is resolved from a directory file
+//! descriptor one component at a time, no symlink is ever followed (`O_NOFOLLOW`,
+//! `AT_SYMLINK_NOFOLLOW`, `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`), and removal never crosses into
+//! another filesystem (a mount point inside stops the removal with an error).
 
+use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::Write;
-use std::os::fd::{BorrowedFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, ResolveFlags};
 
-use crate::error::{IoContext, Result};
+use crate::error::{IoContext, Result, StoreError};
 
 /// A name for a temporary file that no other process or call of this process uses.
 pub fn unique_tmp_name(prefix: &str) -> String {
@@ -69,15 +75,122 @@ pub fn open_dir_beneath(root: BorrowedFd<'_>, rel: &Path, full: &Path) -> Result
     .at(full)
 }
 
-/// Removes everything inside `dir` (left over by an interrupted transaction).
-pub fn clear_dir(dir: &Path) -> Result<()> {
-    for entry in fs::read_dir(dir).at(dir)? {
-        let path: PathBuf = entry.at(dir)?.path();
-        if path.is_dir() {
-            fs::remove_dir_all(&path).at(&path)?;
-        } else {
-            fs::remove_file(&path).at(&path)?;
+/// Removes everything inside the directory at `path` (left over by an interrupted transaction),
+/// without following a symlink or entering another filesystem.
+pub fn clear_dir_at(path: &Path) -> Result<()> {
+    let dir = open_dir(path)?;
+    clear_dir(dir.as_fd(), path, dev_of(dir.as_fd(), path)?)
+}
+
+/// Opens the directory `path` itself, refusing a symlink in its last component.
+pub fn open_dir(path: &Path) -> Result<OwnedFd> {
+    rustix::fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+        .at(path)
+}
+
+/// The names in a directory, without `.` and `..`.
+pub fn dir_names(dir: BorrowedFd<'_>, path: &Path) -> Result<Vec<Vec<u8>>> {
+    let mut names = Vec::new();
+    for entry in Dir::read_from(dir).at(path)? {
+        let entry = entry.at(path)?;
+        let name = entry.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            names.push(name.to_vec());
         }
     }
+    names.sort();
+    Ok(names)
+}
+
+/// The file type of `name` in `dir`, not following a symlink; `None` if it does not exist.
+pub fn type_at(dir: BorrowedFd<'_>, name: &OsStr, full: &Path) -> Result<Option<(FileType, u64)>> {
+    match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(Some((FileType::from_raw_mode(st.st_mode), st.st_dev))),
+        Err(rustix::io::Errno::NOENT) => Ok(None),
+        Err(e) => Err(e).at(full),
+    }
+}
+
+/// Removes everything inside the directory `dir` (`path` names it in errors), which lies on the filesystem `dev`.
+pub fn clear_dir(dir: BorrowedFd<'_>, path: &Path, dev: u64) -> Result<()> {
+    for name in dir_names(dir, path)? {
+        remove_at(dir, OsStr::from_bytes(&name), &path.join(OsStr::from_bytes(&name)), dev)?;
+    }
     Ok(())
+}
+
+/// Removes `name` in `dir` (a directory with everything in it) if it exists; `full` names it in errors.
+pub fn remove_at(dir: BorrowedFd<'_>, name: &OsStr, full: &Path, dev: u64) -> Result<()> {
+    let Some((file_type, entry_dev)) = type_at(dir, name, full)? else {
+        return Ok(());
+    };
+    if file_type == FileType::Directory {
+        if entry_dev != dev {
+            return Err(StoreError::MountPointInside { path: full.to_owned() });
+        }
+        let sub = rustix::fs::openat(
+            dir,
+            name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .at(full)?;
+        clear_dir(sub.as_fd(), full, dev)?;
+        drop(sub);
+        ignore_missing(rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)).at(full)
+    } else {
+        ignore_missing(rustix::fs::unlinkat(dir, name, AtFlags::empty())).at(full)
+    }
+}
+
+fn ignore_missing(r: rustix::io::Result<()>) -> rustix::io::Result<()> {
+    match r {
+        Err(rustix::io::Errno::NOENT) => Ok(()),
+        other => other,
+    }
+}
+
+/// The device of the directory `dir`.
+pub fn dev_of(dir: BorrowedFd<'_>, path: &Path) -> Result<u64> {
+    Ok(rustix::fs::fstat(dir).at(path)?.st_dev)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn clearing_never_follows_symlinks_out() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir_all(outside.join("keep")).unwrap();
+        std::fs::write(outside.join("keep/file"), b"precious").unwrap();
+        let slot = tmp.path().join("slot");
+        std::fs::create_dir_all(slot.join("etc/deep/er")).unwrap();
+        std::fs::write(slot.join("etc/deep/er/f"), b"x").unwrap();
+        symlink(&outside, slot.join("etc/evil")).unwrap();
+        symlink("/", slot.join("root-link")).unwrap();
+        symlink(outside.join("keep/file"), slot.join("file-link")).unwrap();
+        let fd = open_dir(&slot).unwrap();
+        let dev = dev_of(fd.as_fd(), &slot).unwrap();
+        clear_dir(fd.as_fd(), &slot, dev).unwrap();
+        assert_eq!(std::fs::read_dir(&slot).unwrap().count(), 0);
+        assert_eq!(std::fs::read(outside.join("keep/file")).unwrap(), b"precious");
+        // a symlink as the directory to open is refused
+        symlink(&outside, slot.join("link")).unwrap();
+        let err = open_dir_beneath(fd.as_fd(), Path::new("link"), &slot.join("link")).unwrap_err();
+        assert!(err.to_string().contains("slot/link"), "{err}");
+        assert!(open_dir(&slot.join("link")).is_err());
+    }
+
+    #[test]
+    fn another_filesystem_is_not_entered() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("d/sub")).unwrap();
+        let fd = open_dir(tmp.path()).unwrap();
+        let err = clear_dir(fd.as_fd(), tmp.path(), u64::MAX).unwrap_err().to_string();
+        assert!(err.contains("mount point"), "{err}");
+        assert!(tmp.path().join("d/sub").exists());
+    }
 }

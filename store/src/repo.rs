@@ -23,7 +23,7 @@ use crate::bare::BareStore;
 use crate::bare::BareWriter;
 use crate::chunker::ChunkerParams;
 use crate::error::{IoContext, Result, StoreError};
-use crate::fsutil::{atomic_write, clear_dir, fsync_dir};
+use crate::fsutil::{atomic_write, clear_dir_at, fsync_dir};
 use crate::id::{CommitId, FileId, ObjectId, TreeId};
 use crate::layout;
 use crate::name::check_ref_name;
@@ -168,7 +168,7 @@ impl Repo {
         if let Some(op) = main {
             locks.push(lock(&path.join(layout::LOCK), op)?);
             // Only a writer may clear what an interrupted writer left behind.
-            clear_dir(&path.join(layout::TMP))?;
+            clear_dir_at(&path.join(layout::TMP))?;
         }
         locks.push(lock(&path.join("gc.lock"), gc)?);
         let store = match config.mode {

@@ -30,8 +30,8 @@ use osdeploy_store::{CommitId, Repo, StoreError};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timestamps, XattrFlags};
 use serde::Serialize;
 
-use super::fsops::{self, dev_of, open_dir_beneath, remove_at, type_at};
 use super::{IoContext, Result};
+use osdeploy_store::fsutil::{dev_of, dir_names, open_dir, open_dir_beneath, remove_at, type_at};
 
 /// What an entry is, as far as the merge compares.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,7 +83,7 @@ pub fn merge(
         report.note = Some("no release is deployed in the booted slot: nothing to merge".into());
         return Ok(report);
     };
-    let local_slot_fd = fsops::open_dir(local_slot)?;
+    let local_slot_fd = open_dir(local_slot)?;
     let local_etc = local_slot.join("etc");
     if !matches!(type_at(local_slot_fd.as_fd(), OsStr::new("etc"), &local_etc)?, Some((FileType::Directory, _))) {
         report.note = Some(format!("{} is not a directory: nothing to merge", local_etc.display()));
@@ -104,7 +104,7 @@ pub fn merge(
     if changed.is_empty() {
         return Ok(report);
     }
-    let new_slot_fd = fsops::open_dir(new_slot)?;
+    let new_slot_fd = open_dir(new_slot)?;
     let new_etc = new_slot.join("etc");
     let new_fd = match open_dir_beneath(new_slot_fd.as_fd(), Path::new("etc"), &new_etc) {
         Ok(fd) => fd,
@@ -184,7 +184,7 @@ fn repo_tree(repo: &Repo, commit_id: &CommitId) -> Result<Tree> {
 
 /// The signatures of everything below the directory `dir` (`full` on disk, `rel` below /etc).
 fn walk_fs(dir: BorrowedFd<'_>, full: &Path, rel: &Path, tree: &mut Tree) -> Result<()> {
-    for name in fsops::dir_names(dir, full)? {
+    for name in dir_names(dir, full)? {
         let name = OsStr::from_bytes(&name);
         let (path, rel) = (full.join(name), rel.join(name));
         let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).at(&path)?;
@@ -254,7 +254,7 @@ impl Writer<'_> {
         let Some(local) = local else {
             // Deleted locally: delete it in the new slot too, if its parent is there as a directory.
             return match open_dir_beneath(self.new, parent_rel, &self.new_root.join(parent_rel)) {
-                Ok(parent) => remove_at(parent.as_fd(), name, &full, self.dev).map(|()| Vec::new()),
+                Ok(parent) => Ok(remove_at(parent.as_fd(), name, &full, self.dev).map(|()| Vec::new())?),
                 Err(_) => Ok(Vec::new()),
             };
         };

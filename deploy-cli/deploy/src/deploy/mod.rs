@@ -17,7 +17,7 @@
 //! state-file backend, below `SYSROOT/boot` for the others).
 //!
 //! Modules: [`state`] (the state file), [`config`] (`CONFIG_DIR/config.toml`), [`lock`] (the sysroot lock),
-//! [`fsops`] (removal that never follows a symlink), [`etc`] (three-way /etc merge), [`health`] (health checks with
+//! [`etc`] (three-way /etc merge), [`health`] (health checks with
 //! timeouts), [`ops`] (the commands), [`pull`] (pulls into the sysroot's repository: the followed branch, the node's
 //! network defaults).
 
@@ -28,7 +28,6 @@ use osdeploy_store::StoreError;
 
 pub mod config;
 pub mod etc;
-pub mod fsops;
 pub mod health;
 pub mod lock;
 pub mod ops;

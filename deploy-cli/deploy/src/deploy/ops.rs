@@ -13,7 +13,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use osdeploy_store::checkout::{CheckoutOptions, CheckoutStats, checkout};
+use osdeploy_store::checkout::{CheckoutMethod, CheckoutOptions, CheckoutStats, checkout};
 use osdeploy_store::chunker::ChunkerParams;
 use osdeploy_store::fsutil::crash_point;
 use osdeploy_store::object::ObjectKind;
@@ -23,12 +23,12 @@ use rustix::fs::{FileType, Mode};
 use serde::Serialize;
 
 use super::etc::{self, MergeReport};
-use super::fsops::{self, clear_dir, dev_of, open_dir_beneath, type_at};
 use super::health::{self, CheckResult};
 use super::lock::SysrootLock;
 use super::state::{BootloaderKind, Follows, HistoryEntry, SlotRecord, SlotState, Slots, State, now};
 use super::{Config, DeployError, IoContext, Result, Sysroot};
 use crate::bootloader::{BlsEntry, Bootloader, Slot, SystemdBoot, Trial};
+use osdeploy_store::fsutil::{clear_dir, dev_of, open_dir, open_dir_beneath, type_at};
 
 /// The ref that pins the commit deployed in `slot`, so that `prune` keeps it.
 pub fn slot_ref(slot: Slot) -> String {
@@ -99,16 +99,6 @@ pub fn init_sysroot(sysroot: &Sysroot, kind: BootloaderKind) -> Result<InitRepor
     Ok(InitReport { bootloader: kind, bootloader_location: bl.location().to_owned(), created_data_dirs })
 }
 
-/// How a switch will place the new tree's content in the slot.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CheckoutMethod {
-    /// Extents shared with the repository (FICLONE): no data copied.
-    Reflink,
-    /// Data copied: the slot is on another filesystem, or its filesystem cannot share extents.
-    Copy,
-}
-
 /// What happens to /etc.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
@@ -139,7 +129,7 @@ pub struct SwitchPlan {
     pub commit: CommitId,
     /// Its release version.
     pub version: Option<String>,
-    /// How content will be placed.
+    /// How content will be placed: reflink, or copy (a sysroot's repository is bare).
     pub method: CheckoutMethod,
     /// Whether the slot and the repository are on one filesystem (required for reflinks).
     pub same_filesystem: bool,
@@ -168,6 +158,9 @@ pub struct SwitchReport {
     pub version: Option<String>,
     /// How content was placed: `reflink`, `copy`, `decompress` or a mix joined by `+` (see the store's checkout).
     pub method: String,
+    /// The same, as the methods used.
+    #[serde(skip)]
+    pub methods: Vec<CheckoutMethod>,
     /// Whether the slot and the repository are on one filesystem (required for reflinks).
     pub same_filesystem: bool,
     /// The checkout's counts.
@@ -183,14 +176,14 @@ pub struct SwitchReport {
 /// Empties a slot's directory without following symlinks (creating it if missing).
 fn empty_slot(sysroot: &Sysroot, slot: Slot) -> Result<()> {
     let slots = sysroot.slots_dir();
-    let slots_fd = fsops::open_dir(&slots)?;
+    let slots_fd = open_dir(&slots)?;
     let path = sysroot.slot_dir(slot);
     match type_at(slots_fd.as_fd(), slot.as_str().as_ref(), &path)? {
         None => rustix::fs::mkdirat(&slots_fd, slot.as_str(), Mode::from_raw_mode(0o755)).at(&path),
         Some((FileType::Directory, _)) => {
             let fd = open_dir_beneath(slots_fd.as_fd(), Path::new(slot.as_str()), &path)?;
             let dev = dev_of(fd.as_fd(), &path)?;
-            clear_dir(fd.as_fd(), &path, dev)
+            Ok(clear_dir(fd.as_fd(), &path, dev)?)
         }
         Some(_) => Err(DeployError::Unsafe { path, reason: "is not a directory (a slot must be one)".into() }),
     }
@@ -349,6 +342,7 @@ pub fn switch(sysroot: &Sysroot, target: Option<&str>, config: &Config) -> Resul
         commit,
         version,
         method: stats.method(),
+        methods: stats.methods(),
         same_filesystem: plan.same_filesystem,
         stats,
         etc,
