@@ -146,17 +146,17 @@ impl Client {
     /// A client for `remote`, counting into `progress`.
     pub fn new(remote: &Remote, options: HttpOptions, progress: Arc<Progress>) -> Result<Self, TransportError> {
         if remote.urls.is_empty() {
-            return Err(TransportError::Config(format!("remote {} has no URL", remote.name)));
+            return Err(TransportError::Remote(format!("remote {} has no URL", remote.name)));
         }
         if options.limit_rate == Some(0) {
-            return Err(TransportError::Config("a rate limit of 0 bytes/s would never finish".into()));
+            return Err(TransportError::Options("a rate limit of 0 bytes/s would never finish".into()));
         }
         let http = reqwest::Client::builder()
             .connect_timeout(options.timeout)
             .read_timeout(options.timeout)
             .user_agent(concat!("osdeploy/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| TransportError::Config(format!("cannot build the HTTP client: {e}")))?;
+            .map_err(|e| TransportError::Setup { what: "the HTTP client", reason: e.to_string() })?;
         let limit = options
             .limit_rate
             .map(|bytes_per_sec| Arc::new(RateLimit { bytes_per_sec, next_free: Mutex::new(Instant::now()) }));

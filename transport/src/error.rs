@@ -81,9 +81,63 @@ pub enum TransportError {
         /// Its timestamp.
         held_time: i64,
     },
-    /// A remote configuration problem.
+    /// A remote that is not configured, or configured wrongly (URLs, keys).
     #[error("{0}")]
-    Config(String),
+    Remote(String),
+    /// Options that cannot work together or at all (a rate of 0, a signing key for a full mirror).
+    #[error("{0}")]
+    Options(String),
+    /// A key file that cannot be used.
+    #[error("{path}: {reason}")]
+    Key {
+        /// The key file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A local bookkeeping file (remotes.json, a mirror's refs.json) that does not parse.
+    #[error("{path}: {reason}")]
+    LocalFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A repository of the wrong mode for the command.
+    #[error("{path} {reason}")]
+    WrongRepository {
+        /// The repository.
+        path: std::path::PathBuf,
+        /// What it is and what the command needs.
+        reason: String,
+    },
+    /// The HTTP client or the async runtime could not be set up.
+    #[error("cannot start {what}: {reason}")]
+    Setup {
+        /// The HTTP client or the async runtime.
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// `serve` could not listen on its address, or its server failed.
+    #[error("serving on {addr}: {reason}")]
+    Serve {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// What failed.
+        reason: String,
+    },
+    /// A task of a transfer panicked or was cancelled (a bug: the message says where).
+    #[error("{what} failed: {reason}")]
+    Task {
+        /// The task.
+        what: &'static str,
+        /// Its panic or cancellation.
+        reason: String,
+    },
+    /// A request delivered objects after the transfer had already failed (its error is reported).
+    #[error("the transfer was abandoned after an earlier error")]
+    Abandoned,
     /// The local repository failed.
     #[error(transparent)]
     Store(#[from] StoreError),

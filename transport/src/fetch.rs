@@ -89,7 +89,7 @@ pub async fn fetch(
                 }
             }
             Some(done) = tasks.join_next() => {
-                done.map_err(|e| TransportError::Config(format!("fetch task failed: {e}")))??;
+                done.map_err(|e| TransportError::Task { what: "a Range request", reason: e.to_string() })??;
             }
         }
     }
@@ -177,7 +177,7 @@ impl BodySink for RangeSink {
         async move {
             for object in verified {
                 // The receiver is gone only when the fetch has already failed.
-                sender.send(object).await.map_err(|_| TransportError::Config("the fetch was abandoned".into()))?;
+                sender.send(object).await.map_err(|_| TransportError::Abandoned)?;
             }
             Ok(())
         }

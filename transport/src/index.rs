@@ -11,6 +11,8 @@ use osdeploy_store::object::ObjectKind;
 use osdeploy_store::pack::{self, IndexEntry};
 use osdeploy_store::{ObjectId, Repo, StoreError};
 
+use tokio::task::JoinSet;
+
 use crate::client::Client;
 use crate::error::TransportError;
 use crate::plan::{IndexFetches, ObjectLocations};
@@ -90,24 +92,26 @@ pub async fn load(
     if writes == CacheWrites::Allowed {
         fs::create_dir_all(&cache).map_err(|e| StoreError::Io { path: cache.clone(), error: e })?;
     }
-    let mut index = RemoteIndex::default();
+    // Cached indexes that still match the summary are used; the others are downloaded.
+    let mut files: Vec<Option<Vec<u8>>> = packs
+        .iter()
+        .map(|(pack, hash)| fs::read(cache.join(layout::index_name(pack))).ok().filter(|b| ObjectId::of(b) == *hash))
+        .collect();
+    let missing: Vec<usize> = (0..packs.len()).filter(|i| files[*i].is_none()).collect();
+    let downloaded = download_all(client, &missing.iter().map(|i| packs[*i]).collect::<Vec<_>>()).await?;
     let mut fetches = IndexFetches::default();
-    for (pack_id, index_hash) in packs {
-        let path = cache.join(layout::index_name(pack_id));
-        let name = layout::index_file(pack_id);
-        let bytes = match fs::read(&path) {
-            Ok(b) if ObjectId::of(&b) == *index_hash => b,
-            _ => {
-                let bytes = download(client, &name, index_hash).await?;
-                fetches.files += 1;
-                fetches.bytes += bytes.len() as u64;
-                if writes == CacheWrites::Allowed {
-                    atomic_write(&path, &repo.path().join(layout::TMP), &bytes)?;
-                }
-                bytes
-            }
-        };
-        index.packs.push(Arc::new(decode(client, pack_id, &name, bytes)?));
+    for (i, bytes) in missing.into_iter().zip(downloaded) {
+        fetches.files += 1;
+        fetches.bytes += bytes.len() as u64;
+        if writes == CacheWrites::Allowed {
+            atomic_write(&cache.join(layout::index_name(&packs[i].0)), &repo.path().join(layout::TMP), &bytes)?;
+        }
+        files[i] = Some(bytes);
+    }
+    let mut index = RemoteIndex::default();
+    for ((pack, _), bytes) in packs.iter().zip(files) {
+        let bytes = bytes.expect("every index is cached or downloaded");
+        index.packs.push(Arc::new(decode(client, pack, &layout::index_file(pack), bytes)?));
     }
     Ok((index, fetches))
 }
@@ -115,12 +119,32 @@ pub async fn load(
 /// Fetches the indexes of `packs` into memory only (a survey that must not write).
 pub async fn fetch(client: &Client, packs: &[(ObjectId, ObjectId)]) -> Result<RemoteIndex, TransportError> {
     let mut index = RemoteIndex::default();
-    for (pack_id, index_hash) in packs {
-        let name = layout::index_file(pack_id);
-        let bytes = download(client, &name, index_hash).await?;
-        index.packs.push(Arc::new(decode(client, pack_id, &name, bytes)?));
+    for ((pack, _), bytes) in packs.iter().zip(download_all(client, packs).await?) {
+        index.packs.push(Arc::new(decode(client, pack, &layout::index_file(pack), bytes)?));
     }
     Ok(index)
+}
+
+/// Index downloads in flight at once: a full pull needs one index per release it reuses, and on a
+/// real link each costs a round trip.
+const INDEXES_IN_FLIGHT: usize = 4;
+
+/// Downloads the index files of `packs` (pack id, index hash), several at a time; returns them in
+/// the order given.
+async fn download_all(client: &Client, packs: &[(ObjectId, ObjectId)]) -> Result<Vec<Vec<u8>>, TransportError> {
+    let mut files = vec![Vec::new(); packs.len()];
+    let mut pending = packs.iter().copied().enumerate();
+    let mut tasks = JoinSet::new();
+    loop {
+        while tasks.len() < INDEXES_IN_FLIGHT {
+            let Some((i, (pack, hash))) = pending.next() else { break };
+            let client = client.clone();
+            tasks.spawn(async move { (i, download(&client, &layout::index_file(&pack), &hash).await) });
+        }
+        let Some(done) = tasks.join_next().await else { return Ok(files) };
+        let (i, bytes) = done.map_err(|e| TransportError::Task { what: "an index download", reason: e.to_string() })?;
+        files[i] = bytes?;
+    }
 }
 
 /// Fetches an index file and checks it against the summary's hash (an index that does not match

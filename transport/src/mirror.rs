@@ -113,10 +113,10 @@ fn open_or_init(dir: &Path) -> Result<Repo, TransportError> {
         Repo::init(dir, RepoMode::Archive, DEFAULT_COMPRESSION_LEVEL, ChunkerParams::default())?
     };
     if repo.archive().is_none() {
-        return Err(TransportError::Config(format!(
-            "{} is a bare repository; a mirror is an archive repository (choose another directory)",
-            dir.display()
-        )));
+        return Err(TransportError::WrongRepository {
+            path: dir.into(),
+            reason: "is a bare repository; a mirror is an archive repository (choose another directory)".into(),
+        });
     }
     Ok(repo)
 }
@@ -130,12 +130,12 @@ async fn mirror_async(
     let started = Instant::now();
     for url in &remote.urls {
         if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(TransportError::Config(format!("mirror URL {url:?} must start with http:// or https://")));
+            return Err(TransportError::Remote(format!("mirror URL {url:?} must start with http:// or https://")));
         }
     }
     let full = options.branches.is_empty();
     if full && options.sign_key.is_some() {
-        return Err(TransportError::Config(
+        return Err(TransportError::Options(
             "a full mirror passes the origin's summary signature on; --sign-key is for partial mirrors (--branch)"
                 .into(),
         ));
@@ -427,8 +427,10 @@ fn write_refs(repo: &Repo, wanted: &BTreeMap<String, CommitId>) -> Result<Vec<St
     let path = repo.path().join(layout::MIRROR_REFS);
     let tmp = repo.path().join(layout::TMP);
     let owned: BTreeSet<String> = match fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map_err(|e| TransportError::Config(format!("{}: {e} (delete it to start over)", path.display())))?,
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| TransportError::LocalFile {
+            path: path.clone(),
+            reason: format!("{e} (delete it to start over)"),
+        })?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeSet::new(),
         Err(e) => return Err(io(&path, e)),
     };

@@ -141,7 +141,7 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, TransportError> {
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|e| TransportError::Config(format!("cannot start the async runtime: {e}")))
+        .map_err(|e| TransportError::Setup { what: "the async runtime", reason: e.to_string() })
 }
 
 /// A surveyed pull: its plan, and what executing it needs.

@@ -31,7 +31,8 @@ fn path(repo: &Repo) -> std::path::PathBuf {
 pub fn list(repo: &Repo) -> Result<BTreeMap<String, Remote>, TransportError> {
     let p = path(repo);
     match std::fs::read_to_string(&p) {
-        Ok(text) => serde_json::from_str(&text).map_err(|e| TransportError::Config(format!("{}: {e}", p.display()))),
+        Ok(text) => serde_json::from_str(&text)
+            .map_err(|e| TransportError::LocalFile { path: p.clone(), reason: e.to_string() }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
         Err(e) => Err(osdeploy_store::StoreError::Io { path: p, error: e }.into()),
     }
@@ -40,7 +41,7 @@ pub fn list(repo: &Repo) -> Result<BTreeMap<String, Remote>, TransportError> {
 /// The remote called `name`.
 pub fn get(repo: &Repo, name: &str) -> Result<Remote, TransportError> {
     list(repo)?.remove(name).ok_or_else(|| {
-        TransportError::Config(format!(
+        TransportError::Remote(format!(
             "no remote {name:?} in {} (add it with `osdeploy remote add`)",
             repo.path().display()
         ))
@@ -52,11 +53,11 @@ pub fn add(repo: &Repo, remote: Remote) -> Result<(), TransportError> {
     osdeploy_store::name::check_ref_name(&remote.name)?;
     for url in &remote.urls {
         if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(TransportError::Config(format!("remote URL {url:?} must start with http:// or https://")));
+            return Err(TransportError::Remote(format!("remote URL {url:?} must start with http:// or https://")));
         }
     }
     if !remote.insecure && remote.keys.is_empty() {
-        return Err(TransportError::Config(format!(
+        return Err(TransportError::Remote(format!(
             "remote {}: give the public key its data is signed with (--key FILE), or --insecure to accept unsigned data",
             remote.name
         )));

@@ -28,15 +28,17 @@ async fn cache_headers(request: Request, next: Next) -> Response {
 /// Serves `dir` on `addr` until the process is stopped; `ready` receives the bound address.
 pub async fn serve(dir: PathBuf, addr: SocketAddr, ready: impl FnOnce(SocketAddr)) -> Result<(), TransportError> {
     if !dir.join(layout::SUMMARY).exists() {
-        return Err(TransportError::Config(format!(
-            "{} is not an archive repository (no summary file): only archive repositories are served",
-            dir.display()
-        )));
+        return Err(TransportError::WrongRepository {
+            path: dir,
+            reason: "is not an archive repository (no summary file): only archive repositories are served".into(),
+        });
     }
     let app = Router::new().fallback_service(ServeDir::new(dir)).layer(middleware::from_fn(cache_headers));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| TransportError::Config(format!("cannot listen on {addr}: {e}")))?;
-    ready(listener.local_addr().map_err(|e| TransportError::Config(e.to_string()))?);
-    axum::serve(listener, app).await.map_err(|e| TransportError::Config(format!("server on {addr} failed: {e}")))
+        .map_err(|e| TransportError::Serve { addr, reason: format!("cannot listen: {e}") })?;
+    ready(listener.local_addr().map_err(|e| TransportError::Serve { addr, reason: e.to_string() })?);
+    axum::serve(listener, app)
+        .await
+        .map_err(|e| TransportError::Serve { addr, reason: format!("the server failed: {e}") })
 }

@@ -26,7 +26,7 @@ fn io(path: &Path, error: std::io::Error) -> TransportError {
 }
 
 fn bad_key(path: &Path, why: &str) -> TransportError {
-    TransportError::Config(format!("{}: not an osdeploy key file ({why})", path.display()))
+    TransportError::Key { path: path.into(), reason: format!("not an osdeploy key file ({why})") }
 }
 
 /// Creates a new key pair: the secret at `secret` (mode 0600) and the public key at `secret.pub`.
@@ -37,7 +37,7 @@ pub fn generate(secret: &Path) -> Result<VerifyingKey, TransportError> {
         .map_err(|e| io(Path::new("/dev/urandom"), e))?;
     let key = SigningKey::from_bytes(&seed);
     if secret.exists() {
-        return Err(TransportError::Config(format!("{} exists; refusing to overwrite a key", secret.display())));
+        return Err(TransportError::Key { path: secret.into(), reason: "exists; refusing to overwrite a key".into() });
     }
     fs::write(secret, format!("{SECRET_TAG} {}\n", HEX.encode(&seed))).map_err(|e| io(secret, e))?;
     fs::set_permissions(secret, fs::Permissions::from_mode(0o600)).map_err(|e| io(secret, e))?;
@@ -105,10 +105,10 @@ pub struct SignedRepository {
 /// the commits it names. Run after every commit.
 pub fn sign_repository(repo: &Repo, key: &SigningKey) -> Result<SignedRepository, TransportError> {
     if repo.archive().is_none() {
-        return Err(TransportError::Config(format!(
-            "{} is not an archive repository: only served repositories are signed",
-            repo.path().display()
-        )));
+        return Err(TransportError::WrongRepository {
+            path: repo.path().into(),
+            reason: "is not an archive repository: only served repositories are signed".into(),
+        });
     }
     let tmp = repo.path().join(layout::TMP);
     let signatures = repo.path().join(layout::SIGNATURES);

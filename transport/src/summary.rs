@@ -52,7 +52,7 @@ fn trusted_keys(remote: &Remote) -> Result<Vec<ed25519_dalek::VerifyingKey>, Tra
         .iter()
         .map(|hex| {
             crate::sign::public_from_hex(hex)
-                .ok_or_else(|| TransportError::Config(format!("remote {}: {hex:?} is not a public key", remote.name)))
+                .ok_or_else(|| TransportError::Remote(format!("remote {}: {hex:?} is not a public key", remote.name)))
         })
         .collect()
 }
