@@ -10,6 +10,7 @@ mod repo_cmds;
 mod reports;
 mod transfer_bar;
 mod transport_cmds;
+mod views;
 
 use clap::Parser;
 

@@ -14,10 +14,10 @@ use osdeploy_store::history::{Ancestor, ancestry};
 use osdeploy_store::object::{Commit, Entry, EntryKind, Meta};
 use osdeploy_store::repo::RepoMode;
 use osdeploy_store::{Access, CommitId, Repo};
-use serde_json::{Value, json};
 
 use crate::output::{self, print_json};
 use crate::reports;
+use crate::views::{CheckoutView, CommitReport, CommitView, DiffView, EntryView, PruneView};
 
 fn open(repo: &Path, access: Access) -> Result<Repo> {
     Ok(Repo::open(repo, access)?)
@@ -142,15 +142,15 @@ pub fn commit(repo: &Path, args: CommitArgs) -> Result<()> {
     let s = outcome.stats;
     let seconds = started.elapsed().as_secs_f64();
     if json {
-        return print_json(&json!({
-            "commit": outcome.id.to_string(),
-            "branch": options.branch,
-            "parent": outcome.commit.parent.map(|p| p.to_string()),
-            "tree": tree_stats_json(&outcome.commit),
-            "stored": s,
-            "dedup_percent": dedup_percent(s.bytes_reused, s.bytes_new),
-            "seconds": seconds,
-        }));
+        return print_json(&CommitReport {
+            commit: outcome.id,
+            branch: &options.branch,
+            parent: outcome.commit.parent,
+            tree: (&outcome.commit.stats).into(),
+            stored: s,
+            dedup_percent: dedup_percent(s.bytes_reused, s.bytes_new),
+            seconds,
+        });
     }
     println!("{}", outcome.id);
     eprintln!(
@@ -166,25 +166,6 @@ pub fn commit(repo: &Path, args: CommitArgs) -> Result<()> {
         dedup_percent(s.bytes_reused, s.bytes_new),
     );
     Ok(())
-}
-
-fn tree_stats_json(c: &Commit) -> Value {
-    let s = &c.stats;
-    json!({"files": s.files, "dirs": s.dirs, "symlinks": s.symlinks, "specials": s.specials, "bytes": s.bytes})
-}
-
-fn commit_json(id: &CommitId, c: &Commit) -> Value {
-    json!({
-        "commit": id.to_string(),
-        "parent": c.parent.map(|p| p.to_string()),
-        "root": c.root.to_string(),
-        "timestamp": c.timestamp,
-        "version": c.version,
-        "subject": c.subject,
-        "body": c.body,
-        "metadata": c.metadata,
-        "tree": tree_stats_json(c),
-    })
 }
 
 fn print_commit(id: &CommitId, c: &Commit) {
@@ -222,7 +203,7 @@ pub fn log(repo: &Path, spec: &str, json: bool) -> Result<()> {
     let mut entries = Vec::new();
     for ancestor in ancestry(&repo, repo.resolve(spec)?) {
         match ancestor? {
-            Ancestor::Held(id, c) if json => entries.push(commit_json(&id, &c)),
+            Ancestor::Held(id, c) if json => entries.push(CommitView::new(id, *c)),
             Ancestor::Held(id, c) => {
                 print_commit(&id, &c);
                 println!();
@@ -234,7 +215,7 @@ pub fn log(repo: &Path, spec: &str, json: bool) -> Result<()> {
         }
     }
     if json {
-        print_json(&Value::Array(entries))?;
+        print_json(&entries)?;
     }
     Ok(())
 }
@@ -245,42 +226,10 @@ pub fn show(repo: &Path, spec: &str, json: bool) -> Result<()> {
     let id = repo.resolve(spec)?;
     let c = repo.commit_object(&id)?;
     if json {
-        return print_json(&commit_json(&id, &c));
+        return print_json(&CommitView::new(id, c));
     }
     print_commit(&id, &c);
     Ok(())
-}
-
-fn entry_json(repo: &Repo, path: &str, kind: &EntryKind, meta: &Meta) -> Result<Value> {
-    let xattrs: BTreeMap<String, String> = meta
-        .xattrs
-        .iter()
-        .map(|(n, v)| (String::from_utf8_lossy(n).into_owned(), v.iter().map(|b| format!("{b:02x}")).collect()))
-        .collect();
-    let mut v = json!({
-        "path": path,
-        "type": kind.type_name(),
-        "mode": format!("{:04o}", meta.mode),
-        "uid": meta.uid,
-        "gid": meta.gid,
-        "mtime": meta.mtime.sec,
-        "mtime_nsec": meta.mtime.nsec,
-        "xattrs": xattrs,
-    });
-    match kind {
-        EntryKind::File { file, hardlink } => {
-            v["size"] = json!(repo.file_object(file)?.size);
-            v["file"] = json!(file.to_string());
-            if *hardlink != 0 {
-                v["hardlink_group"] = json!(hardlink);
-            }
-        }
-        EntryKind::Dir(tree) => v["tree"] = json!(tree.to_string()),
-        EntryKind::Symlink(t) => v["target"] = json!(String::from_utf8_lossy(t)),
-        EntryKind::CharDevice(d) | EntryKind::BlockDevice(d) => v["rdev"] = json!(d),
-        EntryKind::Fifo | EntryKind::Socket => {}
-    }
-    Ok(v)
 }
 
 fn entry_line(repo: &Repo, path: &str, kind: &EntryKind, meta: &Meta) -> Result<String> {
@@ -330,8 +279,11 @@ pub fn ls(repo: &Path, spec: &str, path: &str, recursive: bool, json: bool) -> R
         _ => rows.push((base.clone(), kind.clone(), meta)),
     }
     if json {
-        let values = rows.iter().map(|(p, k, m)| entry_json(&repo, p, k, m)).collect::<Result<Vec<_>>>()?;
-        return print_json(&Value::Array(values));
+        let views = rows
+            .into_iter()
+            .map(|(path, kind, meta)| EntryView::new(&repo, path, &kind, &meta))
+            .collect::<Result<Vec<_>, _>>()?;
+        return print_json(&views);
     }
     let mut out = std::io::stdout().lock();
     for (p, k, m) in &rows {
@@ -358,7 +310,7 @@ pub fn diff(repo: &Path, a: &str, b: &str, json: bool) -> Result<()> {
     let (ca, cb) = (repo.commit_object(&ia)?, repo.commit_object(&ib)?);
     let changes = osdeploy_store::diff::diff_commits(&repo, &ca, &cb)?;
     if json {
-        return print_json(&json!({"from": ia.to_string(), "to": ib.to_string(), "changes": changes}));
+        return print_json(&DiffView { from: ia, to: ib, changes: &changes });
     }
     let mut out = std::io::stdout().lock();
     for c in &changes {
@@ -383,9 +335,14 @@ pub fn checkout(repo: &Path, spec: &str, dir: &Path, reflink: bool, json: bool) 
         .with_context(|| format!("checking out {id} into {}", dir.display()))?;
     let seconds = started.elapsed().as_secs_f64();
     if json {
-        return print_json(
-            &json!({"commit": id.to_string(), "dir": dir, "method": stats.method(), "stats": stats, "seconds": seconds, "owners_preserved": options.preserve_owner}),
-        );
+        return print_json(&CheckoutView {
+            commit: id,
+            dir,
+            method: stats.method(),
+            stats,
+            seconds,
+            owners_preserved: options.preserve_owner,
+        });
     }
     let how = match stats.methods().as_slice() {
         [CheckoutMethod::Reflink] => "reflinked (FICLONE, no data copied)".to_string(),
@@ -449,6 +406,7 @@ pub fn fsck(repo: &Path, json: bool) -> Result<()> {
 pub fn prune(repo: &Path, dry_run: bool, json: bool) -> Result<()> {
     let mut repo = open(repo, if dry_run { Access::Read } else { Access::Prune })?;
     let plan = osdeploy_store::prune::plan(&repo)?;
+    let view = PruneView::new(&plan, dry_run);
     let line = format!(
         "{} objects removed, {} kept, {} freed, {} packs deleted, {} rewritten",
         plan.objects_removed,
@@ -457,20 +415,14 @@ pub fn prune(repo: &Path, dry_run: bool, json: bool) -> Result<()> {
         plan.packs_deleted,
         plan.packs_rewritten
     );
-    let json_plan = json.then(|| serde_json::to_value(&plan)).transpose()?;
     if !dry_run {
         osdeploy_store::prune::execute(&mut repo, plan)?;
     }
-    match json_plan {
-        Some(mut value) => {
-            value["dry_run"] = dry_run.into();
-            print_json(&value)
-        }
-        None => {
-            println!("prune{}: {line}", if dry_run { " (dry run: nothing removed)" } else { "" });
-            Ok(())
-        }
+    if json {
+        return print_json(&view);
     }
+    println!("prune{}: {line}", if dry_run { " (dry run: nothing removed)" } else { "" });
+    Ok(())
 }
 
 /// `refs`.
@@ -478,8 +430,7 @@ pub fn refs(repo: &Path, json: bool) -> Result<()> {
     let repo = open(repo, Access::Read)?;
     let refs = repo.refs()?;
     if json {
-        let map: BTreeMap<_, _> = refs.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
-        return print_json(&json!(map));
+        return print_json(&refs);
     }
     for (name, id) in refs {
         println!("{id} {name}");
