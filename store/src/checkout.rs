@@ -30,7 +30,7 @@ use crate::fsutil::{open_dir_beneath, syncfs};
 use crate::id::{CommitId, FileId, TreeId};
 use crate::object::{Entry, EntryKind, FileObject, Meta, ObjectKind};
 use crate::reflink::{CopyMethod, clone_or_copy};
-use crate::repo::Repo;
+use crate::repo::{Objects, Repo};
 
 /// How to check out.
 #[derive(Clone, Copy, Debug)]
@@ -227,10 +227,9 @@ pub fn checkout(repo: &Repo, commit: &CommitId, dest: &Path, options: CheckoutOp
         creator: (rustix::process::geteuid().as_raw(), rustix::process::getegid().as_raw()),
         dest,
         root: &root,
-        content: match (repo.bare(), repo.archive()) {
-            (Some(bare), _) => Content::Bare(bare.objects_dir()),
-            (None, Some(archive)) => Content::Archive(archive),
-            (None, None) => unreachable!("a repository is bare or archive"),
+        content: match repo.objects() {
+            Objects::Bare(bare) => Content::Bare(bare.objects_dir()),
+            Objects::Archive(archive) => Content::Archive(archive),
         },
     };
     for dir in &dirs[1..] {

@@ -22,7 +22,7 @@ use crate::layout;
 use crate::object::{FileObject, ObjectKind};
 use crate::pack::{ENTRY_HEADER_LEN, IndexEntry, PackWriter};
 use crate::reach::reachable;
-use crate::repo::Repo;
+use crate::repo::{Objects, Repo};
 
 /// What prune will remove and what it frees: computed without writing anything (`prune
 /// --dry-run` prints it), then carried out by [`execute`].
@@ -71,10 +71,9 @@ pub fn plan(repo: &Repo) -> Result<PrunePlan> {
         });
     }
     let mut plan = PrunePlan::default();
-    match (repo.archive(), repo.bare()) {
-        (Some(archive), _) => plan_archive(archive, &reach.objects, &mut plan)?,
-        (None, Some(bare)) => plan_bare(repo, bare, &reach.objects, &mut plan)?,
-        (None, None) => unreachable!("a repository is archive or bare"),
+    match repo.objects() {
+        Objects::Archive(archive) => plan_archive(archive, &reach.objects, &mut plan)?,
+        Objects::Bare(bare) => plan_bare(repo, bare, &reach.objects, &mut plan)?,
     }
     Ok(plan)
 }
@@ -82,7 +81,10 @@ pub fn plan(repo: &Repo) -> Result<PrunePlan> {
 /// Carries out a plan made by [`plan`] on the same repository, which must be open with
 /// [`crate::Access::Prune`] since before the plan was made.
 pub fn execute(repo: &mut Repo, plan: PrunePlan) -> Result<()> {
-    if repo.archive().is_some() { execute_archive(repo, plan.steps) } else { execute_bare(repo, plan.steps) }
+    match repo.objects() {
+        Objects::Archive(_) => execute_archive(repo, plan.steps),
+        Objects::Bare(bare) => execute_bare(bare, plan.steps),
+    }
 }
 
 fn plan_archive(archive: &ArchiveStore, live: &HashSet<(ObjectId, ObjectKind)>, plan: &mut PrunePlan) -> Result<()> {
@@ -208,8 +210,7 @@ fn plan_bare(
     Ok(())
 }
 
-fn execute_bare(repo: &Repo, steps: Steps) -> Result<()> {
-    let bare = repo.bare().expect("execute_bare runs on a bare repository");
+fn execute_bare(bare: &BareStore, steps: Steps) -> Result<()> {
     let (ids, objects): (Vec<_>, Vec<_>) = steps.survivors.into_iter().unzip();
     bare.delete(&steps.doomed, &objects, &ids)?;
     for path in steps.delete_files {

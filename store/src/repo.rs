@@ -88,6 +88,15 @@ enum Store {
     Bare(BareStore),
 }
 
+/// A repository's object store, by mode: match on it instead of asking for one mode and
+/// assuming it.
+pub enum Objects<'r> {
+    /// Packs (origins, mirrors).
+    Archive(&'r ArchiveStore),
+    /// Whole-file content and the SQLite index (nodes).
+    Bare(&'r BareStore),
+}
+
 /// An open repository.
 pub struct Repo {
     path: PathBuf,
@@ -186,6 +195,14 @@ impl Repo {
     /// Its configuration.
     pub fn config(&self) -> &RepoConfig {
         &self.config
+    }
+
+    /// The object store, by mode.
+    pub fn objects(&self) -> Objects<'_> {
+        match &self.store {
+            Store::Archive(a) => Objects::Archive(a),
+            Store::Bare(b) => Objects::Bare(b),
+        }
     }
 
     /// The archive store, in archive mode.

@@ -171,7 +171,7 @@ async fn mirror_async(
     }
 
     let listed = summary::packs(&fetched.summary);
-    let held: HashSet<ObjectId> = repo.archive().expect("archive mode").packs().iter().map(|p| p.id).collect();
+    let held: HashSet<ObjectId> = repo.archive().map(|a| a.packs().iter().map(|p| p.id).collect()).unwrap_or_default();
     let mut stats = MirrorStats {
         full,
         refs: wanted.iter().map(|(name, commit)| (name.clone(), commit.to_string())).collect(),
@@ -246,7 +246,10 @@ async fn mirror_async(
             if summary_signatures.is_some() { SummarySigner::Origin } else { SummarySigner::None };
         (fetched.bytes, summary_signatures)
     } else {
-        let summary = repo.summary_bytes()?.expect("archive mode");
+        let summary = repo.summary_bytes()?.ok_or_else(|| TransportError::WrongRepository {
+            path: repo.path().into(),
+            reason: "has no summary: a mirror is an archive repository".into(),
+        })?;
         let signatures = options.sign_key.as_ref().map(|key| {
             stats.summary_signed_by = SummarySigner::Mirror;
             (crate::sign::signature_line(key, &summary) + "\n").into_bytes()
