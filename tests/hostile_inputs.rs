@@ -523,6 +523,9 @@ fn missing_objects_are_named() {
     fs::remove_file(pack_path.with_extension("idx")).unwrap();
     let err = fails(osdeploy(&s.repo).args(["cat", "main", "/usr/bin/big"]));
     assert_mentions(&err, &[&format!("chunk object {chunk} is missing from the repository")]);
+    // a plan never drops what it cannot locate (it used to, and its report underflowed)
+    let err = fails(osdeploy(&s.repo).args(["delta", "none", "main"]));
+    assert_mentions(&err, &["chunk object", "is missing from the repository"]);
     assert_fsck_lists(&s.repo, &[&format!("chunk object {chunk} of file object {file} is missing")]);
     s.assert_main_unmoved();
     fs::write(&pack_path, &saved).unwrap();
