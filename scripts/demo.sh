@@ -74,9 +74,11 @@ run "$osd" --repo "$origin" diff "${v1:0:8}" stable/x86_64
 run "$osd" --repo "$origin" delta "${v1:0:8}" stable/x86_64
 run "$osd" --repo "$origin" cat stable/x86_64 /etc/os-release
 
-step "Node: ask the origin over HTTP what the update costs, pull it (only what changed) and switch; the new release fails its health check"
+step "Node: ask the origin over HTTP what the update costs (the node's own pull plan is the same), pull it (only what changed) and switch (plan first); the new release fails its health check"
 run "$osd" delta --remote origin "$v1" stable/x86_64
+run "$osd" pull --dry-run
 run "$osd" pull
+run "$osd" switch --dry-run
 run "$osd" switch
 printf '#!/bin/sh\necho "health: containerd does not answer"; exit 1\n' > "$OSDEPLOY_CONFIG_DIR/health.d/10-runtime"
 run "$osd" boot-check
