@@ -211,7 +211,7 @@ pub enum Command {
         /// How the transfer uses the network.
         #[command(flatten)]
         http: HttpArgs,
-        /// Print the plan (what would be fetched, file by file and range by range) and write nothing.
+        /// Print the plan (files to build, chunks, pack ranges, bytes and requests) and write nothing.
         #[arg(long)]
         dry_run: bool,
         /// Print the result as JSON.
