@@ -70,24 +70,11 @@ same_tree() {
   else echo "DIFFERS ($n items, logs/verify-$3.txt)"; fi
 }
 
-NGINX_UP=0; RSYNCD_UP=0
-nginx_up() {
-  [ "$NGINX_UP" = 1 ] && return
-  mkdir -p "$W/nginx/logs" "$W/www"
-  cat > "$W/nginx/nginx.conf" <<CONF
-worker_processes 1; pid $W/nginx/nginx.pid; error_log $W/nginx/logs/error.log;
-events { worker_connections 256; }
-http { log_format counted '\$request \$status \$body_bytes_sent \$bytes_sent';
-  access_log $W/nginx/logs/access.log counted; sendfile on; types { } default_type application/octet-stream;
-  server { listen 127.0.0.1:$PORT; root $W/www; } }
-CONF
-  nginx -c "$W/nginx/nginx.conf" -p "$W/nginx" -e "$W/nginx/logs/error.log"
-  NGINX_UP=1
-}
-log_reset() { : > "$W/nginx/logs/access.log"; }
-log_sum() { awk '{n++; b+=$(NF-1); t+=$NF} END {print n+0, b+0, t+0}' "$W/nginx/logs/access.log"; }
+RSYNCD_UP=0
+# shellcheck source=benches/harness/nginx.sh
+source "$(dirname "$0")/nginx.sh"
 cleanup() {
-  if [ "$NGINX_UP" = 1 ]; then nginx -c "$W/nginx/nginx.conf" -p "$W/nginx" -e "$W/nginx/logs/error.log" -s stop || true; fi
+  nginx_stop
   if [ "$RSYNCD_UP" = 1 ] && [ -s "$W/rsync/rsyncd.pid" ]; then kill "$(cat "$W/rsync/rsyncd.pid")" || true; fi
 }
 trap cleanup EXIT
@@ -122,7 +109,7 @@ step_ostree() {
   local gc=$T_S gr=$T_RSS oc nc
   oc=$(ostree --repo="$o/srv" rev-parse os^); nc=$(ostree --repo="$o/srv" rev-parse os)
   ostree --repo="$o/srv" summary -u > /dev/null
-  nginx_up; ln -sfn "$o/srv" "$W/www/ostree"
+  nginx_start; ln -sfn "$o/srv" "$W/www/ostree"
   client() {  # client NAME: a bare repository holding OLD, following the server
     ostree --repo="$o/$1" init --mode=bare
     ostree --repo="$o/$1" remote add --no-gpg-verify origin "http://127.0.0.1:$PORT/ostree"
@@ -165,7 +152,7 @@ step_casync() {
   row casync-needed-chunks+index "$((needb + idx))" "$((need + 1))" "$g" "$r" - - "$need chunks of NEW not among OLD's ($needb B, zstd) + new.caidx ($idx B)"
   row casync-full-NEW "$((allb + idx))" "$((all + 1))" - - - - "every chunk of NEW + index"
   # the real thing: extract NEW over HTTP with OLD as seed
-  nginx_up; ln -sfn "$c" "$W/www/casync"; rm -rf "$c/out"; cold; log_reset
+  nginx_start; ln -sfn "$c" "$W/www/casync"; rm -rf "$c/out"; cold; log_reset
   timed casync-extract casync extract --store="http://127.0.0.1:$PORT/casync/store/" --seed="$P/old" \
     "http://127.0.0.1:$PORT/casync/new.caidx" "$c/out"
   read -r rq bb tb < <(log_sum)

@@ -18,17 +18,12 @@ osd=${OSDEPLOY:-$(dirname "$0")/../../target/release/osdeploy}; osd=$(realpath "
 PORT=${PORT:-18090}
 R=$W/results.tsv
 printf 'tool\tlevel\tcase\tbytes\trequests\twall_s\tmax_rss_kib\tpredicted_bytes\tpredicted_requests\n' > "$R"
-mkdir -p "$W/nginx/logs" "$W/www" "$W/nodes"
-cat > "$W/nginx/nginx.conf" <<CONF
-worker_processes 1; pid $W/nginx/nginx.pid; error_log $W/nginx/logs/error.log;
-events { worker_connections 256; }
-http { log_format b '\$request \$status \$body_bytes_sent \$bytes_sent';
-  access_log $W/nginx/logs/access.log b; sendfile on; types { } default_type application/octet-stream;
-  server { listen 127.0.0.1:$PORT; root $W/www; } }
-CONF
-nginx -c "$W/nginx/nginx.conf" -p "$W/nginx" -e "$W/nginx/logs/error.log"
+mkdir -p "$W/nodes"
+# shellcheck source=benches/harness/nginx.sh
+source "$(dirname "$0")/nginx.sh"
+nginx_start
 cleanup() {
-  nginx -c "$W/nginx/nginx.conf" -p "$W/nginx" -e "$W/nginx/logs/error.log" -s stop || true
+  nginx_stop
   umount "$W/nodes" 2>/dev/null || true
 }
 trap cleanup EXIT
@@ -37,8 +32,6 @@ fresh_nodes() {   # a new xfs for the nodes: no inode-reuse or page-cache effect
   rm -f "$W/nodes.img"; truncate -s 8G "$W/nodes.img"; mkfs.xfs -q -f -m reflink=1 "$W/nodes.img"
   mount -o loop "$W/nodes.img" "$W/nodes"
 }
-log_reset() { : > "$W/nginx/logs/access.log"; }
-log_sum() { awk '{n++; b+=$(NF-1)} END {print n+0, b+0}' "$W/nginx/logs/access.log"; }
 cold() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 row() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >> "$R"; echo "ROW: $*"; }
 node() {  # node NAME: an empty bare repository following origin at URL $url
@@ -49,7 +42,7 @@ timed_pull() {  # timed_pull NODE LEVEL CASE PREDICTED_BYTES PREDICTED_REQUESTS 
   local n=$1 level=$2 case=$3 pb=$4 pr=$5; shift 5
   cold; log_reset
   /usr/bin/time -f '%e %M' -o "$W/time.out" "$osd" --repo "$W/nodes/$n" pull "$@" origin os > "$W/pull.out" 2>&1
-  read -r wall rss < "$W/time.out"; read -r rq bb < <(log_sum)
+  read -r wall rss < "$W/time.out"; read -r rq bb _ < <(log_sum)
   row osdeploy "$level" "$case" "$bb" "$rq" "$wall" "$rss" "$pb" "$pr"
   "$osd" --repo "$W/nodes/$n" fsck > /dev/null
 }
@@ -70,13 +63,13 @@ for level in $levels; do
   rm -rf "$W/mirror-$level"
   cold; log_reset
   /usr/bin/time -f '%e %M' -o "$W/time.out" "$osd" mirror --insecure "$url" "$W/mirror-$level" > /dev/null 2>&1
-  read -r wall rss < "$W/time.out"; read -r rq bb < <(log_sum)
+  read -r wall rss < "$W/time.out"; read -r rq bb _ < <(log_sum)
   row mirror "$level" first "$bb" "$rq" "$wall" "$rss" - -
   "$osd" --repo "$srv" commit -b os --version new "$P/new" > /dev/null
   new=$("$osd" --repo "$srv" show --json os | sed -n 's/.*"commit": "\([0-9a-f]*\)".*/\1/p')
   cold; log_reset
   /usr/bin/time -f '%e %M' -o "$W/time.out" "$osd" mirror --insecure "$url" "$W/mirror-$level" > /dev/null 2>&1
-  read -r wall rss < "$W/time.out"; read -r rq bb < <(log_sum)
+  read -r wall rss < "$W/time.out"; read -r rq bb _ < <(log_sum)
   row mirror "$level" incremental "$bb" "$rq" "$wall" "$rss" - -
 
   plan "$old" "$new"; timed_pull update "$level" update "$pb" "$pr"
