@@ -190,8 +190,13 @@ impl PullPlan {
         whole_files: Vec<WholeFile>,
         options: CoalesceOptions,
     ) -> Result<PullPlan, StoreError> {
-        let wanted: Vec<_> = survey.missing_chunks.iter().map(|id| (*id, ObjectKind::Chunk)).collect();
-        let chunk_reads = plan_reads(locations, &wanted, options)?;
+        // Each chunk is located once: for its read and for the counts.
+        let chunks = survey
+            .missing_chunks
+            .iter()
+            .map(|id| locate(locations, ObjectKind::Chunk, id))
+            .collect::<Result<Vec<_>, _>>()?;
+        let chunk_reads = coalesce_located(&chunks, options);
         let mut plan = PullPlan {
             from,
             to,
@@ -208,8 +213,7 @@ impl PullPlan {
             plan.metadata_objects += 1;
             plan.metadata_bytes += entry.span();
         }
-        for (id, kind) in &wanted {
-            let (_, entry) = locate(locations, *kind, id)?;
+        for (_, entry) in &chunks {
             plan.chunk_bytes_raw += u64::from(entry.raw_len);
             plan.needed_bytes += entry.span();
         }
@@ -288,17 +292,22 @@ pub fn plan_reads(
     wanted: &[(ObjectId, ObjectKind)],
     options: CoalesceOptions,
 ) -> Result<Vec<PackRead>, StoreError> {
+    let located = wanted.iter().map(|(id, kind)| locate(locations, *kind, id)).collect::<Result<Vec<_>, _>>()?;
+    Ok(coalesce_located(&located, options))
+}
+
+/// The coalesced reads of objects already located (pack, entry).
+fn coalesce_located(located: &[(ObjectId, IndexEntry)], options: CoalesceOptions) -> Vec<PackRead> {
     let mut by_pack: BTreeMap<ObjectId, Vec<(u64, u64)>> = BTreeMap::new();
-    for (id, kind) in wanted {
-        let (pack, entry) = locate(locations, *kind, id)?;
-        by_pack.entry(pack).or_default().push((entry.offset, entry.span()));
+    for (pack, entry) in located {
+        by_pack.entry(*pack).or_default().push((entry.offset, entry.span()));
     }
     let mut reads = Vec::new();
     for (pack, mut spans) in by_pack {
         spans.sort_unstable();
         reads.extend(coalesce(pack, &spans, options));
     }
-    Ok(reads)
+    reads
 }
 
 /// Plans the transfer from `from` (None: the node holds nothing) to `to` in a local archive
