@@ -21,6 +21,7 @@ pub mod chunker;
 mod codec;
 pub mod commit;
 pub mod compress;
+pub mod delta;
 pub mod diff;
 pub mod error;
 pub mod fsck;
