@@ -3,3 +3,4 @@
 //! ([`codec`]), so that a node holding the old tree fetches only what changed.
 
 pub mod codec;
+pub mod pairing;
