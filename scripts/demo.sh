@@ -67,6 +67,7 @@ run "$osd" status
 
 step "Origin: release 2 — history, diff, and what a node must download"
 run "$osd" --repo "$origin" commit --branch stable/x86_64 --version 2 --subject "Release 2: libdemo security fix" "$work/rootfs-2"
+run "$osd" --repo "$origin" delta generate --to stable/x86_64
 run "$osd" --repo "$origin" sign --key "$work/release.key"
 run "$osd" --repo "$origin" log stable/x86_64
 v1=$("$osd" --repo "$origin" log --json stable/x86_64 | sed -n 's/.*"commit": "\([0-9a-f]*\)".*/\1/p' | tail -1)

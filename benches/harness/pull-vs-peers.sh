@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A node holding OLD pulls NEW over HTTP from nginx on loopback: bytes on the wire, requests,
-# wall time, peak RSS — osdeploy at several archive compression levels — plus the full pull of
+# wall time, peak RSS — osdeploy at several archive compression levels, with per-file deltas
+# (`delta generate` timed too) and with chunks only (`--no-deltas`) — plus the full pull of
 # NEW against this machine's decompress + hash + write reference (`checkout` of NEW from the
 # archive repository into the same filesystem), a rate-limited full pull, the peak RSS of full
 # pulls of synthetic trees of growing size, and mirroring (first run, then incremental). The
@@ -58,6 +59,7 @@ for level in $levels; do
   "$osd" --repo "$srv" commit -b os --version old "$P/old" > /dev/null
   url=http://127.0.0.1:$PORT/repo-$level
   node update; "$osd" --repo "$W/nodes/update" pull origin os > /dev/null 2>&1
+  node chunks; "$osd" --repo "$W/nodes/chunks" pull origin os > /dev/null 2>&1
   old=$("$osd" --repo "$srv" show --json os | sed -n 's/.*"commit": "\([0-9a-f]*\)".*/\1/p')
   # mirror: a first run while the origin holds OLD, an incremental one after NEW is committed
   rm -rf "$W/mirror-$level"
@@ -67,12 +69,20 @@ for level in $levels; do
   row mirror "$level" first "$bb" "$rq" "$wall" "$rss" - -
   "$osd" --repo "$srv" commit -b os --version new "$P/new" > /dev/null
   new=$("$osd" --repo "$srv" show --json os | sed -n 's/.*"commit": "\([0-9a-f]*\)".*/\1/p')
+  cold
+  /usr/bin/time -f '%e %M' -o "$W/time.out" "$osd" --repo "$srv" delta generate --to os > "$W/generate-$level.txt"
+  read -r wall rss < "$W/time.out"
+  row generate "$level" "delta generate --to NEW (from OLD)" - - "$wall" "$rss" - -
   cold; log_reset
   /usr/bin/time -f '%e %M' -o "$W/time.out" "$osd" mirror --insecure "$url" "$W/mirror-$level" > /dev/null 2>&1
   read -r wall rss < "$W/time.out"; read -r rq bb _ < <(log_sum)
   row mirror "$level" incremental "$bb" "$rq" "$wall" "$rss" - -
 
   plan "$old" "$new"; timed_pull update "$level" update "$pb" "$pr"
+  "$osd" --repo "$srv" delta --no-deltas --json "$old" "$new" > "$W/delta.json"
+  pb=$(sed -n 's/^  "transfer_bytes": \([0-9]*\).*/\1/p' "$W/delta.json")
+  pr=$(sed -n 's/^  "requests": \([0-9]*\).*/\1/p' "$W/delta.json")
+  timed_pull chunks "$level" "update --no-deltas" "$pb" "$pr" --no-deltas
   plan none "$new"
   node full; timed_pull full "$level" full "$pb" "$pr"
   # the reference: decompress + hash + write NEW from the archive repository into the same xfs

@@ -56,12 +56,20 @@ def main():
             '|---|---:|---:|---:|---:|---:|---|']
     if pull is None:
         out.append('| osdeploy | (no WORK/pull/results.tsv) | | | | | |')
+    generated = {r['level']: r for r in pull or [] if r['tool'] == 'generate'}
     for r in pull or []:
-        if r['tool'] == 'osdeploy' and r['case'] == 'update':
+        if r['tool'] == 'osdeploy' and r['case'] in ('update', 'update --no-deltas'):
             exact = 'plan exact' if (r['bytes'], r['requests']) == (r['predicted_bytes'], r['predicted_requests']) \
                 else f"plan said {num(r['predicted_bytes'])} B / {r['predicted_requests']} requests"
-            out.append(f"| **osdeploy pull**, origin at zstd {r['level']} | **{num(r['bytes'])}** | **{r['requests']}** "
-                       f"| – | {r['wall_s']} | {mib(r['max_rss_kib'])} | HTTP Range, bare repo on xfs; {exact} |")
+            gen = generated.get(r['level'])
+            if r['case'] == 'update':
+                name = f"**osdeploy pull, per-file deltas**, origin at zstd {r['level']}"
+                gen_s = gen['wall_s'] if gen else '–'
+                note = f"generation peak RSS {mib(gen['max_rss_kib'])}; " if gen else ''
+            else:
+                name, gen_s, note = f"osdeploy pull --no-deltas (chunks), origin at zstd {r['level']}", '–', ''
+            out.append(f"| {name} | **{num(r['bytes'])}** | **{r['requests']}** "
+                       f"| {gen_s} | {r['wall_s']} | {mib(r['max_rss_kib'])} | {note}HTTP Range, bare repo on xfs; {exact} |")
     update_peers = [
         ('ostree-pull-objects', 'OSTree object pull (archive, zlib)'),
         ('ostree-pull-static-delta', 'OSTree static delta pull'),
@@ -91,7 +99,7 @@ def main():
     out += ['', '### Full pull of NEW into an empty node', '',
             '| tool | bytes | requests | wall s | peak RSS |', '|---|---:|---:|---:|---:|']
     for r in pull or []:
-        if r['tool'] in ('osdeploy', 'reference') and r['case'] != 'update':
+        if r['tool'] in ('osdeploy', 'reference') and not r['case'].startswith('update'):
             name = 'osdeploy pull' if r['tool'] == 'osdeploy' else 'reference: osdeploy checkout from the archive repo'
             out.append(f"| {name}, zstd {r['level']}, {r['case']} | {num(r['bytes'])} | {dash(r['requests'])} "
                        f"| {r['wall_s']} | {mib(r['max_rss_kib'])} |")

@@ -9,10 +9,11 @@ use osdeploy_store::repo::RepoMode;
 use osdeploy_deploy::deploy::{BootloaderKind, Sysroot};
 
 use osdeploy_transport::client::HttpOptions;
+use osdeploy_transport::deltas::DeltaUse;
 use osdeploy_transport::pull::PullOptions;
 
 use crate::http_args::HttpArgs;
-use crate::{deploy_cmds, mirror_cmd, repo_cmds, transport_cmds};
+use crate::{delta_cmds, deploy_cmds, mirror_cmd, repo_cmds, transport_cmds};
 
 /// The sysroot when neither `--sysroot` nor `OSDEPLOY_SYSROOT` gives one: where a booted node sees its physical root.
 pub const DEFAULT_SYSROOT: &str = "/sysroot";
@@ -38,6 +39,28 @@ pub struct Cli {
 }
 
 /// `osdeploy key` subcommands.
+/// `delta` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum DeltaAction {
+    /// Encode, file by file, the changed contents of TO against those of earlier releases (each --from, or TO's
+    /// last --last ancestors), keep each delta that is smaller than the chunks it replaces, and publish them with
+    /// TO's delta index in the summary. Deltas already published for a pair are reused.
+    Generate {
+        /// An earlier release to start from (repeatable; default: TO's ancestors, see --last).
+        #[arg(long)]
+        from: Vec<String>,
+        /// The release the deltas lead to.
+        #[arg(long)]
+        to: String,
+        /// Without --from: how many of TO's ancestors to start from.
+        #[arg(long, default_value_t = 3)]
+        last: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 #[derive(Subcommand, Debug)]
 pub enum KeyAction {
     /// Create an ed25519 key pair: FILE (secret, mode 0600) and FILE.pub (give it to nodes).
@@ -165,18 +188,28 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// What a node holding FROM must fetch for TO: bytes, objects, requests after coalescing.
+    /// What a node holding FROM must fetch for TO: bytes, objects, requests after coalescing, with deltas
+    /// where they are cheaper and with chunks only. `delta generate` makes the deltas.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Delta {
+        /// Generate deltas instead of planning.
+        #[command(subcommand)]
+        action: Option<DeltaAction>,
         /// The commit the node holds, or "none" for a node that holds nothing.
-        from: String,
+        #[arg(required = true)]
+        from: Option<String>,
         /// The commit it wants.
-        to: String,
+        #[arg(required = true)]
+        to: Option<String>,
         /// Merge neighbouring ranges of a pack separated by at most this many bytes.
         #[arg(long, default_value_t = 64 << 10)]
         max_gap: u64,
         /// Largest single Range request in bytes.
         #[arg(long, default_value_t = 16 << 20)]
         max_request: u64,
+        /// Plan chunks only, as a node pulling with --no-deltas.
+        #[arg(long)]
+        no_deltas: bool,
         /// Plan against this remote over HTTP (FROM and TO name its branches or full commit ids): only its
         /// summary, pack indexes and metadata are fetched, nothing is stored.
         #[arg(long, value_name = "REMOTE")]
@@ -208,10 +241,13 @@ pub enum Command {
         /// Accept a commit older than the one already pulled (a deliberate downgrade).
         #[arg(long)]
         allow_downgrade: bool,
+        /// Fetch chunks only: never rebuild a file from a delta (see `osdeploy delta generate`).
+        #[arg(long)]
+        no_deltas: bool,
         /// How the transfer uses the network.
         #[command(flatten)]
         http: HttpArgs,
-        /// Print the plan (files to build, chunks, pack ranges, bytes and requests) and write nothing.
+        /// Print the plan (files to build from deltas or chunks, pack ranges, bytes and requests) and write nothing.
         #[arg(long)]
         dry_run: bool,
         /// Print the result as JSON.
@@ -324,14 +360,15 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Key { action: KeyAction::Generate { file } } => transport_cmds::key_generate(&file),
         Command::Sign { key } => transport_cmds::sign(&repo, &key),
         Command::Remote { action: RemoteAction::List { json } } => transport_cmds::remote_list(&repo, json),
-        Command::Pull { remote, branch, in_flight, allow_downgrade, http, dry_run, json } => {
+        Command::Pull { remote, branch, in_flight, allow_downgrade, no_deltas, http, dry_run, json } => {
             let defaults = if node_config {
                 osdeploy_deploy::deploy::pull::http_defaults(&osdeploy_deploy::deploy::Config::load(&config_dir)?)
             } else {
                 HttpOptions::default()
             };
-            let options =
-                PullOptions { in_flight, allow_downgrade, http: http.options_over(defaults), ..Default::default() };
+            let deltas = if no_deltas { DeltaUse::Never } else { DeltaUse::WhereCheaper };
+            let http = http.options_over(defaults);
+            let options = PullOptions { in_flight, allow_downgrade, http, deltas, ..Default::default() };
             match (on_sysroot, remote.zip(branch)) {
                 (true, args) => deploy_cmds::pull(&sysroot, args, options, dry_run, json),
                 (false, Some((remote, branch))) => {
@@ -354,14 +391,19 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Status { json } => deploy_cmds::status(&sysroot, json),
         Command::Serve { dir, listen } => transport_cmds::serve(dir, listen),
         Command::Mirror(args) => mirror_cmd::mirror(args),
-        Command::Delta { from, to, max_gap, max_request, remote, http, json } => {
+        Command::Delta { action: Some(DeltaAction::Generate { from, to, last, json }), .. } => {
+            delta_cmds::generate_cmd(&repo, &from, &to, last, json)
+        }
+        Command::Delta { action: None, from, to, max_gap, max_request, no_deltas, remote, http, json } => {
+            let (from, to) = (from.expect("required"), to.expect("required"));
             let coalesce = osdeploy_transport::plan::CoalesceOptions { max_gap, max_request };
+            let deltas = if no_deltas { DeltaUse::Never } else { DeltaUse::WhereCheaper };
             match remote {
                 Some(remote) => {
-                    let options = PullOptions { coalesce, http: http.options(), ..Default::default() };
-                    transport_cmds::remote_delta(&repo, &remote, &from, &to, options, json)
+                    let options = PullOptions { coalesce, http: http.options(), deltas, ..Default::default() };
+                    delta_cmds::remote_plan(&repo, &remote, &from, &to, options, json)
                 }
-                None => repo_cmds::delta(&repo, &from, &to, coalesce, json),
+                None => delta_cmds::plan(&repo, &from, &to, coalesce, deltas, json),
             }
         }
     }

@@ -2,6 +2,7 @@
 //! and prints errors with their full chain of causes.
 
 mod cli;
+mod delta_cmds;
 mod deploy_cmds;
 mod http_args;
 mod mirror_cmd;

@@ -16,10 +16,9 @@ use osdeploy_store::repo::RepoMode;
 use osdeploy_store::{Access, CommitId, Repo};
 
 use crate::output::{self, print_json};
-use crate::reports;
 use crate::views::{CheckoutView, CommitReport, CommitView, DiffView, EntryView, PruneView};
 
-fn open(repo: &Path, access: Access) -> Result<Repo> {
+pub fn open(repo: &Path, access: Access) -> Result<Repo> {
     Ok(Repo::open(repo, access)?)
 }
 
@@ -407,7 +406,7 @@ pub fn prune(repo: &Path, dry_run: bool, json: bool) -> Result<()> {
     let mut repo = open(repo, if dry_run { Access::Read } else { Access::Prune })?;
     let plan = osdeploy_store::prune::plan(&repo)?;
     let view = PruneView::new(&plan, dry_run);
-    let line = format!(
+    let mut line = format!(
         "{} objects removed, {} kept, {} freed, {} packs deleted, {} rewritten",
         plan.objects_removed,
         plan.objects_kept,
@@ -415,6 +414,12 @@ pub fn prune(repo: &Path, dry_run: bool, json: bool) -> Result<()> {
         plan.packs_deleted,
         plan.packs_rewritten
     );
+    if plan.delta_indexes_deleted + plan.delta_packs_deleted > 0 {
+        line += &format!(
+            ", {} delta indexes and {} delta packs deleted",
+            plan.delta_indexes_deleted, plan.delta_packs_deleted
+        );
+    }
     if !dry_run {
         osdeploy_store::prune::execute(&mut repo, plan)?;
     }
@@ -435,24 +440,5 @@ pub fn refs(repo: &Path, json: bool) -> Result<()> {
     for (name, id) in refs {
         println!("{id} {name}");
     }
-    Ok(())
-}
-
-/// `delta` on a local archive repository.
-pub fn delta(
-    repo: &Path,
-    from: &str,
-    to: &str,
-    options: osdeploy_transport::plan::CoalesceOptions,
-    json: bool,
-) -> Result<()> {
-    let repo = open(repo, Access::Read)?;
-    let from = if from == "none" { None } else { Some(repo.resolve(from)?) };
-    let to = repo.resolve(to)?;
-    let plan = osdeploy_transport::plan::plan(&repo, from, to, options)?;
-    if json {
-        return print_json(&plan);
-    }
-    reports::print_plan(&plan);
     Ok(())
 }

@@ -2,6 +2,7 @@
 
 use osdeploy_deploy::deploy::ops::{EtcPlan, SwitchPlan};
 use osdeploy_store::checkout::CheckoutMethod;
+use osdeploy_store::delta::generate::GenerateStats;
 use osdeploy_transport::plan::PullPlan;
 use osdeploy_transport::pull::PullStats;
 
@@ -15,28 +16,35 @@ pub fn print_plan(plan: &PullPlan) {
         None => println!("from (nothing)"),
     }
     println!("to   {}", plan.to);
-    let signatures = plan.whole_files.len().saturating_sub(1);
+    let signatures = plan.whole_files.iter().filter(|f| f.name.ends_with(".sig")).count();
+    let delta_index = plan.whole_files.iter().any(|f| f.name.ends_with(".dix"));
     println!(
         "fetch      {:>12}  in {} requests: {} pack ranges, {} pack indexes, the summary{}",
         output::size(plan.transfer_bytes),
         plan.requests,
         plan.reads.len(),
         plan.index_files,
-        if signatures > 0 { format!(" and {signatures} signature files") } else { String::new() }
+        if signatures > 0 { format!(", {signatures} signature files") } else { String::new() }
+            + if delta_index { ", the delta index" } else { "" }
     );
+    if plan.deltas > 0 {
+        println!("  deltas   {:>12}  {} deltas", output::size(plan.delta_bytes), plan.deltas);
+    }
     println!(
         "  chunks   {:>12}  {} new chunks, {} uncompressed",
-        output::size(plan.needed_bytes.saturating_sub(plan.metadata_bytes)),
+        output::size(plan.needed_bytes.saturating_sub(plan.metadata_bytes + plan.delta_bytes)),
         plan.chunks,
         output::size(plan.chunk_bytes_raw)
     );
     println!("  metadata {:>12}  {} objects", output::size(plan.metadata_bytes), plan.metadata_objects);
     println!("  indexes  {:>12}", output::size(plan.index_bytes));
     println!(
-        "files      {:>12}  new files built from chunks{}",
+        "files      {:>12}  new files: {} from deltas, {} from chunks{}",
         plan.files_new,
+        plan.files_from_deltas,
+        plan.files_new - plan.files_from_deltas - plan.files_adopted,
         if plan.files_adopted > 0 {
-            format!(" ({} left complete by an interrupted pull)", plan.files_adopted)
+            format!(", {} left complete by an interrupted pull", plan.files_adopted)
         } else {
             String::new()
         }
@@ -47,13 +55,49 @@ pub fn print_plan(plan: &PullPlan) {
         plan.chunks_reused,
         if total_raw == 0 { 0.0 } else { 100.0 * plan.reused_bytes_raw as f64 / total_raw as f64 }
     );
+    print_without_deltas(plan);
+}
+
+/// Compares with chunks only, when deltas were considered.
+fn print_without_deltas(plan: &PullPlan) {
+    if let Some(chunks) = plan.without_deltas.filter(|_| plan.files_from_deltas > 0) {
+        let saved = chunks.transfer_bytes.saturating_sub(plan.transfer_bytes);
+        println!(
+            "chunks only {:>11}  in {} requests (deltas save {}, {:.0}%)",
+            output::size(chunks.transfer_bytes),
+            chunks.requests,
+            output::size(saved),
+            if chunks.transfer_bytes == 0 { 0.0 } else { 100.0 * saved as f64 / chunks.transfer_bytes as f64 }
+        );
+    }
+}
+
+/// The human report of `delta generate`.
+pub fn print_generate(stats: &GenerateStats) {
+    let from: Vec<String> = stats.from.iter().map(|c| c.to_string()).collect();
+    println!("deltas to {} from {}", stats.to, from.join(", "));
+    let rules: Vec<String> = stats.pairs_by_rule.iter().map(|(rule, n)| format!("{n} by {}", rule.as_str())).collect();
+    println!("pairs      {:>12}  ({})", stats.pairs, rules.join(", "));
+    println!(
+        "encoded    {:>12}  ({} reused, {} not smaller than their chunks, {} too large)",
+        stats.encoded, stats.reused, stats.not_smaller, stats.too_large
+    );
+    let codecs: Vec<String> = stats.by_codec.iter().map(|(codec, n)| format!("{n} {codec}")).collect();
+    println!(
+        "listed     {:>12}  deltas of {} ({}), replacing {} of chunks",
+        stats.listed,
+        output::size(stats.delta_bytes),
+        codecs.join(", "),
+        output::size(stats.chunk_bytes)
+    );
+    println!("index      {:>12}  in {:.1}s", output::size(stats.index_bytes), stats.seconds);
 }
 
 /// The lines `pull` prints: the commit on stdout, what it cost on stderr.
 pub fn print_pull(branch: &str, stats: &PullStats) {
     println!("{}", stats.commit);
     eprintln!(
-        "pulled {} as {} in {:.1}s: {} in {} requests, {} metadata objects and {} chunks fetched ({} reused), {} new files",
+        "pulled {} as {} in {:.1}s: {} in {} requests, {} metadata objects and {} chunks fetched ({} reused), {} new files ({} from deltas{})",
         branch,
         stats.r#ref,
         stats.seconds,
@@ -62,7 +106,13 @@ pub fn print_pull(branch: &str, stats: &PullStats) {
         stats.metadata_fetched,
         stats.chunks_fetched,
         stats.chunks_reused,
-        stats.files_new
+        stats.files_new,
+        stats.files_from_deltas,
+        if stats.delta_fallbacks > 0 {
+            format!(", {} fell back to chunks", stats.delta_fallbacks)
+        } else {
+            String::new()
+        }
     );
 }
 

@@ -11,7 +11,7 @@ use osdeploy_transport::pull::{PullOptions, plan_pull, pull as transport_pull};
 use osdeploy_transport::remote::{self, Remote};
 use osdeploy_transport::sign;
 
-use crate::output::{self, print_json};
+use crate::output::print_json;
 use crate::reports;
 use crate::transfer_bar::TransferBar;
 
@@ -106,30 +106,5 @@ pub fn serve(dir: PathBuf, listen: SocketAddr) -> Result<()> {
     runtime.block_on(osdeploy_transport::serve::serve(dir.clone(), listen, |addr| {
         eprintln!("serving {} on http://{addr}/", dir.display());
     }))?;
-    Ok(())
-}
-
-/// `delta --remote`.
-pub fn remote_delta(
-    repo: &Path,
-    remote_name: &str,
-    from: &str,
-    to: &str,
-    options: PullOptions,
-    json: bool,
-) -> Result<()> {
-    let repo = Repo::open(repo, Access::Read)?;
-    let remote = remote::get(&repo, remote_name)?;
-    let delta = osdeploy_transport::remote_plan::plan_remote(&remote, from, to, &std::env::temp_dir(), options)
-        .with_context(|| format!("planning {from} → {to} on remote {remote_name}"))?;
-    if json {
-        return print_json(&delta);
-    }
-    reports::print_plan(&delta.plan);
-    eprintln!(
-        "(surveyed over HTTP: {} in {} requests for the summary, pack indexes and metadata)",
-        output::size(delta.survey_bytes),
-        delta.survey_requests
-    );
     Ok(())
 }

@@ -177,6 +177,8 @@ pub struct PruneView {
     bytes_freed: u64,
     packs_deleted: u64,
     packs_rewritten: u64,
+    delta_indexes_deleted: u64,
+    delta_packs_deleted: u64,
     /// Nothing was removed.
     dry_run: bool,
 }
@@ -190,6 +192,8 @@ impl PruneView {
             bytes_freed: plan.bytes_freed,
             packs_deleted: plan.packs_deleted,
             packs_rewritten: plan.packs_rewritten,
+            delta_indexes_deleted: plan.delta_indexes_deleted,
+            delta_packs_deleted: plan.delta_packs_deleted,
             dry_run,
         }
     }

@@ -10,9 +10,9 @@ use rayon::prelude::*;
 use crate::compress::compress;
 use crate::error::{IoContext, Result, StoreError};
 use crate::fsutil::{crash_point, fsync_dir, syncfs};
-use crate::id::ObjectId;
+use crate::id::{FileId, ObjectId};
 use crate::layout;
-use crate::object::ObjectKind;
+use crate::object::{FileObject, ObjectKind};
 use crate::pack::{self, FinishedPack, IndexEntry, PackWriter};
 use crate::write::WriteStats;
 
@@ -105,6 +105,23 @@ impl ArchiveStore {
     /// True when the object is in some pack.
     pub fn has(&self, kind: ObjectKind, id: &ObjectId) -> bool {
         self.map.contains_key(&(*id, kind))
+    }
+
+    /// A file's whole content: its chunks in order, each verified, checked against the file
+    /// object's size.
+    pub fn file_content(&self, id: &FileId) -> Result<Vec<u8>> {
+        let object = FileObject::decode(id.0, &self.get(ObjectKind::File, &id.0)?)?;
+        let mut content = Vec::with_capacity(object.size as usize);
+        for (chunk, _) in &object.chunks {
+            content.extend_from_slice(&self.get(ObjectKind::Chunk, &chunk.0)?);
+        }
+        if content.len() as u64 != object.size {
+            return Err(StoreError::Corrupt {
+                what: format!("file object {id}"),
+                reason: format!("its chunks hold {} bytes, the object says {}", content.len(), object.size),
+            });
+        }
+        Ok(content)
     }
 
     /// Reads, decompresses and verifies an object.

@@ -5,7 +5,9 @@ use std::fs;
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::delta::published::PublishedDeltas;
 use crate::error::{IoContext, Result};
+use crate::layout;
 use crate::object::ObjectKind;
 use crate::pack;
 use crate::reach::reachable;
@@ -45,6 +47,9 @@ pub fn fsck(repo: &Repo) -> Result<FsckReport> {
                 ));
             }
         }
+    }
+    if repo.archive().is_some() {
+        check_deltas(repo, &mut report)?;
     }
     if let Some(bare) = repo.bare() {
         let ids = bare.ids(ObjectKind::File)?;
@@ -91,5 +96,37 @@ fn check_pack(info: &crate::archive::PackInfo, report: &mut FsckReport) -> Resul
     report.errors.extend(pack::verify_pack_file(&info.path, &info.id, index.pack_size, &index.entries)?);
     report.bytes_checked += info.size;
     report.objects_checked += index.entries.len() as u64;
+    Ok(())
+}
+
+/// Delta packs are checked like packs; every delta a delta index lists must lie where it says.
+fn check_deltas(repo: &Repo, report: &mut FsckReport) -> Result<()> {
+    let published = match PublishedDeltas::load(repo.path()) {
+        Ok(published) => published,
+        Err(e) => {
+            report.errors.push(e.to_string());
+            return Ok(());
+        }
+    };
+    for pack in published.packs.values() {
+        let path = published.dir().join(layout::pack_name(&pack.id));
+        report.errors.extend(pack::verify_pack_file(&path, &pack.id, pack.size, &pack.entries)?);
+        report.bytes_checked += pack.size;
+        report.objects_checked += pack.entries.len() as u64;
+    }
+    for index in published.indexes.values() {
+        for delta in &index.index.entries {
+            let listed = published.packs.get(&delta.pack).and_then(|p| {
+                let at = p.entries.binary_search_by_key(&(delta.entry.id, ObjectKind::Delta), |e| (e.id, e.kind));
+                at.ok().map(|i| &p.entries[i])
+            });
+            if listed != Some(&delta.entry) {
+                report.errors.push(format!(
+                    "delta index {}: delta {} → {} is not where it says (delta pack {})",
+                    index.hash, delta.base, delta.target, delta.pack
+                ));
+            }
+        }
+    }
     Ok(())
 }

@@ -31,6 +31,9 @@ pub const INDEX_CACHE: &str = "cache/indexes";
 /// Verified objects of a pull not yet committed (survives a crash).
 pub const STAGING: &str = "staging";
 
+/// Delta packs, their pack indexes, and the delta index of each release (archive repositories).
+pub const DELTAS: &str = "deltas";
+
 /// Packs a mirror is downloading, verified before they are published.
 pub const MIRROR_PARTIAL: &str = "mirror/partial";
 /// The branches a mirror owns (written by it, deleted by it when no longer mirrored).
@@ -54,6 +57,26 @@ pub fn pack_file(pack: &ObjectId) -> String {
 /// A pack index's path in the repository.
 pub fn index_file(pack: &ObjectId) -> String {
     format!("{PACKS}/{}", index_name(pack))
+}
+
+/// A delta pack's path in the repository.
+pub fn delta_pack_file(pack: &ObjectId) -> String {
+    format!("{DELTAS}/{}", pack_name(pack))
+}
+
+/// A delta pack's index path in the repository (for fsck and mirrors; nodes never fetch it).
+pub fn delta_pack_index_file(pack: &ObjectId) -> String {
+    format!("{DELTAS}/{}", index_name(pack))
+}
+
+/// A delta index's file name inside [`DELTAS`] (and [`INDEX_CACHE`]), named by its blake3.
+pub fn delta_index_name(hash: &ObjectId) -> String {
+    format!("{hash}.dix")
+}
+
+/// A delta index's path in the repository.
+pub fn delta_index_file(hash: &ObjectId) -> String {
+    format!("{DELTAS}/{}", delta_index_name(hash))
 }
 
 /// The path of a commit's detached signature.

@@ -42,6 +42,9 @@ pub enum ObjectKind {
     DirTree = 2,
     /// A commit.
     Commit = 3,
+    /// A binary delta from one file content to another (see [`crate::delta`]); kept in delta
+    /// packs, never in a tree.
+    Delta = 4,
 }
 
 impl ObjectKind {
@@ -52,6 +55,7 @@ impl ObjectKind {
             1 => Self::File,
             2 => Self::DirTree,
             3 => Self::Commit,
+            4 => Self::Delta,
             _ => return None,
         })
     }
@@ -63,6 +67,7 @@ impl ObjectKind {
             Self::File => "file",
             Self::DirTree => "dirtree",
             Self::Commit => "commit",
+            Self::Delta => "delta",
         }
     }
 }
@@ -213,7 +218,7 @@ pub struct Commit {
     pub stats: TreeStats,
 }
 
-fn header(kind: ObjectKind) -> Encoder {
+pub(crate) fn header(kind: ObjectKind) -> Encoder {
     let mut e = Encoder::default();
     e.buf.extend_from_slice(OBJECT_MAGIC);
     e.u8(OBJECT_FORMAT_VERSION);
@@ -223,7 +228,7 @@ fn header(kind: ObjectKind) -> Encoder {
 
 /// Decodes `data` as an object of `kind` named `id`, checking the header, running `body` and
 /// rejecting trailing bytes; every failure names the object.
-fn decode<T>(
+pub(crate) fn decode<T>(
     kind: ObjectKind,
     id: ObjectId,
     data: &[u8],

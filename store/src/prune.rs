@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use crate::archive::ArchiveStore;
 use crate::bare::BareStore;
+use crate::delta::published::PublishedDeltas;
 use crate::error::{IoContext, Result, StoreError};
 use crate::fsutil::{crash_point, fsync_dir, syncfs};
 use crate::id::{FileId, ObjectId};
@@ -38,6 +39,11 @@ pub struct PrunePlan {
     pub packs_deleted: u64,
     /// Packs to rewrite without their dead objects.
     pub packs_rewritten: u64,
+    /// Delta indexes to delete: those of unreachable releases, and those a newer index of the
+    /// same release replaced.
+    pub delta_indexes_deleted: u64,
+    /// Delta packs no remaining delta index refers to.
+    pub delta_packs_deleted: u64,
     /// What to do.
     #[serde(skip)]
     steps: Steps,
@@ -72,7 +78,10 @@ pub fn plan(repo: &Repo) -> Result<PrunePlan> {
     }
     let mut plan = PrunePlan::default();
     match repo.objects() {
-        Objects::Archive(archive) => plan_archive(archive, &reach.objects, &mut plan)?,
+        Objects::Archive(archive) => {
+            plan_archive(archive, &reach.objects, &mut plan)?;
+            plan_deltas(repo, &reach.objects, &mut plan)?;
+        }
         Objects::Bare(bare) => plan_bare(repo, bare, &reach.objects, &mut plan)?,
     }
     Ok(plan)
@@ -124,6 +133,46 @@ fn plan_archive(archive: &ArchiveStore, live: &HashSet<(ObjectId, ObjectKind)>, 
     Ok(())
 }
 
+/// Deltas are dropped with the release they lead to; a delta pack goes when no delta index that
+/// stays refers to it. (A pack that some remaining index still uses is kept whole.)
+fn plan_deltas(repo: &Repo, live: &HashSet<(ObjectId, ObjectKind)>, plan: &mut PrunePlan) -> Result<()> {
+    let published = PublishedDeltas::load(repo.path())?;
+    let dir = published.dir();
+    if !dir.exists() {
+        return Ok(());
+    }
+    let mut kept_indexes = HashSet::new();
+    let mut kept_packs = HashSet::new();
+    for (to, index) in &published.indexes {
+        if live.contains(&(to.0, ObjectKind::Commit)) {
+            kept_indexes.insert(layout::delta_index_name(&index.hash));
+            kept_packs.extend(index.index.entries.iter().map(|e| e.pack));
+        }
+    }
+    for entry in fs::read_dir(dir).at(dir)? {
+        let path = entry.at(dir)?.path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let stem = path.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+        let doomed = match path.extension().and_then(|x| x.to_str()) {
+            Some("dix") if !kept_indexes.contains(&name) => {
+                plan.delta_indexes_deleted += 1;
+                true
+            }
+            Some("pack") if !ObjectId::from_hex(&stem).is_some_and(|id| kept_packs.contains(&id)) => {
+                plan.delta_packs_deleted += 1;
+                plan.bytes_freed += fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                true
+            }
+            Some("idx") => !ObjectId::from_hex(&stem).is_some_and(|id| kept_packs.contains(&id)),
+            _ => false,
+        };
+        if doomed {
+            plan.steps.delete_files.push(path);
+        }
+    }
+    Ok(())
+}
+
 fn execute_archive(repo: &mut Repo, steps: Steps) -> Result<()> {
     let packs_dir = repo.path().join(layout::PACKS);
     let tmp = repo.path().join(layout::TMP);
@@ -160,6 +209,10 @@ fn execute_archive(repo: &mut Repo, steps: Steps) -> Result<()> {
         }
     }
     fsync_dir(&packs_dir)?;
+    let deltas_dir = repo.path().join(layout::DELTAS);
+    if deltas_dir.exists() {
+        fsync_dir(&deltas_dir)?;
+    }
     repo.reload_archive()?;
     repo.write_summary()
 }

@@ -22,6 +22,7 @@ use crate::archive::ArchiveWriter;
 use crate::bare::BareStore;
 use crate::bare::BareWriter;
 use crate::chunker::ChunkerParams;
+use crate::delta::published::PublishedDeltas;
 use crate::error::{IoContext, Result, StoreError};
 use crate::fsutil::{atomic_write, clear_dir_at, fsync_dir};
 use crate::id::{CommitId, FileId, ObjectId, TreeId};
@@ -252,6 +253,25 @@ impl Repo {
         FileObject::decode(id.0, &self.read(ObjectKind::File, &id.0)?)
     }
 
+    /// A file's whole content: its chunks in order (archive), or its content file (bare), checked
+    /// against the file object's size.
+    pub fn file_content(&self, id: &FileId) -> Result<Vec<u8>> {
+        let b = match &self.store {
+            Store::Archive(a) => return a.file_content(id),
+            Store::Bare(b) => b,
+        };
+        let object = self.file_object(id)?;
+        let path = b.content_path(id);
+        let content = fs::read(&path).at(&path)?;
+        if content.len() as u64 != object.size {
+            return Err(StoreError::Corrupt {
+                what: format!("file object {id}"),
+                reason: format!("its content has {} bytes, the object says {}", content.len(), object.size),
+            });
+        }
+        Ok(content)
+    }
+
     /// Every stored commit id.
     pub fn commit_ids(&self) -> Result<Vec<ObjectId>> {
         match &self.store {
@@ -396,7 +416,9 @@ impl Repo {
             packs.push(SummaryPack { id: p.id, index, objects: p.objects as u64, size: p.size });
         }
         packs.sort_by_key(|p| p.id);
-        Ok(Some(Summary { format_version: SUMMARY_FORMAT_VERSION, packs, refs }.to_bytes()))
+        let (delta_indexes, delta_packs) = PublishedDeltas::load(&self.path)?.summary_entries();
+        let summary = Summary { delta_indexes, delta_packs, format_version: SUMMARY_FORMAT_VERSION, packs, refs };
+        Ok(Some(summary.to_bytes()))
     }
 
     /// Deletes a branch.

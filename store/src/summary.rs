@@ -35,9 +35,28 @@ pub struct SummaryPack {
     pub size: u64,
 }
 
+/// A release's delta index as the summary lists it (see [`crate::delta::index`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SummaryDeltaIndex {
+    /// Deltas it lists.
+    pub entries: u64,
+    /// The blake3 of the index file (its name).
+    pub index: ObjectId,
+    /// The index file's size in bytes.
+    pub size: u64,
+    /// The release its deltas lead to.
+    pub to: CommitId,
+}
+
 /// A repository's summary. Fields are in alphabetical order, as they appear in the file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Summary {
+    /// The delta index of each release that has one, sorted by release (absent when none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub delta_indexes: Vec<SummaryDeltaIndex>,
+    /// Every delta pack, sorted by id (absent when none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub delta_packs: Vec<SummaryPack>,
     /// [`SUMMARY_FORMAT_VERSION`].
     pub format_version: u32,
     /// Every pack, sorted by id.
@@ -81,6 +100,13 @@ mod tests {
     fn sample() -> Summary {
         let id = ObjectId::of(b"x");
         Summary {
+            delta_indexes: vec![SummaryDeltaIndex { entries: 2, index: ObjectId::of(b"d"), size: 9, to: CommitId(id) }],
+            delta_packs: vec![SummaryPack {
+                id: ObjectId::of(b"dp"),
+                index: ObjectId::of(b"di"),
+                objects: 2,
+                size: 50,
+            }],
             format_version: SUMMARY_FORMAT_VERSION,
             packs: vec![SummaryPack { id, index: ObjectId::of(b"i"), objects: 3, size: 100 }],
             refs: BTreeMap::from([(
@@ -96,7 +122,8 @@ mod tests {
         assert_eq!(Summary::parse(&bytes, "s").unwrap(), sample());
         let text = String::from_utf8(bytes).unwrap();
         let at = |key: &str| text.find(key).unwrap();
-        assert!(at("format_version") < at("packs") && at("packs") < at("refs"), "{text}");
+        assert!(at("delta_indexes") < at("delta_packs") && at("delta_packs") < at("format_version"), "{text}");
+        assert!(at("format_version") < at("\"packs") && at("\"packs") < at("refs"), "{text}");
     }
 
     #[test]

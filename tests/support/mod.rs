@@ -156,6 +156,9 @@ pub fn assert_same_tree(expected: &Path, actual: &Path) {
     );
 }
 
+/// The crash points of delta generation and of a pull's delta phase; tests/deltas.rs aborts at each.
+pub const DELTA_CRASH_POINTS: [&str; 3] = ["delta:before-publish", "delta:published", "pull:deltas-applied"];
+
 /// The crash points of `switch`, in order; tests/deploy.rs aborts a switch at each.
 pub const SWITCH_CRASH_POINTS: [&str; 5] =
     ["switch:before-empty", "switch:emptied", "switch:checked-out", "switch:merged", "switch:recorded"];

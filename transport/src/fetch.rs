@@ -63,7 +63,7 @@ pub async fn fetch(
             let client = client.clone();
             let mut sink = RangeSink::new(read, entries, wanted.clone(), sender.clone());
             tasks.spawn(async move {
-                let path = osdeploy_store::layout::pack_file(&sink.read.pack);
+                let path = sink.entries.path.clone();
                 client.stream(&path, Some((sink.read.offset, sink.read.len)), &mut sink).await
             });
         }

@@ -23,7 +23,9 @@ use crate::remote::index_cache;
 pub struct PackEntries {
     /// The pack's id.
     pub pack: ObjectId,
-    /// The size of its index file.
+    /// The pack's path in the repository (and URL relative to the remote's).
+    pub path: String,
+    /// The size of its index file (0 for a delta pack, whose index a node never fetches).
     pub index_bytes: u64,
     /// Its entries, as the index lists them.
     pub entries: Vec<IndexEntry>,
@@ -149,7 +151,7 @@ async fn download_all(client: &Client, packs: &[(ObjectId, ObjectId)]) -> Result
 
 /// Fetches an index file and checks it against the summary's hash (an index that does not match
 /// is this URL's failure: the next URL is tried).
-async fn download(client: &Client, name: &str, hash: &ObjectId) -> Result<Vec<u8>, TransportError> {
+pub(crate) async fn download(client: &Client, name: &str, hash: &ObjectId) -> Result<Vec<u8>, TransportError> {
     let check = |bytes: &[u8]| {
         let actual = ObjectId::of(bytes);
         if actual == *hash {
@@ -178,5 +180,10 @@ fn decode(client: &Client, pack_id: &ObjectId, name: &str, bytes: Vec<u8>) -> Re
         url: client.remote_name().into(),
         reason: format!("{e} (although it matches the summary's hash)"),
     })?;
-    Ok(PackEntries { pack: *pack_id, index_bytes: bytes.len() as u64, entries: decoded.entries })
+    Ok(PackEntries {
+        pack: *pack_id,
+        path: layout::pack_file(pack_id),
+        index_bytes: bytes.len() as u64,
+        entries: decoded.entries,
+    })
 }

@@ -4,6 +4,7 @@
 //!   as coalesced pack ranges — printed by `osdeploy delta` and `pull --dry-run`, executed by
 //!   `pull`; [`survey`]: the one walk that finds what a node lacks; [`remote_plan`]: the plan
 //!   between two commits of a remote over HTTP (`delta --remote`).
+//! - [`deltas`]: per file, a delta from a content the node holds or the chunks it lacks.
 //! - [`pull`]: survey, plan and execute: fetch a branch from a remote archive repository over
 //!   HTTP(S) into a bare or archive repository, moving only missing objects, resumable after a
 //!   crash. Its parts: [`summary`] (fetched and verified), [`index`] (the remote's pack indexes),
@@ -17,12 +18,14 @@
 
 mod assemble;
 pub mod client;
+pub mod deltas;
 pub mod error;
 pub mod fetch;
 pub mod index;
 pub mod mirror;
 pub mod plan;
 pub mod pull;
+mod rebuild;
 pub mod remote;
 pub mod remote_plan;
 pub mod serve;

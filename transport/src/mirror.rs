@@ -28,12 +28,15 @@ use std::time::Instant;
 
 use ed25519_dalek::SigningKey;
 use osdeploy_store::chunker::ChunkerParams;
+use osdeploy_store::delta::index::DeltaIndex;
+use osdeploy_store::delta::published::PublishedDeltas;
 use osdeploy_store::fsutil::{atomic_write, crash_point, fsync_dir};
 use osdeploy_store::layout;
 use osdeploy_store::name::check_ref_name;
 use osdeploy_store::object::{Commit, DirTree, EntryKind, FileObject, ObjectKind};
 use osdeploy_store::pack::{self, FinishedPack, PackIndex};
 use osdeploy_store::repo::{DEFAULT_COMPRESSION_LEVEL, RepoMode};
+use osdeploy_store::summary::Summary;
 use osdeploy_store::{Access, CommitId, ObjectId, Repo, StoreError};
 use serde::Serialize;
 
@@ -80,6 +83,10 @@ pub struct MirrorStats {
     pub packs_fetched: u64,
     /// Packs the upstream lists that the mirror already held.
     pub packs_skipped: u64,
+    /// Delta packs downloaded (those the mirrored releases' delta indexes use).
+    pub delta_packs_fetched: u64,
+    /// Delta indexes downloaded (one per mirrored release that has deltas).
+    pub delta_indexes_fetched: u64,
     /// Body bytes received (summary, signatures, indexes, packs).
     pub bytes_fetched: u64,
     /// HTTP requests sent.
@@ -178,15 +185,18 @@ async fn mirror_async(
         refs_deleted: Vec::new(),
         packs_fetched: 0,
         packs_skipped: listed.iter().filter(|(p, _)| held.contains(p)).count() as u64,
+        delta_packs_fetched: 0,
+        delta_indexes_fetched: 0,
         bytes_fetched: 0,
         requests: 0,
         summary_signed_by: SummarySigner::None,
         seconds: 0.0,
     };
-    let mut packs = Packs { client: &client, url: remote.urls[0].trim_end_matches('/'), held, fetched: 0 };
+    let held_deltas = PublishedDeltas::load(repo.path())?.packs.into_keys().collect();
+    let mut packs = Packs { client: &client, url: remote.urls[0].trim_end_matches('/'), held, held_deltas, fetched: 0 };
     if full {
         for pack in &listed {
-            packs.get(&mut repo, pack).await?;
+            packs.get(&mut repo, pack, PackDir::Objects).await?;
         }
     }
     // Branches whose ref already names the offered commit were complete when it was written.
@@ -226,10 +236,15 @@ async fn mirror_async(
             };
         }
         for pack in listed.iter().filter(|(id, _)| needed.contains(id)) {
-            packs.get(&mut repo, pack).await?;
+            packs.get(&mut repo, pack, PackDir::Objects).await?;
         }
     }
-    stats.packs_fetched = packs.fetched;
+    let fetched_objects = packs.fetched;
+    // The deltas leading to the mirrored releases: their packs, then their indexes.
+    let releases: HashSet<CommitId> = wanted.values().copied().collect();
+    stats.delta_indexes_fetched = mirror_deltas(&mut repo, &mut packs, &fetched.summary, &releases).await?;
+    stats.delta_packs_fetched = packs.fetched - fetched_objects;
+    stats.packs_fetched = fetched_objects;
     crash_point("mirror:before-refs");
 
     // Commit signatures before the refs and the summary that name the commits.
@@ -283,30 +298,112 @@ fn self_verified_lines<'a>(message: &[u8], signatures: &'a [u8]) -> Vec<&'a str>
 }
 
 /// Downloads, verifies and publishes packs, remembering which the mirror holds.
+/// Copies the delta indexes the summary lists for `releases`, and the delta packs they use (all
+/// before the summary that names them is published). Returns how many indexes were downloaded.
+async fn mirror_deltas(
+    repo: &mut Repo,
+    packs: &mut Packs<'_>,
+    summary: &Summary,
+    releases: &HashSet<CommitId>,
+) -> Result<u64, TransportError> {
+    let dir = repo.path().join(layout::DELTAS);
+    let mut fetched = 0;
+    for listed in summary.delta_indexes.iter().filter(|d| releases.contains(&d.to)) {
+        let path = dir.join(layout::delta_index_name(&listed.index));
+        let name = layout::delta_index_file(&listed.index);
+        let bytes = match fs::read(&path).ok().filter(|b| ObjectId::of(b) == listed.index) {
+            Some(bytes) => bytes,
+            None => index::download(packs.client, &name, &listed.index).await?,
+        };
+        let deltas = DeltaIndex::decode(&bytes, &format!("{}/{name}", packs.url))?;
+        let mut used: Vec<ObjectId> = deltas.entries.iter().map(|e| e.pack).collect();
+        used.sort_unstable();
+        used.dedup();
+        for pack in used {
+            let Some(info) = summary.delta_packs.iter().find(|p| p.id == pack) else {
+                return Err(TransportError::Invalid {
+                    what: name.clone(),
+                    url: packs.url.into(),
+                    reason: format!("it uses delta pack {pack}, which the summary does not list"),
+                });
+            };
+            packs.get(repo, &(info.id, info.index), PackDir::Deltas).await?;
+        }
+        if !path.exists() {
+            fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+            atomic_write(&path, &repo.path().join(layout::TMP), &bytes)?;
+            fetched += 1;
+        }
+    }
+    Ok(fetched)
+}
+
+/// Which packs a pack belongs with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PackDir {
+    /// Object packs (`packs/`).
+    Objects,
+    /// Delta packs (`deltas/`), whose indexes nodes never read.
+    Deltas,
+}
+
+impl PackDir {
+    fn dir(self) -> &'static str {
+        match self {
+            PackDir::Objects => layout::PACKS,
+            PackDir::Deltas => layout::DELTAS,
+        }
+    }
+
+    fn pack_file(self, id: &ObjectId) -> String {
+        format!("{}/{}", self.dir(), layout::pack_name(id))
+    }
+
+    fn index_file(self, id: &ObjectId) -> String {
+        format!("{}/{}", self.dir(), layout::index_name(id))
+    }
+}
+
 struct Packs<'c> {
     client: &'c Client,
     url: &'c str,
     held: HashSet<ObjectId>,
+    held_deltas: HashSet<ObjectId>,
     fetched: u64,
 }
 
 impl Packs<'_> {
     /// Makes pack `id` (and its index, whose hash the summary gives) part of `repo` unless it is
     /// already.
-    async fn get(&mut self, repo: &mut Repo, &(id, index_hash): &(ObjectId, ObjectId)) -> Result<(), TransportError> {
-        if self.held.contains(&id) {
+    async fn get(
+        &mut self,
+        repo: &mut Repo,
+        &(id, index_hash): &(ObjectId, ObjectId),
+        kind: PackDir,
+    ) -> Result<(), TransportError> {
+        let held = match kind {
+            PackDir::Objects => &mut self.held,
+            PackDir::Deltas => &mut self.held_deltas,
+        };
+        if held.contains(&id) {
             return Ok(());
         }
-        // The index first: fetched once (cached by pack id), checked against the summary.
-        index::load(repo, self.client, &[(id, index_hash)], index::CacheWrites::Allowed).await?;
-        let cached = index_cache(repo).join(layout::index_name(&id));
-        let index_bytes = fs::read(&cached).map_err(|e| io(&cached, e))?;
-        let index = pack::decode_index(&index_bytes, &format!("{}/{}", self.url, layout::index_file(&id)))?;
+        // The index first, checked against the summary: object pack indexes are cached by pack id.
+        let index_bytes = match kind {
+            PackDir::Objects => {
+                index::load(repo, self.client, &[(id, index_hash)], index::CacheWrites::Allowed).await?;
+                let cached = index_cache(repo).join(layout::index_name(&id));
+                fs::read(&cached).map_err(|e| io(&cached, e))?
+            }
+            PackDir::Deltas => index::download(self.client, &kind.index_file(&id), &index_hash).await?,
+        };
+        let index = pack::decode_index(&index_bytes, &format!("{}/{}", self.url, kind.index_file(&id)))?;
 
         let partial_dir = repo.path().join(layout::MIRROR_PARTIAL);
         fs::create_dir_all(&partial_dir).map_err(|e| io(&partial_dir, e))?;
         let partial = partial_dir.join(layout::pack_name(&id));
-        let packs_dir = repo.path().join(layout::PACKS);
+        let packs_dir = repo.path().join(kind.dir());
+        fs::create_dir_all(&packs_dir).map_err(|e| io(&packs_dir, e))?;
         let published = packs_dir.join(layout::pack_name(&id));
         if !partial.exists() && published.exists() {
             // Published without its index by an interrupted run: verify it again like a download.
@@ -325,7 +422,7 @@ impl Packs<'_> {
         let mut resumed = have > 0;
         loop {
             if have < index.pack_size {
-                self.client.download(&layout::pack_file(&id), &partial).await?;
+                self.client.download(&kind.pack_file(&id), &partial).await?;
             }
             crash_point("mirror:after-download");
             match verify_pack(&partial, &id, &index) {
@@ -341,7 +438,7 @@ impl Packs<'_> {
                     }
                     return Err(TransportError::Invalid {
                         what: format!("pack {id}"),
-                        url: format!("{}/{}", self.url, layout::pack_file(&id)),
+                        url: format!("{}/{}", self.url, kind.pack_file(&id)),
                         reason: e.to_string(),
                     });
                 }
@@ -357,7 +454,12 @@ impl Packs<'_> {
         let index_path = packs_dir.join(layout::index_name(&id));
         // atomic_write syncs packs/, which makes the rename of the pack durable too.
         atomic_write(&index_path, &repo.path().join(layout::TMP), &index_bytes)?;
-        let _ = fs::remove_file(&cached);
+        self.fetched += 1;
+        if kind == PackDir::Deltas {
+            self.held_deltas.insert(id);
+            return Ok(());
+        }
+        let _ = fs::remove_file(index_cache(repo).join(layout::index_name(&id)));
         repo.register_packs(vec![FinishedPack {
             id,
             pack_tmp: published,
@@ -366,7 +468,6 @@ impl Packs<'_> {
             entries: index.entries,
         }]);
         self.held.insert(id);
-        self.fetched += 1;
         Ok(())
     }
 }
@@ -415,7 +516,7 @@ fn missing_objects(
                     let file = FileObject::decode(id, &repo.read(kind, &id)?)?;
                     stack.extend(file.chunks.iter().map(|(chunk, _)| (chunk.0, ObjectKind::Chunk)));
                 }
-                ObjectKind::Chunk => {}
+                ObjectKind::Chunk | ObjectKind::Delta => {}
             }
         }
     }

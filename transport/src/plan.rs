@@ -11,11 +11,16 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use osdeploy_store::archive::ArchiveStore;
+use osdeploy_store::delta::index::DeltaEntry;
+use osdeploy_store::delta::published::PublishedDeltas;
 use osdeploy_store::layout;
 use osdeploy_store::object::{FileObject, ObjectKind};
 use osdeploy_store::pack::IndexEntry;
 use osdeploy_store::{CommitId, FileId, ObjectId, Repo, StoreError};
 use serde::Serialize;
+
+use crate::deltas::{DeltaCatalog, DeltaUse};
+use crate::error::TransportError;
 
 /// How ranges are merged into requests.
 #[derive(Clone, Copy, Debug)]
@@ -63,6 +68,8 @@ pub enum FileSource {
     Chunks,
     /// An interrupted pull left its complete content in the repository: it is recorded as it is.
     Adopted,
+    /// A delta from a content the node holds (see [`crate::deltas`]).
+    Delta(DeltaEntry),
 }
 
 /// A file of the wanted commit that the node does not hold.
@@ -77,7 +84,7 @@ pub struct PlannedFile {
 }
 
 /// What a survey found the node lacks (the input of [`PullPlan::new`]).
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Survey {
     /// New commit and dirtree objects.
     pub new_metadata: Vec<(ObjectId, ObjectKind)>,
@@ -93,6 +100,8 @@ pub struct Survey {
     pub metadata_fetched: Vec<(ObjectId, ObjectKind)>,
     /// The reads that fetched them.
     pub metadata_reads: Vec<PackRead>,
+    /// Deltas to fetch, each once (chosen by [`crate::deltas::choose`]; none staged already).
+    pub deltas: Vec<DeltaEntry>,
 }
 
 impl Survey {
@@ -121,12 +130,18 @@ pub struct PullPlan {
     pub files_new: u64,
     /// Of those, files whose content an interrupted pull left complete.
     pub files_adopted: u64,
+    /// Of those, files rebuilt from a delta.
+    pub files_from_deltas: u64,
+    /// Deltas fetched.
+    pub deltas: u64,
+    /// Their stored size, entry headers included.
+    pub delta_bytes: u64,
     /// New chunks.
     pub chunks: u64,
     /// Their uncompressed size.
     pub chunk_bytes_raw: u64,
-    /// Stored (compressed) bytes of everything needed (chunks and metadata), entry headers
-    /// included, gaps excluded.
+    /// Stored (compressed) bytes of everything needed (chunks, deltas and metadata), entry
+    /// headers included, gaps excluded.
     pub needed_bytes: u64,
     /// Chunks of `to` the node already holds.
     pub chunks_reused: u64,
@@ -137,14 +152,17 @@ pub struct PullPlan {
     /// Bytes of those index files.
     pub index_bytes: u64,
     /// Files fetched whole: the summary and, from a signed repository, its signature and the
-    /// wanted commit's.
+    /// wanted commit's; the release's delta index when it is used and not cached.
     pub whole_files: Vec<WholeFile>,
-    /// Coalesced Range requests into packs: the metadata's, then the chunks'.
+    /// Coalesced Range requests into packs: the metadata's, the deltas', then the chunks'.
     pub reads: Vec<PackRead>,
     /// Range requests + index requests + whole files.
     pub requests: u64,
     /// Bytes on the wire: ranges (gaps included) + index files + whole files.
     pub transfer_bytes: u64,
+    /// What the same pull would cost with chunks only, when deltas were considered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub without_deltas: Option<Cost>,
     /// The new commit and dirtree objects, stored last.
     #[serde(skip)]
     pub new_metadata: Vec<(ObjectId, ObjectKind)>,
@@ -154,9 +172,24 @@ pub struct PullPlan {
     /// The chunks to fetch.
     #[serde(skip)]
     pub missing_chunks: Vec<ObjectId>,
+    /// The deltas to fetch.
+    #[serde(skip)]
+    pub delta_entries: Vec<DeltaEntry>,
+    /// Where in `reads` the delta reads begin.
+    #[serde(skip)]
+    pub first_delta_read: usize,
     /// Where in `reads` the chunk reads begin.
     #[serde(skip)]
     pub first_chunk_read: usize,
+}
+
+/// What a plan costs on the wire.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Cost {
+    /// Bytes transferred.
+    pub transfer_bytes: u64,
+    /// Requests sent.
+    pub requests: u64,
 }
 
 /// Pack index files a node fetches.
@@ -197,15 +230,21 @@ impl PullPlan {
             .map(|id| locate(locations, ObjectKind::Chunk, id))
             .collect::<Result<Vec<_>, _>>()?;
         let chunk_reads = coalesce_located(&chunks, options);
+        let deltas: Vec<_> = survey.deltas.iter().map(|d| (d.pack, d.entry)).collect();
+        let delta_reads = coalesce_located(&deltas, options);
         let mut plan = PullPlan {
             from,
             to,
             files_new: survey.files.len() as u64,
             files_adopted: survey.files.iter().filter(|f| f.source == FileSource::Adopted).count() as u64,
+            files_from_deltas: survey.files.iter().filter(|f| matches!(f.source, FileSource::Delta(_))).count() as u64,
+            deltas: deltas.len() as u64,
+            delta_bytes: deltas.iter().map(|(_, e)| e.span()).sum(),
             chunks: survey.missing_chunks.len() as u64,
             chunks_reused: survey.chunks_reused,
             reused_bytes_raw: survey.reused_bytes_raw,
-            first_chunk_read: survey.metadata_reads.len(),
+            first_delta_read: survey.metadata_reads.len(),
+            first_chunk_read: survey.metadata_reads.len() + delta_reads.len(),
             ..Default::default()
         };
         for (id, kind) in &survey.metadata_fetched {
@@ -217,13 +256,15 @@ impl PullPlan {
             plan.chunk_bytes_raw += u64::from(entry.raw_len);
             plan.needed_bytes += entry.span();
         }
-        plan.needed_bytes += plan.metadata_bytes;
+        plan.needed_bytes += plan.metadata_bytes + plan.delta_bytes;
         plan.reads = survey.metadata_reads;
-        plan.reads.extend(chunk_reads);
+        // A node needs no index of a delta pack: the release's delta index says where deltas lie.
         let indexes = match indexes {
             Indexes::Fetched(fetches) => fetches,
-            Indexes::OfReads => indexes_of_reads(&plan.reads, locations)?,
+            Indexes::OfReads => indexes_of_reads(plan.reads.iter().chain(&chunk_reads), locations)?,
         };
+        plan.reads.extend(delta_reads);
+        plan.reads.extend(chunk_reads);
         (plan.index_files, plan.index_bytes) = (indexes.files, indexes.bytes);
         plan.requests = (plan.reads.len() + whole_files.len()) as u64 + plan.index_files;
         plan.transfer_bytes = plan.reads.iter().map(|r| r.len).sum::<u64>()
@@ -233,7 +274,18 @@ impl PullPlan {
         plan.new_metadata = survey.new_metadata;
         plan.files = survey.files;
         plan.missing_chunks = survey.missing_chunks;
+        plan.delta_entries = survey.deltas;
         Ok(plan)
+    }
+
+    /// What this plan costs on the wire.
+    pub fn cost(&self) -> Cost {
+        Cost { transfer_bytes: self.transfer_bytes, requests: self.requests }
+    }
+
+    /// The delta reads (executed by the pull first).
+    pub fn delta_reads(&self) -> &[PackRead] {
+        &self.reads[self.first_delta_read..self.first_chunk_read]
     }
 
     /// The chunk reads (executed by the pull; the metadata's were done by the survey).
@@ -268,8 +320,11 @@ impl ObjectLocations for ArchiveStore {
     }
 }
 
-fn indexes_of_reads(reads: &[PackRead], locations: &impl ObjectLocations) -> Result<IndexFetches, StoreError> {
-    let packs: BTreeSet<ObjectId> = reads.iter().map(|r| r.pack).collect();
+fn indexes_of_reads<'a>(
+    reads: impl Iterator<Item = &'a PackRead>,
+    locations: &impl ObjectLocations,
+) -> Result<IndexFetches, StoreError> {
+    let packs: BTreeSet<ObjectId> = reads.map(|r| r.pack).collect();
     let mut fetches = IndexFetches::default();
     for pack in packs {
         fetches.files += 1;
@@ -318,6 +373,7 @@ pub fn plan(
     from: Option<CommitId>,
     to: CommitId,
     options: CoalesceOptions,
+    deltas: DeltaUse,
 ) -> Result<PullPlan, StoreError> {
     let archive = repo.archive().ok_or_else(|| StoreError::NotARepository {
         path: repo.path().into(),
@@ -328,14 +384,34 @@ pub fn plan(
         Some(f) => survey(f, HashSet::new())?.objects(),
         None => HashSet::new(),
     };
-    let survey = survey(to, have)?;
+    let survey = survey(to, have.clone())?;
     // The files every pull fetches whole: the summary and, from a signed repository, its
     // signature and the wanted commit's.
-    let whole_files = [layout::SUMMARY.to_string(), layout::SUMMARY_SIGNATURE.into(), layout::commit_signature(&to)]
+    let names = [layout::SUMMARY.to_string(), layout::SUMMARY_SIGNATURE.into(), layout::commit_signature(&to)];
+    let whole_files: Vec<WholeFile> = names
         .into_iter()
         .filter_map(|name| std::fs::metadata(repo.path().join(&name)).ok().map(|m| WholeFile { name, bytes: m.len() }))
         .collect();
-    PullPlan::new(from, to, survey, archive, Indexes::OfReads, whole_files, options)
+    // A node that holds a release fetches the wanted release's delta index, and may use it.
+    let mut catalog = None;
+    if deltas == DeltaUse::WhereCheaper
+        && from.is_some()
+        && let Some(published) = PublishedDeltas::load(repo.path())?.indexes.remove(&to)
+    {
+        let download = WholeFile { name: layout::delta_index_file(&published.hash), bytes: published.size };
+        catalog = Some((DeltaCatalog::new(published.index), Some(download)));
+    }
+    let build = |survey, extra: Option<WholeFile>| {
+        let files = whole_files.iter().cloned().chain(extra).collect();
+        PullPlan::new(from, to, survey, archive, Indexes::OfReads, files, options)
+    };
+    let catalog = catalog.as_ref().map(|(c, d)| (c, d.clone()));
+    crate::deltas::choose_and_plan(survey, catalog, &have, |_| false, archive, build).map_err(|e| match e {
+        TransportError::Store(e) => e,
+        other => {
+            StoreError::Corrupt { what: format!("repository {}", repo.path().display()), reason: other.to_string() }
+        }
+    })
 }
 
 /// Merges sorted `(offset, len)` spans of one pack into reads (see [`CoalesceOptions`]).

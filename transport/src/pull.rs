@@ -15,18 +15,23 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use osdeploy_store::Repo;
+use std::collections::HashSet;
+
 use osdeploy_store::fsutil::{crash_point, unique_tmp_name};
 use osdeploy_store::history::is_ancestor;
 use osdeploy_store::object::ObjectKind;
+use osdeploy_store::write::ObjectWriter;
+use osdeploy_store::{ObjectId, Repo};
 use serde::Serialize;
 
 use crate::assemble::Assembler;
 use crate::client::{Client, HttpOptions, Progress};
+use crate::deltas::{self, DeltaUse};
 use crate::error::TransportError;
 use crate::fetch::fetch;
 use crate::index::{CacheWrites, RemoteIndex};
-use crate::plan::{CoalesceOptions, FileSource, Indexes, PullPlan};
+use crate::plan::{CoalesceOptions, FileSource, Indexes, PlannedFile, PullPlan, WholeFile, plan_reads};
+use crate::rebuild::DeltaBuilder;
 use crate::remote::{Remote, staging};
 use crate::staging::Staging;
 use crate::summary::{self, fetch_summary, verify_commit};
@@ -43,6 +48,8 @@ pub struct PullOptions {
     pub allow_downgrade: bool,
     /// Timeouts and rate limit.
     pub http: HttpOptions,
+    /// Whether files may be rebuilt from deltas.
+    pub deltas: DeltaUse,
 }
 
 impl Default for PullOptions {
@@ -52,6 +59,7 @@ impl Default for PullOptions {
             coalesce: CoalesceOptions::default(),
             allow_downgrade: false,
             http: HttpOptions::default(),
+            deltas: DeltaUse::default(),
         }
     }
 }
@@ -71,6 +79,10 @@ pub struct PullStats {
     pub metadata_fetched: u64,
     /// Chunks fetched.
     pub chunks_fetched: u64,
+    /// Files rebuilt from deltas.
+    pub files_from_deltas: u64,
+    /// Files whose delta failed to apply or verify, fetched as chunks instead.
+    pub delta_fallbacks: u64,
     /// Chunks of new files found in the repository (or staged by an interrupted pull).
     pub chunks_reused: u64,
     /// New files assembled.
@@ -105,9 +117,11 @@ pub fn pull(
             chunks_fetched: plan.chunks,
             chunks_reused: plan.chunks_reused,
             files_new: plan.files_new,
+            files_from_deltas: plan.files_from_deltas,
             ..Default::default()
         };
-        execute(repo, &client, surveyed, staged, options).await?;
+        stats.delta_fallbacks = execute(repo, &client, surveyed, staged, options).await?;
+        stats.files_from_deltas -= stats.delta_fallbacks;
         stats.requests = progress.requests.load(Ordering::Relaxed);
         stats.bytes_fetched = progress.bytes.load(Ordering::Relaxed);
         stats.seconds = started.elapsed().as_secs_f64();
@@ -184,35 +198,60 @@ async fn make_plan(
             });
         }
     }
-    let (index, fetches) = crate::index::load(repo, client, &summary::packs(&fetched.summary), writes).await?;
+    let (mut index, fetches) = crate::index::load(repo, client, &summary::packs(&fetched.summary), writes).await?;
     // Tens of thousands of lookups follow: one read snapshot instead of a lock for each.
     let snapshot = repo.bare().map(|bare| bare.batch_reads()).transpose()?;
-    let source = survey::Remote { client, index: &index, staged, in_flight: options.in_flight };
+    let source = survey::Remote { client, index: &index, staged: &mut *staged, in_flight: options.in_flight };
     let surveyed = survey::walk(source, repo, commit, options.coalesce).await?;
+    // Deltas start from contents the node holds: a node without any release fetches no delta index.
+    let mut catalog = None;
+    if options.deltas == DeltaUse::WhereCheaper && !repo.commit_ids()?.is_empty() {
+        catalog = deltas::remote_catalog(client, &fetched.summary, &commit, Some(repo), writes).await?;
+    }
+    let build = |survey, extra: Option<WholeFile>| {
+        let files = whole_files.iter().cloned().chain(extra).collect();
+        PullPlan::new(held, commit, survey, &index, Indexes::Fetched(fetches), files, options.coalesce)
+    };
+    let staged_delta = |id: &ObjectId| staged.has(ObjectKind::Delta, id);
+    let catalog = catalog.as_ref().map(|(c, d)| (c, d.clone()));
+    let plan = deltas::choose_and_plan(surveyed, catalog, repo, staged_delta, &index, build)?;
     drop(snapshot);
-    let plan = PullPlan::new(held, commit, surveyed, &index, Indexes::Fetched(fetches), whole_files, options.coalesce)?;
+    index.packs.extend(deltas::delta_pack_entries(&plan.delta_entries));
     Ok(Surveyed { plan, index, local_ref })
 }
 
-/// Executes a surveyed plan: fetches its chunk reads while writing the new files, stores the new
-/// metadata in one transaction, then writes the ref.
+/// Executes a surveyed plan: fetches its delta reads and rebuilds files from them, then fetches
+/// its chunk reads (and the chunks of files whose delta failed) while writing the other new
+/// files, stores the new metadata in one transaction, then writes the ref. Returns how many
+/// files fell back from a delta to chunks.
 async fn execute(
     repo: &mut Repo,
     client: &Client,
     surveyed: Surveyed,
     mut staged: Staging,
     options: PullOptions,
-) -> Result<(), TransportError> {
+) -> Result<u64, TransportError> {
     let Surveyed { plan, index, local_ref } = surveyed;
-    // Files are written while the fetch goes on, each as soon as its last chunk is staged; then
-    // one write transaction records them with the trees and the commit, and the ref goes last.
+    // Files are written while the fetch goes on, each as soon as its delta or its last chunk is
+    // staged; then one write transaction records them with the trees and the commit, and the
+    // ref goes last.
     let mut writer = repo.writer();
-    let (built, adopted): (Vec<_>, Vec<_>) = plan.files.iter().partition(|f| f.source == FileSource::Chunks);
-    let missing: Vec<_> = plan.missing_chunks.iter().map(|id| (*id, ObjectKind::Chunk)).collect();
+    let fallback = rebuild_from_deltas(repo, client, &index, &plan, &mut writer, &mut staged, options).await?;
+    crash_point("pull:deltas-applied");
+    let adopted = plan.files.iter().filter(|f| f.source == FileSource::Adopted);
+    let built: Vec<_> =
+        plan.files.iter().filter(|f| f.source == FileSource::Chunks).chain(fallback.iter().copied()).collect();
+    let mut missing: Vec<_> = plan.missing_chunks.iter().map(|id| (*id, ObjectKind::Chunk)).collect();
+    let mut reads = plan.chunk_reads().to_vec();
+    if !fallback.is_empty() {
+        let extra = fallback_chunks(repo, &staged, &fallback, &plan.missing_chunks)?;
+        reads.extend(plan_reads(&index, &extra, options.coalesce)?);
+        missing.extend(extra);
+    }
     let mut assembler = Assembler::new(built.into_iter().map(|f| (f.id, f.object.clone())).collect(), &missing);
     assembler.write_ready(&mut writer, &staged, repo)?;
     let wanted = missing.iter().copied().collect();
-    fetch(client, &index, plan.chunk_reads(), wanted, &mut staged, options.in_flight, |staged, ids| {
+    fetch(client, &index, &reads, wanted, &mut staged, options.in_flight, |staged, ids| {
         assembler.staged(&ids);
         assembler.write_ready(&mut writer, staged, repo)?;
         // Chunks no file waits for any more are in their files now: they need no staged copy.
@@ -238,5 +277,58 @@ async fn execute(
     crash_point("pull:before-ref");
     repo.write_ref(&local_ref, &plan.to)?;
     staged.clear()?;
-    Ok(())
+    Ok(fallback.len() as u64)
+}
+
+/// Fetches the plan's deltas and rebuilds their files as they arrive. A failed fetch is not the
+/// pull's end: its files are returned with those whose delta did not apply, to be fetched as
+/// chunks.
+async fn rebuild_from_deltas<'p>(
+    repo: &Repo,
+    client: &Client,
+    index: &RemoteIndex,
+    plan: &'p PullPlan,
+    writer: &mut ObjectWriter<'_>,
+    staged: &mut Staging,
+    options: PullOptions,
+) -> Result<Vec<&'p PlannedFile>, TransportError> {
+    let mut builder = DeltaBuilder::new(&plan.files, staged);
+    builder.build_ready(writer, staged, repo)?;
+    let wanted = plan.delta_entries.iter().map(|d| (d.entry.id, ObjectKind::Delta)).collect();
+    let fetched = fetch(client, index, plan.delta_reads(), wanted, staged, options.in_flight, |staged, ids| {
+        builder.staged(&ids);
+        builder.build_ready(writer, staged, repo)?;
+        Ok(staged.settle(|kind, id| kind != ObjectKind::Delta || builder.needs(id))?)
+    })
+    .await;
+    if let Err(e) = fetched {
+        tracing::warn!("deltas could not be fetched, their files are fetched as chunks: {e}");
+    }
+    Ok(builder.unbuilt())
+}
+
+/// The chunks of `files` that neither the repository nor the staging area holds and that are
+/// not fetched already.
+fn fallback_chunks(
+    repo: &Repo,
+    staged: &Staging,
+    files: &[&PlannedFile],
+    fetched: &[ObjectId],
+) -> Result<Vec<(ObjectId, ObjectKind)>, TransportError> {
+    let fetched: HashSet<&ObjectId> = fetched.iter().collect();
+    let mut extra = Vec::new();
+    let mut seen = HashSet::new();
+    for file in files {
+        for (chunk, _) in &file.object.chunks {
+            let id = chunk.0;
+            if seen.insert(id)
+                && !fetched.contains(&id)
+                && !staged.has(ObjectKind::Chunk, &id)
+                && !repo.has(ObjectKind::Chunk, &id)?
+            {
+                extra.push((id, ObjectKind::Chunk));
+            }
+        }
+    }
+    Ok(extra)
 }

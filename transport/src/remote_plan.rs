@@ -16,9 +16,10 @@ use osdeploy_store::{CommitId, ObjectId};
 use serde::Serialize;
 
 use crate::client::{Client, Progress};
+use crate::deltas::{self, DeltaUse};
 use crate::error::TransportError;
-use crate::index::RemoteIndex;
-use crate::plan::{Indexes, PullPlan};
+use crate::index::{CacheWrites, RemoteIndex};
+use crate::plan::{Indexes, PullPlan, WholeFile};
 use crate::pull::{PullOptions, runtime};
 use crate::remote::Remote;
 use crate::staging::Staging;
@@ -81,12 +82,22 @@ async fn plan_async(
         Some(f) => walk_commit(f, HashSet::new(), &dirs[0]).await?.objects(),
         None => HashSet::new(),
     };
-    let survey = walk_commit(to, have, &dirs[1]).await?;
+    let survey = walk_commit(to, have.clone(), &dirs[1]).await?;
     // A pull fetches the summary whole, and from a signed remote its signature and the commit's
     // (verified here as the pull would).
     let signature = verify_commit(&client, remote, &to).await?;
     let whole_files = fetched.whole_files(&to, signature.as_deref());
-    let plan = PullPlan::new(from, to, survey, &index, Indexes::OfReads, whole_files, options.coalesce)?;
+    // A node holding a release also fetches the wanted release's delta index, and may use it.
+    let mut catalog = None;
+    if options.deltas == DeltaUse::WhereCheaper && from.is_some() {
+        catalog = deltas::remote_catalog(&client, &fetched.summary, &to, None, CacheWrites::Forbidden).await?;
+    }
+    let build = |survey, extra: Option<WholeFile>| {
+        let files = whole_files.iter().cloned().chain(extra).collect();
+        PullPlan::new(from, to, survey, &index, Indexes::OfReads, files, options.coalesce)
+    };
+    let catalog = catalog.as_ref().map(|(c, d)| (c, d.clone()));
+    let plan = deltas::choose_and_plan(survey, catalog, &have, |_| false, &index, build)?;
     Ok(RemoteDelta {
         plan,
         survey_requests: progress.requests.load(Ordering::Relaxed),

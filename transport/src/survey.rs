@@ -268,6 +268,6 @@ fn children(kind: ObjectKind, id: ObjectId, bytes: &[u8]) -> Result<Vec<(ObjectI
                 _ => None,
             })
             .collect(),
-        ObjectKind::File | ObjectKind::Chunk => Vec::new(),
+        ObjectKind::File | ObjectKind::Chunk | ObjectKind::Delta => Vec::new(),
     })
 }

@@ -1,6 +1,9 @@
-//! Per-file binary deltas: a new file's content encoded against the content of an old file it
-//! most likely evolved from ([`pairing`]), with the codec that gives the smallest payload
-//! ([`codec`]), so that a node holding the old tree fetches only what changed.
+//! Per-file binary deltas (docs/deltas.md): a changed file's new content encoded against an old
+//! content the node holds, keyed by the two contents, not by commits.
 
 pub mod codec;
+pub mod generate;
+pub mod index;
+pub mod object;
 pub mod pairing;
+pub mod published;

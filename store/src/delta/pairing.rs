@@ -32,6 +32,17 @@ pub enum PairRule {
     Basename,
 }
 
+impl PairRule {
+    /// The rule's name in reports (as in JSON).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PairRule::SamePath => "same-path",
+            PairRule::VersionMasked => "version-masked",
+            PairRule::Basename => "basename",
+        }
+    }
+}
+
 /// A new content and the old content it is diffed against.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pairing {

@@ -1,0 +1,355 @@
+//! `osdeploy delta generate`: deltas that lead from the files of earlier releases to a new one.
+//!
+//! For each earlier release, every new content of the release is paired with the old content it
+//! most likely evolved from ([`crate::delta::pairing`]); each pair is encoded with every codec
+//! ([`crate::delta::codec`]) on all cores, and kept only when the delta is smaller than the chunks
+//! a node holding that release would otherwise fetch. Deltas already published for the same
+//! pair are reused, so a transition present in several releases is stored once. The new deltas
+//! go into a delta pack, and the release's delta index lists them with the reused ones.
+//! Everything is written under `tmp/`, synced, then renamed into place, index last, then the
+//! summary: a killed run leaves at most an unreferenced pack, which prune removes.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::time::Instant;
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::archive::{ArchiveStore, PACK_TARGET_SIZE};
+use crate::compress::Codec;
+use crate::delta::codec::{DeltaCodec, EncodeOptions, encode_best};
+use crate::delta::index::{DeltaEntry, DeltaIndex};
+use crate::delta::object::{DeltaObject, MAX_DELTA_TARGET};
+use crate::delta::pairing::{PairRule, TreeFile, pair};
+use crate::delta::published::PublishedDeltas;
+use crate::error::{IoContext, Result, StoreError};
+use crate::fsutil::{crash_point, fsync_dir, syncfs, unique_tmp_name};
+use crate::id::{ChunkId, CommitId, FileId, ObjectId};
+use crate::layout;
+use crate::object::{EntryKind, ObjectKind};
+use crate::pack::{ENTRY_HEADER_LEN, FinishedPack, PackWriter};
+use crate::repo::Repo;
+use crate::tree::walk;
+
+/// Pairs encoded at once: bounds memory (each holds two contents) while keeping all cores busy.
+const BATCH_BYTES: u64 = 256 << 20;
+
+/// How deltas are generated.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GenerateOptions {
+    /// Codec settings.
+    pub codec: EncodeOptions,
+}
+
+/// What a generation did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct GenerateStats {
+    /// The release the deltas lead to.
+    pub to: CommitId,
+    /// The releases they start from.
+    pub from: Vec<CommitId>,
+    /// Distinct (old content → new content) pairs found.
+    pub pairs: u64,
+    /// Pairs by the rule that paired them.
+    pub pairs_by_rule: BTreeMap<PairRule, u64>,
+    /// Pairs encoded by this run.
+    pub encoded: u64,
+    /// Pairs whose delta was published already (reused, not encoded again).
+    pub reused: u64,
+    /// Pairs whose delta was not smaller than the chunks it replaces (dropped).
+    pub not_smaller: u64,
+    /// Pairs skipped because a content exceeds the delta size limit.
+    pub too_large: u64,
+    /// Deltas the release's index lists.
+    pub listed: u64,
+    /// Listed deltas by codec.
+    pub by_codec: BTreeMap<DeltaCodec, u64>,
+    /// Their stored bytes (entry headers included).
+    pub delta_bytes: u64,
+    /// What the same files cost as chunks, from the release that costs the most.
+    pub chunk_bytes: u64,
+    /// Size of the release's delta index.
+    pub index_bytes: u64,
+    /// New delta packs written.
+    pub packs_written: u64,
+    /// Seconds taken.
+    pub seconds: f64,
+}
+
+/// One pair to encode, and what its target costs as chunks.
+struct Job {
+    base: FileId,
+    target: FileId,
+    target_size: u64,
+    base_size: u64,
+    chunk_cost: u64,
+}
+
+/// Generates the deltas from each release in `from` to `to` in the archive repository `repo`
+/// (opened for writing), replacing `to`'s delta index, and rewrites the summary. `progress` is
+/// told (pairs done, pairs in all) as encoding goes.
+pub fn generate(
+    repo: &Repo,
+    from: &[CommitId],
+    to: CommitId,
+    options: &GenerateOptions,
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<GenerateStats> {
+    let started = Instant::now();
+    let archive = repo.archive().ok_or_else(|| StoreError::NotARepository {
+        path: repo.path().into(),
+        reason: "deltas are generated in an archive repository (what nodes pull from)".into(),
+    })?;
+    let published = PublishedDeltas::load(repo.path())?;
+    let known: HashMap<(FileId, FileId), DeltaEntry> =
+        published.indexes.values().flat_map(|p| p.index.entries.iter().map(|e| ((e.base, e.target), *e))).collect();
+    let mut stats = GenerateStats { to, from: from.to_vec(), ..Default::default() };
+    let new_files = tree_files(repo, &to)?;
+    let mut jobs: BTreeMap<(FileId, FileId), Job> = BTreeMap::new();
+    for old in from.iter().filter(|f| **f != to) {
+        let old_files = tree_files(repo, old)?;
+        let old_chunks = chunks_of(repo, &old_files)?;
+        for pairing in pair(&old_files, &new_files) {
+            let cost = chunk_cost(repo, archive, &pairing.target, &old_chunks)?;
+            match jobs.entry((pairing.target, pairing.base)) {
+                std::collections::btree_map::Entry::Occupied(mut job) => {
+                    job.get_mut().chunk_cost = job.get().chunk_cost.max(cost);
+                }
+                std::collections::btree_map::Entry::Vacant(slot) => {
+                    *stats.pairs_by_rule.entry(pairing.rule).or_default() += 1;
+                    slot.insert(Job {
+                        base: pairing.base,
+                        target: pairing.target,
+                        target_size: repo.file_object(&pairing.target)?.size,
+                        base_size: repo.file_object(&pairing.base)?.size,
+                        chunk_cost: cost,
+                    });
+                }
+            }
+        }
+    }
+    stats.pairs = jobs.len() as u64;
+    let total = stats.pairs;
+    let done = std::sync::atomic::AtomicU64::new(0);
+    let tick = || progress(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1, total);
+    // Deltas an earlier run listed for this release stay listed.
+    let mut listed: Vec<DeltaEntry> = published.index_of(&to).map(|p| p.index.entries.clone()).unwrap_or_default();
+    let mut new_deltas: Vec<NewDelta> = Vec::new();
+    let jobs: Vec<Job> = jobs.into_values().collect();
+    for batch in batches(&jobs) {
+        let encoded: Vec<Result<Outcome>> = batch
+            .par_iter()
+            .map(|job| {
+                let outcome = encode_job(archive, job, known.get(&(job.base, job.target)), options);
+                tick();
+                outcome
+            })
+            .collect();
+        for (job, outcome) in batch.iter().zip(encoded) {
+            match outcome? {
+                Outcome::TooLarge => stats.too_large += 1,
+                Outcome::Reused(entry) if entry.entry.span() < job.chunk_cost => {
+                    stats.reused += 1;
+                    count(&mut stats, job, entry.entry.span(), published_codec(&published, &entry)?);
+                    listed.push(entry);
+                }
+                Outcome::Reused(_) => stats.not_smaller += 1,
+                Outcome::Encoded { id, bytes, codec } => {
+                    stats.encoded += 1;
+                    let span = ENTRY_HEADER_LEN + bytes.len() as u64;
+                    if span < job.chunk_cost {
+                        count(&mut stats, job, span, codec);
+                        new_deltas.push(NewDelta { target: job.target, base: job.base, id, bytes });
+                    } else {
+                        stats.not_smaller += 1;
+                    }
+                }
+            }
+        }
+    }
+    let packs = write_packs(repo, &new_deltas)?;
+    stats.packs_written = packs.len() as u64;
+    let pairs: HashMap<ObjectId, (FileId, FileId)> = new_deltas.iter().map(|d| (d.id, (d.target, d.base))).collect();
+    for pack in &packs {
+        for e in &pack.entries {
+            let (target, base) = pairs[&e.id];
+            listed.push(DeltaEntry { target, base, pack: pack.id, entry: *e });
+        }
+    }
+    listed.sort_by_key(|e| (e.target, e.base));
+    listed.dedup_by_key(|e| (e.target, e.base));
+    stats.listed = listed.len() as u64;
+    let index = DeltaIndex { to, entries: listed }.encode();
+    stats.index_bytes = index.len() as u64;
+    publish(repo, packs, &index, published.index_of(&to).map(|p| p.hash))?;
+    stats.seconds = started.elapsed().as_secs_f64();
+    Ok(stats)
+}
+
+/// A delta encoded by this run, to be written.
+struct NewDelta {
+    target: FileId,
+    base: FileId,
+    id: ObjectId,
+    bytes: Vec<u8>,
+}
+
+enum Outcome {
+    TooLarge,
+    Reused(DeltaEntry),
+    Encoded { id: ObjectId, bytes: Vec<u8>, codec: DeltaCodec },
+}
+
+fn encode_job(
+    archive: &ArchiveStore,
+    job: &Job,
+    known: Option<&DeltaEntry>,
+    options: &GenerateOptions,
+) -> Result<Outcome> {
+    if let Some(entry) = known {
+        return Ok(Outcome::Reused(*entry));
+    }
+    if job.target_size > MAX_DELTA_TARGET || job.base_size > MAX_DELTA_TARGET {
+        return Ok(Outcome::TooLarge);
+    }
+    let base = archive.file_content(&job.base)?;
+    let target = archive.file_content(&job.target)?;
+    let (codec, payload) = encode_best(&base, &target, &options.codec)
+        .map_err(|error| StoreError::Io { path: format!("(delta {} → {})", job.base, job.target).into(), error })?;
+    let object = DeltaObject { base: job.base, target: job.target, target_size: target.len() as u64, codec, payload };
+    let bytes = object.encode();
+    if bytes.len() as u64 > u64::from(crate::pack::raw_limit(ObjectKind::Delta)) {
+        return Ok(Outcome::TooLarge);
+    }
+    Ok(Outcome::Encoded { id: ObjectId::of(&bytes), bytes, codec })
+}
+
+fn count(stats: &mut GenerateStats, job: &Job, span: u64, codec: DeltaCodec) {
+    *stats.by_codec.entry(codec).or_default() += 1;
+    stats.delta_bytes += span;
+    stats.chunk_bytes += job.chunk_cost;
+}
+
+/// The codec of a published delta (read from its pack: the index does not record it).
+fn published_codec(published: &PublishedDeltas, entry: &DeltaEntry) -> Result<DeltaCodec> {
+    Ok(published.read(entry)?.codec)
+}
+
+/// Consecutive jobs whose contents add up to about [`BATCH_BYTES`].
+fn batches(jobs: &[Job]) -> Vec<&[Job]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0u64);
+    for (i, job) in jobs.iter().enumerate() {
+        bytes += job.base_size + job.target_size;
+        if bytes >= BATCH_BYTES {
+            out.push(&jobs[start..=i]);
+            (start, bytes) = (i + 1, 0);
+        }
+    }
+    if start < jobs.len() {
+        out.push(&jobs[start..]);
+    }
+    out
+}
+
+/// Every regular file of a commit with its path and size.
+fn tree_files(repo: &Repo, commit: &CommitId) -> Result<Vec<TreeFile>> {
+    let root = repo.commit_object(commit)?.root;
+    let mut files = Vec::new();
+    let mut sizes: HashMap<FileId, u64> = HashMap::new();
+    walk(repo, &root, &mut |path, entry| {
+        if let EntryKind::File { file, .. } = &entry.kind {
+            let size = match sizes.get(file) {
+                Some(size) => *size,
+                None => *sizes.entry(*file).or_insert(repo.file_object(file)?.size),
+            };
+            files.push(TreeFile { path: path.as_os_str().as_bytes().to_vec(), file: *file, size });
+        }
+        Ok(())
+    })?;
+    Ok(files)
+}
+
+/// Every chunk of the given files.
+fn chunks_of(repo: &Repo, files: &[TreeFile]) -> Result<HashSet<ChunkId>> {
+    let mut seen = HashSet::new();
+    let mut chunks = HashSet::new();
+    for f in files {
+        if seen.insert(f.file) {
+            chunks.extend(repo.file_object(&f.file)?.chunks.into_iter().map(|(c, _)| c));
+        }
+    }
+    Ok(chunks)
+}
+
+/// The stored bytes of `target`'s chunks that a node holding `held` chunks lacks.
+fn chunk_cost(repo: &Repo, archive: &ArchiveStore, target: &FileId, held: &HashSet<ChunkId>) -> Result<u64> {
+    let mut seen = HashSet::new();
+    let mut cost = 0;
+    for (chunk, _) in repo.file_object(target)?.chunks {
+        if held.contains(&chunk) || !seen.insert(chunk) {
+            continue;
+        }
+        let (_, entry) = archive
+            .locate(ObjectKind::Chunk, &chunk.0)
+            .ok_or(StoreError::ObjectMissing { kind: ObjectKind::Chunk, id: chunk.0 })?;
+        cost += entry.span();
+    }
+    Ok(cost)
+}
+
+/// Writes the new delta objects, in (target, base) order, into packs in `tmp/`.
+fn write_packs(repo: &Repo, deltas: &[NewDelta]) -> Result<Vec<FinishedPack>> {
+    let tmp = repo.path().join(layout::TMP);
+    let mut packs = Vec::new();
+    let mut writer: Option<PackWriter> = None;
+    let mut written = HashSet::new();
+    for NewDelta { id, bytes, .. } in deltas {
+        if !written.insert(*id) {
+            continue;
+        }
+        let w = match &mut writer {
+            Some(w) => w,
+            None => writer.insert(PackWriter::create(&tmp)?),
+        };
+        w.append(ObjectKind::Delta, *id, Codec::Raw, bytes.len() as u32, bytes)?;
+        if w.len() >= PACK_TARGET_SIZE {
+            packs.push(writer.take().expect("just used").finish()?);
+        }
+    }
+    if let Some(w) = writer {
+        packs.push(w.finish()?);
+    }
+    Ok(packs)
+}
+
+/// Makes the packs and the index durable, renames them into `deltas/` (packs first, the index
+/// last), drops the index it replaces, and rewrites the summary.
+fn publish(repo: &Repo, packs: Vec<FinishedPack>, index: &[u8], replaced: Option<ObjectId>) -> Result<()> {
+    let dir = repo.path().join(layout::DELTAS);
+    fs::create_dir_all(&dir).at(&dir)?;
+    let tmp = repo.path().join(layout::TMP);
+    let index_tmp = tmp.join(unique_tmp_name("delta-index"));
+    fs::write(&index_tmp, index).at(&index_tmp)?;
+    syncfs(&tmp)?;
+    crash_point("delta:before-publish");
+    for pack in packs {
+        let to = dir.join(layout::index_name(&pack.id));
+        fs::rename(&pack.index_tmp, &to).at(&to)?;
+        let to = dir.join(layout::pack_name(&pack.id));
+        fs::rename(&pack.pack_tmp, &to).at(&to)?;
+    }
+    let hash = ObjectId::of(index);
+    let to = dir.join(layout::delta_index_name(&hash));
+    fs::rename(&index_tmp, &to).at(&to)?;
+    fsync_dir(&dir)?;
+    crash_point("delta:published");
+    if let Some(old) = replaced.filter(|old| *old != hash) {
+        let path = dir.join(layout::delta_index_name(&old));
+        fs::remove_file(&path).at(&path)?;
+        fsync_dir(&dir)?;
+    }
+    repo.write_summary()
+}

@@ -1,0 +1,292 @@
+//! Per-file deltas end to end over `osdeploy serve`: generated on the origin, chosen by the plan,
+//! applied and verified by the node; a corrupt delta falls back to chunks; a node older than every
+//! delta's base uses chunks; generation is deterministic; killed at any step, a generation or a
+//! pull finishes on rerun.
+
+mod support;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+use support::*;
+
+/// A text-like "library" of `lines` lines; `release` changes every 400th line, so that every
+/// chunk of it differs between releases while a delta stays small.
+fn library(path: &Path, lines: u64, release: u64) {
+    let mut text = String::new();
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    for i in 0..lines {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let value = if i % 400 == 7 { x.wrapping_add(release) } else { x };
+        text.push_str(&format!("symbol_{i:06} {:016x} {}\n", value, i % 97));
+    }
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, text).unwrap();
+}
+
+/// Release `n` of a small OS tree: two libraries that change with each release (one under a
+/// versioned directory that is renamed), files that never change, and a random file.
+fn release_tree(root: &Path, n: u64) {
+    library(&root.join("usr/lib/libcore.so.1"), 40_000, n);
+    library(&root.join(format!("usr/lib/modules/6.1.0-{}-amd64/kernel/fs/ext4.ko", 40 + n)), 20_000, n);
+    fs::create_dir_all(root.join("usr/share")).unwrap();
+    write_random(&root.join("usr/share/firmware.bin"), 300_000, 5);
+    fs::write(root.join("usr/share/README"), "unchanged\n").unwrap();
+    fs::create_dir_all(root.join("etc")).unwrap();
+    fs::write(root.join("etc/os-release"), format!("NAME=sample\nVERSION={n}\n")).unwrap();
+}
+
+struct Origin {
+    tmp: tempfile::TempDir,
+    repo: PathBuf,
+    commits: Vec<String>,
+}
+
+impl Origin {
+    /// An archive repository with `releases` releases on `stable`.
+    fn new(releases: u64) -> Origin {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = tmp.path().join("origin");
+        ok(osdeploy(&repo).args(["init", "--mode", "archive"]));
+        let mut origin = Origin { tmp, repo, commits: Vec::new() };
+        for n in 1..=releases {
+            origin.commit(n);
+        }
+        origin
+    }
+
+    fn tree(&self, n: u64) -> PathBuf {
+        let tree = self.tmp.path().join(format!("v{n}"));
+        if !tree.exists() {
+            release_tree(&tree, n);
+        }
+        tree
+    }
+
+    fn commit(&mut self, n: u64) -> String {
+        let tree = self.tree(n);
+        ok(osdeploy(&self.repo).args(["commit", "-b", "stable", "--version", &n.to_string()]).arg(&tree));
+        let id = head(&self.repo, "stable");
+        self.commits.push(id.clone());
+        id
+    }
+
+    fn node(&self, name: &str, url: &str) -> PathBuf {
+        let node = self.tmp.path().join(name);
+        ok(osdeploy(&node).args(["init", "--mode", "bare"]));
+        ok(osdeploy(&node).args(["remote", "add", "origin", url, "--insecure"]));
+        node
+    }
+}
+
+/// An origin with release 1 served, a node that pulled it, and release 2 committed.
+fn node_behind() -> (Origin, Server, PathBuf) {
+    let mut o = Origin::new(1);
+    let server = osdeploy_serve(&o.repo);
+    let node = o.node("node", &server.url);
+    pull(&node);
+    o.commit(2);
+    (o, server, node)
+}
+
+/// Runs osdeploy on `repo` with `args`, aborting at crash point `point`; checks that it did.
+fn crash_at(repo: &Path, args: &[&str], point: &str) {
+    let out = Command::new(env!("CARGO_BIN_EXE_osdeploy"))
+        .arg("--repo")
+        .arg(repo)
+        .args(args)
+        .env("OSDEPLOY_CRASH_AT", point)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{point}: the crash point did not fire");
+}
+
+fn head(repo: &Path, branch: &str) -> String {
+    json(&ok(osdeploy(repo).args(["show", "--json", branch])))["commit"].as_str().unwrap().to_string()
+}
+
+fn pull(node: &Path) -> Value {
+    json(&ok(osdeploy(node).args(["pull", "--json", "origin", "stable"])))
+}
+
+fn checkout_equals(node: &Path, tree: &Path, out: &Path) {
+    ok(osdeploy(node).args(["checkout", "origin/stable"]).arg(out));
+    assert_same_tree(tree, out);
+    let fsck = ok(osdeploy(node).args(["fsck"]));
+    assert!(fsck.contains(" 0 errors"), "{fsck}");
+}
+
+#[test]
+fn a_pull_rebuilds_changed_files_from_deltas_and_moves_what_its_plan_says() {
+    let (o, _server, node) = node_behind();
+    let v1 = o.commits[0].clone();
+    let generated = json(&ok(osdeploy(&o.repo).args(["delta", "generate", "--json", "--to", "stable"])));
+    assert_eq!(generated["from"], serde_json::json!([v1]), "{generated}");
+    assert_eq!(generated["listed"], 2, "both libraries get a delta: {generated}");
+    assert_eq!(generated["pairs_by_rule"]["version-masked"], 1, "the renamed module pairs: {generated}");
+    // The origin's plan, the plan over HTTP and the node's dry run agree.
+    let local = json(&ok(osdeploy(&o.repo).args(["delta", "--json", &v1, "stable"])));
+    let remote = json(&ok(osdeploy(&node).args(["delta", "--remote", "origin", "--json", &v1, "stable"])));
+    let planned = json(&ok(osdeploy(&node).args(["pull", "--dry-run", "--json", "origin", "stable"])));
+    for key in ["transfer_bytes", "requests", "reads", "deltas", "delta_bytes", "files_from_deltas", "without_deltas"] {
+        assert_eq!(local[key], remote[key], "{key}: local {local} remote {remote}");
+        assert_eq!(planned[key], remote[key], "{key}: dry run {planned} remote {remote}");
+    }
+    assert_eq!(local["files_from_deltas"], 2, "{local}");
+    let chunks_only = local["without_deltas"]["transfer_bytes"].as_u64().unwrap();
+    let with_deltas = local["transfer_bytes"].as_u64().unwrap();
+    assert!(with_deltas * 4 < chunks_only, "deltas must make the update far smaller: {with_deltas} vs {chunks_only}");
+    let text = ok(osdeploy(&o.repo).args(["delta", &v1, "stable"]));
+    assert!(text.contains("2 from deltas") && text.contains("chunks only"), "{text}");
+    // The pull moves exactly the planned bytes in the planned requests, and the tree is exact.
+    let pulled = pull(&node);
+    assert_eq!(pulled["bytes_fetched"], planned["transfer_bytes"], "{pulled} {planned}");
+    assert_eq!(pulled["requests"], planned["requests"], "{pulled} {planned}");
+    assert_eq!((&pulled["files_from_deltas"], &pulled["delta_fallbacks"]), (&2.into(), &0.into()), "{pulled}");
+    checkout_equals(&node, &o.tree(2), &o.tmp.path().join("co"));
+    // `--no-deltas` plans chunks only.
+    let plain = json(&ok(osdeploy(&o.repo).args(["delta", "--no-deltas", "--json", &v1, "stable"])));
+    assert_eq!(plain["transfer_bytes"].as_u64().unwrap(), chunks_only, "{plain}");
+    assert_eq!(plain["deltas"], 0, "{plain}");
+}
+
+#[test]
+fn a_corrupt_delta_on_the_server_falls_back_to_chunks() {
+    let (o, _server, node) = node_behind();
+    ok(osdeploy(&o.repo).args(["delta", "generate", "--to", "stable"]));
+    let pack = fs::read_dir(o.repo.join("deltas"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "pack"))
+        .unwrap();
+    let mut bytes = fs::read(&pack).unwrap();
+    let at = bytes.len() - 100; // inside the last delta's payload
+    bytes[at] ^= 0x55;
+    fs::write(&pack, bytes).unwrap();
+    let out = osdeploy(&node).args(["pull", "--json", "origin", "stable"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stats: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("fetched as chunks"), "the fallback is reported: {stderr}");
+    assert_eq!(stats["delta_fallbacks"], 2, "{stats}");
+    assert_eq!(stats["files_from_deltas"], 0, "{stats}");
+    checkout_equals(&node, &o.tree(2), &o.tmp.path().join("co"));
+}
+
+#[test]
+fn a_node_older_than_every_delta_base_uses_chunks() {
+    // The node holds release 1; deltas to release 3 start from release 2 only.
+    let mut o = Origin::new(1);
+    let server = osdeploy_serve(&o.repo);
+    let node = o.node("node", &server.url);
+    pull(&node);
+    o.commit(2);
+    o.commit(3);
+    let v2 = o.commits[1].clone();
+    ok(osdeploy(&o.repo).args(["delta", "generate", "--from", &v2, "--to", "stable"]));
+    let planned = json(&ok(osdeploy(&node).args(["pull", "--dry-run", "--json", "origin", "stable"])));
+    assert_eq!(planned["files_from_deltas"], 0, "{planned}");
+    let pulled = pull(&node);
+    assert_eq!(pulled["files_from_deltas"], 0, "{pulled}");
+    assert_eq!(pulled["bytes_fetched"], planned["transfer_bytes"], "{pulled} {planned}");
+    checkout_equals(&node, &o.tree(3), &o.tmp.path().join("co"));
+    // A node holding release 2 does use them.
+    let from_v2 = json(&ok(osdeploy(&o.repo).args(["delta", "--json", &v2, "stable"])));
+    assert_eq!(from_v2["files_from_deltas"], 2, "{from_v2}");
+}
+
+#[test]
+fn generation_is_deterministic_and_reuses_published_deltas() {
+    let delta_packs = |o: &Origin| -> Vec<String> {
+        let summary: Value = serde_json::from_slice(&fs::read(o.repo.join("summary")).unwrap()).unwrap();
+        summary["delta_packs"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap().to_string()).collect()
+    };
+    let (a, b) = (Origin::new(2), Origin::new(2));
+    for o in [&a, &b] {
+        ok(osdeploy(&o.repo).args(["delta", "generate", "--to", "stable"]));
+    }
+    assert_eq!(delta_packs(&a), delta_packs(&b), "same trees, same delta packs");
+    assert_eq!(delta_packs(&a).len(), 1);
+    // Generating again encodes nothing: every pair's delta is published already.
+    let again = json(&ok(osdeploy(&a.repo).args(["delta", "generate", "--json", "--to", "stable"])));
+    assert_eq!((&again["reused"], &again["packs_written"]), (&2.into(), &0.into()), "{again}");
+    assert_eq!(delta_packs(&a).len(), 1, "no second pack");
+    // Bad requests are refused by name.
+    let err = fails(osdeploy(&a.repo).args(["delta", "generate", "--to", &a.commits[0]]));
+    assert!(err.contains("has no earlier release"), "{err}");
+}
+
+/// Killed at each step of a generation, the repository stays consistent, and a rerun publishes.
+#[test]
+fn a_killed_generation_is_finished_by_a_rerun() {
+    for point in DELTA_CRASH_POINTS.into_iter().filter(|p| p.starts_with("delta:")) {
+        let o = Origin::new(2);
+        crash_at(&o.repo, &["delta", "generate", "--to", "stable"], point);
+        let fsck = ok(osdeploy(&o.repo).args(["fsck"]));
+        assert!(fsck.contains(" 0 errors"), "{point}: {fsck}");
+        let rerun = json(&ok(osdeploy(&o.repo).args(["delta", "generate", "--json", "--to", "stable"])));
+        assert_eq!(rerun["listed"], 2, "{point}: {rerun}");
+        let v1 = &o.commits[0];
+        let plan = json(&ok(osdeploy(&o.repo).args(["delta", "--json", v1, "stable"])));
+        assert_eq!(plan["files_from_deltas"], 2, "{point}: {plan}");
+    }
+}
+
+/// A pull killed once its deltas are applied resumes: the rebuilt files are adopted, nothing is
+/// fetched twice that was kept, and the tree is exact.
+#[test]
+fn a_pull_killed_after_applying_deltas_resumes() {
+    let (o, _server, node) = node_behind();
+    ok(osdeploy(&o.repo).args(["delta", "generate", "--to", "stable"]));
+    crash_at(&node, &["pull", "origin", "stable"], DELTA_CRASH_POINTS[2]);
+    let planned = json(&ok(osdeploy(&node).args(["pull", "--dry-run", "--json", "origin", "stable"])));
+    let resumed = pull(&node);
+    assert_eq!(resumed["delta_fallbacks"], 0, "{resumed}");
+    assert!(
+        resumed["bytes_fetched"].as_u64().unwrap() <= planned["transfer_bytes"].as_u64().unwrap(),
+        "{resumed} {planned}"
+    );
+    checkout_equals(&node, &o.tree(2), &o.tmp.path().join("co"));
+}
+
+/// A full mirror of the origin and a partial mirror of that mirror both carry the deltas: a node
+/// pulling from the second mirror rebuilds the changed files from them; prune drops them with
+/// their release.
+#[test]
+fn a_mirror_of_a_mirror_serves_deltas_and_prune_drops_them_with_their_release() {
+    let (o, origin_server, node) = node_behind();
+    ok(osdeploy(&o.repo).args(["delta", "generate", "--to", "stable"]));
+    let (m1, m2) = (o.tmp.path().join("mirror1"), o.tmp.path().join("mirror2"));
+    let first = json(&ok(osdeploy(&m1).args(["mirror", &origin_server.url]).arg(&m1).args(["--insecure", "--json"])));
+    assert_eq!((&first["delta_packs_fetched"], &first["delta_indexes_fetched"]), (&1.into(), &1.into()), "{first}");
+    let m1_server = osdeploy_serve(&m1);
+    let args = ["--insecure", "--branch", "stable", "--json"];
+    let second = json(&ok(osdeploy(&m2).args(["mirror", &m1_server.url]).arg(&m2).args(args)));
+    assert_eq!((&second["delta_packs_fetched"], &second["delta_indexes_fetched"]), (&1.into(), &1.into()), "{second}");
+    let again = json(&ok(osdeploy(&m2).args(["mirror", &m1_server.url]).arg(&m2).args(args)));
+    assert_eq!((&again["delta_packs_fetched"], &again["delta_indexes_fetched"]), (&0.into(), &0.into()), "{again}");
+    for m in [&m1, &m2] {
+        let fsck = ok(osdeploy(m).args(["fsck"]));
+        assert!(fsck.contains(" 0 errors"), "{fsck}");
+    }
+    let m2_server = osdeploy_serve(&m2);
+    ok(osdeploy(&node).args(["remote", "add", "edge", &m2_server.url, "--insecure"]));
+    let pulled = json(&ok(osdeploy(&node).args(["pull", "--json", "edge", "stable"])));
+    assert_eq!((&pulled["files_from_deltas"], &pulled["delta_fallbacks"]), (&2.into(), &0.into()), "{pulled}");
+    let out = o.tmp.path().join("co");
+    ok(osdeploy(&node).args(["checkout", "edge/stable"]).arg(&out));
+    assert_same_tree(&o.tree(2), &out);
+    // Release 2 goes (its branch deleted): prune drops its deltas; fsck stays clean.
+    fs::remove_file(m2.join("refs/heads/stable")).unwrap();
+    let dry = json(&ok(osdeploy(&m2).args(["prune", "--dry-run", "--json"])));
+    assert_eq!((&dry["delta_indexes_deleted"], &dry["delta_packs_deleted"]), (&1.into(), &1.into()), "{dry}");
+    ok(osdeploy(&m2).args(["prune"]));
+    let left: Vec<_> = fs::read_dir(m2.join("deltas")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "{left:?}");
+    let summary = fs::read_to_string(m2.join("summary")).unwrap();
+    assert!(!summary.contains("delta"), "{summary}");
+}

@@ -1,0 +1,122 @@
+//! Rebuilding a pull's files from deltas as the deltas arrive: each delta is applied to the base
+//! content the node holds, the result is verified chunk by chunk against the file object, and the
+//! file is written like one assembled from chunks. A delta that fails to apply or verify is
+//! reported, and its file is fetched as chunks instead.
+
+use std::collections::HashMap;
+
+use osdeploy_store::delta::object::DeltaObject;
+use osdeploy_store::object::ObjectKind;
+use osdeploy_store::write::ObjectWriter;
+use osdeploy_store::{ObjectId, Repo};
+use rayon::prelude::*;
+
+use crate::error::TransportError;
+use crate::plan::{FileSource, PlannedFile};
+use crate::staging::Staging;
+
+/// Files applied at once: bounds the contents held in memory.
+const APPLY_BATCH: usize = 32;
+
+/// New files waiting for their delta.
+pub(crate) struct DeltaBuilder<'p> {
+    /// Delta id → the files it rebuilds.
+    waiting: HashMap<ObjectId, Vec<&'p PlannedFile>>,
+    /// Deltas staged and not yet applied.
+    ready: Vec<ObjectId>,
+    /// Files whose delta failed to apply or verify.
+    failed: Vec<&'p PlannedFile>,
+}
+
+impl<'p> DeltaBuilder<'p> {
+    /// Takes the files to rebuild from deltas; those whose delta is staged already are ready.
+    pub(crate) fn new(files: &'p [PlannedFile], staged: &Staging) -> Self {
+        let mut waiting: HashMap<ObjectId, Vec<&PlannedFile>> = HashMap::new();
+        for file in files {
+            if let FileSource::Delta(delta) = &file.source {
+                waiting.entry(delta.entry.id).or_default().push(file);
+            }
+        }
+        let mut ready: Vec<ObjectId> = waiting.keys().filter(|id| staged.has(ObjectKind::Delta, id)).copied().collect();
+        ready.sort_unstable();
+        DeltaBuilder { waiting, ready, failed: Vec::new() }
+    }
+
+    /// Notes newly staged objects.
+    pub(crate) fn staged(&mut self, ids: &[(ObjectId, ObjectKind)]) {
+        self.ready.extend(
+            ids.iter()
+                .filter(|(id, kind)| *kind == ObjectKind::Delta && self.waiting.contains_key(id))
+                .map(|(id, _)| *id),
+        );
+    }
+
+    /// Applies the staged deltas (on all cores) and writes the files they rebuild.
+    pub(crate) fn build_ready(
+        &mut self,
+        writer: &mut ObjectWriter,
+        staged: &Staging,
+        repo: &Repo,
+    ) -> Result<(), TransportError> {
+        let mut jobs: Vec<(&'p PlannedFile, DeltaObject)> = Vec::new();
+        for id in std::mem::take(&mut self.ready) {
+            let Some(files) = self.waiting.remove(&id) else { continue };
+            let delta = DeltaObject::decode(id, &staged.get(ObjectKind::Delta, &id)?);
+            for file in files {
+                match &delta {
+                    Ok(delta) if delta.target == file.id => jobs.push((file, delta.clone())),
+                    Ok(delta) => self.fail(file, &format!("delta {id} rebuilds {}, not this file", delta.target)),
+                    Err(e) => self.fail(file, &e.to_string()),
+                }
+            }
+        }
+        for batch in jobs.chunks(APPLY_BATCH) {
+            // Bases are read here (the repository is not shared across threads), applied on all cores.
+            let bases: Vec<_> = batch.iter().map(|(_, delta)| repo.file_content(&delta.base)).collect();
+            let built: Vec<_> = batch
+                .par_iter()
+                .zip(bases)
+                .map(|((file, delta), base)| base.and_then(|base| delta.apply(&base, &file.object)))
+                .collect();
+            for ((file, _), content) in batch.iter().zip(built) {
+                match content {
+                    Ok(content) => write_content(writer, file, &content)?,
+                    Err(e) => self.fail(file, &e.to_string()),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// True while a file not yet written waits for this delta.
+    pub(crate) fn needs(&self, id: &ObjectId) -> bool {
+        self.waiting.contains_key(id)
+    }
+
+    /// The files not rebuilt: their delta failed, or never arrived.
+    pub(crate) fn unbuilt(self) -> Vec<&'p PlannedFile> {
+        let mut files = self.failed;
+        files.extend(self.waiting.into_values().flatten());
+        files
+    }
+
+    fn fail(&mut self, file: &'p PlannedFile, reason: &str) {
+        tracing::warn!("file {} is fetched as chunks: its delta is unusable: {reason}", file.id);
+        self.failed.push(file);
+    }
+}
+
+/// Writes a file whose whole content is verified, handing it out chunk by chunk.
+fn write_content(writer: &mut ObjectWriter, file: &PlannedFile, content: &[u8]) -> Result<(), TransportError> {
+    let mut places = HashMap::new();
+    let mut at = 0usize;
+    for (chunk, len) in &file.object.chunks {
+        places.entry(*chunk).or_insert(at..at + *len as usize);
+        at += *len as usize;
+    }
+    writer.add_file_objects(&[(file.id, file.object.clone())], |chunk, out| {
+        out.extend_from_slice(&content[places[chunk].clone()]);
+        Ok(())
+    })?;
+    Ok(())
+}
