@@ -132,11 +132,16 @@ fn a_pull_rebuilds_changed_files_from_deltas_and_moves_what_its_plan_says() {
     let local = json(&ok(osdeploy(&o.repo).args(["delta", "--json", &v1, "stable"])));
     let remote = json(&ok(osdeploy(&node).args(["delta", "--remote", "origin", "--json", &v1, "stable"])));
     let planned = json(&ok(osdeploy(&node).args(["pull", "--dry-run", "--json", "origin", "stable"])));
-    for key in ["transfer_bytes", "requests", "reads", "deltas", "delta_bytes", "files_from_deltas", "without_deltas"] {
+    let keys = ["transfer_bytes", "requests", "reads", "deltas", "delta_bytes", "files_from_deltas", "without_deltas"];
+    for key in keys.into_iter().chain(["metadata_objects", "metadata_delta_bytes"]) {
         assert_eq!(local[key], remote[key], "{key}: local {local} remote {remote}");
         assert_eq!(planned[key], remote[key], "{key}: dry run {planned} remote {remote}");
     }
     assert_eq!(local["files_from_deltas"], 2, "{local}");
+    // The new metadata comes as one delta, not as objects.
+    assert_eq!(local["metadata_objects"], 0, "{local}");
+    assert!(local["metadata_delta_bytes"].as_u64().unwrap() > 0, "{local}");
+    assert_eq!(generated["metadata_deltas"], 1, "{generated}");
     let chunks_only = local["without_deltas"]["transfer_bytes"].as_u64().unwrap();
     let with_deltas = local["transfer_bytes"].as_u64().unwrap();
     assert!(with_deltas * 4 < chunks_only, "deltas must make the update far smaller: {with_deltas} vs {chunks_only}");
@@ -163,17 +168,23 @@ fn a_corrupt_delta_on_the_server_falls_back_to_chunks() {
         .map(|e| e.unwrap().path())
         .find(|p| p.extension().is_some_and(|x| x == "pack"))
         .unwrap();
+    // One byte in the first file delta (past the pack and entry headers), one in the last
+    // object: the metadata delta.
     let mut bytes = fs::read(&pack).unwrap();
-    let at = bytes.len() - 100; // inside the last delta's payload
-    bytes[at] ^= 0x55;
+    let len = bytes.len();
+    for at in [8 + 42 + 90, len - 100] {
+        bytes[at] ^= 0x55;
+    }
     fs::write(&pack, bytes).unwrap();
     let out = osdeploy(&node).args(["pull", "--json", "origin", "stable"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stats: Value = serde_json::from_slice(&out.stdout).unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("fetched as chunks"), "the fallback is reported: {stderr}");
+    assert!(stderr.contains("metadata is fetched as objects"), "the fallback is reported: {stderr}");
     assert_eq!(stats["delta_fallbacks"], 2, "{stats}");
     assert_eq!(stats["files_from_deltas"], 0, "{stats}");
+    assert!(stats["metadata_fetched"].as_u64().unwrap() > 0, "{stats}");
     checkout_equals(&node, &o.tree(2), &o.tmp.path().join("co"));
 }
 
@@ -205,12 +216,23 @@ fn generation_is_deterministic_and_reuses_published_deltas() {
         let summary: Value = serde_json::from_slice(&fs::read(o.repo.join("summary")).unwrap()).unwrap();
         summary["delta_packs"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap().to_string()).collect()
     };
+    // The file deltas' ids (metadata deltas name their commits, whose times differ here).
+    let file_deltas = |o: &Origin| -> Vec<String> {
+        let mut ids = Vec::new();
+        for pack in delta_packs(o) {
+            let bytes = fs::read(o.repo.join(format!("deltas/{pack}.idx"))).unwrap();
+            let index = osdeploy_store::pack::decode_index(&bytes, "test").unwrap();
+            let files = index.entries.iter().filter(|e| e.kind == osdeploy_store::object::ObjectKind::Delta);
+            ids.extend(files.map(|e| e.id.to_hex()));
+        }
+        ids
+    };
     let (a, b) = (Origin::new(2), Origin::new(2));
     for o in [&a, &b] {
         ok(osdeploy(&o.repo).args(["delta", "generate", "--to", "stable"]));
     }
-    assert_eq!(delta_packs(&a), delta_packs(&b), "same trees, same delta packs");
-    assert_eq!(delta_packs(&a).len(), 1);
+    assert_eq!(file_deltas(&a), file_deltas(&b), "same contents, same deltas");
+    assert_eq!((delta_packs(&a).len(), file_deltas(&a).len()), (1, 2));
     // Generating again encodes nothing: every pair's delta is published already.
     let again = json(&ok(osdeploy(&a.repo).args(["delta", "generate", "--json", "--to", "stable"])));
     assert_eq!((&again["reused"], &again["packs_written"]), (&2.into(), &0.into()), "{again}");
@@ -289,4 +311,35 @@ fn a_mirror_of_a_mirror_serves_deltas_and_prune_drops_them_with_their_release() 
     assert!(left.is_empty(), "{left:?}");
     let summary = fs::read_to_string(m2.join("summary")).unwrap();
     assert!(!summary.contains("delta"), "{summary}");
+}
+
+/// `delta report` gives, for each earlier release, the update's cost with and without deltas,
+/// as a table, JSON and an SVG chart.
+#[test]
+fn the_report_compares_updates_from_each_earlier_release() {
+    let o = Origin::new(3);
+    let generated = json(&ok(osdeploy(&o.repo).args(["delta", "generate", "--json", "--to", "stable"])));
+    assert_eq!(generated["from"].as_array().unwrap().len(), 2, "the last 3 ancestors are 2 here: {generated}");
+    let svg = o.tmp.path().join("report.svg");
+    let rows = json(&ok(osdeploy(&o.repo)
+        .args(["delta", "report", "--json", "--last", "5", "--svg"])
+        .arg(&svg)
+        .arg("stable")));
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    for (row, from) in rows.iter().zip([&o.commits[1], &o.commits[0]]) {
+        assert_eq!(row["from"], from.as_str());
+        let (with, without) = (&row["with_deltas"]["transfer_bytes"], &row["chunks_only"]["transfer_bytes"]);
+        assert!(with.as_u64().unwrap() * 4 < without.as_u64().unwrap(), "{row}");
+        assert_eq!(row["files_from_deltas"], 2, "{row}");
+    }
+    let chart = fs::read_to_string(&svg).unwrap();
+    assert!(
+        chart.contains("<svg") && chart.contains("\n1\n</text>") && chart.contains("with per-file deltas"),
+        "{chart}"
+    );
+    let text = ok(osdeploy(&o.repo).args(["delta", "report", "stable"]));
+    assert!(text.contains("chunks only") && text.lines().count() == 4, "{text}");
+    let err = fails(osdeploy(&o.repo).args(["delta", "report", &o.commits[0]]));
+    assert!(err.contains("no earlier release"), "{err}");
 }

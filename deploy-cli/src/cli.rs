@@ -59,6 +59,21 @@ pub enum DeltaAction {
         #[arg(long)]
         json: bool,
     },
+    /// What updating to TO costs a node holding each of TO's last N ancestors: bytes and requests with per-file
+    /// deltas and with chunks only.
+    Report {
+        /// The release updated to (a branch or commit).
+        to: String,
+        /// How many earlier releases to report on.
+        #[arg(long, default_value_t = 5)]
+        last: usize,
+        /// Also draw the report as an SVG bar chart into this file.
+        #[arg(long, value_name = "FILE")]
+        svg: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -393,6 +408,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Mirror(args) => mirror_cmd::mirror(args),
         Command::Delta { action: Some(DeltaAction::Generate { from, to, last, json }), .. } => {
             delta_cmds::generate_cmd(&repo, &from, &to, last, json)
+        }
+        Command::Delta { action: Some(DeltaAction::Report { to, last, svg, json }), .. } => {
+            delta_cmds::report(&repo, &to, last, svg.as_deref(), json)
         }
         Command::Delta { action: None, from, to, max_gap, max_request, no_deltas, remote, http, json } => {
             let (from, to) = (from.expect("required"), to.expect("required"));

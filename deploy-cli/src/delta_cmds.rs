@@ -13,7 +13,9 @@ use osdeploy_store::{CommitId, Repo};
 use osdeploy_transport::deltas::DeltaUse;
 use osdeploy_transport::pull::PullOptions;
 use osdeploy_transport::remote;
+use osdeploy_transport::report::update_costs;
 
+use crate::chart;
 use crate::output::{self, print_json};
 use crate::repo_cmds::open;
 use crate::reports;
@@ -101,5 +103,24 @@ pub fn generate_cmd(repo: &Path, from: &[String], to: &str, last: usize, json: b
         return print_json(&stats);
     }
     reports::print_generate(&stats);
+    Ok(())
+}
+
+/// `delta report`: the cost of updating to TO from each of its last `last` ancestors.
+pub fn report(repo: &Path, to: &str, last: usize, svg: Option<&Path>, json: bool) -> Result<()> {
+    let repo = open(repo, Access::Read)?;
+    let to = repo.resolve(to)?;
+    let version = repo.commit_object(&to)?.version;
+    let costs = update_costs(&repo, to, last, Default::default())?;
+    if costs.is_empty() {
+        bail!("{to} has no earlier release in this repository to report on");
+    }
+    if let Some(path) = svg {
+        chart::update_costs(path, &version, &costs).with_context(|| format!("drawing {}", path.display()))?;
+    }
+    if json {
+        return print_json(&costs);
+    }
+    reports::print_update_costs(to, &version, &costs);
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! `osdeploy`: the command-line front end. Parses arguments, sets up logging, runs the command,
 //! and prints errors with their full chain of causes.
 
+mod chart;
 mod cli;
 mod delta_cmds;
 mod deploy_cmds;

@@ -1,10 +1,12 @@
 //! Human reports of plans and transfers: pull plans (`delta`, `pull --dry-run`), pulls, switch plans.
 
 use osdeploy_deploy::deploy::ops::{EtcPlan, SwitchPlan};
+use osdeploy_store::CommitId;
 use osdeploy_store::checkout::CheckoutMethod;
 use osdeploy_store::delta::generate::GenerateStats;
 use osdeploy_transport::plan::PullPlan;
 use osdeploy_transport::pull::PullStats;
+use osdeploy_transport::report::UpdateCost;
 
 use crate::output;
 
@@ -68,6 +70,34 @@ fn print_without_deltas(plan: &PullPlan) {
             chunks.requests,
             output::size(saved),
             if chunks.transfer_bytes == 0 { 0.0 } else { 100.0 * saved as f64 / chunks.transfer_bytes as f64 }
+        );
+    }
+}
+
+/// The table of `delta report`.
+pub fn print_update_costs(to: CommitId, version: &str, costs: &[UpdateCost]) {
+    println!("updates to {to} (version {version})");
+    println!(
+        "{:<16} {:<12} {:>14} {:>6} {:>14} {:>6} {:>7} {:>13}",
+        "from", "version", "with deltas", "req", "chunks only", "req", "saved", "files (delta)"
+    );
+    for c in costs {
+        let saved = c.chunks_only.transfer_bytes.saturating_sub(c.with_deltas.transfer_bytes);
+        let percent = if c.chunks_only.transfer_bytes == 0 {
+            0.0
+        } else {
+            100.0 * saved as f64 / c.chunks_only.transfer_bytes as f64
+        };
+        println!(
+            "{:<16} {:<12} {:>14} {:>6} {:>14} {:>6} {:>6.0}% {:>13}",
+            &c.from.to_string()[..16],
+            c.version,
+            output::size(c.with_deltas.transfer_bytes),
+            c.with_deltas.requests,
+            output::size(c.chunks_only.transfer_bytes),
+            c.chunks_only.requests,
+            percent,
+            format!("{} ({})", c.files_new, c.files_from_deltas)
         );
     }
 }

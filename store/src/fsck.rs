@@ -115,16 +115,18 @@ fn check_deltas(repo: &Repo, report: &mut FsckReport) -> Result<()> {
         report.objects_checked += pack.entries.len() as u64;
     }
     for index in published.indexes.values() {
-        for delta in &index.index.entries {
-            let listed = published.packs.get(&delta.pack).and_then(|p| {
-                let at = p.entries.binary_search_by_key(&(delta.entry.id, ObjectKind::Delta), |e| (e.id, e.kind));
+        let files = index.index.entries.iter().map(|d| (d.pack, d.entry, format!("delta {} → {}", d.base, d.target)));
+        let metadata =
+            index.index.metadata.iter().map(|m| (m.pack, m.entry, format!("metadata delta from {}", m.from)));
+        for (pack, entry, what) in files.chain(metadata) {
+            let listed = published.packs.get(&pack).and_then(|p| {
+                let at = p.entries.binary_search_by_key(&(entry.id, entry.kind), |e| (e.id, e.kind));
                 at.ok().map(|i| &p.entries[i])
             });
-            if listed != Some(&delta.entry) {
-                report.errors.push(format!(
-                    "delta index {}: delta {} → {} is not where it says (delta pack {})",
-                    index.hash, delta.base, delta.target, delta.pack
-                ));
+            if listed != Some(&entry) {
+                report
+                    .errors
+                    .push(format!("delta index {}: {what} is not where it says (delta pack {pack})", index.hash));
             }
         }
     }

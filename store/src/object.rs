@@ -45,6 +45,9 @@ pub enum ObjectKind {
     /// A binary delta from one file content to another (see [`crate::delta`]); kept in delta
     /// packs, never in a tree.
     Delta = 4,
+    /// The metadata one release adds to another, as one delta (see [`crate::delta::metadata`]);
+    /// kept in delta packs.
+    MetadataDelta = 5,
 }
 
 impl ObjectKind {
@@ -56,6 +59,7 @@ impl ObjectKind {
             2 => Self::DirTree,
             3 => Self::Commit,
             4 => Self::Delta,
+            5 => Self::MetadataDelta,
             _ => return None,
         })
     }
@@ -68,6 +72,7 @@ impl ObjectKind {
             Self::DirTree => "dirtree",
             Self::Commit => "commit",
             Self::Delta => "delta",
+            Self::MetadataDelta => "metadata-delta",
         }
     }
 }

@@ -147,6 +147,7 @@ fn plan_deltas(repo: &Repo, live: &HashSet<(ObjectId, ObjectKind)>, plan: &mut P
         if live.contains(&(to.0, ObjectKind::Commit)) {
             kept_indexes.insert(layout::delta_index_name(&index.hash));
             kept_packs.extend(index.index.entries.iter().map(|e| e.pack));
+            kept_packs.extend(index.index.metadata.iter().map(|m| m.pack));
         }
     }
     for entry in fs::read_dir(dir).at(dir)? {

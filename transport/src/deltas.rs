@@ -10,19 +10,23 @@ use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::sync::Arc;
 
-use osdeploy_store::delta::index::{DeltaEntry, DeltaIndex};
+use osdeploy_store::delta::index::{DeltaEntry, DeltaIndex, MetadataEntry};
+use osdeploy_store::delta::metadata::{MetadataDelta, base_stream};
 use osdeploy_store::delta::published::PublishedDeltas;
 use osdeploy_store::fsutil::atomic_write;
 use osdeploy_store::layout;
+use osdeploy_store::object::Commit;
 use osdeploy_store::object::ObjectKind;
 use osdeploy_store::summary::Summary;
 use osdeploy_store::{CommitId, FileId, ObjectId, Repo, StoreError};
 
 use crate::client::Client;
 use crate::error::TransportError;
-use crate::index::{CacheWrites, PackEntries, download};
-use crate::plan::{FileSource, ObjectLocations, PullPlan, Survey, WholeFile};
+use crate::fetch::fetch;
+use crate::index::{CacheWrites, PackEntries, RemoteIndex, download};
+use crate::plan::{FileSource, ObjectLocations, PackRead, PullPlan, Survey, WholeFile};
 use crate::remote::index_cache;
+use crate::staging::Staging;
 use crate::survey::Holdings;
 
 /// Whether a pull or plan may use deltas.
@@ -35,10 +39,11 @@ pub enum DeltaUse {
     Never,
 }
 
-/// The deltas leading to one release, by target content.
+/// The deltas leading to one release: file deltas by target content, and metadata deltas.
 #[derive(Debug, Default)]
 pub struct DeltaCatalog {
     by_target: HashMap<FileId, Vec<DeltaEntry>>,
+    metadata: Vec<MetadataEntry>,
 }
 
 impl DeltaCatalog {
@@ -48,13 +53,86 @@ impl DeltaCatalog {
         for entry in index.entries {
             by_target.entry(entry.target).or_default().push(entry);
         }
-        DeltaCatalog { by_target }
+        DeltaCatalog { by_target, metadata: index.metadata }
     }
 
     /// The deltas that rebuild `target`.
     pub fn candidates(&self, target: &FileId) -> &[DeltaEntry] {
         self.by_target.get(target).map(Vec::as_slice).unwrap_or_default()
     }
+
+    /// The smallest metadata delta from a release `held` says the node holds.
+    pub fn metadata_from(
+        &self,
+        mut held: impl FnMut(&CommitId) -> Result<bool, StoreError>,
+    ) -> Result<Option<&MetadataEntry>, StoreError> {
+        let mut best: Option<&MetadataEntry> = None;
+        for m in &self.metadata {
+            if best.is_none_or(|b| m.entry.span() < b.entry.span()) && held(&m.from)? {
+                best = Some(m);
+            }
+        }
+        Ok(best)
+    }
+
+    /// The entries of the delta packs the catalog's deltas lie in, as pack entries the fetch can
+    /// check ranges against (a node never downloads a delta pack's own index).
+    pub fn pack_entries(&self) -> Vec<Arc<PackEntries>> {
+        let mut by_pack: HashMap<ObjectId, Vec<_>> = HashMap::new();
+        let files = self.by_target.values().flatten().map(|d| (d.pack, d.entry));
+        for (pack, entry) in files.chain(self.metadata.iter().map(|m| (m.pack, m.entry))) {
+            by_pack.entry(pack).or_default().push(entry);
+        }
+        by_pack
+            .into_iter()
+            .map(|(pack, mut entries)| {
+                entries.sort_by_key(|e| (e.id, e.kind));
+                entries.dedup_by_key(|e| (e.id, e.kind));
+                Arc::new(PackEntries { pack, path: layout::delta_pack_file(&pack), index_bytes: 0, entries })
+            })
+            .collect()
+    }
+}
+
+/// The read that fetches a metadata delta.
+pub fn metadata_read(entry: &MetadataEntry) -> PackRead {
+    PackRead { pack: entry.pack, offset: entry.entry.offset, len: entry.entry.span(), objects: 1 }
+}
+
+/// Fetches the metadata delta `entry` into `staged` and stages every object it rebuilds, so that
+/// the walk finds the release's new metadata fetched already. `read_base` returns the objects of
+/// the release the delta starts from. Returns the read it took and the objects it staged.
+pub async fn prefetch_metadata(
+    client: &Client,
+    index: &RemoteIndex,
+    staged: &mut Staging,
+    entry: &MetadataEntry,
+    read_base: impl Fn(ObjectKind, &ObjectId) -> Result<Vec<u8>, StoreError>,
+) -> Result<(PackRead, Vec<(ObjectId, ObjectKind)>), TransportError> {
+    let read = metadata_read(entry);
+    let id = entry.entry.id;
+    // An interrupted pull may have staged it already.
+    if !staged.has(ObjectKind::MetadataDelta, &id) {
+        let wanted = HashSet::from([(id, ObjectKind::MetadataDelta)]);
+        let keep = |staged: &mut Staging, _| Ok(staged.settle(|_, _| true)?);
+        fetch(client, index, std::slice::from_ref(&read), wanted, staged, 1, keep).await?;
+    }
+    let delta = MetadataDelta::decode(id, &staged.get(ObjectKind::MetadataDelta, &id)?)?;
+    if delta.from != entry.from {
+        return Err(TransportError::Invalid {
+            what: format!("metadata delta {id}"),
+            url: client.remote_name().into(),
+            reason: format!("it starts from {}, the delta index says {}", delta.from, entry.from),
+        });
+    }
+    let from = Commit::decode(entry.from.0, &read_base(ObjectKind::Commit, &entry.from.0)?)?;
+    let mut objects = Vec::new();
+    for (kind, id, bytes) in delta.apply(&base_stream(&from, &read_base)?)? {
+        staged.put(kind, id, &bytes);
+        objects.push((id, kind));
+    }
+    staged.settle(|_, _| true)?;
+    Ok((read, objects))
 }
 
 /// The delta index of release `to` from a local archive repository, if it has one.
@@ -107,28 +185,13 @@ pub async fn remote_catalog(
     Ok(Some((DeltaCatalog::new(index), fetched)))
 }
 
-/// The entries of the delta packs that `deltas` lie in, as pack entries the fetch can check
-/// ranges against (a node never downloads a delta pack's own index).
-pub fn delta_pack_entries(deltas: &[DeltaEntry]) -> Vec<Arc<PackEntries>> {
-    let mut by_pack: HashMap<ObjectId, Vec<_>> = HashMap::new();
-    for d in deltas {
-        by_pack.entry(d.pack).or_default().push(d.entry);
-    }
-    by_pack
-        .into_iter()
-        .map(|(pack, mut entries)| {
-            entries.sort_by_key(|e| (e.id, e.kind));
-            entries.dedup_by_key(|e| (e.id, e.kind));
-            Arc::new(PackEntries { pack, path: layout::delta_pack_file(&pack), index_bytes: 0, entries })
-        })
-        .collect()
-}
-
 /// The plan `build` makes of `survey` once deltas from `catalog` (if any: with the download of its
-/// delta index, when not cached) are chosen, with what the plan of chunks only would cost. `build`
+/// delta index, when not cached) are chosen, with what the plan of chunks only would cost:
+/// `plain` is the survey of a walk that used no metadata delta (None: `survey` used none). `build`
 /// is given the files to fetch whole besides its own.
 pub fn choose_and_plan(
     mut survey: Survey,
+    plain: Option<Survey>,
     catalog: Option<(&DeltaCatalog, Option<WholeFile>)>,
     holdings: &impl Holdings,
     staged: impl Fn(&ObjectId) -> bool,
@@ -136,7 +199,7 @@ pub fn choose_and_plan(
     build: impl Fn(Survey, Option<WholeFile>) -> Result<PullPlan, StoreError>,
 ) -> Result<PullPlan, TransportError> {
     let Some((catalog, index_download)) = catalog else { return Ok(build(survey, None)?) };
-    let chunks_only = build(survey.clone(), None)?.cost();
+    let chunks_only = build(plain.unwrap_or_else(|| survey.clone()), None)?.cost();
     choose(&mut survey, catalog, holdings, staged, locations)?;
     let mut plan = build(survey, index_download)?;
     plan.without_deltas = Some(chunks_only);

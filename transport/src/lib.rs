@@ -4,7 +4,8 @@
 //!   as coalesced pack ranges — printed by `osdeploy delta` and `pull --dry-run`, executed by
 //!   `pull`; [`survey`]: the one walk that finds what a node lacks; [`remote_plan`]: the plan
 //!   between two commits of a remote over HTTP (`delta --remote`).
-//! - [`deltas`]: per file, a delta from a content the node holds or the chunks it lacks.
+//! - [`deltas`]: per file, a delta from a content the node holds or the chunks it lacks;
+//!   [`report`]: the cost of an update from each earlier release, with and without deltas.
 //! - [`pull`]: survey, plan and execute: fetch a branch from a remote archive repository over
 //!   HTTP(S) into a bare or archive repository, moving only missing objects, resumable after a
 //!   crash. Its parts: [`summary`] (fetched and verified), [`index`] (the remote's pack indexes),
@@ -28,6 +29,7 @@ pub mod pull;
 mod rebuild;
 pub mod remote;
 pub mod remote_plan;
+pub mod report;
 pub mod serve;
 pub mod sign;
 pub mod staging;

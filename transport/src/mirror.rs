@@ -516,7 +516,7 @@ fn missing_objects(
                     let file = FileObject::decode(id, &repo.read(kind, &id)?)?;
                     stack.extend(file.chunks.iter().map(|(chunk, _)| (chunk.0, ObjectKind::Chunk)));
                 }
-                ObjectKind::Chunk | ObjectKind::Delta => {}
+                ObjectKind::Chunk | ObjectKind::Delta | ObjectKind::MetadataDelta => {}
             }
         }
     }

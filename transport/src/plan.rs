@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use osdeploy_store::archive::ArchiveStore;
 use osdeploy_store::delta::index::DeltaEntry;
+use osdeploy_store::delta::metadata::new_metadata;
 use osdeploy_store::delta::published::PublishedDeltas;
 use osdeploy_store::layout;
 use osdeploy_store::object::{FileObject, ObjectKind};
@@ -102,9 +103,29 @@ pub struct Survey {
     pub metadata_reads: Vec<PackRead>,
     /// Deltas to fetch, each once (chosen by [`crate::deltas::choose`]; none staged already).
     pub deltas: Vec<DeltaEntry>,
+    /// Stored bytes of the metadata delta that brought the new metadata, if one did.
+    pub metadata_delta_bytes: u64,
+    /// The packs holding the objects the metadata delta brought: a pull fetches their indexes
+    /// all the same (it loads every index it lacks before its walk).
+    pub prefetched_packs: BTreeSet<ObjectId>,
 }
 
 impl Survey {
+    /// Counts the metadata delta that staged `objects` before the walk (its read first).
+    pub fn add_metadata_delta(
+        &mut self,
+        read: Option<PackRead>,
+        objects: impl IntoIterator<Item = (ObjectId, ObjectKind)>,
+        locations: &impl ObjectLocations,
+    ) {
+        if let Some(read) = read {
+            self.metadata_delta_bytes = read.len;
+            self.metadata_reads.insert(0, read);
+            let packs = objects.into_iter().filter_map(|(id, kind)| locations.locate(kind, &id)).map(|(pack, _)| pack);
+            self.prefetched_packs.extend(packs);
+        }
+    }
+
     /// The objects this survey found the node lacks: for a node holding nothing, the commit's
     /// whole tree.
     pub fn objects(&self) -> HashSet<(ObjectId, ObjectKind)> {
@@ -122,8 +143,11 @@ pub struct PullPlan {
     pub from: Option<CommitId>,
     /// The commit it wants.
     pub to: CommitId,
-    /// New metadata objects (commit, dirtrees, file objects).
+    /// New metadata objects (commit, dirtrees, file objects) fetched as objects.
     pub metadata_objects: u64,
+    /// Stored bytes of the metadata delta that brings the new metadata instead (entry header
+    /// included; 0 when there is none).
+    pub metadata_delta_bytes: u64,
     /// Their stored size, entry headers included.
     pub metadata_bytes: u64,
     /// New files to build.
@@ -256,12 +280,18 @@ impl PullPlan {
             plan.chunk_bytes_raw += u64::from(entry.raw_len);
             plan.needed_bytes += entry.span();
         }
-        plan.needed_bytes += plan.metadata_bytes + plan.delta_bytes;
+        plan.metadata_delta_bytes = survey.metadata_delta_bytes;
+        plan.needed_bytes += plan.metadata_bytes + plan.metadata_delta_bytes + plan.delta_bytes;
         plan.reads = survey.metadata_reads;
-        // A node needs no index of a delta pack: the release's delta index says where deltas lie.
+        // A node needs no index of a delta pack: the release's delta index says where deltas lie
+        // (the metadata delta's read comes first).
         let indexes = match indexes {
             Indexes::Fetched(fetches) => fetches,
-            Indexes::OfReads => indexes_of_reads(plan.reads.iter().chain(&chunk_reads), locations)?,
+            Indexes::OfReads => {
+                let object_reads = &plan.reads[usize::from(survey.metadata_delta_bytes > 0)..];
+                let packs = object_reads.iter().chain(&chunk_reads).map(|r| r.pack);
+                indexes_of_packs(packs.chain(survey.prefetched_packs.iter().copied()), locations)?
+            }
         };
         plan.reads.extend(delta_reads);
         plan.reads.extend(chunk_reads);
@@ -320,11 +350,11 @@ impl ObjectLocations for ArchiveStore {
     }
 }
 
-fn indexes_of_reads<'a>(
-    reads: impl Iterator<Item = &'a PackRead>,
+fn indexes_of_packs(
+    packs: impl Iterator<Item = ObjectId>,
     locations: &impl ObjectLocations,
 ) -> Result<IndexFetches, StoreError> {
-    let packs: BTreeSet<ObjectId> = reads.map(|r| r.pack).collect();
+    let packs: BTreeSet<ObjectId> = packs.collect();
     let mut fetches = IndexFetches::default();
     for pack in packs {
         fetches.files += 1;
@@ -379,12 +409,12 @@ pub fn plan(
         path: repo.path().into(),
         reason: "delta plans are computed on an archive repository (what nodes pull from)".into(),
     })?;
-    let survey = |commit, holdings| crate::survey::walk_local(repo, archive, &holdings, commit, options);
+    let survey =
+        |commit, holdings, prefetched| crate::survey::walk_local(repo, archive, &holdings, prefetched, commit, options);
     let have = match from {
-        Some(f) => survey(f, HashSet::new())?.objects(),
+        Some(f) => survey(f, HashSet::new(), HashSet::new())?.objects(),
         None => HashSet::new(),
     };
-    let survey = survey(to, have.clone())?;
     // The files every pull fetches whole: the summary and, from a signed repository, its
     // signature and the wanted commit's.
     let names = [layout::SUMMARY.to_string(), layout::SUMMARY_SIGNATURE.into(), layout::commit_signature(&to)];
@@ -401,12 +431,27 @@ pub fn plan(
         let download = WholeFile { name: layout::delta_index_file(&published.hash), bytes: published.size };
         catalog = Some((DeltaCatalog::new(published.index), Some(download)));
     }
+    // The metadata delta from FROM, if any, brings the new metadata before the walk.
+    let (mut prefetched, mut metadata_read) = (HashSet::new(), None::<PackRead>);
+    if let (Some((catalog, _)), Some(from)) = (&catalog, from)
+        && let Some(entry) = catalog.metadata_from(|c| Ok(*c == from))?
+    {
+        let read = |kind, id: &ObjectId| repo.read(kind, id);
+        for (kind, bytes) in new_metadata(&repo.commit_object(&from)?, to, read)? {
+            prefetched.insert((ObjectId::of(&bytes), kind));
+        }
+        metadata_read = Some(crate::deltas::metadata_read(entry));
+    }
+    // What a node fetching chunks only (and no metadata delta) would walk.
+    let plain = (!prefetched.is_empty()).then(|| survey(to, have.clone(), HashSet::new())).transpose()?;
+    let mut survey = survey(to, have.clone(), prefetched.clone())?;
+    survey.add_metadata_delta(metadata_read, prefetched, archive);
     let build = |survey, extra: Option<WholeFile>| {
         let files = whole_files.iter().cloned().chain(extra).collect();
         PullPlan::new(from, to, survey, archive, Indexes::OfReads, files, options)
     };
     let catalog = catalog.as_ref().map(|(c, d)| (c, d.clone()));
-    crate::deltas::choose_and_plan(survey, catalog, &have, |_| false, archive, build).map_err(|e| match e {
+    crate::deltas::choose_and_plan(survey, plain, catalog, &have, |_| false, archive, build).map_err(|e| match e {
         TransportError::Store(e) => e,
         other => {
             StoreError::Corrupt { what: format!("repository {}", repo.path().display()), reason: other.to_string() }

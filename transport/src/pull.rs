@@ -199,24 +199,50 @@ async fn make_plan(
         }
     }
     let (mut index, fetches) = crate::index::load(repo, client, &summary::packs(&fetched.summary), writes).await?;
-    // Tens of thousands of lookups follow: one read snapshot instead of a lock for each.
-    let snapshot = repo.bare().map(|bare| bare.batch_reads()).transpose()?;
-    let source = survey::Remote { client, index: &index, staged: &mut *staged, in_flight: options.in_flight };
-    let surveyed = survey::walk(source, repo, commit, options.coalesce).await?;
     // Deltas start from contents the node holds: a node without any release fetches no delta index.
     let mut catalog = None;
     if options.deltas == DeltaUse::WhereCheaper && !repo.commit_ids()?.is_empty() {
         catalog = deltas::remote_catalog(client, &fetched.summary, &commit, Some(repo), writes).await?;
     }
+    if let Some((catalog, _)) = &catalog {
+        index.packs.extend(catalog.pack_entries());
+    }
+    // Tens of thousands of lookups follow: one read snapshot instead of a lock for each.
+    let snapshot = repo.bare().map(|bare| bare.batch_reads()).transpose()?;
+    // The release's new metadata in one delta, when the node holds a release it starts from.
+    let mut metadata_delta = None;
+    if let Some((catalog, _)) = &catalog
+        && let Some(entry) = catalog.metadata_from(|from| repo.has(ObjectKind::Commit, &from.0))?
+    {
+        let read_base = |kind, id: &ObjectId| repo.read(kind, id);
+        match deltas::prefetch_metadata(client, &index, staged, entry, read_base).await {
+            Ok(read) => metadata_delta = Some(read),
+            Err(e) => tracing::warn!("the metadata delta is unusable, metadata is fetched as objects: {e}"),
+        }
+    }
+    let source = survey::Remote { client, index: &index, staged: &mut *staged, in_flight: options.in_flight };
+    let mut surveyed = survey::walk(source, repo, commit, options.coalesce).await?;
+    // What a node fetching chunks only (and no metadata delta) would walk: the same metadata,
+    // planned as objects.
+    let mut plain = None;
+    if metadata_delta.is_some() {
+        let source = survey::AtHand {
+            locations: &index,
+            read: |kind, id: &ObjectId| staged.get(kind, id),
+            fetched: HashSet::new(),
+        };
+        plain = Some(survey::walk(source, repo, commit, options.coalesce).await?);
+    }
+    let (read, objects) = metadata_delta.unzip();
+    surveyed.add_metadata_delta(read, objects.into_iter().flatten(), &index);
     let build = |survey, extra: Option<WholeFile>| {
         let files = whole_files.iter().cloned().chain(extra).collect();
         PullPlan::new(held, commit, survey, &index, Indexes::Fetched(fetches), files, options.coalesce)
     };
     let staged_delta = |id: &ObjectId| staged.has(ObjectKind::Delta, id);
     let catalog = catalog.as_ref().map(|(c, d)| (c, d.clone()));
-    let plan = deltas::choose_and_plan(surveyed, catalog, repo, staged_delta, &index, build)?;
+    let plan = deltas::choose_and_plan(surveyed, plain, catalog, repo, staged_delta, &index, build)?;
     drop(snapshot);
-    index.packs.extend(deltas::delta_pack_entries(&plan.delta_entries));
     Ok(Surveyed { plan, index, local_ref })
 }
 

@@ -66,23 +66,19 @@ async fn plan_async(
     let progress = Arc::new(Progress::default());
     let client = Client::new(remote, options.http, progress.clone())?;
     let fetched = fetch_summary(&client, remote).await?;
-    let index = crate::index::fetch(&client, &summary::packs(&fetched.summary)).await?;
+    let mut index = crate::index::fetch(&client, &summary::packs(&fetched.summary)).await?;
     let from = if from == "none" { None } else { Some(resolve(remote, &fetched.summary, &index, from)?) };
     let to = resolve(remote, &fetched.summary, &index, to)?;
-    let walk_commit = |commit, holdings: HashSet<(ObjectId, ObjectKind)>, dir: &Path| {
-        let (client, index) = (&client, &index);
-        let dir = dir.to_path_buf();
-        async move {
-            let mut staged = Staging::open(dir)?;
-            let source = survey::Remote { client, index, staged: &mut staged, in_flight: options.in_flight };
-            survey::walk(source, &holdings, commit, options.coalesce).await
-        }
-    };
+    let mut staged_from = Staging::open(dirs[0].clone())?;
+    let mut staged_to = Staging::open(dirs[1].clone())?;
+    let in_flight = options.in_flight;
     let have = match from {
-        Some(f) => walk_commit(f, HashSet::new(), &dirs[0]).await?.objects(),
+        Some(f) => {
+            let source = survey::Remote { client: &client, index: &index, staged: &mut staged_from, in_flight };
+            survey::walk(source, &HashSet::new(), f, options.coalesce).await?.objects()
+        }
         None => HashSet::new(),
     };
-    let survey = walk_commit(to, have.clone(), &dirs[1]).await?;
     // A pull fetches the summary whole, and from a signed remote its signature and the commit's
     // (verified here as the pull would).
     let signature = verify_commit(&client, remote, &to).await?;
@@ -92,12 +88,38 @@ async fn plan_async(
     if options.deltas == DeltaUse::WhereCheaper && from.is_some() {
         catalog = deltas::remote_catalog(&client, &fetched.summary, &to, None, CacheWrites::Forbidden).await?;
     }
+    if let Some((catalog, _)) = &catalog {
+        index.packs.extend(catalog.pack_entries());
+    }
+    // The metadata delta from FROM, as the node's pull applies it (FROM's metadata was fetched
+    // by the first walk).
+    let mut metadata_delta = None;
+    if let (Some((catalog, _)), Some(from)) = (&catalog, from)
+        && let Some(entry) = catalog.metadata_from(|c| Ok(*c == from))?
+    {
+        let read_base = |kind, id: &ObjectId| staged_from.get(kind, id);
+        metadata_delta = Some(deltas::prefetch_metadata(&client, &index, &mut staged_to, entry, read_base).await?);
+    }
+    let source = survey::Remote { client: &client, index: &index, staged: &mut staged_to, in_flight };
+    let mut survey = survey::walk(source, &have, to, options.coalesce).await?;
+    // What a node fetching chunks only (and no metadata delta) would walk.
+    let mut plain = None;
+    if metadata_delta.is_some() {
+        let source = survey::AtHand {
+            locations: &index,
+            read: |kind, id: &ObjectId| staged_to.get(kind, id),
+            fetched: HashSet::new(),
+        };
+        plain = Some(survey::walk(source, &have, to, options.coalesce).await?);
+    }
+    let (read, objects) = metadata_delta.unzip();
+    survey.add_metadata_delta(read, objects.into_iter().flatten(), &index);
     let build = |survey, extra: Option<WholeFile>| {
         let files = whole_files.iter().cloned().chain(extra).collect();
         PullPlan::new(from, to, survey, &index, Indexes::OfReads, files, options.coalesce)
     };
     let catalog = catalog.as_ref().map(|(c, d)| (c, d.clone()));
-    let plan = deltas::choose_and_plan(survey, catalog, &have, |_| false, &index, build)?;
+    let plan = deltas::choose_and_plan(survey, plain, catalog, &have, |_| false, &index, build)?;
     Ok(RemoteDelta {
         plan,
         survey_requests: progress.requests.load(Ordering::Relaxed),

@@ -112,19 +112,26 @@ impl MetadataSource for Remote<'_> {
     }
 }
 
-/// A local archive repository: metadata is read from its packs; "fetching" only notes what a
-/// node would fetch.
-struct Local<'a> {
-    repo: &'a Repo,
-    archive: &'a ArchiveStore,
-    fetched: HashSet<(ObjectId, ObjectKind)>,
+/// Metadata at hand — a local archive repository's, or what a pull has staged — planned as a
+/// node would fetch it: "fetching" only notes what would be fetched.
+pub struct AtHand<'a, L, R> {
+    /// Where the objects lie.
+    pub locations: &'a L,
+    /// Reads an object at hand.
+    pub read: R,
+    /// Objects the walk has "fetched" (and, at the start, those that arrived some other way).
+    pub fetched: HashSet<(ObjectId, ObjectKind)>,
 }
 
-impl MetadataSource for Local<'_> {
-    type Locations = ArchiveStore;
+impl<L, R> MetadataSource for AtHand<'_, L, R>
+where
+    L: ObjectLocations,
+    R: Fn(ObjectKind, &ObjectId) -> Result<Vec<u8>, StoreError>,
+{
+    type Locations = L;
 
-    fn locations(&self) -> &ArchiveStore {
-        self.archive
+    fn locations(&self) -> &L {
+        self.locations
     }
 
     fn has(&self, kind: ObjectKind, id: &ObjectId) -> bool {
@@ -145,19 +152,21 @@ impl MetadataSource for Local<'_> {
     }
 
     fn get(&self, kind: ObjectKind, id: &ObjectId) -> Result<Vec<u8>, TransportError> {
-        Ok(self.repo.read(kind, id)?)
+        Ok((self.read)(kind, id)?)
     }
 }
 
-/// Walks `commit` of a local archive repository as a pull by a node holding `holdings` would.
+/// Walks `commit` of a local archive repository as a pull by a node holding `holdings` would,
+/// `prefetched` having arrived already (by a metadata delta).
 pub fn walk_local(
     repo: &Repo,
     archive: &ArchiveStore,
     holdings: &HashSet<(ObjectId, ObjectKind)>,
+    prefetched: HashSet<(ObjectId, ObjectKind)>,
     commit: CommitId,
     coalesce: CoalesceOptions,
 ) -> Result<Survey, StoreError> {
-    let source = Local { repo, archive, fetched: HashSet::new() };
+    let source = AtHand { locations: archive, read: |kind, id: &ObjectId| repo.read(kind, id), fetched: prefetched };
     let walked = walk(source, holdings, commit, coalesce);
     // Nothing in a local walk waits: polled once, the future is done.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -268,6 +277,6 @@ fn children(kind: ObjectKind, id: ObjectId, bytes: &[u8]) -> Result<Vec<(ObjectI
                 _ => None,
             })
             .collect(),
-        ObjectKind::File | ObjectKind::Chunk | ObjectKind::Delta => Vec::new(),
+        ObjectKind::File | ObjectKind::Chunk | ObjectKind::Delta | ObjectKind::MetadataDelta => Vec::new(),
     })
 }

@@ -4,8 +4,10 @@
 //! most likely evolved from ([`crate::delta::pairing`]); each pair is encoded with every codec
 //! ([`crate::delta::codec`]) on all cores, and kept only when the delta is smaller than the chunks
 //! a node holding that release would otherwise fetch. Deltas already published for the same
-//! pair are reused, so a transition present in several releases is stored once. The new deltas
-//! go into a delta pack, and the release's delta index lists them with the reused ones.
+//! pair are reused, so a transition present in several releases is stored once. For each earlier
+//! release, the metadata the new release adds is encoded as one metadata delta
+//! ([`crate::delta::metadata`]). The new deltas go into a delta pack, and the release's delta
+//! index lists them with the reused ones.
 //! Everything is written under `tmp/`, synced, then renamed into place, index last, then the
 //! summary: a killed run leaves at most an unreferenced pack, which prune removes.
 
@@ -20,7 +22,8 @@ use serde::Serialize;
 use crate::archive::{ArchiveStore, PACK_TARGET_SIZE};
 use crate::compress::Codec;
 use crate::delta::codec::{DeltaCodec, EncodeOptions, encode_best};
-use crate::delta::index::{DeltaEntry, DeltaIndex};
+use crate::delta::index::{DeltaEntry, DeltaIndex, MetadataEntry};
+use crate::delta::metadata::{MetadataDelta, base_stream, new_metadata};
 use crate::delta::object::{DeltaObject, MAX_DELTA_TARGET};
 use crate::delta::pairing::{PairRule, TreeFile, pair};
 use crate::delta::published::PublishedDeltas;
@@ -68,6 +71,12 @@ pub struct GenerateStats {
     pub by_codec: BTreeMap<DeltaCodec, u64>,
     /// Their stored bytes (entry headers included).
     pub delta_bytes: u64,
+    /// Metadata deltas the release's index lists (one per earlier release at most).
+    pub metadata_deltas: u64,
+    /// Stored bytes of the metadata deltas this run encoded.
+    pub metadata_delta_bytes: u64,
+    /// What the metadata objects they replace cost.
+    pub metadata_bytes: u64,
     /// What the same files cost as chunks, from the release that costs the most.
     pub chunk_bytes: u64,
     /// Size of the release's delta index.
@@ -103,12 +112,57 @@ pub fn generate(
         reason: "deltas are generated in an archive repository (what nodes pull from)".into(),
     })?;
     let published = PublishedDeltas::load(repo.path())?;
-    let known: HashMap<(FileId, FileId), DeltaEntry> =
-        published.indexes.values().flat_map(|p| p.index.entries.iter().map(|e| ((e.base, e.target), *e))).collect();
+    let previous = published.index_of(&to).map(|p| &p.index);
     let mut stats = GenerateStats { to, from: from.to_vec(), ..Default::default() };
+    let from: Vec<CommitId> = from.iter().copied().filter(|f| *f != to).collect();
+    let jobs = pair_contents(repo, archive, &from, to, &mut stats)?;
+    // Deltas an earlier run listed for this release stay listed.
+    let mut listed = previous.map(|p| p.entries.clone()).unwrap_or_default();
+    let mut new_deltas = encode_files(archive, &published, &jobs, options, progress, &mut stats, &mut listed)?;
+    let mut metadata = previous.map(|p| p.metadata.clone()).unwrap_or_default();
+    for old in &from {
+        if metadata.iter().any(|m| m.from == *old) {
+            continue;
+        }
+        if let Some(delta) = encode_metadata(repo, archive, old, to, &mut stats)? {
+            new_deltas.push(delta);
+        }
+    }
+    let packs = write_packs(repo, &new_deltas)?;
+    stats.packs_written = packs.len() as u64;
+    let listings: HashMap<ObjectId, Listing> = new_deltas.iter().map(|d| (d.id, d.listing)).collect();
+    for pack in &packs {
+        for e in &pack.entries {
+            match listings[&e.id] {
+                Listing::File { target, base } => listed.push(DeltaEntry { target, base, pack: pack.id, entry: *e }),
+                Listing::Metadata { from } => metadata.push(MetadataEntry { from, pack: pack.id, entry: *e }),
+            }
+        }
+    }
+    listed.sort_by_key(|e| (e.target, e.base));
+    listed.dedup_by_key(|e| (e.target, e.base));
+    metadata.sort_by_key(|m| m.from);
+    stats.listed = listed.len() as u64;
+    stats.metadata_deltas = metadata.len() as u64;
+    let index = DeltaIndex { to, entries: listed, metadata }.encode();
+    stats.index_bytes = index.len() as u64;
+    publish(repo, packs, &index, published.index_of(&to).map(|p| p.hash))?;
+    stats.seconds = started.elapsed().as_secs_f64();
+    Ok(stats)
+}
+
+/// The (old content → new content) pairs of `to` against each release in `from`, each with the
+/// most its new content costs as chunks.
+fn pair_contents(
+    repo: &Repo,
+    archive: &ArchiveStore,
+    from: &[CommitId],
+    to: CommitId,
+    stats: &mut GenerateStats,
+) -> Result<Vec<Job>> {
     let new_files = tree_files(repo, &to)?;
     let mut jobs: BTreeMap<(FileId, FileId), Job> = BTreeMap::new();
-    for old in from.iter().filter(|f| **f != to) {
+    for old in from {
         let old_files = tree_files(repo, old)?;
         let old_chunks = chunks_of(repo, &old_files)?;
         for pairing in pair(&old_files, &new_files) {
@@ -131,14 +185,27 @@ pub fn generate(
         }
     }
     stats.pairs = jobs.len() as u64;
-    let total = stats.pairs;
+    Ok(jobs.into_values().collect())
+}
+
+/// Encodes the pairs on all cores (reusing published deltas), and returns the new deltas smaller
+/// than their chunks; reused ones go straight to `listed`.
+fn encode_files(
+    archive: &ArchiveStore,
+    published: &PublishedDeltas,
+    jobs: &[Job],
+    options: &GenerateOptions,
+    progress: &(dyn Fn(u64, u64) + Sync),
+    stats: &mut GenerateStats,
+    listed: &mut Vec<DeltaEntry>,
+) -> Result<Vec<NewDelta>> {
+    let known: HashMap<(FileId, FileId), DeltaEntry> =
+        published.indexes.values().flat_map(|p| p.index.entries.iter().map(|e| ((e.base, e.target), *e))).collect();
+    let total = jobs.len() as u64;
     let done = std::sync::atomic::AtomicU64::new(0);
     let tick = || progress(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1, total);
-    // Deltas an earlier run listed for this release stay listed.
-    let mut listed: Vec<DeltaEntry> = published.index_of(&to).map(|p| p.index.entries.clone()).unwrap_or_default();
-    let mut new_deltas: Vec<NewDelta> = Vec::new();
-    let jobs: Vec<Job> = jobs.into_values().collect();
-    for batch in batches(&jobs) {
+    let mut new_deltas = Vec::new();
+    for batch in batches(jobs) {
         let encoded: Vec<Result<Outcome>> = batch
             .par_iter()
             .map(|job| {
@@ -152,7 +219,7 @@ pub fn generate(
                 Outcome::TooLarge => stats.too_large += 1,
                 Outcome::Reused(entry) if entry.entry.span() < job.chunk_cost => {
                     stats.reused += 1;
-                    count(&mut stats, job, entry.entry.span(), published_codec(&published, &entry)?);
+                    count(stats, job, entry.entry.span(), published_codec(published, &entry)?);
                     listed.push(entry);
                 }
                 Outcome::Reused(_) => stats.not_smaller += 1,
@@ -160,8 +227,9 @@ pub fn generate(
                     stats.encoded += 1;
                     let span = ENTRY_HEADER_LEN + bytes.len() as u64;
                     if span < job.chunk_cost {
-                        count(&mut stats, job, span, codec);
-                        new_deltas.push(NewDelta { target: job.target, base: job.base, id, bytes });
+                        count(stats, job, span, codec);
+                        let listing = Listing::File { target: job.target, base: job.base };
+                        new_deltas.push(NewDelta { kind: ObjectKind::Delta, id, bytes, listing });
                     } else {
                         stats.not_smaller += 1;
                     }
@@ -169,31 +237,55 @@ pub fn generate(
             }
         }
     }
-    let packs = write_packs(repo, &new_deltas)?;
-    stats.packs_written = packs.len() as u64;
-    let pairs: HashMap<ObjectId, (FileId, FileId)> = new_deltas.iter().map(|d| (d.id, (d.target, d.base))).collect();
-    for pack in &packs {
-        for e in &pack.entries {
-            let (target, base) = pairs[&e.id];
-            listed.push(DeltaEntry { target, base, pack: pack.id, entry: *e });
-        }
+    Ok(new_deltas)
+}
+
+/// The metadata delta from `old` to `to`, when smaller than the metadata objects it replaces.
+fn encode_metadata(
+    repo: &Repo,
+    archive: &ArchiveStore,
+    old: &CommitId,
+    to: CommitId,
+    stats: &mut GenerateStats,
+) -> Result<Option<NewDelta>> {
+    let read = |kind, id: &ObjectId| repo.read(kind, id);
+    let old_commit = repo.commit_object(old)?;
+    let objects = new_metadata(&old_commit, to, read)?;
+    let mut replaced = 0;
+    for (kind, bytes) in &objects {
+        let id = ObjectId::of(bytes);
+        let (_, entry) = archive.locate(*kind, &id).ok_or(StoreError::ObjectMissing { kind: *kind, id })?;
+        replaced += entry.span();
     }
-    listed.sort_by_key(|e| (e.target, e.base));
-    listed.dedup_by_key(|e| (e.target, e.base));
-    stats.listed = listed.len() as u64;
-    let index = DeltaIndex { to, entries: listed }.encode();
-    stats.index_bytes = index.len() as u64;
-    publish(repo, packs, &index, published.index_of(&to).map(|p| p.hash))?;
-    stats.seconds = started.elapsed().as_secs_f64();
-    Ok(stats)
+    let delta = MetadataDelta::new(*old, to, &base_stream(&old_commit, read)?, &objects)?;
+    let bytes = delta.encode();
+    let span = ENTRY_HEADER_LEN + bytes.len() as u64;
+    if span >= replaced || bytes.len() as u64 > u64::from(crate::pack::raw_limit(ObjectKind::MetadataDelta)) {
+        return Ok(None);
+    }
+    stats.metadata_delta_bytes += span;
+    stats.metadata_bytes += replaced;
+    Ok(Some(NewDelta {
+        kind: ObjectKind::MetadataDelta,
+        id: ObjectId::of(&bytes),
+        bytes,
+        listing: Listing::Metadata { from: *old },
+    }))
+}
+
+/// What a new delta object is listed as in the release's delta index.
+#[derive(Clone, Copy)]
+enum Listing {
+    File { target: FileId, base: FileId },
+    Metadata { from: CommitId },
 }
 
 /// A delta encoded by this run, to be written.
 struct NewDelta {
-    target: FileId,
-    base: FileId,
+    kind: ObjectKind,
     id: ObjectId,
     bytes: Vec<u8>,
+    listing: Listing,
 }
 
 enum Outcome {
@@ -306,7 +398,7 @@ fn write_packs(repo: &Repo, deltas: &[NewDelta]) -> Result<Vec<FinishedPack>> {
     let mut packs = Vec::new();
     let mut writer: Option<PackWriter> = None;
     let mut written = HashSet::new();
-    for NewDelta { id, bytes, .. } in deltas {
+    for NewDelta { kind, id, bytes, .. } in deltas {
         if !written.insert(*id) {
             continue;
         }
@@ -314,7 +406,7 @@ fn write_packs(repo: &Repo, deltas: &[NewDelta]) -> Result<Vec<FinishedPack>> {
             Some(w) => w,
             None => writer.insert(PackWriter::create(&tmp)?),
         };
-        w.append(ObjectKind::Delta, *id, Codec::Raw, bytes.len() as u32, bytes)?;
+        w.append(*kind, *id, Codec::Raw, bytes.len() as u32, bytes)?;
         if w.len() >= PACK_TARGET_SIZE {
             packs.push(writer.take().expect("just used").finish()?);
         }

@@ -34,19 +34,33 @@ pub struct DeltaEntry {
     pub entry: IndexEntry,
 }
 
+/// A release metadata delta an index lists (see [`crate::delta::metadata`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetadataEntry {
+    /// The release it starts from.
+    pub from: CommitId,
+    /// The delta pack holding it.
+    pub pack: ObjectId,
+    /// Where it lies in that pack.
+    pub entry: IndexEntry,
+}
+
 /// The deltas that lead to one release.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeltaIndex {
     /// The release.
     pub to: CommitId,
-    /// Its deltas, sorted by (target, base), each pair once.
+    /// Its file deltas, sorted by (target, base), each pair once.
     pub entries: Vec<DeltaEntry>,
+    /// Its metadata deltas, sorted by the release they start from, one each.
+    pub metadata: Vec<MetadataEntry>,
 }
 
 impl DeltaIndex {
     /// Encodes the index: header, the packs referred to, then the entries.
     pub fn encode(&self) -> Vec<u8> {
-        let mut packs: Vec<ObjectId> = self.entries.iter().map(|e| e.pack).collect();
+        let mut packs: Vec<ObjectId> =
+            self.entries.iter().map(|e| e.pack).chain(self.metadata.iter().map(|m| m.pack)).collect();
         packs.sort_unstable();
         packs.dedup();
         let mut enc = Encoder::default();
@@ -61,12 +75,12 @@ impl DeltaIndex {
         for e in &self.entries {
             enc.id(&e.target.0);
             enc.id(&e.base.0);
-            enc.u32(packs.binary_search(&e.pack).expect("listed above") as u32);
-            enc.id(&e.entry.id);
-            enc.u8(e.entry.codec as u8);
-            enc.u64(e.entry.offset);
-            enc.u32(e.entry.stored_len);
-            enc.u32(e.entry.raw_len);
+            encode_location(&mut enc, &packs, &e.pack, &e.entry);
+        }
+        enc.u32(self.metadata.len() as u32);
+        for m in &self.metadata {
+            enc.id(&m.from.0);
+            encode_location(&mut enc, &packs, &m.pack, &m.entry);
         }
         enc.buf
     }
@@ -103,36 +117,63 @@ impl DeltaIndex {
             let bad = |reason: String| corrupt(format!("entry {i}: {reason}"));
             let target = FileId(d.id().map_err(corrupt)?);
             let base = FileId(d.id().map_err(corrupt)?);
-            let slot = d.u32().map_err(corrupt)?;
-            let pack = *packs.get(slot as usize).ok_or_else(|| bad(format!("pack {slot} is not listed")))?;
-            let id = d.id().map_err(corrupt)?;
-            let codec = d.u8().map_err(corrupt)?;
-            let codec = Codec::from_u8(codec).ok_or_else(|| bad(format!("unknown codec {codec}")))?;
-            let entry = IndexEntry {
-                id,
-                kind: ObjectKind::Delta,
-                codec,
-                offset: d.u64().map_err(corrupt)?,
-                stored_len: d.u32().map_err(corrupt)?,
-                raw_len: d.u32().map_err(corrupt)?,
-            };
-            if entry.raw_len > raw_limit(ObjectKind::Delta) || entry.stored_len > entry.raw_len {
-                return Err(bad(format!("delta {id} declares impossible sizes")));
-            }
-            if entry.offset.checked_add(ENTRY_HEADER_LEN + u64::from(entry.stored_len)).is_none() {
-                return Err(bad(format!("delta {id} lies past any pack")));
-            }
+            let (pack, entry) = decode_location(&mut d, &packs, ObjectKind::Delta).map_err(bad)?;
             if target == base {
-                return Err(bad(format!("delta {id} has the same base and target")));
+                return Err(bad(format!("delta {} has the same base and target", entry.id)));
             }
             if entries.last().is_some_and(|p| (p.target, p.base) >= (target, base)) {
                 return Err(bad("out of order or duplicated".into()));
             }
             entries.push(DeltaEntry { target, base, pack, entry });
         }
+        let count = d.u32().map_err(corrupt)?;
+        if count > MAX_PACKS {
+            return Err(corrupt(format!("{count} metadata deltas, above the limit of {MAX_PACKS}")));
+        }
+        let mut metadata: Vec<MetadataEntry> = Vec::new();
+        for i in 0..count {
+            let bad = |reason: String| corrupt(format!("metadata delta {i}: {reason}"));
+            let from = CommitId(d.id().map_err(corrupt)?);
+            let (pack, entry) = decode_location(&mut d, &packs, ObjectKind::MetadataDelta).map_err(bad)?;
+            if from == to || metadata.last().is_some_and(|p| p.from >= from) {
+                return Err(bad("out of order, duplicated or from the release itself".into()));
+            }
+            metadata.push(MetadataEntry { from, pack, entry });
+        }
         d.finish().map_err(corrupt)?;
-        Ok(DeltaIndex { to, entries })
+        Ok(DeltaIndex { to, entries, metadata })
     }
+}
+
+/// Writes where an object lies: its pack's number in `packs`, then its pack entry.
+fn encode_location(enc: &mut Encoder, packs: &[ObjectId], pack: &ObjectId, entry: &IndexEntry) {
+    enc.u32(packs.binary_search(pack).expect("every pack is listed") as u32);
+    enc.id(&entry.id);
+    enc.u8(entry.codec as u8);
+    enc.u64(entry.offset);
+    enc.u32(entry.stored_len);
+    enc.u32(entry.raw_len);
+}
+
+/// Reads where an object of `kind` lies (see [`encode_location`]), checking its sizes.
+fn decode_location(
+    d: &mut Decoder,
+    packs: &[ObjectId],
+    kind: ObjectKind,
+) -> std::result::Result<(ObjectId, IndexEntry), String> {
+    let slot = d.u32()?;
+    let pack = *packs.get(slot as usize).ok_or_else(|| format!("pack {slot} is not listed"))?;
+    let id = d.id()?;
+    let codec = d.u8()?;
+    let codec = Codec::from_u8(codec).ok_or_else(|| format!("unknown codec {codec}"))?;
+    let entry = IndexEntry { id, kind, codec, offset: d.u64()?, stored_len: d.u32()?, raw_len: d.u32()? };
+    if entry.raw_len > raw_limit(kind) || entry.stored_len > entry.raw_len {
+        return Err(format!("{kind} {id} declares impossible sizes"));
+    }
+    if entry.offset.checked_add(ENTRY_HEADER_LEN + u64::from(entry.stored_len)).is_none() {
+        return Err(format!("{kind} {id} lies past any pack"));
+    }
+    Ok((pack, entry))
 }
 
 #[cfg(test)]
@@ -155,7 +196,12 @@ mod tests {
             DeltaEntry { target: FileId(id(b"t2")), base: FileId(id(b"b1")), pack: id(b"p1"), entry: entry(2) },
         ];
         entries.sort_by_key(|e| (e.target, e.base));
-        DeltaIndex { to: CommitId(id(b"c")), entries }
+        let metadata = vec![MetadataEntry {
+            from: CommitId(id(b"a")),
+            pack: id(b"p3"),
+            entry: IndexEntry { kind: ObjectKind::MetadataDelta, ..entry(3) },
+        }];
+        DeltaIndex { to: CommitId(id(b"c")), entries, metadata }
     }
 
     #[test]
@@ -173,9 +219,9 @@ mod tests {
         let bytes = sample().encode();
         let err = DeltaIndex::decode(&bytes[..bytes.len() - 3], "x").unwrap_err().to_string();
         assert!(err.contains("delta index x is corrupt"), "{err}");
-        // Pack slot of the first entry (after magic, version, commit, 2 packs, count, 2 ids).
+        // Pack slot of the first entry (after magic, version, commit, 3 packs, count, 2 ids).
         let mut bad = sample().encode();
-        let at = 4 + 1 + 32 + 4 + 2 * 32 + 4 + 64;
+        let at = 4 + 1 + 32 + 4 + 3 * 32 + 4 + 64;
         bad[at..at + 4].copy_from_slice(&7u32.to_le_bytes());
         let err = DeltaIndex::decode(&bad, "x").unwrap_err().to_string();
         assert!(err.contains("pack 7 is not listed"), "{err}");

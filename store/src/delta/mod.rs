@@ -4,6 +4,7 @@
 pub mod codec;
 pub mod generate;
 pub mod index;
+pub mod metadata;
 pub mod object;
 pub mod pairing;
 pub mod published;
