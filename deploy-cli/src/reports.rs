@@ -34,11 +34,17 @@ pub fn print_plan(plan: &PullPlan) {
     }
     println!(
         "  chunks   {:>12}  {} new chunks, {} uncompressed",
-        output::size(plan.needed_bytes.saturating_sub(plan.metadata_bytes + plan.delta_bytes)),
+        output::size(
+            plan.needed_bytes.saturating_sub(plan.metadata_bytes + plan.metadata_delta_bytes + plan.delta_bytes)
+        ),
         plan.chunks,
         output::size(plan.chunk_bytes_raw)
     );
-    println!("  metadata {:>12}  {} objects", output::size(plan.metadata_bytes), plan.metadata_objects);
+    if plan.metadata_delta_bytes > 0 {
+        println!("  metadata {:>12}  1 metadata delta", output::size(plan.metadata_delta_bytes));
+    } else {
+        println!("  metadata {:>12}  {} objects", output::size(plan.metadata_bytes), plan.metadata_objects);
+    }
     println!("  indexes  {:>12}", output::size(plan.index_bytes));
     println!(
         "files      {:>12}  new files: {} from deltas, {} from chunks{}",
@@ -120,6 +126,14 @@ pub fn print_generate(stats: &GenerateStats) {
         codecs.join(", "),
         output::size(stats.chunk_bytes)
     );
+    if stats.metadata_deltas > 0 {
+        println!(
+            "metadata   {:>12}  metadata deltas; this run's: {}, replacing {} of metadata objects",
+            stats.metadata_deltas,
+            output::size(stats.metadata_delta_bytes),
+            output::size(stats.metadata_bytes)
+        );
+    }
     println!("index      {:>12}  in {:.1}s", output::size(stats.index_bytes), stats.seconds);
 }
 
