@@ -317,9 +317,16 @@ fn a_mirror_of_a_mirror_serves_deltas_and_prune_drops_them_with_their_release() 
 /// as a table, JSON and an SVG chart.
 #[test]
 fn the_report_compares_updates_from_each_earlier_release() {
-    let o = Origin::new(3);
-    let generated = json(&ok(osdeploy(&o.repo).args(["delta", "generate", "--json", "--to", "stable"])));
-    assert_eq!(generated["from"].as_array().unwrap().len(), 2, "the last 3 ancestors are 2 here: {generated}");
+    // Release 3 is committed with its deltas generated at once (`commit --deltas K`).
+    let mut o = Origin::new(2);
+    let tree = o.tree(3);
+    let committed = json(&ok(osdeploy(&o.repo)
+        .args(["commit", "-b", "stable", "--version", "3", "--deltas", "3", "--json"])
+        .arg(&tree)));
+    o.commits.push(committed["commit"].as_str().unwrap().to_string());
+    let generated = &committed["deltas"];
+    assert_eq!(generated["from"].as_array().unwrap().len(), 2, "the last 3 ancestors are 2 here: {committed}");
+    assert_eq!(generated["listed"], 4, "both changed files, from each release: {committed}");
     let svg = o.tmp.path().join("report.svg");
     let rows = json(&ok(osdeploy(&o.repo)
         .args(["delta", "report", "--json", "--last", "5", "--svg"])

@@ -5,14 +5,14 @@
 #   3. the peers (benches/harness/peers.sh: OSTree, casync, xdelta3, zstd, rsync, full image)
 #   4. osdeploy pull, mirror and the reference (benches/harness/pull-vs-peers.sh, LEVELs)
 #   5. commit / checkout / switch against OSTree and cp (benches/harness/store-vs-peers.sh)
-#   6. the tables (benches/harness/table.py)
+#   6. the tables (benches/harness/table.py) and the update chart (benches/harness/chart.py)
 # Usage (root): benches/harness/compare.sh WORK [LEVEL...]      (LEVEL: origin zstd levels, "3 19")
 #   PAIR        the pair's directory (default: $OSDEPLOY_OS_PAIR, else target/os-pair)
 #   VARIANT     make-os-pair.sh variant (base)
 #   STORE_RUNS  runs of store-vs-peers.sh (3; 0 skips it)
 # Writes WORK/peers/peers.tsv, WORK/pull/results.tsv, WORK/store/results.tsv (fresh each run),
 # WORK/run.txt (date, commit, machine, tool versions), WORK/stages.tsv (seconds per stage) and
-# WORK/table.md (printed too).
+# WORK/table.md (printed too) and WORK/update.svg.
 set -euo pipefail
 die() { echo "compare: $*" >&2; exit 1; }
 [ $# -ge 1 ] || die "usage: $0 WORK [LEVEL...]"
@@ -54,6 +54,7 @@ if [ "${STORE_RUNS:-3}" != 0 ]; then
   stage store bash "$here/store-vs-peers.sh" "$pair/new" "$W/store" "${STORE_RUNS:-3}"
 fi
 python3 "$here/table.py" "$W" > "$W/table.md"
+python3 "$here/chart.py" "$W" "$(basename "$pair"): update OLD → NEW, bytes on the wire" > "$W/update.svg"
 cat "$W/table.md"
 echo
 column -t "$S"

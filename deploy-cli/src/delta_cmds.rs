@@ -6,8 +6,8 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use osdeploy_store::delta::generate::{GenerateOptions, generate};
-use osdeploy_store::history::ancestry;
+use osdeploy_store::delta::generate::{GenerateOptions, GenerateStats, generate};
+use osdeploy_store::history::{Ancestor, ancestry};
 use osdeploy_store::repo::Access;
 use osdeploy_store::{CommitId, Repo};
 use osdeploy_transport::deltas::DeltaUse;
@@ -69,16 +69,27 @@ pub fn remote_plan(
 pub fn generate_cmd(repo: &Path, from: &[String], to: &str, last: usize, json: bool) -> Result<()> {
     let repo = open(repo, Access::Write)?;
     let to = repo.resolve(to)?;
-    let from: Vec<CommitId> = if from.is_empty() {
-        let mut older = Vec::new();
-        for step in ancestry(&repo, to).skip(1).take(last) {
-            older.push(step?.id());
+    let from: Vec<CommitId> = from.iter().map(|f| repo.resolve(f)).collect::<Result<_, _>>()?;
+    let stats = generate_to(&repo, &from, to, last)?;
+    if json {
+        return print_json(&stats);
+    }
+    reports::print_generate(&stats);
+    Ok(())
+}
+
+/// Generates the deltas to `to` from each of `from`, or (none given) from `to`'s last `last`
+/// ancestors the repository holds, with a progress bar on a terminal.
+pub fn generate_to(repo: &Repo, from: &[CommitId], to: CommitId, last: usize) -> Result<GenerateStats> {
+    let mut from = from.to_vec();
+    if from.is_empty() {
+        for step in ancestry(repo, to).skip(1).take(last) {
+            match step? {
+                Ancestor::Held(id, _) => from.push(id),
+                Ancestor::Missing(_) => break,
+            }
         }
-        older.retain(|id| repo.commit_object(id).is_ok());
-        older
-    } else {
-        from.iter().map(|f| repo.resolve(f)).collect::<Result<_, _>>()?
-    };
+    }
     if from.is_empty() {
         bail!("{to} has no earlier release in this repository: name one with --from");
     }
@@ -94,16 +105,12 @@ pub fn generate_cmd(repo: &Path, from: &[String], to: &str, last: usize, json: b
             bar.set_position(done);
         }
     };
-    let stats = generate(&repo, &from, to, &GenerateOptions::default(), &progress)
+    let stats = generate(repo, &from, to, &GenerateOptions::default(), &progress)
         .with_context(|| format!("generating deltas to {to}"))?;
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    if json {
-        return print_json(&stats);
-    }
-    reports::print_generate(&stats);
-    Ok(())
+    Ok(stats)
 }
 
 /// `delta report`: the cost of updating to TO from each of its last `last` ancestors.

@@ -15,7 +15,9 @@ use osdeploy_store::object::{Commit, Entry, EntryKind, Meta};
 use osdeploy_store::repo::RepoMode;
 use osdeploy_store::{Access, CommitId, Repo};
 
+use crate::delta_cmds;
 use crate::output::{self, print_json};
+use crate::reports;
 use crate::views::{CheckoutView, CommitReport, CommitView, DiffView, EntryView, PruneView};
 
 pub fn open(repo: &Path, access: Access) -> Result<Repo> {
@@ -109,6 +111,10 @@ pub struct CommitArgs {
     /// Commit timestamp in seconds since the epoch (default: now, or SOURCE_DATE_EPOCH).
     #[arg(long)]
     pub timestamp: Option<i64>,
+    /// Then generate per-file deltas to the new commit from its last K ancestors, as
+    /// `delta generate --to COMMIT --last K` does (archive repositories).
+    #[arg(long, value_name = "K")]
+    pub deltas: Option<usize>,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -118,7 +124,7 @@ pub struct CommitArgs {
 
 /// `commit`.
 pub fn commit(repo: &Path, args: CommitArgs) -> Result<()> {
-    let CommitArgs { branch, subject, body, release_version: version, metadata, timestamp, json, dir } = args;
+    let CommitArgs { branch, subject, body, release_version: version, metadata, timestamp, deltas, json, dir } = args;
     let mut meta = BTreeMap::new();
     for item in &metadata {
         let (k, v) = item.split_once('=').with_context(|| format!("--add-metadata {item:?}: expected KEY=VALUE"))?;
@@ -140,6 +146,10 @@ pub fn commit(repo: &Path, args: CommitArgs) -> Result<()> {
     let outcome = outcome.with_context(|| format!("committing {}", dir.display()))?;
     let s = outcome.stats;
     let seconds = started.elapsed().as_secs_f64();
+    let deltas = match deltas {
+        Some(last) if outcome.commit.parent.is_some() => Some(delta_cmds::generate_to(&repo, &[], outcome.id, last)?),
+        _ => None,
+    };
     if json {
         return print_json(&CommitReport {
             commit: outcome.id,
@@ -149,6 +159,7 @@ pub fn commit(repo: &Path, args: CommitArgs) -> Result<()> {
             stored: s,
             dedup_percent: dedup_percent(s.bytes_reused, s.bytes_new),
             seconds,
+            deltas,
         });
     }
     println!("{}", outcome.id);
@@ -164,6 +175,9 @@ pub fn commit(repo: &Path, args: CommitArgs) -> Result<()> {
         output::size(s.bytes_reused),
         dedup_percent(s.bytes_reused, s.bytes_new),
     );
+    if let Some(stats) = &deltas {
+        reports::print_generate(stats);
+    }
     Ok(())
 }
 

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use osdeploy_store::checkout::CheckoutStats;
+use osdeploy_store::delta::generate::GenerateStats;
 use osdeploy_store::diff::Change;
 use osdeploy_store::object::{Commit, EntryKind, Meta, TreeStats};
 use osdeploy_store::write::WriteStats;
@@ -75,6 +76,9 @@ pub struct CommitReport<'a> {
     pub dedup_percent: f64,
     /// Seconds taken.
     pub seconds: f64,
+    /// The deltas generated to it (`--deltas`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deltas: Option<GenerateStats>,
 }
 
 /// One entry of `ls`.

@@ -316,7 +316,8 @@ async fn mirror_deltas(
             None => index::download(packs.client, &name, &listed.index).await?,
         };
         let deltas = DeltaIndex::decode(&bytes, &format!("{}/{name}", packs.url))?;
-        let mut used: Vec<ObjectId> = deltas.entries.iter().map(|e| e.pack).collect();
+        let mut used: Vec<ObjectId> =
+            deltas.entries.iter().map(|e| e.pack).chain(deltas.metadata.iter().map(|m| m.pack)).collect();
         used.sort_unstable();
         used.dedup();
         for pack in used {

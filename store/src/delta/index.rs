@@ -57,6 +57,16 @@ pub struct DeltaIndex {
 }
 
 impl DeltaIndex {
+    /// How many deltas it lists, of files and of metadata.
+    pub fn len(&self) -> usize {
+        self.entries.len() + self.metadata.len()
+    }
+
+    /// True when it lists no delta.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Encodes the index: header, the packs referred to, then the entries.
     pub fn encode(&self) -> Vec<u8> {
         let mut packs: Vec<ObjectId> =

@@ -87,7 +87,7 @@ impl PublishedDeltas {
                     // left both, the larger is the newer.
                     let newer = PublishedIndex { hash, size, index };
                     match published.indexes.get(&newer.index.to) {
-                        Some(other) if other.index.entries.len() >= newer.index.entries.len() => {}
+                        Some(other) if other.index.len() >= newer.index.len() => {}
                         _ => {
                             published.indexes.insert(newer.index.to, newer);
                         }
