@@ -30,7 +30,8 @@ pub fn print_plan(plan: &PullPlan) {
             + if delta_index { ", the delta index" } else { "" }
     );
     if plan.deltas > 0 {
-        println!("  deltas   {:>12}  {} deltas", output::size(plan.delta_bytes), plan.deltas);
+        let plural = if plan.deltas == 1 { "" } else { "s" };
+        println!("  deltas   {:>12}  {} delta{plural}", output::size(plan.delta_bytes), plan.deltas);
     }
     println!(
         "  chunks   {:>12}  {} new chunks, {} uncompressed",

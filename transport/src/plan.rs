@@ -105,9 +105,10 @@ pub struct Survey {
     pub deltas: Vec<DeltaEntry>,
     /// Stored bytes of the metadata delta that brought the new metadata, if one did.
     pub metadata_delta_bytes: u64,
-    /// The packs holding the objects the metadata delta brought: a pull fetches their indexes
-    /// all the same (it loads every index it lacks before its walk).
-    pub prefetched_packs: BTreeSet<ObjectId>,
+    /// The packs holding objects of the wanted commit that the node lacks (metadata, chunks,
+    /// and what a metadata delta brought): a pull loads every index it lacks before it knows what
+    /// it reads, so a plan between two commits counts these indexes, read from or not.
+    pub new_packs: BTreeSet<ObjectId>,
 }
 
 impl Survey {
@@ -122,7 +123,7 @@ impl Survey {
             self.metadata_delta_bytes = read.len;
             self.metadata_reads.insert(0, read);
             let packs = objects.into_iter().filter_map(|(id, kind)| locations.locate(kind, &id)).map(|(pack, _)| pack);
-            self.prefetched_packs.extend(packs);
+            self.new_packs.extend(packs);
         }
     }
 
@@ -290,7 +291,7 @@ impl PullPlan {
             Indexes::OfReads => {
                 let object_reads = &plan.reads[usize::from(survey.metadata_delta_bytes > 0)..];
                 let packs = object_reads.iter().chain(&chunk_reads).map(|r| r.pack);
-                indexes_of_packs(packs.chain(survey.prefetched_packs.iter().copied()), locations)?
+                indexes_of_packs(packs.chain(survey.new_packs.iter().copied()), locations)?
             }
         };
         plan.reads.extend(delta_reads);

@@ -251,6 +251,13 @@ pub async fn walk(
         }
         level = next;
     }
+    let new_objects = survey.metadata_fetched.iter().copied();
+    let chunks = survey.missing_chunks.iter().map(|id| (*id, ObjectKind::Chunk));
+    for (id, kind) in new_objects.chain(chunks) {
+        if let Some((pack, _)) = source.locations().locate(kind, &id) {
+            survey.new_packs.insert(pack);
+        }
+    }
     Ok(survey)
 }
 
