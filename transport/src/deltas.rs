@@ -127,7 +127,7 @@ pub async fn prefetch_metadata(
     }
     let from = Commit::decode(entry.from.0, &read_base(ObjectKind::Commit, &entry.from.0)?)?;
     let mut objects = Vec::new();
-    for (kind, id, bytes) in delta.apply(&base_stream(&from, &read_base)?)? {
+    for (kind, id, bytes) in delta.apply(&base_stream(&from, &read_base)?.bytes)? {
         staged.put(kind, id, &bytes);
         objects.push((id, kind));
     }
@@ -185,13 +185,22 @@ pub async fn remote_catalog(
     Ok(Some((DeltaCatalog::new(index), fetched)))
 }
 
+/// What a plan says about the same pull with chunks only (and no metadata delta).
+pub enum ChunksOnly {
+    /// Nothing: a pull that executes its plan does not print it.
+    Skip,
+    /// The survey used no metadata delta: the same survey, without the deltas chosen.
+    Same,
+    /// The survey of a walk that used no metadata delta.
+    Walked(Survey),
+}
+
 /// The plan `build` makes of `survey` once deltas from `catalog` (if any: with the download of its
-/// delta index, when not cached) are chosen, with what the plan of chunks only would cost:
-/// `plain` is the survey of a walk that used no metadata delta (None: `survey` used none). `build`
-/// is given the files to fetch whole besides its own.
+/// delta index, when not cached) are chosen, with what the plan of chunks only would cost (see
+/// [`ChunksOnly`]). `build` is given the files to fetch whole besides its own.
 pub fn choose_and_plan(
     mut survey: Survey,
-    plain: Option<Survey>,
+    chunks_only: ChunksOnly,
     catalog: Option<(&DeltaCatalog, Option<WholeFile>)>,
     holdings: &impl Holdings,
     staged: impl Fn(&ObjectId) -> bool,
@@ -199,10 +208,14 @@ pub fn choose_and_plan(
     build: impl Fn(Survey, Option<WholeFile>) -> Result<PullPlan, StoreError>,
 ) -> Result<PullPlan, TransportError> {
     let Some((catalog, index_download)) = catalog else { return Ok(build(survey, None)?) };
-    let chunks_only = build(plain.unwrap_or_else(|| survey.clone()), None)?.cost();
+    let chunks_only = match chunks_only {
+        ChunksOnly::Skip => None,
+        ChunksOnly::Same => Some(build(survey.clone(), None)?.cost()),
+        ChunksOnly::Walked(plain) => Some(build(plain, None)?.cost()),
+    };
     choose(&mut survey, catalog, holdings, staged, locations)?;
     let mut plan = build(survey, index_download)?;
-    plan.without_deltas = Some(chunks_only);
+    plan.without_deltas = chunks_only;
     Ok(plan)
 }
 

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use osdeploy_store::archive::ArchiveStore;
 use osdeploy_store::delta::index::DeltaEntry;
-use osdeploy_store::delta::metadata::new_metadata;
+use osdeploy_store::delta::metadata::{base_stream, new_metadata};
 use osdeploy_store::delta::published::PublishedDeltas;
 use osdeploy_store::layout;
 use osdeploy_store::object::{FileObject, ObjectKind};
@@ -20,7 +20,7 @@ use osdeploy_store::pack::IndexEntry;
 use osdeploy_store::{CommitId, FileId, ObjectId, Repo, StoreError};
 use serde::Serialize;
 
-use crate::deltas::{DeltaCatalog, DeltaUse};
+use crate::deltas::{ChunksOnly, DeltaCatalog, DeltaUse};
 use crate::error::TransportError;
 
 /// How ranges are merged into requests.
@@ -438,13 +438,17 @@ pub fn plan(
         && let Some(entry) = catalog.metadata_from(|c| Ok(*c == from))?
     {
         let read = |kind, id: &ObjectId| repo.read(kind, id);
-        for (kind, bytes) in new_metadata(&repo.commit_object(&from)?, to, read)? {
+        let held = base_stream(&repo.commit_object(&from)?, read)?.objects;
+        for (kind, bytes) in new_metadata(&held, to, read)? {
             prefetched.insert((ObjectId::of(&bytes), kind));
         }
         metadata_read = Some(crate::deltas::metadata_read(entry));
     }
     // What a node fetching chunks only (and no metadata delta) would walk.
-    let plain = (!prefetched.is_empty()).then(|| survey(to, have.clone(), HashSet::new())).transpose()?;
+    let chunks_only = match prefetched.is_empty() {
+        true => ChunksOnly::Same,
+        false => ChunksOnly::Walked(survey(to, have.clone(), HashSet::new())?),
+    };
     let mut survey = survey(to, have.clone(), prefetched.clone())?;
     survey.add_metadata_delta(metadata_read, prefetched, archive);
     let build = |survey, extra: Option<WholeFile>| {
@@ -452,12 +456,14 @@ pub fn plan(
         PullPlan::new(from, to, survey, archive, Indexes::OfReads, files, options)
     };
     let catalog = catalog.as_ref().map(|(c, d)| (c, d.clone()));
-    crate::deltas::choose_and_plan(survey, plain, catalog, &have, |_| false, archive, build).map_err(|e| match e {
-        TransportError::Store(e) => e,
-        other => {
-            StoreError::Corrupt { what: format!("repository {}", repo.path().display()), reason: other.to_string() }
-        }
-    })
+    crate::deltas::choose_and_plan(survey, chunks_only, catalog, &have, |_| false, archive, build).map_err(
+        |e| match e {
+            TransportError::Store(e) => e,
+            other => {
+                StoreError::Corrupt { what: format!("repository {}", repo.path().display()), reason: other.to_string() }
+            }
+        },
+    )
 }
 
 /// Merges sorted `(offset, len)` spans of one pack into reads (see [`CoalesceOptions`]).

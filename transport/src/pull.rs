@@ -26,7 +26,7 @@ use serde::Serialize;
 
 use crate::assemble::Assembler;
 use crate::client::{Client, HttpOptions, Progress};
-use crate::deltas::{self, DeltaUse};
+use crate::deltas::{self, ChunksOnly, DeltaUse};
 use crate::error::TransportError;
 use crate::fetch::fetch;
 use crate::index::{CacheWrites, RemoteIndex};
@@ -222,17 +222,17 @@ async fn make_plan(
     }
     let source = survey::Remote { client, index: &index, staged: &mut *staged, in_flight: options.in_flight };
     let mut surveyed = survey::walk(source, repo, commit, options.coalesce).await?;
-    // What a node fetching chunks only (and no metadata delta) would walk: the same metadata,
-    // planned as objects.
-    let mut plain = None;
-    if metadata_delta.is_some() {
-        let source = survey::AtHand {
-            locations: &index,
-            read: |kind, id: &ObjectId| staged.get(kind, id),
-            fetched: HashSet::new(),
-        };
-        plain = Some(survey::walk(source, repo, commit, options.coalesce).await?);
-    }
+    // A dry run (the only caller that may not write the cache) also says what chunks only would
+    // cost; a node fetching them would walk the same metadata, planned as objects.
+    let chunks_only = match (writes, metadata_delta.is_some()) {
+        (CacheWrites::Allowed, _) => ChunksOnly::Skip,
+        (CacheWrites::Forbidden, false) => ChunksOnly::Same,
+        (CacheWrites::Forbidden, true) => {
+            let read = |kind, id: &ObjectId| staged.get(kind, id);
+            let source = survey::AtHand { locations: &index, read, fetched: HashSet::new() };
+            ChunksOnly::Walked(survey::walk(source, repo, commit, options.coalesce).await?)
+        }
+    };
     let (read, objects) = metadata_delta.unzip();
     surveyed.add_metadata_delta(read, objects.into_iter().flatten(), &index);
     let build = |survey, extra: Option<WholeFile>| {
@@ -241,7 +241,7 @@ async fn make_plan(
     };
     let staged_delta = |id: &ObjectId| staged.has(ObjectKind::Delta, id);
     let catalog = catalog.as_ref().map(|(c, d)| (c, d.clone()));
-    let plan = deltas::choose_and_plan(surveyed, plain, catalog, repo, staged_delta, &index, build)?;
+    let plan = deltas::choose_and_plan(surveyed, chunks_only, catalog, repo, staged_delta, &index, build)?;
     drop(snapshot);
     Ok(Surveyed { plan, index, local_ref })
 }

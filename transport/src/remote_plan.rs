@@ -16,7 +16,7 @@ use osdeploy_store::{CommitId, ObjectId};
 use serde::Serialize;
 
 use crate::client::{Client, Progress};
-use crate::deltas::{self, DeltaUse};
+use crate::deltas::{self, ChunksOnly, DeltaUse};
 use crate::error::TransportError;
 use crate::index::{CacheWrites, RemoteIndex};
 use crate::plan::{Indexes, PullPlan, WholeFile};
@@ -103,15 +103,14 @@ async fn plan_async(
     let source = survey::Remote { client: &client, index: &index, staged: &mut staged_to, in_flight };
     let mut survey = survey::walk(source, &have, to, options.coalesce).await?;
     // What a node fetching chunks only (and no metadata delta) would walk.
-    let mut plain = None;
-    if metadata_delta.is_some() {
-        let source = survey::AtHand {
-            locations: &index,
-            read: |kind, id: &ObjectId| staged_to.get(kind, id),
-            fetched: HashSet::new(),
-        };
-        plain = Some(survey::walk(source, &have, to, options.coalesce).await?);
-    }
+    let chunks_only = match metadata_delta.is_some() {
+        false => ChunksOnly::Same,
+        true => {
+            let read = |kind, id: &ObjectId| staged_to.get(kind, id);
+            let source = survey::AtHand { locations: &index, read, fetched: HashSet::new() };
+            ChunksOnly::Walked(survey::walk(source, &have, to, options.coalesce).await?)
+        }
+    };
     let (read, objects) = metadata_delta.unzip();
     survey.add_metadata_delta(read, objects.into_iter().flatten(), &index);
     let build = |survey, extra: Option<WholeFile>| {
@@ -119,7 +118,7 @@ async fn plan_async(
         PullPlan::new(from, to, survey, &index, Indexes::OfReads, files, options.coalesce)
     };
     let catalog = catalog.as_ref().map(|(c, d)| (c, d.clone()));
-    let plan = deltas::choose_and_plan(survey, plain, catalog, &have, |_| false, &index, build)?;
+    let plan = deltas::choose_and_plan(survey, chunks_only, catalog, &have, |_| false, &index, build)?;
     Ok(RemoteDelta {
         plan,
         survey_requests: progress.requests.load(Ordering::Relaxed),

@@ -249,15 +249,15 @@ fn encode_metadata(
     stats: &mut GenerateStats,
 ) -> Result<Option<NewDelta>> {
     let read = |kind, id: &ObjectId| repo.read(kind, id);
-    let old_commit = repo.commit_object(old)?;
-    let objects = new_metadata(&old_commit, to, read)?;
+    let base = base_stream(&repo.commit_object(old)?, read)?;
+    let objects = new_metadata(&base.objects, to, read)?;
     let mut replaced = 0;
     for (kind, bytes) in &objects {
         let id = ObjectId::of(bytes);
         let (_, entry) = archive.locate(*kind, &id).ok_or(StoreError::ObjectMissing { kind: *kind, id })?;
         replaced += entry.span();
     }
-    let delta = MetadataDelta::new(*old, to, &base_stream(&old_commit, read)?, &objects)?;
+    let delta = MetadataDelta::new(*old, to, &base.bytes, &objects)?;
     let bytes = delta.encode();
     let span = ENTRY_HEADER_LEN + bytes.len() as u64;
     if span >= replaced || bytes.len() as u64 > u64::from(crate::pack::raw_limit(ObjectKind::MetadataDelta)) {

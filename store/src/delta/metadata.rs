@@ -99,10 +99,17 @@ impl MetadataDelta {
     }
 }
 
-/// The base stream of a release: the encodings of its dirtrees and file objects, each once, in
-/// tree order (a directory, its files in name order, then its subdirectories in name order).
-/// `read` returns an object's verified bytes.
-pub fn base_stream(commit: &Commit, read: impl Fn(ObjectKind, &ObjectId) -> Result<Vec<u8>>) -> Result<Vec<u8>> {
+/// A release's metadata as a metadata delta's base.
+pub struct BaseStream {
+    /// The encodings of its dirtrees and file objects, each once, in tree order (a directory,
+    /// its files in name order, then its subdirectories in name order).
+    pub bytes: Vec<u8>,
+    /// Those objects.
+    pub objects: HashSet<(ObjectId, ObjectKind)>,
+}
+
+/// The base stream of a release. `read` returns an object's verified bytes.
+pub fn base_stream(commit: &Commit, read: impl Fn(ObjectKind, &ObjectId) -> Result<Vec<u8>>) -> Result<BaseStream> {
     let mut stream = Vec::new();
     let mut seen = HashSet::new();
     let mut stack = vec![commit.root.0];
@@ -125,19 +132,17 @@ pub fn base_stream(commit: &Commit, read: impl Fn(ObjectKind, &ObjectId) -> Resu
         }
         stack.extend(subdirs.into_iter().rev());
     }
-    Ok(stream)
+    Ok(BaseStream { bytes: stream, objects: seen })
 }
 
-/// The metadata objects of release `to` that a node holding release `from` lacks, in the order a
-/// pull's walk meets them (the commit, then level by level): what a metadata delta rebuilds.
-/// `read` returns an object's verified bytes.
+/// The metadata objects of release `to` that a node holding the objects `held` (an earlier
+/// release's [`BaseStream::objects`]) lacks, in the order a pull's walk meets them (the commit,
+/// then level by level): what a metadata delta rebuilds. `read` returns an object's verified bytes.
 pub fn new_metadata(
-    from: &Commit,
+    held: &HashSet<(ObjectId, ObjectKind)>,
     to: CommitId,
     read: impl Fn(ObjectKind, &ObjectId) -> Result<Vec<u8>>,
 ) -> Result<Vec<(ObjectKind, Vec<u8>)>> {
-    let mut held = HashSet::new();
-    base_objects(from, &read, &mut held)?;
     let mut objects = Vec::new();
     let mut level = vec![(to.0, ObjectKind::Commit)];
     let mut seen: HashSet<(ObjectId, ObjectKind)> = level.iter().copied().collect();
@@ -166,28 +171,4 @@ pub fn new_metadata(
         level = next.into_iter().filter(|child| seen.insert(*child)).collect();
     }
     Ok(objects)
-}
-
-/// Every dirtree and file object of a release.
-fn base_objects(
-    commit: &Commit,
-    read: &impl Fn(ObjectKind, &ObjectId) -> Result<Vec<u8>>,
-    held: &mut HashSet<(ObjectId, ObjectKind)>,
-) -> Result<()> {
-    let mut stack = vec![commit.root.0];
-    while let Some(tree) = stack.pop() {
-        if !held.insert((tree, ObjectKind::DirTree)) {
-            continue;
-        }
-        for entry in DirTree::decode(tree, &read(ObjectKind::DirTree, &tree)?)?.entries {
-            match entry.kind {
-                EntryKind::File { file, .. } => {
-                    held.insert((file.0, ObjectKind::File));
-                }
-                EntryKind::Dir(sub) => stack.push(sub.0),
-                _ => {}
-            }
-        }
-    }
-    Ok(())
 }
