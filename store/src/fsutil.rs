@@ -12,7 +12,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, ResolveFlags};
+use rustix::fs::{AtFlags, Dir, FileType, FlockOperation, Mode, OFlags, ResolveFlags, flock};
 
 use crate::error::{IoContext, Result, StoreError};
 
@@ -21,6 +21,35 @@ pub fn unique_tmp_name(prefix: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     format!("{prefix}-{}-{nanos:x}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A `flock(2)` lock that is released explicitly when dropped.
+///
+/// Closing the descriptor is not enough: a child process spawned by another thread holds a copy of
+/// it until its `exec`, and the lock lasts while any copy is open — a lock dropped and taken again at
+/// once would then be refused.
+#[derive(Debug)]
+pub struct FlockGuard {
+    file: File,
+}
+
+impl FlockGuard {
+    /// Locks `file` with `op` (a non-blocking operation fails with `WOULDBLOCK` when held elsewhere).
+    pub fn lock(file: File, op: FlockOperation) -> rustix::io::Result<FlockGuard> {
+        flock(&file, op)?;
+        Ok(FlockGuard { file })
+    }
+
+    /// The locked file.
+    pub fn file(&mut self) -> &mut File {
+        &mut self.file
+    }
+}
+
+impl Drop for FlockGuard {
+    fn drop(&mut self) {
+        let _ = flock(&self.file, FlockOperation::Unlock);
+    }
 }
 
 /// Makes a directory's entries (creations, renames) durable.
@@ -159,6 +188,22 @@ pub fn dev_of(dir: BorrowedFd<'_>, path: &Path) -> Result<u64> {
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
+
+    #[test]
+    fn a_dropped_lock_is_free_while_a_copy_of_its_descriptor_lives() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("lock");
+        let exclusive = FlockOperation::NonBlockingLockExclusive;
+        let file = File::create(&path).unwrap();
+        // What a child spawned by another thread holds until its exec.
+        let inherited = file.try_clone().unwrap();
+        let guard = FlockGuard::lock(file, exclusive).unwrap();
+        let err = FlockGuard::lock(File::open(&path).unwrap(), exclusive).unwrap_err();
+        assert_eq!(err, rustix::io::Errno::WOULDBLOCK);
+        drop(guard);
+        FlockGuard::lock(File::open(&path).unwrap(), exclusive).unwrap();
+        drop(inherited);
+    }
 
     #[test]
     fn clearing_never_follows_symlinks_out() {

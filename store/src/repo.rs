@@ -11,10 +11,10 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
+use std::fs;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{FlockOperation, flock};
+use rustix::fs::FlockOperation;
 use serde::{Deserialize, Serialize};
 
 use crate::archive::ArchiveStore;
@@ -24,7 +24,7 @@ use crate::bare::BareWriter;
 use crate::chunker::ChunkerParams;
 use crate::delta::published::PublishedDeltas;
 use crate::error::{IoContext, Result, StoreError};
-use crate::fsutil::{atomic_write, clear_dir_at, fsync_dir};
+use crate::fsutil::{FlockGuard, atomic_write, clear_dir_at, fsync_dir};
 use crate::id::{CommitId, FileId, ObjectId, TreeId};
 use crate::layout;
 use crate::name::check_ref_name;
@@ -103,13 +103,13 @@ pub struct Repo {
     path: PathBuf,
     config: RepoConfig,
     store: Store,
-    _locks: Vec<File>,
+    _locks: Vec<FlockGuard>,
 }
 
-fn lock(path: &Path, op: FlockOperation) -> Result<File> {
+fn lock(path: &Path, op: FlockOperation) -> Result<FlockGuard> {
     let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(path).at(path)?;
-    match flock(&file, op) {
-        Ok(()) => Ok(file),
+    match FlockGuard::lock(file, op) {
+        Ok(guard) => Ok(guard),
         Err(rustix::io::Errno::WOULDBLOCK) => Err(StoreError::Locked { path: path.into() }),
         Err(e) => Err(e).at(path),
     }

@@ -3,17 +3,18 @@
 //! is never waited for: a second command fails at once and says who holds the lock (the holder writes its pid into
 //! the file). The kernel drops the lock when the holder exits, also when it is killed.
 
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, Write};
+use std::fs::OpenOptions;
+use std::io::{Seek, Write};
 
-use rustix::fs::{FlockOperation, flock};
+use osdeploy_store::fsutil::FlockGuard;
+use rustix::fs::FlockOperation;
 
 use super::{DeployError, IoContext, Result, Sysroot};
 
 /// The held lock; released on drop.
 #[derive(Debug)]
 pub struct SysrootLock {
-    _file: File,
+    _guard: FlockGuard,
 }
 
 impl SysrootLock {
@@ -27,20 +28,19 @@ impl SysrootLock {
                 reason: format!("{} does not exist", dir.display()),
             });
         }
-        let mut file = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path).at(&path)?;
-        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => {}
+        let file = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path).at(&path)?;
+        let mut guard = match FlockGuard::lock(file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(guard) => guard,
             Err(rustix::io::Errno::WOULDBLOCK) => {
-                let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
-                let holder = match holder.trim() {
+                let holder = match std::fs::read_to_string(&path).unwrap_or_default().trim() {
                     "" => "pid unknown".to_owned(),
                     pid => format!("pid {pid}"),
                 };
                 return Err(DeployError::Locked { sysroot: sysroot.root().to_owned(), holder });
             }
             Err(e) => return Err(e).at(&path),
-        }
+        };
+        let file = guard.file();
         file.set_len(0).at(&path)?;
         file.rewind().at(&path)?;
         write!(file, "{}", std::process::id()).at(&path)?;
@@ -51,7 +51,7 @@ impl SysrootLock {
                 std::fs::remove_file(&entry).at(&entry)?;
             }
         }
-        Ok(SysrootLock { _file: file })
+        Ok(SysrootLock { _guard: guard })
     }
 }
 
