@@ -28,11 +28,41 @@ fn library(path: &Path, lines: u64, release: u64) {
     fs::write(path, text).unwrap();
 }
 
-/// Release `n` of a small OS tree: two libraries that change with each release (one under a
-/// versioned directory that is renamed), files that never change, and a random file.
+/// A changelog of `entries` entries, newest first, compressed as packages ship it (`gzip -9n`, the
+/// system's gzip): a new entry changes every deflate byte after it.
+fn changelog_gz(path: &Path, entries: u64) {
+    let text: String = (0..entries)
+        .rev()
+        .map(|i| {
+            format!(
+                "core ({i}.0-1) stable; urgency=medium\n\n  * Fix #{}.\n\n -- Dev <dev@example.org>\n\n",
+                i * 7919 % 100_000
+            )
+        })
+        .collect();
+    let mut gzip = Command::new("gzip")
+        .arg("-9n")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("gzip runs");
+    std::io::Write::write_all(&mut gzip.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    let out = gzip.wait_with_output().unwrap();
+    assert!(out.status.success(), "gzip failed");
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, out.stdout).unwrap();
+}
+
+/// How many files change between two releases of [`release_tree`]; each gets a delta.
+const CHANGED: u64 = 3;
+
+/// Release `n` of a small OS tree: two libraries and a gzip'd changelog that change with each
+/// release (one library under a versioned directory that is renamed), files that never change,
+/// and a random file.
 fn release_tree(root: &Path, n: u64) {
     library(&root.join("usr/lib/libcore.so.1"), 40_000, n);
     library(&root.join(format!("usr/lib/modules/6.1.0-{}-amd64/kernel/fs/ext4.ko", 40 + n)), 20_000, n);
+    changelog_gz(&root.join("usr/share/doc/core/changelog.gz"), 3000 + n);
     fs::create_dir_all(root.join("usr/share")).unwrap();
     write_random(&root.join("usr/share/firmware.bin"), 300_000, 5);
     fs::write(root.join("usr/share/README"), "unchanged\n").unwrap();
@@ -126,7 +156,8 @@ fn a_pull_rebuilds_changed_files_from_deltas_and_moves_what_its_plan_says() {
     let v1 = o.commits[0].clone();
     let generated = json(&ok(osdeploy(&o.repo).args(["delta", "generate", "--json", "--to", "stable"])));
     assert_eq!(generated["from"], serde_json::json!([v1]), "{generated}");
-    assert_eq!(generated["listed"], 2, "both libraries get a delta: {generated}");
+    assert_eq!(generated["listed"], CHANGED, "each changed file gets a delta: {generated}");
+    assert_eq!(generated["by_codec"]["gzip"], 1, "the changelog by its plain text: {generated}");
     assert_eq!(generated["pairs_by_rule"]["version-masked"], 1, "the renamed module pairs: {generated}");
     // The origin's plan, the plan over HTTP and the node's dry run agree.
     let local = json(&ok(osdeploy(&o.repo).args(["delta", "--json", &v1, "stable"])));
@@ -137,7 +168,7 @@ fn a_pull_rebuilds_changed_files_from_deltas_and_moves_what_its_plan_says() {
         assert_eq!(local[key], remote[key], "{key}: local {local} remote {remote}");
         assert_eq!(planned[key], remote[key], "{key}: dry run {planned} remote {remote}");
     }
-    assert_eq!(local["files_from_deltas"], 2, "{local}");
+    assert_eq!(local["files_from_deltas"], CHANGED, "{local}");
     // The new metadata comes as one delta, not as objects.
     assert_eq!(local["metadata_objects"], 0, "{local}");
     assert!(local["metadata_delta_bytes"].as_u64().unwrap() > 0, "{local}");
@@ -146,12 +177,12 @@ fn a_pull_rebuilds_changed_files_from_deltas_and_moves_what_its_plan_says() {
     let with_deltas = local["transfer_bytes"].as_u64().unwrap();
     assert!(with_deltas * 4 < chunks_only, "deltas must make the update far smaller: {with_deltas} vs {chunks_only}");
     let text = ok(osdeploy(&o.repo).args(["delta", &v1, "stable"]));
-    assert!(text.contains("2 from deltas") && text.contains("chunks only"), "{text}");
+    assert!(text.contains(&format!("{CHANGED} from deltas")) && text.contains("chunks only"), "{text}");
     // The pull moves exactly the planned bytes in the planned requests, and the tree is exact.
     let pulled = pull(&node);
     assert_eq!(pulled["bytes_fetched"], planned["transfer_bytes"], "{pulled} {planned}");
     assert_eq!(pulled["requests"], planned["requests"], "{pulled} {planned}");
-    assert_eq!((&pulled["files_from_deltas"], &pulled["delta_fallbacks"]), (&2.into(), &0.into()), "{pulled}");
+    assert_eq!((&pulled["files_from_deltas"], &pulled["delta_fallbacks"]), (&CHANGED.into(), &0.into()), "{pulled}");
     checkout_equals(&node, &o.tree(2), &o.tmp.path().join("co"));
     // `--no-deltas` plans chunks only.
     let plain = json(&ok(osdeploy(&o.repo).args(["delta", "--no-deltas", "--json", &v1, "stable"])));
@@ -182,7 +213,7 @@ fn a_corrupt_delta_on_the_server_falls_back_to_chunks() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("fetched as chunks"), "the fallback is reported: {stderr}");
     assert!(stderr.contains("metadata is fetched as objects"), "the fallback is reported: {stderr}");
-    assert_eq!(stats["delta_fallbacks"], 2, "{stats}");
+    assert_eq!(stats["delta_fallbacks"], CHANGED, "{stats}");
     assert_eq!(stats["files_from_deltas"], 0, "{stats}");
     assert!(stats["metadata_fetched"].as_u64().unwrap() > 0, "{stats}");
     checkout_equals(&node, &o.tree(2), &o.tmp.path().join("co"));
@@ -207,7 +238,7 @@ fn a_node_older_than_every_delta_base_uses_chunks() {
     checkout_equals(&node, &o.tree(3), &o.tmp.path().join("co"));
     // A node holding release 2 does use them.
     let from_v2 = json(&ok(osdeploy(&o.repo).args(["delta", "--json", &v2, "stable"])));
-    assert_eq!(from_v2["files_from_deltas"], 2, "{from_v2}");
+    assert_eq!(from_v2["files_from_deltas"], CHANGED, "{from_v2}");
 }
 
 #[test]
@@ -232,10 +263,10 @@ fn generation_is_deterministic_and_reuses_published_deltas() {
         ok(osdeploy(&o.repo).args(["delta", "generate", "--to", "stable"]));
     }
     assert_eq!(file_deltas(&a), file_deltas(&b), "same contents, same deltas");
-    assert_eq!((delta_packs(&a).len(), file_deltas(&a).len()), (1, 2));
+    assert_eq!((delta_packs(&a).len(), file_deltas(&a).len() as u64), (1, CHANGED));
     // Generating again encodes nothing: every pair's delta is published already.
     let again = json(&ok(osdeploy(&a.repo).args(["delta", "generate", "--json", "--to", "stable"])));
-    assert_eq!((&again["reused"], &again["packs_written"]), (&2.into(), &0.into()), "{again}");
+    assert_eq!((&again["reused"], &again["packs_written"]), (&CHANGED.into(), &0.into()), "{again}");
     assert_eq!(delta_packs(&a).len(), 1, "no second pack");
     // Bad requests are refused by name.
     let err = fails(osdeploy(&a.repo).args(["delta", "generate", "--to", &a.commits[0]]));
@@ -251,10 +282,10 @@ fn a_killed_generation_is_finished_by_a_rerun() {
         let fsck = ok(osdeploy(&o.repo).args(["fsck"]));
         assert!(fsck.contains(" 0 errors"), "{point}: {fsck}");
         let rerun = json(&ok(osdeploy(&o.repo).args(["delta", "generate", "--json", "--to", "stable"])));
-        assert_eq!(rerun["listed"], 2, "{point}: {rerun}");
+        assert_eq!(rerun["listed"], CHANGED, "{point}: {rerun}");
         let v1 = &o.commits[0];
         let plan = json(&ok(osdeploy(&o.repo).args(["delta", "--json", v1, "stable"])));
-        assert_eq!(plan["files_from_deltas"], 2, "{point}: {plan}");
+        assert_eq!(plan["files_from_deltas"], CHANGED, "{point}: {plan}");
     }
 }
 
@@ -298,7 +329,7 @@ fn a_mirror_of_a_mirror_serves_deltas_and_prune_drops_them_with_their_release() 
     let m2_server = osdeploy_serve(&m2);
     ok(osdeploy(&node).args(["remote", "add", "edge", &m2_server.url, "--insecure"]));
     let pulled = json(&ok(osdeploy(&node).args(["pull", "--json", "edge", "stable"])));
-    assert_eq!((&pulled["files_from_deltas"], &pulled["delta_fallbacks"]), (&2.into(), &0.into()), "{pulled}");
+    assert_eq!((&pulled["files_from_deltas"], &pulled["delta_fallbacks"]), (&CHANGED.into(), &0.into()), "{pulled}");
     let out = o.tmp.path().join("co");
     ok(osdeploy(&node).args(["checkout", "edge/stable"]).arg(&out));
     assert_same_tree(&o.tree(2), &out);
@@ -326,7 +357,7 @@ fn the_report_compares_updates_from_each_earlier_release() {
     o.commits.push(committed["commit"].as_str().unwrap().to_string());
     let generated = &committed["deltas"];
     assert_eq!(generated["from"].as_array().unwrap().len(), 2, "the last 3 ancestors are 2 here: {committed}");
-    assert_eq!(generated["listed"], 4, "both changed files, from each release: {committed}");
+    assert_eq!(generated["listed"], 2 * CHANGED, "each changed file, from each release: {committed}");
     let svg = o.tmp.path().join("report.svg");
     let rows = json(&ok(osdeploy(&o.repo)
         .args(["delta", "report", "--json", "--last", "5", "--svg"])
@@ -338,7 +369,7 @@ fn the_report_compares_updates_from_each_earlier_release() {
         assert_eq!(row["from"], from.as_str());
         let (with, without) = (&row["with_deltas"]["transfer_bytes"], &row["chunks_only"]["transfer_bytes"]);
         assert!(with.as_u64().unwrap() * 4 < without.as_u64().unwrap(), "{row}");
-        assert_eq!(row["files_from_deltas"], 2, "{row}");
+        assert_eq!(row["files_from_deltas"], CHANGED, "{row}");
     }
     let chart = fs::read_to_string(&svg).unwrap();
     assert!(

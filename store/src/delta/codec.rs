@@ -1,11 +1,13 @@
 //! Delta codecs: how new content is encoded against old content, and rebuilt from the two.
 //!
-//! Two codecs, tried side by side because each wins on different files:
+//! Codecs tried side by side because each wins on different files:
 //! - [`DeltaCodec::ZstdPatch`] is one zstd frame compressed with the old content as its reference
 //!   prefix (the idea of `zstd --patch-from`): strong on text and on data that moved whole.
 //! - [`DeltaCodec::Bsdiff`] is bsdiff's control, diff and extra streams (suffix-array matching by
 //!   qbsdiff), each stored zstd-compressed: strong on executables, where a rebuild shifts addresses
 //!   throughout the code and the bytewise difference of a match is mostly zeros.
+//! - [`DeltaCodec::Gzip`] diffs a gzip file by its inflated content with one of the two above and
+//!   deflates it again exactly ([`super::gzip`]): for compressed docs and initramfs images.
 //!
 //! Decoding treats the payload as hostile: every length is checked against the expected size
 //! before anything is allocated, no decode produces more than that size, and any malformed
@@ -16,6 +18,8 @@ use std::io::{self, Read};
 
 use zstd::zstd_safe::{self, CParameter};
 
+use super::gzip;
+
 /// How a delta payload encodes new content against old content (the number is stored in delta
 /// objects).
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -25,6 +29,8 @@ pub enum DeltaCodec {
     ZstdPatch = 1,
     /// bsdiff's control, diff and extra streams, each in a zstd frame.
     Bsdiff = 2,
+    /// A gzip file's plain text by one of the codecs above, deflated again bit for bit.
+    Gzip = 3,
 }
 
 impl DeltaCodec {
@@ -33,15 +39,17 @@ impl DeltaCodec {
         match v {
             1 => Some(DeltaCodec::ZstdPatch),
             2 => Some(DeltaCodec::Bsdiff),
+            3 => Some(DeltaCodec::Gzip),
             _ => None,
         }
     }
 
-    /// Its name in reports: `zstd-patch` or `bsdiff`.
+    /// Its name in reports: `zstd-patch`, `bsdiff` or `gzip`.
     pub fn as_str(self) -> &'static str {
         match self {
             DeltaCodec::ZstdPatch => "zstd-patch",
             DeltaCodec::Bsdiff => "bsdiff",
+            DeltaCodec::Gzip => "gzip",
         }
     }
 }
@@ -82,8 +90,9 @@ fn is_binary(content: &[u8]) -> bool {
     content[..content.len().min(8 << 10)].contains(&0)
 }
 
-/// Encodes `new` against `old` with `codec` (bsdiff whatever `options.bsdiff_max_input` says).
-/// zstd-patch finds no match in an `old` that overlaps `new` in memory: zstd drops such a prefix.
+/// Encodes `new` against `old` with `codec` (bsdiff whatever `options.bsdiff_max_input` says; gzip
+/// fails on content it cannot rebuild exactly). zstd-patch finds no match in an `old` that
+/// overlaps `new` in memory: zstd drops such a prefix.
 pub fn encode(codec: DeltaCodec, old: &[u8], new: &[u8], options: &EncodeOptions) -> io::Result<Vec<u8>> {
     match codec {
         DeltaCodec::ZstdPatch => {
@@ -91,13 +100,25 @@ pub fn encode(codec: DeltaCodec, old: &[u8], new: &[u8], options: &EncodeOptions
             zstd_compress(new, old, if large { options.large_level } else { options.zstd_level })
         }
         DeltaCodec::Bsdiff => bsdiff_encode(old, new, options.zstd_level),
+        DeltaCodec::Gzip => gzip::encode(old, new, options)?
+            .ok_or_else(|| io::Error::other("not a gzip file that can be deflated again exactly")),
     }
 }
 
 /// Tries every codec that applies (bsdiff only on binary content within
-/// `options.bsdiff_max_input`) and returns the smallest payload; on a tie, the codec with the lower number. Deterministic: the same inputs and
-/// options give the same bytes on any machine.
+/// `options.bsdiff_max_input`, gzip only on gzip files it rebuilds exactly) and returns the
+/// smallest payload; on a tie, the codec with the lower number. Deterministic: the same inputs
+/// and options give the same bytes on any machine.
 pub fn encode_best(old: &[u8], new: &[u8], options: &EncodeOptions) -> io::Result<(DeltaCodec, Vec<u8>)> {
+    let (codec, payload) = encode_best_plain(old, new, options)?;
+    Ok(match gzip::encode(old, new, options)? {
+        Some(gzip) if gzip.len() < payload.len() => (DeltaCodec::Gzip, gzip),
+        _ => (codec, payload),
+    })
+}
+
+/// [`encode_best`] among the codecs that take content as it is: zstd-patch and bsdiff.
+pub(super) fn encode_best_plain(old: &[u8], new: &[u8], options: &EncodeOptions) -> io::Result<(DeltaCodec, Vec<u8>)> {
     let bsdiff_applies =
         is_binary(new) && old.len() <= options.bsdiff_max_input && new.len() <= options.bsdiff_max_input;
     let (zstd_patch, bsdiff) = rayon::join(
@@ -121,6 +142,7 @@ pub fn decode(codec: DeltaCodec, old: &[u8], payload: &[u8], target_size: u64) -
     let new = match codec {
         DeltaCodec::ZstdPatch => zstd_decompress(payload, old, target)?,
         DeltaCodec::Bsdiff => bsdiff_decode(old, payload, target)?,
+        DeltaCodec::Gzip => gzip::decode(old, payload, target_size)?,
     };
     if new.len() != target {
         return Err(format!("{codec} payload yields {} bytes instead of {target_size}", new.len()));
@@ -407,8 +429,10 @@ mod tests {
             assert_eq!(serde_json::to_string(&codec).unwrap(), format!("\"{codec}\""));
         }
         assert_eq!(DeltaCodec::from_u8(0), None);
-        assert_eq!(DeltaCodec::from_u8(3), None);
+        assert_eq!(DeltaCodec::from_u8(3), Some(DeltaCodec::Gzip));
+        assert_eq!(DeltaCodec::from_u8(4), None);
         assert_eq!(DeltaCodec::ZstdPatch.as_str(), "zstd-patch");
+        assert_eq!(serde_json::to_string(&DeltaCodec::Gzip).unwrap(), "\"gzip\"");
         assert_eq!(DeltaCodec::Bsdiff.to_string(), "bsdiff");
     }
 

@@ -3,6 +3,7 @@
 
 pub mod codec;
 pub mod generate;
+pub mod gzip;
 pub mod index;
 pub mod metadata;
 pub mod object;
