@@ -28,6 +28,24 @@ fn library(path: &Path, lines: u64, release: u64) {
     fs::write(path, text).unwrap();
 }
 
+/// Runs `command` (a system tool) on `input`; returns its output.
+fn filter(command: &mut Command, input: &[u8]) -> Vec<u8> {
+    let mut child = command
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{command:?} does not run (cpio and gzip are Debian packages): {e}"));
+    let mut stdin = child.stdin.take().unwrap();
+    let writing = std::thread::spawn({
+        let input = input.to_vec();
+        move || std::io::Write::write_all(&mut stdin, &input)
+    });
+    let out = child.wait_with_output().unwrap();
+    writing.join().unwrap().unwrap();
+    assert!(out.status.success(), "{command:?} failed");
+    out.stdout
+}
+
 /// A changelog of `entries` entries, newest first, compressed as packages ship it (`gzip -9n`, the
 /// system's gzip): a new entry changes every deflate byte after it.
 fn changelog_gz(path: &Path, entries: u64) {
@@ -40,25 +58,30 @@ fn changelog_gz(path: &Path, entries: u64) {
             )
         })
         .collect();
-    let mut gzip = Command::new("gzip")
-        .arg("-9n")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("gzip runs");
-    std::io::Write::write_all(&mut gzip.stdin.take().unwrap(), text.as_bytes()).unwrap();
-    let out = gzip.wait_with_output().unwrap();
-    assert!(out.status.success(), "gzip failed");
     fs::create_dir_all(path.parent().unwrap()).unwrap();
-    fs::write(path, out.stdout).unwrap();
+    fs::write(path, filter(Command::new("gzip").arg("-9n"), text.as_bytes())).unwrap();
+}
+
+/// An initramfs as initramfs-tools makes it: a cpio archive (`cpio -H newc`, the system's cpio)
+/// of files of the release under `root`, compressed by `gzip -9n`.
+fn initramfs(root: &Path, members: &[&str], out: &Path) {
+    let list: String = members.iter().map(|m| format!("{m}\n")).collect();
+    // Fixed times, as a reproducible build clamps them: the same release gives the same image.
+    ok(Command::new("touch").args(["-h", "-d", "@1700000000"]).args(members).current_dir(root));
+    let archive = filter(
+        Command::new("cpio").args(["--quiet", "-o", "-H", "newc", "--reproducible"]).current_dir(root),
+        list.as_bytes(),
+    );
+    fs::create_dir_all(out.parent().unwrap()).unwrap();
+    fs::write(out, filter(Command::new("gzip").arg("-9n"), &archive)).unwrap();
 }
 
 /// How many files change between two releases of [`release_tree`]; each gets a delta.
-const CHANGED: u64 = 3;
+const CHANGED: u64 = 4;
 
-/// Release `n` of a small OS tree: two libraries and a gzip'd changelog that change with each
-/// release (one library under a versioned directory that is renamed), files that never change,
-/// and a random file.
+/// Release `n` of a small OS tree: two libraries, a gzip'd changelog and an initramfs that change
+/// with each release (one library under a versioned directory that is renamed, and in the
+/// initramfs), files that never change, and a random file.
 fn release_tree(root: &Path, n: u64) {
     library(&root.join("usr/lib/libcore.so.1"), 40_000, n);
     library(&root.join(format!("usr/lib/modules/6.1.0-{}-amd64/kernel/fs/ext4.ko", 40 + n)), 20_000, n);
@@ -68,6 +91,9 @@ fn release_tree(root: &Path, n: u64) {
     fs::write(root.join("usr/share/README"), "unchanged\n").unwrap();
     fs::create_dir_all(root.join("etc")).unwrap();
     fs::write(root.join("etc/os-release"), format!("NAME=sample\nVERSION={n}\n")).unwrap();
+    let module = format!("usr/lib/modules/6.1.0-{}-amd64/kernel/fs/ext4.ko", 40 + n);
+    let members = ["etc", "etc/os-release", "usr", "usr/share/README", &module];
+    initramfs(root, &members, &root.join(format!("boot/initrd.img-6.1.0-{}-amd64", 40 + n)));
 }
 
 struct Origin {
@@ -158,7 +184,8 @@ fn a_pull_rebuilds_changed_files_from_deltas_and_moves_what_its_plan_says() {
     assert_eq!(generated["from"], serde_json::json!([v1]), "{generated}");
     assert_eq!(generated["listed"], CHANGED, "each changed file gets a delta: {generated}");
     assert_eq!(generated["by_codec"]["gzip"], 1, "the changelog by its plain text: {generated}");
-    assert_eq!(generated["pairs_by_rule"]["version-masked"], 1, "the renamed module pairs: {generated}");
+    assert_eq!(generated["by_codec"]["gzip-tree"], 1, "the initramfs names the module: {generated}");
+    assert_eq!(generated["pairs_by_rule"]["version-masked"], 2, "the renamed module and initramfs: {generated}");
     // The origin's plan, the plan over HTTP and the node's dry run agree.
     let local = json(&ok(osdeploy(&o.repo).args(["delta", "--json", &v1, "stable"])));
     let remote = json(&ok(osdeploy(&node).args(["delta", "--remote", "origin", "--json", &v1, "stable"])));
@@ -216,6 +243,30 @@ fn a_corrupt_delta_on_the_server_falls_back_to_chunks() {
     assert_eq!(stats["delta_fallbacks"], CHANGED, "{stats}");
     assert_eq!(stats["files_from_deltas"], 0, "{stats}");
     assert!(stats["metadata_fetched"].as_u64().unwrap() > 0, "{stats}");
+    checkout_equals(&node, &o.tree(2), &o.tmp.path().join("co"));
+}
+
+/// An initramfs delta reads the new module from where the pull wrote it; a pull into an archive
+/// repository cannot read its uncommitted files, so there the initramfs falls back to chunks in
+/// a last round, and the tree is still exact.
+#[test]
+fn an_initramfs_naming_files_new_in_the_pull_falls_back_where_they_are_unreadable() {
+    let mut o = Origin::new(1);
+    let server = osdeploy_serve(&o.repo);
+    let node = o.tmp.path().join("archive-node");
+    ok(osdeploy(&node).args(["init", "--mode", "archive"]));
+    ok(osdeploy(&node).args(["remote", "add", "origin", &server.url, "--insecure"]));
+    pull(&node);
+    o.commit(2);
+    ok(osdeploy(&o.repo).args(["delta", "generate", "--to", "stable"]));
+    let planned = json(&ok(osdeploy(&node).args(["pull", "--dry-run", "--json", "origin", "stable"])));
+    let out = osdeploy(&node).args(["pull", "--json", "origin", "stable"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let pulled: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is not readable here"), "the fallback names its cause: {stderr}");
+    assert_eq!((&pulled["files_from_deltas"], &pulled["delta_fallbacks"]), (&(CHANGED - 1).into(), &1.into()));
+    assert!(pulled["requests"].as_u64().unwrap() > planned["requests"].as_u64().unwrap(), "{pulled} {planned}");
     checkout_equals(&node, &o.tree(2), &o.tmp.path().join("co"));
 }
 

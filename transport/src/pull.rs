@@ -30,7 +30,7 @@ use crate::deltas::{self, ChunksOnly, DeltaUse};
 use crate::error::TransportError;
 use crate::fetch::fetch;
 use crate::index::{CacheWrites, RemoteIndex};
-use crate::plan::{CoalesceOptions, FileSource, Indexes, PlannedFile, PullPlan, WholeFile, plan_reads};
+use crate::plan::{CoalesceOptions, FileSource, Indexes, PackRead, PlannedFile, PullPlan, WholeFile, plan_reads};
 use crate::rebuild::DeltaBuilder;
 use crate::remote::{Remote, staging};
 use crate::staging::Staging;
@@ -262,7 +262,9 @@ async fn execute(
     // staged; then one write transaction records them with the trees and the commit, and the
     // ref goes last.
     let mut writer = repo.writer();
-    let fallback = rebuild_from_deltas(repo, client, &index, &plan, &mut writer, &mut staged, options).await?;
+    let mut builder = DeltaBuilder::new(&plan.files, &staged);
+    rebuild_from_deltas(&mut builder, repo, client, &index, &plan, &mut writer, &mut staged, options).await?;
+    let fallback = builder.take_unbuilt();
     crash_point("pull:deltas-applied");
     let adopted = plan.files.iter().filter(|f| f.source == FileSource::Adopted);
     let built: Vec<_> =
@@ -274,17 +276,15 @@ async fn execute(
         reads.extend(plan_reads(&index, &extra, options.coalesce)?);
         missing.extend(extra);
     }
-    let mut assembler = Assembler::new(built.into_iter().map(|f| (f.id, f.object.clone())).collect(), &missing);
-    assembler.write_ready(&mut writer, &staged, repo)?;
-    let wanted = missing.iter().copied().collect();
-    fetch(client, &index, &reads, wanted, &mut staged, options.in_flight, |staged, ids| {
-        assembler.staged(&ids);
-        assembler.write_ready(&mut writer, staged, repo)?;
-        // Chunks no file waits for any more are in their files now: they need no staged copy.
-        Ok(staged.settle(|kind, id| kind != ObjectKind::Chunk || assembler.needs(id))?)
-    })
-    .await?;
-    assembler.finish()?;
+    let mut chunk_phase = ChunkPhase { repo, client, index: &index, writer: &mut writer, staged: &mut staged, options };
+    chunk_phase.run(&built, &missing, &reads).await?;
+    // Deltas that read other files of the release go last; a failed one is fetched as chunks.
+    let late = builder.build_deferred(chunk_phase.writer, repo)?;
+    if !late.is_empty() {
+        let missing = fallback_chunks(repo, chunk_phase.staged, &late, &[])?;
+        let reads = plan_reads(&index, &missing, options.coalesce)?;
+        chunk_phase.run(&late, &missing, &reads).await?;
+    }
     crash_point("pull:before-store");
     for file in adopted {
         writer.adopt_file_object(file.id, &file.object);
@@ -303,13 +303,15 @@ async fn execute(
     crash_point("pull:before-ref");
     repo.write_ref(&local_ref, &plan.to)?;
     staged.clear()?;
-    Ok(fallback.len() as u64)
+    Ok((fallback.len() + late.len()) as u64)
 }
 
 /// Fetches the plan's deltas and rebuilds their files as they arrive. A failed fetch is not the
-/// pull's end: its files are returned with those whose delta did not apply, to be fetched as
+/// pull's end: its files stay in `builder` with those whose delta did not apply, to be fetched as
 /// chunks.
+#[allow(clippy::too_many_arguments)]
 async fn rebuild_from_deltas<'p>(
+    builder: &mut DeltaBuilder<'p>,
     repo: &Repo,
     client: &Client,
     index: &RemoteIndex,
@@ -317,8 +319,7 @@ async fn rebuild_from_deltas<'p>(
     writer: &mut ObjectWriter<'_>,
     staged: &mut Staging,
     options: PullOptions,
-) -> Result<Vec<&'p PlannedFile>, TransportError> {
-    let mut builder = DeltaBuilder::new(&plan.files, staged);
+) -> Result<(), TransportError> {
     builder.build_ready(writer, staged, repo)?;
     let wanted = plan.delta_entries.iter().map(|d| (d.entry.id, ObjectKind::Delta)).collect();
     let fetched = fetch(client, index, plan.delta_reads(), wanted, staged, options.in_flight, |staged, ids| {
@@ -330,7 +331,41 @@ async fn rebuild_from_deltas<'p>(
     if let Err(e) = fetched {
         tracing::warn!("deltas could not be fetched, their files are fetched as chunks: {e}");
     }
-    Ok(builder.unbuilt())
+    Ok(())
+}
+
+/// What writing files from fetched chunks needs.
+struct ChunkPhase<'a, 'w> {
+    repo: &'a Repo,
+    client: &'a Client,
+    index: &'a RemoteIndex,
+    writer: &'a mut ObjectWriter<'w>,
+    staged: &'a mut Staging,
+    options: PullOptions,
+}
+
+impl ChunkPhase<'_, '_> {
+    /// Fetches the `missing` chunks by `reads` and writes each of `files` once its chunks are
+    /// staged.
+    async fn run(
+        &mut self,
+        files: &[&PlannedFile],
+        missing: &[(ObjectId, ObjectKind)],
+        reads: &[PackRead],
+    ) -> Result<(), TransportError> {
+        let (repo, writer) = (self.repo, &mut *self.writer);
+        let mut assembler = Assembler::new(files.iter().map(|f| (f.id, f.object.clone())).collect(), missing);
+        assembler.write_ready(writer, self.staged, repo)?;
+        let wanted = missing.iter().copied().collect();
+        fetch(self.client, self.index, reads, wanted, self.staged, self.options.in_flight, |staged, ids| {
+            assembler.staged(&ids);
+            assembler.write_ready(writer, staged, repo)?;
+            // Chunks no file waits for any more are in their files now: they need no staged copy.
+            Ok(staged.settle(|kind, id| kind != ObjectKind::Chunk || assembler.needs(id))?)
+        })
+        .await?;
+        assembler.finish()
+    }
 }
 
 /// The chunks of `files` that neither the repository nor the staging area holds and that are

@@ -2,13 +2,20 @@
 //! content the node holds, the result is verified chunk by chunk against the file object, and the
 //! file is written like one assembled from chunks. A delta that fails to apply or verify is
 //! reported, and its file is fetched as chunks instead.
+//!
+//! A delta that names other files of the release (an initramfs made of the release's modules:
+//! [`osdeploy_store::delta::codec::DeltaCodec::GzipTree`]) is held back until every other file of
+//! the pull is written, then applied with [`DeltaBuilder::build_deferred`]. Those files are read
+//! from the repository, or in a bare repository from where this pull wrote them; a pull into an
+//! archive repository cannot read its own uncommitted files, so such a file falls back to chunks
+//! there when it names one.
 
 use std::collections::HashMap;
 
 use osdeploy_store::delta::object::DeltaObject;
 use osdeploy_store::object::ObjectKind;
 use osdeploy_store::write::ObjectWriter;
-use osdeploy_store::{ObjectId, Repo};
+use osdeploy_store::{FileId, ObjectId, Repo};
 use rayon::prelude::*;
 
 use crate::error::TransportError;
@@ -26,6 +33,8 @@ pub(crate) struct DeltaBuilder<'p> {
     ready: Vec<ObjectId>,
     /// Files whose delta failed to apply or verify.
     failed: Vec<&'p PlannedFile>,
+    /// Files whose delta reads other files of the release, applied last.
+    deferred: Vec<(&'p PlannedFile, DeltaObject)>,
 }
 
 impl<'p> DeltaBuilder<'p> {
@@ -39,7 +48,7 @@ impl<'p> DeltaBuilder<'p> {
         }
         let mut ready: Vec<ObjectId> = waiting.keys().filter(|id| staged.has(ObjectKind::Delta, id)).copied().collect();
         ready.sort_unstable();
-        DeltaBuilder { waiting, ready, failed: Vec::new() }
+        DeltaBuilder { waiting, ready, failed: Vec::new(), deferred: Vec::new() }
     }
 
     /// Notes newly staged objects.
@@ -64,6 +73,9 @@ impl<'p> DeltaBuilder<'p> {
             let delta = DeltaObject::decode(id, &staged.get(ObjectKind::Delta, &id)?);
             for file in files {
                 match &delta {
+                    Ok(delta) if delta.target == file.id && delta.reads_release_files() => {
+                        self.deferred.push((file, delta.clone()))
+                    }
                     Ok(delta) if delta.target == file.id => jobs.push((file, delta.clone())),
                     Ok(delta) => self.fail(file, &format!("delta {id} rebuilds {}, not this file", delta.target)),
                     Err(e) => self.fail(file, &e.to_string()),
@@ -88,15 +100,44 @@ impl<'p> DeltaBuilder<'p> {
         Ok(())
     }
 
+    /// Applies the deltas held back because they read other files of the release, once those
+    /// are written (by `writer`, not yet committed, or held before); returns the files whose delta
+    /// failed, to be fetched as chunks.
+    pub(crate) fn build_deferred(
+        &mut self,
+        writer: &mut ObjectWriter,
+        repo: &Repo,
+    ) -> Result<Vec<&'p PlannedFile>, TransportError> {
+        let read = |id: &FileId, _: u64| -> Result<Vec<u8>, String> {
+            match (repo.file_content(id), repo.bare()) {
+                (Ok(content), _) => Ok(content),
+                (Err(_), Some(bare)) => {
+                    let path = bare.content_path(id);
+                    std::fs::read(&path).map_err(|e| format!("file {id} of the release ({}): {e}", path.display()))
+                }
+                (Err(e), None) => Err(format!("file {id} of the release is not readable here: {e}")),
+            }
+        };
+        for (file, delta) in std::mem::take(&mut self.deferred) {
+            let built = repo.file_content(&delta.base).and_then(|base| delta.apply_with(&base, &file.object, &read));
+            match built {
+                Ok(content) => write_content(writer, file, &content)?,
+                Err(e) => self.fail(file, &e.to_string()),
+            }
+        }
+        Ok(std::mem::take(&mut self.failed))
+    }
+
     /// True while a file not yet written waits for this delta.
     pub(crate) fn needs(&self, id: &ObjectId) -> bool {
         self.waiting.contains_key(id)
     }
 
-    /// The files not rebuilt: their delta failed, or never arrived.
-    pub(crate) fn unbuilt(self) -> Vec<&'p PlannedFile> {
-        let mut files = self.failed;
-        files.extend(self.waiting.into_values().flatten());
+    /// Takes the files not rebuilt so far: their delta failed, or never arrived. Deferred deltas
+    /// stay for [`Self::build_deferred`].
+    pub(crate) fn take_unbuilt(&mut self) -> Vec<&'p PlannedFile> {
+        let mut files = std::mem::take(&mut self.failed);
+        files.extend(self.waiting.drain().flat_map(|(_, files)| files));
         files
     }
 

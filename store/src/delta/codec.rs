@@ -8,6 +8,8 @@
 //!   throughout the code and the bytewise difference of a match is mostly zeros.
 //! - [`DeltaCodec::Gzip`] diffs a gzip file by its inflated content with one of the two above and
 //!   deflates it again exactly ([`super::gzip`]): for compressed docs and initramfs images.
+//! - [`DeltaCodec::GzipTree`] is the same, naming the members of an initramfs that are files of
+//!   the target release instead of diffing them ([`super::tree_refs`]).
 //!
 //! Decoding treats the payload as hostile: every length is checked against the expected size
 //! before anything is allocated, no decode produces more than that size, and any malformed
@@ -19,6 +21,7 @@ use std::io::{self, Read};
 use zstd::zstd_safe::{self, CParameter};
 
 use super::gzip;
+use crate::id::FileId;
 
 /// How a delta payload encodes new content against old content (the number is stored in delta
 /// objects).
@@ -31,6 +34,9 @@ pub enum DeltaCodec {
     Bsdiff = 2,
     /// A gzip file's plain text by one of the codecs above, deflated again bit for bit.
     Gzip = 3,
+    /// [`DeltaCodec::Gzip`] naming files of the target release that its plain text contains:
+    /// applied once the node holds them.
+    GzipTree = 4,
 }
 
 impl DeltaCodec {
@@ -40,16 +46,18 @@ impl DeltaCodec {
             1 => Some(DeltaCodec::ZstdPatch),
             2 => Some(DeltaCodec::Bsdiff),
             3 => Some(DeltaCodec::Gzip),
+            4 => Some(DeltaCodec::GzipTree),
             _ => None,
         }
     }
 
-    /// Its name in reports: `zstd-patch`, `bsdiff` or `gzip`.
+    /// Its name in reports: `zstd-patch`, `bsdiff`, `gzip` or `gzip-tree`.
     pub fn as_str(self) -> &'static str {
         match self {
             DeltaCodec::ZstdPatch => "zstd-patch",
             DeltaCodec::Bsdiff => "bsdiff",
             DeltaCodec::Gzip => "gzip",
+            DeltaCodec::GzipTree => "gzip-tree",
         }
     }
 }
@@ -90,9 +98,20 @@ fn is_binary(content: &[u8]) -> bool {
     content[..content.len().min(8 << 10)].contains(&0)
 }
 
+/// Reads a file of the target release by id and size, for [`DeltaCodec::GzipTree`].
+pub type FileReader<'a> = dyn Fn(&FileId, u64) -> Result<Vec<u8>, String> + 'a;
+
+/// Tells the file of the target release whose content is the given bytes, if any.
+pub type ReleaseLookup<'a> = dyn Fn(&[u8]) -> Option<FileId> + 'a;
+
+/// A [`FileReader`] for deltas that read no release file: any request is an error.
+pub fn no_files(file: &FileId, _: u64) -> Result<Vec<u8>, String> {
+    Err(format!("this delta cannot read file {file} of the release"))
+}
+
 /// Encodes `new` against `old` with `codec` (bsdiff whatever `options.bsdiff_max_input` says; gzip
-/// fails on content it cannot rebuild exactly). zstd-patch finds no match in an `old` that
-/// overlaps `new` in memory: zstd drops such a prefix.
+/// fails on content it cannot rebuild exactly, gzip-tree here always: see [`encode_best`]).
+/// zstd-patch finds no match in an `old` that overlaps `new` in memory: zstd drops such a prefix.
 pub fn encode(codec: DeltaCodec, old: &[u8], new: &[u8], options: &EncodeOptions) -> io::Result<Vec<u8>> {
     match codec {
         DeltaCodec::ZstdPatch => {
@@ -100,19 +119,29 @@ pub fn encode(codec: DeltaCodec, old: &[u8], new: &[u8], options: &EncodeOptions
             zstd_compress(new, old, if large { options.large_level } else { options.zstd_level })
         }
         DeltaCodec::Bsdiff => bsdiff_encode(old, new, options.zstd_level),
-        DeltaCodec::Gzip => gzip::encode(old, new, options)?
+        DeltaCodec::Gzip => gzip::encode(old, new, options, None)?
+            .map(|encoded| encoded.payload)
             .ok_or_else(|| io::Error::other("not a gzip file that can be deflated again exactly")),
+        DeltaCodec::GzipTree => Err(io::Error::other("gzip-tree deltas need the release's files: see encode_best")),
     }
 }
 
 /// Tries every codec that applies (bsdiff only on binary content within
-/// `options.bsdiff_max_input`, gzip only on gzip files it rebuilds exactly) and returns the
-/// smallest payload; on a tie, the codec with the lower number. Deterministic: the same inputs
-/// and options give the same bytes on any machine.
-pub fn encode_best(old: &[u8], new: &[u8], options: &EncodeOptions) -> io::Result<(DeltaCodec, Vec<u8>)> {
+/// `options.bsdiff_max_input`, gzip only on gzip files it rebuilds exactly, naming the files of
+/// the target release that `release` knows by content) and returns the smallest payload; on a
+/// tie, the codec with the lower number. Deterministic: the same inputs and options give the same
+/// bytes on any machine.
+pub fn encode_best(
+    old: &[u8],
+    new: &[u8],
+    options: &EncodeOptions,
+    release: Option<&ReleaseLookup<'_>>,
+) -> io::Result<(DeltaCodec, Vec<u8>)> {
     let (codec, payload) = encode_best_plain(old, new, options)?;
-    Ok(match gzip::encode(old, new, options)? {
-        Some(gzip) if gzip.len() < payload.len() => (DeltaCodec::Gzip, gzip),
+    Ok(match gzip::encode(old, new, options, release)? {
+        Some(gzip) if gzip.payload.len() < payload.len() => {
+            (if gzip.uses_release_files { DeltaCodec::GzipTree } else { DeltaCodec::Gzip }, gzip.payload)
+        }
         _ => (codec, payload),
     })
 }
@@ -132,17 +161,29 @@ pub(super) fn encode_best_plain(old: &[u8], new: &[u8], options: &EncodeOptions)
     })
 }
 
-/// Rebuilds the new content from `old` and a `codec` payload. Never produces more than
-/// `target_size` bytes, and allocates only in proportion to it whatever the payload declares (the
-/// output, and for bsdiff the streams, checked against it first): a payload that yields more or
-/// fewer bytes, or is malformed in any way, is an error describing the problem.
-pub fn decode(codec: DeltaCodec, old: &[u8], payload: &[u8], target_size: u64) -> Result<Vec<u8>, String> {
+/// Rebuilds the new content from `old` and a `codec` payload (`files` reads the release files a
+/// gzip-tree delta names). Never produces more than `target_size` bytes, and allocates only in
+/// proportion to it whatever the payload declares (the output, and for bsdiff the streams, checked
+/// against it first): a payload that yields more or fewer bytes, or is malformed in any way, is an
+/// error describing the problem.
+pub fn decode(
+    codec: DeltaCodec,
+    old: &[u8],
+    payload: &[u8],
+    target_size: u64,
+    files: &FileReader<'_>,
+) -> Result<Vec<u8>, String> {
     let target =
         usize::try_from(target_size).map_err(|_| format!("target size {target_size} does not fit in memory"))?;
     let new = match codec {
         DeltaCodec::ZstdPatch => zstd_decompress(payload, old, target)?,
         DeltaCodec::Bsdiff => bsdiff_decode(old, payload, target)?,
-        DeltaCodec::Gzip => gzip::decode(old, payload, target_size)?,
+        DeltaCodec::Gzip | DeltaCodec::GzipTree => {
+            if gzip::uses_release_files(payload) != (codec == DeltaCodec::GzipTree) {
+                return Err(format!("a {codec} delta whose payload says otherwise"));
+            }
+            gzip::decode(old, payload, target_size, files)?
+        }
     };
     if new.len() != target {
         return Err(format!("{codec} payload yields {} bytes instead of {target_size}", new.len()));
@@ -408,7 +449,7 @@ mod tests {
 
     fn round_trip(codec: DeltaCodec, old: &[u8], new: &[u8]) -> Vec<u8> {
         let payload = encode(codec, old, new, &EncodeOptions::default()).unwrap();
-        let decoded = decode(codec, old, &payload, new.len() as u64).unwrap();
+        let decoded = decode(codec, old, &payload, new.len() as u64, &no_files).unwrap();
         assert!(decoded == new, "{codec} does not round-trip ({} → {} bytes)", old.len(), new.len());
         payload
     }
@@ -430,7 +471,9 @@ mod tests {
         }
         assert_eq!(DeltaCodec::from_u8(0), None);
         assert_eq!(DeltaCodec::from_u8(3), Some(DeltaCodec::Gzip));
-        assert_eq!(DeltaCodec::from_u8(4), None);
+        assert_eq!(DeltaCodec::from_u8(4), Some(DeltaCodec::GzipTree));
+        assert_eq!(DeltaCodec::from_u8(5), None);
+        assert_eq!(DeltaCodec::GzipTree.as_str(), "gzip-tree");
         assert_eq!(DeltaCodec::ZstdPatch.as_str(), "zstd-patch");
         assert_eq!(serde_json::to_string(&DeltaCodec::Gzip).unwrap(), "\"gzip\"");
         assert_eq!(DeltaCodec::Bsdiff.to_string(), "bsdiff");
@@ -504,17 +547,17 @@ mod tests {
         }
         let options = EncodeOptions::default();
         let sizes = CODECS.map(|codec| encode(codec, &old, &new, &options).unwrap().len());
-        let (codec, payload) = encode_best(&old, &new, &options).unwrap();
+        let (codec, payload) = encode_best(&old, &new, &options, None).unwrap();
         assert_eq!(payload.len(), sizes.into_iter().min().unwrap());
         assert_eq!(codec, if sizes[1] < sizes[0] { DeltaCodec::Bsdiff } else { DeltaCodec::ZstdPatch });
-        assert_eq!(decode(codec, &old, &payload, new.len() as u64).unwrap(), new);
-        assert_eq!(encode_best(&old, &new, &options).unwrap(), (codec, payload), "not deterministic");
+        assert_eq!(decode(codec, &old, &payload, new.len() as u64, &no_files).unwrap(), new);
+        assert_eq!(encode_best(&old, &new, &options, None).unwrap(), (codec, payload), "not deterministic");
 
         let no_bsdiff = EncodeOptions { bsdiff_max_input: 99_999, ..options };
-        assert_eq!(encode_best(&old, &new, &no_bsdiff).unwrap().0, DeltaCodec::ZstdPatch);
+        assert_eq!(encode_best(&old, &new, &no_bsdiff, None).unwrap().0, DeltaCodec::ZstdPatch);
         // Text (no NUL byte) is never given to bsdiff.
         let text = |bytes: &[u8]| bytes.iter().map(|b| b'a' + b % 26).collect::<Vec<u8>>();
-        assert_eq!(encode_best(&text(&old), &text(&new), &options).unwrap().0, DeltaCodec::ZstdPatch);
+        assert_eq!(encode_best(&text(&old), &text(&new), &options, None).unwrap().0, DeltaCodec::ZstdPatch);
     }
 
     #[test]
@@ -525,12 +568,12 @@ mod tests {
             let payload = encode(codec, &old, &new, &EncodeOptions::default()).unwrap();
             let len = new.len() as u64;
             for target in [0, len - 1, len + 1, 2 * len] {
-                assert!(decode(codec, &old, &payload, target).is_err(), "{codec}: accepted target {target}");
+                assert!(decode(codec, &old, &payload, target, &no_files).is_err(), "{codec}: accepted target {target}");
             }
             for cut in [0, 1, 10, 24, 25, payload.len() / 2, payload.len() - 1] {
-                assert!(decode(codec, &old, &payload[..cut], len).is_err(), "{codec}: accepted {cut} bytes");
+                assert!(decode(codec, &old, &payload[..cut], len, &no_files).is_err(), "{codec}: accepted {cut} bytes");
             }
-            assert!(decode(codec, &old, &pseudo_random(payload.len(), 8), len).is_err(), "{codec}: garbage");
+            assert!(decode(codec, &old, &pseudo_random(payload.len(), 8), len, &no_files).is_err(), "{codec}: garbage");
         }
     }
 
@@ -551,7 +594,7 @@ mod tests {
     fn bsdiff_decode_checks_every_triple() {
         let old = b"abcdefgh";
         let decode = |triples: &[[i64; 3]], diff: &[u8], extra: &[u8], target| {
-            decode(DeltaCodec::Bsdiff, old, &bsdiff_payload(triples, diff, extra), target)
+            decode(DeltaCodec::Bsdiff, old, &bsdiff_payload(triples, diff, extra), target, &no_files)
         };
         assert_eq!(decode(&[[4, 2, 2], [2, 0, -8]], &[0, 1, 0, 0, 0, 0], b"XY", 8).unwrap(), b"accdXYgh");
         // Adds past the end of old.
@@ -607,7 +650,7 @@ mod tests {
             for codec in CODECS {
                 for new in [&new, &unrelated] {
                     let payload = encode(codec, &old, new, &options).unwrap();
-                    prop_assert_eq!(&decode(codec, &old, &payload, new.len() as u64).unwrap(), new);
+                    prop_assert_eq!(&decode(codec, &old, &payload, new.len() as u64, &no_files).unwrap(), new);
                 }
             }
         }
@@ -619,7 +662,7 @@ mod tests {
             target in 0u64..1024,
         ) {
             for codec in CODECS {
-                let _ = decode(codec, &old, &payload, target);
+                let _ = decode(codec, &old, &payload, target, &no_files);
             }
         }
 
@@ -632,7 +675,7 @@ mod tests {
         ) {
             let payload = bsdiff_payload(&triples, &diff, &extra);
             let target = (diff.len() + extra.len()) as u64;
-            if let Ok(new) = decode(DeltaCodec::Bsdiff, &old, &payload, target) {
+            if let Ok(new) = decode(DeltaCodec::Bsdiff, &old, &payload, target, &no_files) {
                 prop_assert_eq!(new.len() as u64, target);
             }
         }
@@ -648,7 +691,7 @@ mod tests {
                     let at = at.index(payload.len());
                     payload[at] ^= mask;
                 }
-                if let Ok(decoded) = decode(codec, &old, &payload, new.len() as u64) {
+                if let Ok(decoded) = decode(codec, &old, &payload, new.len() as u64, &no_files) {
                     prop_assert_eq!(decoded.len(), new.len());
                 }
             }

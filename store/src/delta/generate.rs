@@ -14,12 +14,14 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 use std::time::Instant;
 
 use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::archive::{ArchiveStore, PACK_TARGET_SIZE};
+use crate::chunker::Chunker;
 use crate::compress::Codec;
 use crate::delta::codec::{DeltaCodec, EncodeOptions, encode_best};
 use crate::delta::index::{DeltaEntry, DeltaIndex, MetadataEntry};
@@ -31,7 +33,7 @@ use crate::error::{IoContext, Result, StoreError};
 use crate::fsutil::{crash_point, fsync_dir, syncfs, unique_tmp_name};
 use crate::id::{ChunkId, CommitId, FileId, ObjectId};
 use crate::layout;
-use crate::object::{EntryKind, ObjectKind};
+use crate::object::{EntryKind, FileObject, ObjectKind};
 use crate::pack::{ENTRY_HEADER_LEN, FinishedPack, PackWriter};
 use crate::repo::Repo;
 use crate::tree::walk;
@@ -115,10 +117,13 @@ pub fn generate(
     let previous = published.index_of(&to).map(|p| &p.index);
     let mut stats = GenerateStats { to, from: from.to_vec(), ..Default::default() };
     let from: Vec<CommitId> = from.iter().copied().filter(|f| *f != to).collect();
-    let jobs = pair_contents(repo, archive, &from, to, &mut stats)?;
+    let new_files = tree_files(repo, &to)?;
+    let jobs = pair_contents(repo, archive, &from, &new_files, &mut stats)?;
+    let release = ReleaseFiles::new(repo, &new_files);
     // Deltas an earlier run listed for this release stay listed.
     let mut listed = previous.map(|p| p.entries.clone()).unwrap_or_default();
-    let mut new_deltas = encode_files(archive, &published, &jobs, options, progress, &mut stats, &mut listed)?;
+    let mut new_deltas =
+        encode_files(archive, &published, &jobs, &release, options, progress, &mut stats, &mut listed)?;
     let mut metadata = previous.map(|p| p.metadata.clone()).unwrap_or_default();
     for old in &from {
         if metadata.iter().any(|m| m.from == *old) {
@@ -157,15 +162,14 @@ fn pair_contents(
     repo: &Repo,
     archive: &ArchiveStore,
     from: &[CommitId],
-    to: CommitId,
+    new_files: &[TreeFile],
     stats: &mut GenerateStats,
 ) -> Result<Vec<Job>> {
-    let new_files = tree_files(repo, &to)?;
     let mut jobs: BTreeMap<(FileId, FileId), Job> = BTreeMap::new();
     for old in from {
         let old_files = tree_files(repo, old)?;
         let old_chunks = chunks_of(repo, &old_files)?;
-        for pairing in pair(&old_files, &new_files) {
+        for pairing in pair(&old_files, new_files) {
             let cost = chunk_cost(repo, archive, &pairing.target, &old_chunks)?;
             match jobs.entry((pairing.target, pairing.base)) {
                 std::collections::btree_map::Entry::Occupied(mut job) => {
@@ -190,10 +194,12 @@ fn pair_contents(
 
 /// Encodes the pairs on all cores (reusing published deltas), and returns the new deltas smaller
 /// than their chunks; reused ones go straight to `listed`.
+#[allow(clippy::too_many_arguments)]
 fn encode_files(
     archive: &ArchiveStore,
     published: &PublishedDeltas,
     jobs: &[Job],
+    release: &ReleaseFiles,
     options: &GenerateOptions,
     progress: &(dyn Fn(u64, u64) + Sync),
     stats: &mut GenerateStats,
@@ -209,7 +215,7 @@ fn encode_files(
         let encoded: Vec<Result<Outcome>> = batch
             .par_iter()
             .map(|job| {
-                let outcome = encode_job(archive, job, known.get(&(job.base, job.target)), options);
+                let outcome = encode_job(archive, job, known.get(&(job.base, job.target)), release, options);
                 tick();
                 outcome
             })
@@ -298,6 +304,7 @@ fn encode_job(
     archive: &ArchiveStore,
     job: &Job,
     known: Option<&DeltaEntry>,
+    release: &ReleaseFiles,
     options: &GenerateOptions,
 ) -> Result<Outcome> {
     if let Some(entry) = known {
@@ -308,7 +315,7 @@ fn encode_job(
     }
     let base = archive.file_content(&job.base)?;
     let target = archive.file_content(&job.target)?;
-    let (codec, payload) = encode_best(&base, &target, &options.codec)
+    let (codec, payload) = encode_best(&base, &target, &options.codec, Some(&|content| release.lookup(content)))
         .map_err(|error| StoreError::Io { path: format!("(delta {} → {})", job.base, job.target).into(), error })?;
     let object = DeltaObject { base: job.base, target: job.target, target_size: target.len() as u64, codec, payload };
     let bytes = object.encode();
@@ -362,6 +369,42 @@ fn tree_files(repo: &Repo, commit: &CommitId) -> Result<Vec<TreeFile>> {
         Ok(())
     })?;
     Ok(files)
+}
+
+/// The files of the target release, to recognise their contents inside other files (the
+/// members of an initramfs).
+struct ReleaseFiles {
+    chunker: Chunker,
+    sizes: HashSet<u64>,
+    ids: HashSet<FileId>,
+}
+
+impl ReleaseFiles {
+    fn new(repo: &Repo, files: &[TreeFile]) -> ReleaseFiles {
+        ReleaseFiles {
+            chunker: Chunker::new(repo.config().chunker),
+            sizes: files.iter().map(|f| f.size).collect(),
+            ids: files.iter().map(|f| f.file).collect(),
+        }
+    }
+
+    /// The release file whose content is `content`: its file object is computed as a commit
+    /// would, and looked up.
+    fn lookup(&self, content: &[u8]) -> Option<FileId> {
+        if !self.sizes.contains(&(content.len() as u64)) {
+            return None;
+        }
+        let mut chunks = Vec::new();
+        let size = self
+            .chunker
+            .split(content, Path::new("(member of a file)"), |chunk| {
+                chunks.push((ChunkId(ObjectId::of(chunk)), chunk.len() as u32));
+                Ok(())
+            })
+            .ok()?;
+        let id = FileId(ObjectId::of(&FileObject { size, chunks }.encode()));
+        self.ids.contains(&id).then_some(id)
+    }
 }
 
 /// Every chunk of the given files.

@@ -7,11 +7,16 @@
 //! records only where it guessed wrong (a few hundred bytes for a 36 MB initramfs), and generation
 //! keeps such a delta only when decoding it was proven to give back the exact file.
 //!
-//! Payload: a flags byte (bit 0: the base was inflated, else used as it is), the inflated sizes of
-//! the target and the base (u64 each), then three u32-length-prefixed byte strings — the gzip
-//! header, what follows the deflate stream (the CRC-32 and size trailer), preflate's corrections —
-//! and last the inner codec's number and its payload, which encodes the target's plain text
-//! against the base's.
+//! When the plain text is cpio archives whose members are files of the target release (an
+//! initramfs), those members are named instead of diffed ([`super::tree_refs`]); such a delta is
+//! [`DeltaCodec::GzipTree`], applied once the node holds the release's other files.
+//!
+//! Payload: a flags byte (bit 0: the base was inflated, else used as it is; bit 1: references to
+//! release files follow), the inflated sizes of the target and the base (u64 each), then three
+//! u32-length-prefixed byte strings — the gzip header, what follows the deflate stream (the CRC-32
+//! and size trailer), preflate's corrections — then with bit 1 a u32 count and that many
+//! references, and last the inner codec's number and its payload, which encodes the target's plain
+//! text (without the referenced ranges) against the base's.
 //!
 //! preflate's reconstruction is not hardened against hostile corrections as our own decoders are:
 //! panics are caught and become errors, and delta objects reach a decoder only after their id was
@@ -21,7 +26,9 @@ use std::io::{self, Read};
 
 use preflate_rs::{PreflateConfig, preflate_whole_deflate_stream, recreate_whole_deflate_stream};
 
-use crate::delta::codec::{self, DeltaCodec, EncodeOptions};
+use crate::delta::codec::{self, DeltaCodec, EncodeOptions, FileReader, ReleaseLookup};
+use crate::delta::tree_refs::{self, REF_LEN, TreeRef};
+use crate::id::FileId;
 
 /// Largest plain text a gzip delta inflates (of its base or target): applying holds both.
 pub const MAX_INFLATED: u64 = 256 << 20;
@@ -32,6 +39,8 @@ const MAX_TRAILER: usize = 4096;
 
 /// Flag: the base was inflated before the inner codec used it.
 const BASE_INFLATED: u8 = 1;
+/// Flag: references to files of the release follow the corrections.
+const TREE_REFS: u8 = 2;
 
 /// Length of the gzip header at the start of `content`, if it is one (RFC 1952: deflate method,
 /// no reserved flags, optional extra field, name, comment and header CRC).
@@ -71,10 +80,24 @@ fn inflate(content: &[u8], limit: u64) -> Result<Vec<u8>, String> {
     Ok(plain)
 }
 
+/// A gzip delta payload, and whether it names files of the release ([`DeltaCodec::GzipTree`]).
+pub struct Encoded {
+    /// The payload.
+    pub payload: Vec<u8>,
+    /// True when applying it reads files of the target release.
+    pub uses_release_files: bool,
+}
+
 /// Encodes the gzip file `new` by its plain text against `old` (inflated too when it is a gzip
-/// file), with the best inner codec. `None` when `new` is not a gzip file preflate can rebuild,
-/// or when decoding the payload does not give back `new` exactly.
-pub fn encode(old: &[u8], new: &[u8], options: &EncodeOptions) -> io::Result<Option<Vec<u8>>> {
+/// file), with the best inner codec; members of cpio archives in it that `release` knows as files
+/// of the target release are named instead. `None` when `new` is not a gzip file preflate can
+/// rebuild, or when decoding the payload does not give back `new` exactly.
+pub fn encode(
+    old: &[u8],
+    new: &[u8],
+    options: &EncodeOptions,
+    release: Option<&ReleaseLookup<'_>>,
+) -> io::Result<Option<Encoded>> {
     let Some(header) = header_len(new) else { return Ok(None) };
     let config =
         PreflateConfig { plain_text_limit: MAX_INFLATED as usize, verify_compression: false, ..Default::default() };
@@ -86,20 +109,43 @@ pub fn encode(old: &[u8], new: &[u8], options: &EncodeOptions) -> io::Result<Opt
     if trailer.len() > MAX_TRAILER {
         return Ok(None);
     }
+    let plain = plain.text();
+    let refs = release.map(|release| tree_refs::find(plain, release)).unwrap_or_default();
+    let literals = if refs.is_empty() { None } else { Some(tree_refs::literals(plain, &refs)) };
     let base = inflate(old, MAX_INFLATED).ok();
-    let (inner, inner_payload) = codec::encode_best_plain(base.as_deref().unwrap_or(old), plain.text(), options)?;
-    let mut payload = vec![if base.is_some() { BASE_INFLATED } else { 0 }];
-    payload.extend_from_slice(&(plain.text().len() as u64).to_le_bytes());
-    payload.extend_from_slice(&(base.as_ref().map_or(0, |b| b.len()) as u64).to_le_bytes());
+    let mut flags = if base.is_some() { BASE_INFLATED } else { 0 };
+    if !refs.is_empty() {
+        flags |= TREE_REFS;
+    }
+    let base_size = base.as_ref().map_or(0, |b| b.len());
+    let (inner, inner_payload) =
+        codec::encode_best_plain(base.as_deref().unwrap_or(old), literals.as_deref().unwrap_or(plain), options)?;
+    drop(base);
+    let mut payload = vec![flags];
+    payload.extend_from_slice(&(plain.len() as u64).to_le_bytes());
+    payload.extend_from_slice(&(base_size as u64).to_le_bytes());
     for part in [&new[..header], trailer, &analysis.corrections] {
         payload.extend_from_slice(&(part.len() as u32).to_le_bytes());
         payload.extend_from_slice(part);
     }
+    if !refs.is_empty() {
+        payload.extend_from_slice(&(refs.len() as u32).to_le_bytes());
+        refs.iter().for_each(|r| r.encode(&mut payload));
+    }
     payload.push(inner as u8);
     payload.extend_from_slice(&inner_payload);
-    drop(plain);
     // Kept only when proven: the decoder, as a node runs it, gives back the file exactly.
-    Ok(decode(old, &payload, new.len() as u64).is_ok_and(|rebuilt| rebuilt == new).then_some(payload))
+    let files = |id: &FileId, len: u64| {
+        let r = refs.iter().find(|r| r.file == *id && r.len == len).ok_or("not a referenced file")?;
+        Ok(plain[r.offset as usize..(r.offset + r.len) as usize].to_vec())
+    };
+    let exact = decode(old, &payload, new.len() as u64, &files).is_ok_and(|rebuilt| rebuilt == new);
+    Ok(exact.then_some(Encoded { payload, uses_release_files: !refs.is_empty() }))
+}
+
+/// True when the gzip delta `payload` names files of the release.
+pub fn uses_release_files(payload: &[u8]) -> bool {
+    payload.first().is_some_and(|flags| flags & TREE_REFS != 0)
 }
 
 /// Splits `len` bytes off the front of `rest`.
@@ -119,11 +165,12 @@ fn take_part<'a>(rest: &mut &'a [u8], what: &str) -> Result<&'a [u8], String> {
     take(rest, len as usize, what)
 }
 
-/// Rebuilds the gzip file of `target_size` bytes from `old` and a payload of [`encode`].
-pub fn decode(old: &[u8], payload: &[u8], target_size: u64) -> Result<Vec<u8>, String> {
+/// Rebuilds the gzip file of `target_size` bytes from `old` and a payload of [`encode`]; `files`
+/// reads the release files it names.
+pub fn decode(old: &[u8], payload: &[u8], target_size: u64, files: &FileReader<'_>) -> Result<Vec<u8>, String> {
     let mut rest = payload;
     let flags = take(&mut rest, 1, "flags")?[0];
-    if flags & !BASE_INFLATED != 0 {
+    if flags & !(BASE_INFLATED | TREE_REFS) != 0 {
         return Err(format!("gzip delta has unknown flags {flags:#x}"));
     }
     let plain_size = take_u64(&mut rest, "plain size")?;
@@ -134,6 +181,15 @@ pub fn decode(old: &[u8], payload: &[u8], target_size: u64) -> Result<Vec<u8>, S
     let header = take_part(&mut rest, "gzip header")?;
     let trailer = take_part(&mut rest, "trailer")?;
     let corrections = take_part(&mut rest, "corrections")?;
+    let refs: Vec<TreeRef> = if flags & TREE_REFS != 0 {
+        let count = u32::from_le_bytes(take(&mut rest, 4, "reference count")?.try_into().expect("4 bytes"));
+        let bytes = take(&mut rest, (count as usize).saturating_mul(REF_LEN), "references")?;
+        bytes.as_chunks::<{ REF_LEN }>().0.iter().map(TreeRef::decode).collect()
+    } else {
+        Vec::new()
+    };
+    let referenced = refs.iter().try_fold(0u64, |sum, r| sum.checked_add(r.len)).filter(|r| *r <= plain_size);
+    let literal_size = plain_size - referenced.ok_or("gzip delta references more bytes than its plain text")?;
     let inner = take(&mut rest, 1, "inner codec")?[0];
     let inner = match DeltaCodec::from_u8(inner) {
         Some(codec @ (DeltaCodec::ZstdPatch | DeltaCodec::Bsdiff)) => codec,
@@ -153,8 +209,9 @@ pub fn decode(old: &[u8], payload: &[u8], target_size: u64) -> Result<Vec<u8>, S
         None
     };
     let base = inflated_base.as_deref().unwrap_or(old);
-    let plain = codec::decode(inner, base, rest, plain_size)?;
+    let literals = codec::decode(inner, base, rest, literal_size, &codec::no_files)?;
     drop(inflated_base);
+    let plain = if refs.is_empty() { literals } else { tree_refs::splice(&literals, &refs, plain_size, files)? };
     let deflated = std::panic::catch_unwind(|| recreate_whole_deflate_stream(&plain, corrections))
         .map_err(|_| "deflating again failed (preflate panicked)".to_owned())?
         .map_err(|e| format!("deflating again failed: {e}"))?;
@@ -170,6 +227,9 @@ mod tests {
     use std::io::Write;
 
     use super::*;
+    use crate::delta::codec::no_files;
+    use crate::delta::tree_refs::newc_member;
+    use crate::id::ObjectId;
 
     fn gzip(plain: &[u8], level: u32) -> Vec<u8> {
         let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level));
@@ -198,51 +258,87 @@ mod tests {
         let new_plain = [&b"pkg (2000.0-1) unstable; urgency=high\n\n  * Security fix.\n\n"[..], &old_plain].concat();
         for level in [1, 6, 9] {
             let (old, new) = (gzip(&old_plain, level), gzip(&new_plain, level));
-            let payload = encode(&old, &new, &EncodeOptions::default()).unwrap().expect("a gzip delta");
-            assert_eq!(decode(&old, &payload, new.len() as u64).unwrap(), new);
+            let payload = encode(&old, &new, &EncodeOptions::default(), None).unwrap().expect("a gzip delta").payload;
+            assert_eq!(decode(&old, &payload, new.len() as u64, &no_files).unwrap(), new);
             let (_, raw) = codec::encode_best_plain(&old, &new, &EncodeOptions::default()).unwrap();
             assert!(payload.len() * 4 < raw.len(), "level {level}: {} vs {} bytes", payload.len(), raw.len());
         }
         // A base that is not gzip is used as it is.
         let new = gzip(&new_plain, 9);
-        let payload = encode(&old_plain, &new, &EncodeOptions::default()).unwrap().unwrap();
+        let payload = encode(&old_plain, &new, &EncodeOptions::default(), None).unwrap().unwrap().payload;
         assert_eq!(payload[0], 0);
-        assert_eq!(decode(&old_plain, &payload, new.len() as u64).unwrap(), new);
+        assert_eq!(decode(&old_plain, &payload, new.len() as u64, &no_files).unwrap(), new);
     }
 
     #[test]
     fn what_is_not_one_rebuildable_gzip_member_is_not_a_candidate() {
         let options = EncodeOptions::default();
-        assert!(encode(b"old", &changelog(10), &options).unwrap().is_none());
+        assert!(encode(b"old", &changelog(10), &options, None).unwrap().is_none());
         let mut two_members = gzip(&changelog(400), 9);
         two_members.extend_from_slice(&gzip(&changelog(500), 9));
-        assert!(encode(b"old", &two_members, &options).unwrap().is_none());
+        assert!(encode(b"old", &two_members, &options, None).unwrap().is_none());
         let mut truncated = gzip(&changelog(400), 9);
         truncated.truncate(truncated.len() / 2);
-        assert!(encode(b"old", &truncated, &options).unwrap().is_none());
+        assert!(encode(b"old", &truncated, &options, None).unwrap().is_none());
     }
 
     #[test]
     fn hostile_payloads_are_errors() {
         let (old, new) = (gzip(&changelog(300), 9), gzip(&changelog(301), 9));
-        let payload = encode(&old, &new, &EncodeOptions::default()).unwrap().unwrap();
+        let payload = encode(&old, &new, &EncodeOptions::default(), None).unwrap().unwrap().payload;
         let size = new.len() as u64;
         for len in [0, 1, 9, 17, 30, payload.len() - 1] {
-            assert!(decode(&old, &payload[..len], size).is_err(), "truncated to {len}");
+            assert!(decode(&old, &payload[..len], size, &no_files).is_err(), "truncated to {len}");
         }
         let mut huge = payload.clone();
         huge[1..9].copy_from_slice(&u64::MAX.to_le_bytes());
-        assert!(decode(&old, &huge, size).unwrap_err().contains("inflated bytes"));
+        assert!(decode(&old, &huge, size, &no_files).unwrap_err().contains("inflated bytes"));
         let mut other_base = old.clone();
         let at = other_base.len() - 20;
         other_base[at] ^= 0xff;
-        assert!(decode(&other_base, &payload, size).is_err());
+        assert!(decode(&other_base, &payload, size, &no_files).is_err());
         let mut flipped = payload.clone();
         for at in (25..flipped.len()).step_by(7) {
             flipped[at] ^= 0x55;
-            let _ = decode(&old, &flipped, size);
+            let _ = decode(&old, &flipped, size, &no_files);
             flipped[at] ^= 0x55;
         }
-        assert!(decode(&old, &payload, size + 1).unwrap_err().contains("instead of"));
+        assert!(decode(&old, &payload, size + 1, &no_files).unwrap_err().contains("instead of"));
+    }
+
+    #[test]
+    fn initramfs_members_that_are_release_files_are_named() {
+        // A rebuilt module: every line differs between releases.
+        let module = |release: u8| -> Vec<u8> {
+            let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ u64::from(release);
+            (0..4000)
+                .flat_map(|i| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    format!("sym_{i} {:08x}\n", x >> 32).into_bytes()
+                })
+                .collect()
+        };
+        let initramfs = |release: u8| {
+            let mut cpio = Vec::new();
+            newc_member(&mut cpio, "conf/initramfs.conf", 0o100644, format!("MODULES=most # {release}\n").as_bytes());
+            newc_member(&mut cpio, "usr/lib/modules/ext4.ko", 0o100644, &module(release));
+            newc_member(&mut cpio, "TRAILER!!!", 0, b"");
+            gzip(&cpio, 9)
+        };
+        let (old, new) = (initramfs(1), initramfs(2));
+        let module_id = FileId(ObjectId::of(b"the new module"));
+        let release = |content: &[u8]| (content == module(2)).then_some(module_id);
+        let encoded = encode(&old, &new, &EncodeOptions::default(), Some(&release)).unwrap().unwrap();
+        assert!(encoded.uses_release_files && uses_release_files(&encoded.payload));
+        let diffed = encode(&old, &new, &EncodeOptions::default(), None).unwrap().unwrap();
+        assert!(!diffed.uses_release_files);
+        let (named, diffed) = (encoded.payload.len(), diffed.payload.len());
+        assert!(named * 4 < diffed, "the module is named, not diffed: {named} vs {diffed} bytes");
+        let files = |id: &FileId, _: u64| if *id == module_id { Ok(module(2)) } else { Err("unknown".into()) };
+        assert_eq!(decode(&old, &encoded.payload, new.len() as u64, &files).unwrap(), new);
+        let err = decode(&old, &encoded.payload, new.len() as u64, &no_files).unwrap_err();
+        assert!(err.contains(&module_id.to_string()), "{err}");
     }
 }

@@ -80,7 +80,8 @@ impl MetadataDelta {
             what: format!("metadata delta {} → {}", self.from, self.to),
             reason,
         };
-        let stream = codec::decode(DeltaCodec::ZstdPatch, base, &self.payload, self.target_size).map_err(corrupt)?;
+        let stream = codec::decode(DeltaCodec::ZstdPatch, base, &self.payload, self.target_size, &codec::no_files)
+            .map_err(corrupt)?;
         let mut objects = Vec::new();
         let mut rest = &stream[..];
         while !rest.is_empty() {

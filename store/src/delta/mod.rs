@@ -9,3 +9,4 @@ pub mod metadata;
 pub mod object;
 pub mod pairing;
 pub mod published;
+pub mod tree_refs;

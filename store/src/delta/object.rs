@@ -6,7 +6,7 @@
 //! so a wrong delta can never produce wrong content.
 
 use crate::codec::Encoder;
-use crate::delta::codec::{self, DeltaCodec};
+use crate::delta::codec::{self, DeltaCodec, FileReader};
 use crate::error::{Result, StoreError};
 use crate::id::{FileId, ObjectId};
 use crate::object::{FileObject, MAX_METADATA_LEN, ObjectKind, decode, header};
@@ -57,15 +57,25 @@ impl DeltaObject {
         })
     }
 
+    /// True when applying it reads files of the target release ([`DeltaCodec::GzipTree`]).
+    pub fn reads_release_files(&self) -> bool {
+        self.codec == DeltaCodec::GzipTree
+    }
+
     /// Rebuilds the target from the base content and checks it against the target's file object:
     /// its size, and the blake3 of every chunk. Any failure names the delta.
     pub fn apply(&self, base: &[u8], target: &FileObject) -> Result<Vec<u8>> {
+        self.apply_with(base, target, &codec::no_files)
+    }
+
+    /// [`Self::apply`], reading the release files a gzip-tree delta names with `files`.
+    pub fn apply_with(&self, base: &[u8], target: &FileObject, files: &FileReader<'_>) -> Result<Vec<u8>> {
         let failed =
             |reason: String| StoreError::Corrupt { what: format!("delta {} → {}", self.base, self.target), reason };
         if target.size != self.target_size {
             return Err(failed(format!("it rebuilds {} bytes, the file object has {}", self.target_size, target.size)));
         }
-        let content = codec::decode(self.codec, base, &self.payload, self.target_size).map_err(failed)?;
+        let content = codec::decode(self.codec, base, &self.payload, self.target_size, files).map_err(failed)?;
         check_content(&content, target).map_err(failed)?;
         Ok(content)
     }
@@ -103,7 +113,7 @@ mod tests {
     }
 
     fn delta(base: &[u8], target: &[u8]) -> DeltaObject {
-        let (codec, payload) = codec::encode_best(base, target, &Default::default()).unwrap();
+        let (codec, payload) = codec::encode_best(base, target, &Default::default(), None).unwrap();
         DeltaObject {
             base: FileId(ObjectId::of(base)),
             target: FileId(ObjectId::of(target)),
