@@ -1,6 +1,7 @@
 //! Round trip of a real Debian rootfs (built by benches/harness/make-os-pair.sh with mmdebstrap):
 //! commit → checkout must be identical in content and metadata, as rsync -aHAX --checksum sees it,
-//! in an archive repository and in a bare repository on btrfs (reflinked).
+//! in an archive repository and in a bare repository on btrfs (reflinked); and the update from OLD
+//! to NEW through per-file deltas (Debian's own gzip files among them) gives NEW exactly.
 //!
 //! The pair is built once into `OSDEPLOY_OS_PAIR` (default: target/os-pair) and reused: the script
 //! keeps a finished tree whose marker records the current recipe and rebuilds any other.
@@ -52,4 +53,38 @@ fn real_rootfs_round_trips_through_archive_and_bare_repositories() {
     let co = json(&ok(osdeploy(&bare).args(["checkout", "--json", "debian"]).arg(&slot)));
     assert_eq!(co["method"], "reflink", "{co}");
     assert_same_tree(&pair.join("new"), &slot);
+}
+
+#[test]
+fn real_update_through_per_file_deltas_is_exact() {
+    require_root();
+    let pair = os_pair();
+    let tmp = tempfile::tempdir().unwrap();
+    let origin = tmp.path().join("origin");
+    ok(osdeploy(&origin).args(["init", "--mode", "archive"]));
+    ok(osdeploy(&origin).args(["commit", "-b", "debian", "--version", "old"]).arg(pair.join("old")));
+    let server = osdeploy_serve(&origin);
+    let fs = LoopFs::new("btrfs", 2048);
+    let node = fs.mount.join("node");
+    ok(osdeploy(&node).args(["init", "--mode", "bare"]));
+    ok(osdeploy(&node).args(["remote", "add", "origin", &server.url, "--insecure"]));
+    ok(osdeploy(&node).args(["pull", "origin", "debian"]));
+    let committed = json(&ok(osdeploy(&origin)
+        .args(["commit", "-b", "debian", "--version", "new", "--deltas", "1", "--json"])
+        .arg(pair.join("new"))));
+    let gzip = committed["deltas"]["by_codec"]["gzip"].as_u64().unwrap_or(0);
+    assert!(gzip > 100, "Debian's .gz files are diffed by their plain text: {committed}");
+    let planned = json(&ok(osdeploy(&node).args(["pull", "--dry-run", "--json", "origin", "debian"])));
+    let pulled = json(&ok(osdeploy(&node).args(["pull", "--json", "origin", "debian"])));
+    assert_eq!((&pulled["bytes_fetched"], &pulled["requests"]), (&planned["transfer_bytes"], &planned["requests"]));
+    assert_eq!(pulled["delta_fallbacks"], 0, "{pulled}");
+    let from_deltas = pulled["files_from_deltas"].as_u64().unwrap();
+    assert!(from_deltas * 10 > planned["files_new"].as_u64().unwrap() * 9, "most files from deltas: {pulled}");
+    let chunks_only = planned["without_deltas"]["transfer_bytes"].as_u64().unwrap();
+    assert!(planned["transfer_bytes"].as_u64().unwrap() * 4 < chunks_only, "{planned}");
+    let out = fs.mount.join("new");
+    ok(osdeploy(&node).args(["checkout", "origin/debian"]).arg(&out));
+    assert_same_tree(&pair.join("new"), &out);
+    let fsck = json(&ok(osdeploy(&node).args(["fsck", "--json"])));
+    assert_eq!(fsck["errors"].as_array().unwrap().len(), 0, "{fsck}");
 }
