@@ -262,8 +262,9 @@ async fn execute(
     // staged; then one write transaction records them with the trees and the commit, and the
     // ref goes last.
     let mut writer = repo.writer();
-    let mut builder = DeltaBuilder::new(&plan.files, &staged);
-    rebuild_from_deltas(&mut builder, repo, client, &index, &plan, &mut writer, &mut staged, options).await?;
+    let mut phases = Phases { repo, client, index: &index, writer: &mut writer, staged: &mut staged, options };
+    let mut builder = DeltaBuilder::new(&plan.files, phases.staged);
+    phases.deltas(&mut builder, &plan).await?;
     let fallback = builder.take_unbuilt();
     crash_point("pull:deltas-applied");
     let adopted = plan.files.iter().filter(|f| f.source == FileSource::Adopted);
@@ -272,18 +273,17 @@ async fn execute(
     let mut missing: Vec<_> = plan.missing_chunks.iter().map(|id| (*id, ObjectKind::Chunk)).collect();
     let mut reads = plan.chunk_reads().to_vec();
     if !fallback.is_empty() {
-        let extra = fallback_chunks(repo, &staged, &fallback, &plan.missing_chunks)?;
+        let extra = fallback_chunks(repo, phases.staged, &fallback, &plan.missing_chunks)?;
         reads.extend(plan_reads(&index, &extra, options.coalesce)?);
         missing.extend(extra);
     }
-    let mut chunk_phase = ChunkPhase { repo, client, index: &index, writer: &mut writer, staged: &mut staged, options };
-    chunk_phase.run(&built, &missing, &reads).await?;
+    phases.chunks(&built, &missing, &reads).await?;
     // Deltas that read other files of the release go last; a failed one is fetched as chunks.
-    let late = builder.build_deferred(chunk_phase.writer, repo)?;
+    let late = builder.build_deferred(phases.writer, repo)?;
     if !late.is_empty() {
-        let missing = fallback_chunks(repo, chunk_phase.staged, &late, &[])?;
+        let missing = fallback_chunks(repo, phases.staged, &late, &[])?;
         let reads = plan_reads(&index, &missing, options.coalesce)?;
-        chunk_phase.run(&late, &missing, &reads).await?;
+        phases.chunks(&late, &missing, &reads).await?;
     }
     crash_point("pull:before-store");
     for file in adopted {
@@ -306,36 +306,8 @@ async fn execute(
     Ok((fallback.len() + late.len()) as u64)
 }
 
-/// Fetches the plan's deltas and rebuilds their files as they arrive. A failed fetch is not the
-/// pull's end: its files stay in `builder` with those whose delta did not apply, to be fetched as
-/// chunks.
-#[allow(clippy::too_many_arguments)]
-async fn rebuild_from_deltas<'p>(
-    builder: &mut DeltaBuilder<'p>,
-    repo: &Repo,
-    client: &Client,
-    index: &RemoteIndex,
-    plan: &'p PullPlan,
-    writer: &mut ObjectWriter<'_>,
-    staged: &mut Staging,
-    options: PullOptions,
-) -> Result<(), TransportError> {
-    builder.build_ready(writer, staged, repo)?;
-    let wanted = plan.delta_entries.iter().map(|d| (d.entry.id, ObjectKind::Delta)).collect();
-    let fetched = fetch(client, index, plan.delta_reads(), wanted, staged, options.in_flight, |staged, ids| {
-        builder.staged(&ids);
-        builder.build_ready(writer, staged, repo)?;
-        Ok(staged.settle(|kind, id| kind != ObjectKind::Delta || builder.needs(id))?)
-    })
-    .await;
-    if let Err(e) = fetched {
-        tracing::warn!("deltas could not be fetched, their files are fetched as chunks: {e}");
-    }
-    Ok(())
-}
-
-/// What writing files from fetched chunks needs.
-struct ChunkPhase<'a, 'w> {
+/// What the fetching phases of a pull share: where objects come from, where files go.
+struct Phases<'a, 'w> {
     repo: &'a Repo,
     client: &'a Client,
     index: &'a RemoteIndex,
@@ -344,10 +316,31 @@ struct ChunkPhase<'a, 'w> {
     options: PullOptions,
 }
 
-impl ChunkPhase<'_, '_> {
+impl Phases<'_, '_> {
+    /// Fetches the plan's deltas and rebuilds their files as they arrive. A failed fetch is not
+    /// the pull's end: its files stay in `builder` with those whose delta did not apply, to be
+    /// fetched as chunks.
+    async fn deltas<'p>(&mut self, builder: &mut DeltaBuilder<'p>, plan: &'p PullPlan) -> Result<(), TransportError> {
+        let (repo, writer) = (self.repo, &mut *self.writer);
+        builder.build_ready(writer, self.staged, repo)?;
+        let wanted = plan.delta_entries.iter().map(|d| (d.entry.id, ObjectKind::Delta)).collect();
+        let reads = plan.delta_reads();
+        let fetched =
+            fetch(self.client, self.index, reads, wanted, self.staged, self.options.in_flight, |staged, ids| {
+                builder.staged(&ids);
+                builder.build_ready(writer, staged, repo)?;
+                Ok(staged.settle(|kind, id| kind != ObjectKind::Delta || builder.needs(id))?)
+            })
+            .await;
+        if let Err(e) = fetched {
+            tracing::warn!("deltas could not be fetched, their files are fetched as chunks: {e}");
+        }
+        Ok(())
+    }
+
     /// Fetches the `missing` chunks by `reads` and writes each of `files` once its chunks are
     /// staged.
-    async fn run(
+    async fn chunks(
         &mut self,
         files: &[&PlannedFile],
         missing: &[(ObjectId, ObjectKind)],

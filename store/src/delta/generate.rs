@@ -119,11 +119,10 @@ pub fn generate(
     let from: Vec<CommitId> = from.iter().copied().filter(|f| *f != to).collect();
     let new_files = tree_files(repo, &to)?;
     let jobs = pair_contents(repo, archive, &from, &new_files, &mut stats)?;
-    let release = ReleaseFiles::new(repo, &new_files);
+    let encoder = PairEncoder { archive, release: ReleaseFiles::new(repo, &new_files), options };
     // Deltas an earlier run listed for this release stay listed.
     let mut listed = previous.map(|p| p.entries.clone()).unwrap_or_default();
-    let mut new_deltas =
-        encode_files(archive, &published, &jobs, &release, options, progress, &mut stats, &mut listed)?;
+    let mut new_deltas = encode_files(&encoder, &published, &jobs, progress, &mut stats, &mut listed)?;
     let mut metadata = previous.map(|p| p.metadata.clone()).unwrap_or_default();
     for old in &from {
         if metadata.iter().any(|m| m.from == *old) {
@@ -194,13 +193,10 @@ fn pair_contents(
 
 /// Encodes the pairs on all cores (reusing published deltas), and returns the new deltas smaller
 /// than their chunks; reused ones go straight to `listed`.
-#[allow(clippy::too_many_arguments)]
 fn encode_files(
-    archive: &ArchiveStore,
+    encoder: &PairEncoder,
     published: &PublishedDeltas,
     jobs: &[Job],
-    release: &ReleaseFiles,
-    options: &GenerateOptions,
     progress: &(dyn Fn(u64, u64) + Sync),
     stats: &mut GenerateStats,
     listed: &mut Vec<DeltaEntry>,
@@ -215,7 +211,7 @@ fn encode_files(
         let encoded: Vec<Result<Outcome>> = batch
             .par_iter()
             .map(|job| {
-                let outcome = encode_job(archive, job, known.get(&(job.base, job.target)), release, options);
+                let outcome = encoder.encode(job, known.get(&(job.base, job.target)));
                 tick();
                 outcome
             })
@@ -300,29 +296,36 @@ enum Outcome {
     Encoded { id: ObjectId, bytes: Vec<u8>, codec: DeltaCodec },
 }
 
-fn encode_job(
-    archive: &ArchiveStore,
-    job: &Job,
-    known: Option<&DeltaEntry>,
-    release: &ReleaseFiles,
-    options: &GenerateOptions,
-) -> Result<Outcome> {
-    if let Some(entry) = known {
-        return Ok(Outcome::Reused(*entry));
+/// What encoding one pair needs.
+struct PairEncoder<'a> {
+    archive: &'a ArchiveStore,
+    release: ReleaseFiles,
+    options: &'a GenerateOptions,
+}
+
+impl PairEncoder<'_> {
+    /// Encodes `job`'s pair, unless `known` is its published delta.
+    fn encode(&self, job: &Job, known: Option<&DeltaEntry>) -> Result<Outcome> {
+        if let Some(entry) = known {
+            return Ok(Outcome::Reused(*entry));
+        }
+        if job.target_size > MAX_DELTA_TARGET || job.base_size > MAX_DELTA_TARGET {
+            return Ok(Outcome::TooLarge);
+        }
+        let base = self.archive.file_content(&job.base)?;
+        let target = self.archive.file_content(&job.target)?;
+        let (codec, payload) =
+            encode_best(&base, &target, &self.options.codec, Some(&|content| self.release.lookup(content))).map_err(
+                |error| StoreError::Io { path: format!("(delta {} → {})", job.base, job.target).into(), error },
+            )?;
+        let object =
+            DeltaObject { base: job.base, target: job.target, target_size: target.len() as u64, codec, payload };
+        let bytes = object.encode();
+        if bytes.len() as u64 > u64::from(crate::pack::raw_limit(ObjectKind::Delta)) {
+            return Ok(Outcome::TooLarge);
+        }
+        Ok(Outcome::Encoded { id: ObjectId::of(&bytes), bytes, codec })
     }
-    if job.target_size > MAX_DELTA_TARGET || job.base_size > MAX_DELTA_TARGET {
-        return Ok(Outcome::TooLarge);
-    }
-    let base = archive.file_content(&job.base)?;
-    let target = archive.file_content(&job.target)?;
-    let (codec, payload) = encode_best(&base, &target, &options.codec, Some(&|content| release.lookup(content)))
-        .map_err(|error| StoreError::Io { path: format!("(delta {} → {})", job.base, job.target).into(), error })?;
-    let object = DeltaObject { base: job.base, target: job.target, target_size: target.len() as u64, codec, payload };
-    let bytes = object.encode();
-    if bytes.len() as u64 > u64::from(crate::pack::raw_limit(ObjectKind::Delta)) {
-        return Ok(Outcome::TooLarge);
-    }
-    Ok(Outcome::Encoded { id: ObjectId::of(&bytes), bytes, codec })
 }
 
 fn count(stats: &mut GenerateStats, job: &Job, span: u64, codec: DeltaCodec) {
