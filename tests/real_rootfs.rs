@@ -9,19 +9,26 @@
 mod support;
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use serde_json::Value;
 use support::*;
 
+/// The pair, built (or found finished) once per test run: the tests run in parallel and must not
+/// build it into the same directory at once.
 fn os_pair() -> PathBuf {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
-    let pair =
-        std::env::var_os("OSDEPLOY_OS_PAIR").map(PathBuf::from).unwrap_or_else(|| workspace.join("target/os-pair"));
-    let script = workspace.join("benches/harness/make-os-pair.sh");
-    assert!(script.exists(), "{} is needed to build the real rootfs pair", script.display());
-    sh("bash", &[&script.display().to_string(), &pair.display().to_string()]);
-    assert!(pair.join("old.done").exists() && pair.join("new.done").exists(), "{} is unfinished", pair.display());
-    pair
+    static PAIR: OnceLock<PathBuf> = OnceLock::new();
+    PAIR.get_or_init(|| {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+        let pair =
+            std::env::var_os("OSDEPLOY_OS_PAIR").map(PathBuf::from).unwrap_or_else(|| workspace.join("target/os-pair"));
+        let script = workspace.join("benches/harness/make-os-pair.sh");
+        assert!(script.exists(), "{} is needed to build the real rootfs pair", script.display());
+        sh("bash", &[&script.display().to_string(), &pair.display().to_string()]);
+        assert!(pair.join("old.done").exists() && pair.join("new.done").exists(), "{} is unfinished", pair.display());
+        pair
+    })
+    .clone()
 }
 
 fn json(out: &str) -> Value {
