@@ -108,14 +108,17 @@ impl<'p> DeltaBuilder<'p> {
         writer: &mut ObjectWriter,
         repo: &Repo,
     ) -> Result<Vec<&'p PlannedFile>, TransportError> {
+        // A bare repository holds the files the pull just wrote, not yet committed, at their
+        // content paths; an archive repository reads only what it held before.
         let read = |id: &FileId, _: u64| -> Result<Vec<u8>, String> {
-            match (repo.file_content(id), repo.bare()) {
-                (Ok(content), _) => Ok(content),
-                (Err(_), Some(bare)) => {
+            match repo.bare() {
+                Some(bare) => {
                     let path = bare.content_path(id);
                     std::fs::read(&path).map_err(|e| format!("file {id} of the release ({}): {e}", path.display()))
                 }
-                (Err(e), None) => Err(format!("file {id} of the release is not readable here: {e}")),
+                None => {
+                    repo.file_content(id).map_err(|e| format!("file {id} of the release is not readable here: {e}"))
+                }
             }
         };
         for (file, delta) in std::mem::take(&mut self.deferred) {

@@ -139,9 +139,7 @@ pub fn encode_best(
 ) -> io::Result<(DeltaCodec, Vec<u8>)> {
     let (codec, payload) = encode_best_plain(old, new, options)?;
     Ok(match gzip::encode(old, new, options, release)? {
-        Some(gzip) if gzip.payload.len() < payload.len() => {
-            (if gzip.uses_release_files { DeltaCodec::GzipTree } else { DeltaCodec::Gzip }, gzip.payload)
-        }
+        Some(gzip) if gzip.payload.len() < payload.len() => (gzip.codec, gzip.payload),
         _ => (codec, payload),
     })
 }
@@ -178,12 +176,7 @@ pub fn decode(
     let new = match codec {
         DeltaCodec::ZstdPatch => zstd_decompress(payload, old, target)?,
         DeltaCodec::Bsdiff => bsdiff_decode(old, payload, target)?,
-        DeltaCodec::Gzip | DeltaCodec::GzipTree => {
-            if gzip::uses_release_files(payload) != (codec == DeltaCodec::GzipTree) {
-                return Err(format!("a {codec} delta whose payload says otherwise"));
-            }
-            gzip::decode(old, payload, target_size, files)?
-        }
+        DeltaCodec::Gzip | DeltaCodec::GzipTree => gzip::decode(codec, old, payload, target_size, files)?,
     };
     if new.len() != target {
         return Err(format!("{codec} payload yields {} bytes instead of {target_size}", new.len()));

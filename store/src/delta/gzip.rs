@@ -11,12 +11,12 @@
 //! initramfs), those members are named instead of diffed ([`super::tree_refs`]); such a delta is
 //! [`DeltaCodec::GzipTree`], applied once the node holds the release's other files.
 //!
-//! Payload: a flags byte (bit 0: the base was inflated, else used as it is; bit 1: references to
-//! release files follow), the inflated sizes of the target and the base (u64 each), then three
-//! u32-length-prefixed byte strings — the gzip header, what follows the deflate stream (the CRC-32
-//! and size trailer), preflate's corrections — then with bit 1 a u32 count and that many
-//! references, and last the inner codec's number and its payload, which encodes the target's plain
-//! text (without the referenced ranges) against the base's.
+//! Payload: a flags byte (bit 0: the base was inflated, else used as it is), the inflated sizes of
+//! the target and the base (u64 each), then three u32-length-prefixed byte strings — the gzip
+//! header, what follows the deflate stream (the CRC-32 and size trailer), preflate's corrections —
+//! then, for [`DeltaCodec::GzipTree`] only, a u32 count and that many references, and last the
+//! inner codec's number and its payload, which encodes the target's plain text (without the
+//! referenced ranges) against the base's.
 //!
 //! preflate's reconstruction is not hardened against hostile corrections as our own decoders are:
 //! panics are caught and become errors, and delta objects reach a decoder only after their id was
@@ -39,8 +39,6 @@ const MAX_TRAILER: usize = 4096;
 
 /// Flag: the base was inflated before the inner codec used it.
 const BASE_INFLATED: u8 = 1;
-/// Flag: references to files of the release follow the corrections.
-const TREE_REFS: u8 = 2;
 
 /// Length of the gzip header at the start of `content`, if it is one (RFC 1952: deflate method,
 /// no reserved flags, optional extra field, name, comment and header CRC).
@@ -80,12 +78,13 @@ fn inflate(content: &[u8], limit: u64) -> Result<Vec<u8>, String> {
     Ok(plain)
 }
 
-/// A gzip delta payload, and whether it names files of the release ([`DeltaCodec::GzipTree`]).
+/// A gzip delta payload and its codec: [`DeltaCodec::GzipTree`] when it names files of the
+/// release, else [`DeltaCodec::Gzip`].
 pub struct Encoded {
+    /// The codec the payload is for.
+    pub codec: DeltaCodec,
     /// The payload.
     pub payload: Vec<u8>,
-    /// True when applying it reads files of the target release.
-    pub uses_release_files: bool,
 }
 
 /// Encodes the gzip file `new` by its plain text against `old` (inflated too when it is a gzip
@@ -113,14 +112,11 @@ pub fn encode(
     let refs = release.map(|release| tree_refs::find(plain, release)).unwrap_or_default();
     let literals = if refs.is_empty() { None } else { Some(tree_refs::literals(plain, &refs)) };
     let base = inflate(old, MAX_INFLATED).ok();
-    let mut flags = if base.is_some() { BASE_INFLATED } else { 0 };
-    if !refs.is_empty() {
-        flags |= TREE_REFS;
-    }
+    let flags = if base.is_some() { BASE_INFLATED } else { 0 };
     let base_size = base.as_ref().map_or(0, |b| b.len());
     let (inner, inner_payload) =
         codec::encode_best_plain(base.as_deref().unwrap_or(old), literals.as_deref().unwrap_or(plain), options)?;
-    drop(base);
+    let codec = if refs.is_empty() { DeltaCodec::Gzip } else { DeltaCodec::GzipTree };
     let mut payload = vec![flags];
     payload.extend_from_slice(&(plain.len() as u64).to_le_bytes());
     payload.extend_from_slice(&(base_size as u64).to_le_bytes());
@@ -139,13 +135,9 @@ pub fn encode(
         let r = refs.iter().find(|r| r.file == *id && r.len == len).ok_or("not a referenced file")?;
         Ok(plain[r.offset as usize..(r.offset + r.len) as usize].to_vec())
     };
-    let exact = decode(old, &payload, new.len() as u64, &files).is_ok_and(|rebuilt| rebuilt == new);
-    Ok(exact.then_some(Encoded { payload, uses_release_files: !refs.is_empty() }))
-}
-
-/// True when the gzip delta `payload` names files of the release.
-pub fn uses_release_files(payload: &[u8]) -> bool {
-    payload.first().is_some_and(|flags| flags & TREE_REFS != 0)
+    let exact =
+        rebuild(codec, old, base.as_deref(), &payload, new.len() as u64, &files).is_ok_and(|rebuilt| rebuilt == new);
+    Ok(exact.then_some(Encoded { codec, payload }))
 }
 
 /// Splits `len` bytes off the front of `rest`.
@@ -165,12 +157,30 @@ fn take_part<'a>(rest: &mut &'a [u8], what: &str) -> Result<&'a [u8], String> {
     take(rest, len as usize, what)
 }
 
-/// Rebuilds the gzip file of `target_size` bytes from `old` and a payload of [`encode`]; `files`
-/// reads the release files it names.
-pub fn decode(old: &[u8], payload: &[u8], target_size: u64, files: &FileReader<'_>) -> Result<Vec<u8>, String> {
+/// Rebuilds the gzip file of `target_size` bytes from `old` and a `codec` payload of [`encode`];
+/// `files` reads the release files a [`DeltaCodec::GzipTree`] payload names.
+pub fn decode(
+    codec: DeltaCodec,
+    old: &[u8],
+    payload: &[u8],
+    target_size: u64,
+    files: &FileReader<'_>,
+) -> Result<Vec<u8>, String> {
+    rebuild(codec, old, None, payload, target_size, files)
+}
+
+/// [`decode`], given `old` already inflated when the caller has it.
+fn rebuild(
+    codec: DeltaCodec,
+    old: &[u8],
+    inflated_old: Option<&[u8]>,
+    payload: &[u8],
+    target_size: u64,
+    files: &FileReader<'_>,
+) -> Result<Vec<u8>, String> {
     let mut rest = payload;
     let flags = take(&mut rest, 1, "flags")?[0];
-    if flags & !(BASE_INFLATED | TREE_REFS) != 0 {
+    if flags & !BASE_INFLATED != 0 {
         return Err(format!("gzip delta has unknown flags {flags:#x}"));
     }
     let plain_size = take_u64(&mut rest, "plain size")?;
@@ -181,7 +191,7 @@ pub fn decode(old: &[u8], payload: &[u8], target_size: u64, files: &FileReader<'
     let header = take_part(&mut rest, "gzip header")?;
     let trailer = take_part(&mut rest, "trailer")?;
     let corrections = take_part(&mut rest, "corrections")?;
-    let refs: Vec<TreeRef> = if flags & TREE_REFS != 0 {
+    let refs: Vec<TreeRef> = if codec == DeltaCodec::GzipTree {
         let count = u32::from_le_bytes(take(&mut rest, 4, "reference count")?.try_into().expect("4 bytes"));
         let bytes = take(&mut rest, (count as usize).saturating_mul(REF_LEN), "references")?;
         bytes.as_chunks::<{ REF_LEN }>().0.iter().map(TreeRef::decode).collect()
@@ -199,18 +209,16 @@ pub fn decode(old: &[u8], payload: &[u8], target_size: u64, files: &FileReader<'
     if framing > target_size {
         return Err(format!("gzip header and trailer ({framing} bytes) exceed the target's {target_size}"));
     }
-    let inflated_base = if flags & BASE_INFLATED != 0 {
-        let plain = inflate(old, base_size)?;
-        if plain.len() as u64 != base_size {
-            return Err(format!("the base inflates to {} bytes, the delta expects {base_size}", plain.len()));
-        }
-        Some(plain)
-    } else {
-        None
+    let inflated = match inflated_old {
+        None if flags & BASE_INFLATED != 0 => Some(inflate(old, base_size)?),
+        _ => None,
     };
-    let base = inflated_base.as_deref().unwrap_or(old);
+    let base = if flags & BASE_INFLATED == 0 { old } else { inflated_old.or(inflated.as_deref()).unwrap_or_default() };
+    if flags & BASE_INFLATED != 0 && base.len() as u64 != base_size {
+        return Err(format!("the base inflates to {} bytes, the delta expects {base_size}", base.len()));
+    }
     let literals = codec::decode(inner, base, rest, literal_size, &codec::no_files)?;
-    drop(inflated_base);
+    drop(inflated);
     let plain = if refs.is_empty() { literals } else { tree_refs::splice(&literals, &refs, plain_size, files)? };
     let deflated = std::panic::catch_unwind(|| recreate_whole_deflate_stream(&plain, corrections))
         .map_err(|_| "deflating again failed (preflate panicked)".to_owned())?
@@ -259,7 +267,7 @@ mod tests {
         for level in [1, 6, 9] {
             let (old, new) = (gzip(&old_plain, level), gzip(&new_plain, level));
             let payload = encode(&old, &new, &EncodeOptions::default(), None).unwrap().expect("a gzip delta").payload;
-            assert_eq!(decode(&old, &payload, new.len() as u64, &no_files).unwrap(), new);
+            assert_eq!(decode(DeltaCodec::Gzip, &old, &payload, new.len() as u64, &no_files).unwrap(), new);
             let (_, raw) = codec::encode_best_plain(&old, &new, &EncodeOptions::default()).unwrap();
             assert!(payload.len() * 4 < raw.len(), "level {level}: {} vs {} bytes", payload.len(), raw.len());
         }
@@ -267,7 +275,7 @@ mod tests {
         let new = gzip(&new_plain, 9);
         let payload = encode(&old_plain, &new, &EncodeOptions::default(), None).unwrap().unwrap().payload;
         assert_eq!(payload[0], 0);
-        assert_eq!(decode(&old_plain, &payload, new.len() as u64, &no_files).unwrap(), new);
+        assert_eq!(decode(DeltaCodec::Gzip, &old_plain, &payload, new.len() as u64, &no_files).unwrap(), new);
     }
 
     #[test]
@@ -288,22 +296,22 @@ mod tests {
         let payload = encode(&old, &new, &EncodeOptions::default(), None).unwrap().unwrap().payload;
         let size = new.len() as u64;
         for len in [0, 1, 9, 17, 30, payload.len() - 1] {
-            assert!(decode(&old, &payload[..len], size, &no_files).is_err(), "truncated to {len}");
+            assert!(decode(DeltaCodec::Gzip, &old, &payload[..len], size, &no_files).is_err(), "truncated to {len}");
         }
         let mut huge = payload.clone();
         huge[1..9].copy_from_slice(&u64::MAX.to_le_bytes());
-        assert!(decode(&old, &huge, size, &no_files).unwrap_err().contains("inflated bytes"));
+        assert!(decode(DeltaCodec::Gzip, &old, &huge, size, &no_files).unwrap_err().contains("inflated bytes"));
         let mut other_base = old.clone();
         let at = other_base.len() - 20;
         other_base[at] ^= 0xff;
-        assert!(decode(&other_base, &payload, size, &no_files).is_err());
+        assert!(decode(DeltaCodec::Gzip, &other_base, &payload, size, &no_files).is_err());
         let mut flipped = payload.clone();
         for at in (25..flipped.len()).step_by(7) {
             flipped[at] ^= 0x55;
-            let _ = decode(&old, &flipped, size, &no_files);
+            let _ = decode(DeltaCodec::Gzip, &old, &flipped, size, &no_files);
             flipped[at] ^= 0x55;
         }
-        assert!(decode(&old, &payload, size + 1, &no_files).unwrap_err().contains("instead of"));
+        assert!(decode(DeltaCodec::Gzip, &old, &payload, size + 1, &no_files).unwrap_err().contains("instead of"));
     }
 
     #[test]
@@ -331,14 +339,17 @@ mod tests {
         let module_id = FileId(ObjectId::of(b"the new module"));
         let release = |content: &[u8]| (content == module(2)).then_some(module_id);
         let encoded = encode(&old, &new, &EncodeOptions::default(), Some(&release)).unwrap().unwrap();
-        assert!(encoded.uses_release_files && uses_release_files(&encoded.payload));
+        assert_eq!(encoded.codec, DeltaCodec::GzipTree);
         let diffed = encode(&old, &new, &EncodeOptions::default(), None).unwrap().unwrap();
-        assert!(!diffed.uses_release_files);
-        let (named, diffed) = (encoded.payload.len(), diffed.payload.len());
+        assert_eq!(diffed.codec, DeltaCodec::Gzip);
+        let diffed_payload = diffed.payload;
+        let (named, diffed) = (encoded.payload.len(), diffed_payload.len());
         assert!(named * 4 < diffed, "the module is named, not diffed: {named} vs {diffed} bytes");
         let files = |id: &FileId, _: u64| if *id == module_id { Ok(module(2)) } else { Err("unknown".into()) };
-        assert_eq!(decode(&old, &encoded.payload, new.len() as u64, &files).unwrap(), new);
-        let err = decode(&old, &encoded.payload, new.len() as u64, &no_files).unwrap_err();
+        assert_eq!(decode(DeltaCodec::GzipTree, &old, &encoded.payload, new.len() as u64, &files).unwrap(), new);
+        assert!(decode(DeltaCodec::Gzip, &old, &encoded.payload, new.len() as u64, &files).is_err());
+        assert!(decode(DeltaCodec::GzipTree, &old, &diffed_payload, new.len() as u64, &files).is_err());
+        let err = decode(DeltaCodec::GzipTree, &old, &encoded.payload, new.len() as u64, &no_files).unwrap_err();
         assert!(err.contains(&module_id.to_string()), "{err}");
     }
 }
