@@ -54,14 +54,7 @@ impl Node {
 
     /// `osdeploy --sysroot SYSROOT --config-dir CONFIG` (no --repo: the sysroot's repository).
     fn osd(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_osdeploy"));
-        cmd.arg("--sysroot")
-            .arg(self.sysroot())
-            .arg("--config-dir")
-            .arg(self.config())
-            .env_remove("OSDEPLOY_CRASH_AT")
-            .env_remove("OSDEPLOY_REPO");
-        cmd
+        osd_at(self.sysroot(), &self.config())
     }
 
     /// Commits `tree` on the origin's `stable` branch; returns the commit id.
@@ -540,18 +533,6 @@ fn systemd_units_verify() {
     assert!(!stderr.contains("osdeploy-"), "systemd-analyze verify complained: {stderr}");
 }
 
-/// `osdeploy --sysroot S --config-dir C` for a sysroot without a Node (no server, no loop image).
-fn osd_at(sysroot: &Path, config: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_osdeploy"));
-    cmd.arg("--sysroot")
-        .arg(sysroot)
-        .arg("--config-dir")
-        .arg(config)
-        .env_remove("OSDEPLOY_CRASH_AT")
-        .env_remove("OSDEPLOY_REPO");
-    cmd
-}
-
 #[test]
 fn real_bootloader_backends_drive_a_trial_from_the_kernel_command_line() {
     for kind in ["grub", "systemd-boot", "uboot"] {
@@ -560,6 +541,10 @@ fn real_bootloader_backends_drive_a_trial_from_the_kernel_command_line() {
         fs::create_dir_all(&sysroot).unwrap();
         fs::create_dir_all(config.join("health.d")).unwrap();
         release_tree(&tree);
+        // GRUB and systemd-boot nodes boot the release's kernel with the configured command line.
+        fs::create_dir_all(tree.join("boot")).unwrap();
+        fs::write(tree.join("boot/vmlinuz-6.1.0-1-amd64"), "kernel").unwrap();
+        fs::write(config.join("config.toml"), "kernel_cmdline = \"root=LABEL=sysroot rw\"\n").unwrap();
         ok(osd_at(&sysroot, &config).args(["init-sysroot", "--bootloader", kind]));
         ok(osd_at(&sysroot, &config).args(["commit", "-b", "release"]).arg(&tree));
         // A fresh node boots slot a (nothing in it yet); switch fills and arms slot b.
@@ -595,15 +580,6 @@ fn real_bootloader_backends_drive_a_trial_from_the_kernel_command_line() {
     }
 }
 
-/// Unmounts a bind mount on drop, also when the test fails.
-struct BindMount(PathBuf);
-
-impl Drop for BindMount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn slots_on_another_filesystem_are_copied_and_it_says_so() {
     let tmp = tempfile::tempdir().unwrap();
@@ -616,8 +592,7 @@ fn slots_on_another_filesystem_are_copied_and_it_says_so() {
     // slot b lives on another filesystem than the repository
     let other = LoopFs::new("btrfs", 300);
     let slot_b = sysroot.join("osdeploy/slots/b");
-    sh("mount", &["--bind", &other.mount.display().to_string(), &slot_b.display().to_string()]);
-    let _bind = BindMount(slot_b.clone());
+    let _bind = BindMount::new(&other.mount, &slot_b);
     let plan = json(&ok(osd_at(&sysroot, &config).args(["switch", "--dry-run", "--json", "release"])));
     assert_eq!((plan["method"].as_str(), plan["same_filesystem"].as_bool()), (Some("copy"), Some(false)), "{plan}");
     let human = ok(osd_at(&sysroot, &config).args(["switch", "release"]));

@@ -6,6 +6,7 @@ use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 use osdeploy_store::repo::RepoMode;
 
+use osdeploy_deploy::deploy::prepare_root::BootPaths;
 use osdeploy_deploy::deploy::{BootloaderKind, Sysroot};
 
 use osdeploy_transport::client::HttpOptions;
@@ -318,6 +319,26 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// In the initramfs: make the slot named by osdeploy.slot= on the kernel command line the root filesystem
+    /// (the slot bound on ROOT with /usr read-only, the sysroot's var/ and home/, the data partitions of the slot's
+    /// /etc/osdeploy/config.toml, the sysroot itself at ROOT/sysroot). Refuses an empty or bad slot.
+    PrepareRoot {
+        /// Where the initramfs mounted the sysroot's filesystem and switches root to.
+        #[arg(long, default_value = "/root")]
+        root: PathBuf,
+        /// Kernel command line to read osdeploy.slot= from.
+        #[arg(long, value_name = "FILE", default_value = "/proc/cmdline")]
+        cmdline: PathBuf,
+        /// An empty directory that holds the sysroot mount meanwhile.
+        #[arg(long, default_value = "/run/osdeploy/sysroot")]
+        scratch: PathBuf,
+        /// Print the mounts it would make and make none.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Early at boot: record which slot booted, count a trial's attempt, notice a failed trial.
     BootCheck {
         /// Kernel command line to read osdeploy.slot= from (real bootloaders; default /proc/cmdline).
@@ -399,6 +420,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::InitSysroot { bootloader } => deploy_cmds::init_sysroot(&sysroot, bootloader),
         Command::Switch { target, verify, dry_run, json } => {
             deploy_cmds::switch(&sysroot, &config_dir, target.as_deref(), verify, dry_run, json)
+        }
+        Command::PrepareRoot { root, cmdline, scratch, dry_run, json } => {
+            deploy_cmds::prepare_root(&BootPaths { root, cmdline, scratch }, dry_run, json)
         }
         Command::BootCheck { cmdline, json } => deploy_cmds::boot_check(&sysroot, cmdline.as_deref(), json),
         Command::MarkGood { json } => deploy_cmds::mark_good(&sysroot, &config_dir, json),

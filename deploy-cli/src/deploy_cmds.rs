@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use osdeploy_deploy::bootloader::Slot;
 use osdeploy_deploy::deploy::health::Outcome;
+use osdeploy_deploy::deploy::prepare_root::{self, BootPaths, Step};
 use osdeploy_deploy::deploy::pull::{PullTarget, plan_sysroot_pull, pull_into_sysroot};
 use osdeploy_deploy::deploy::state::SlotRecord;
 use osdeploy_deploy::deploy::{Config, Sysroot, ops};
@@ -126,6 +127,9 @@ pub fn switch(
     for path in &report.etc.conflicts {
         println!("/etc conflict: {path} changed locally and in the new release; the local version was kept");
     }
+    if let Some(kernel) = &report.kernel {
+        println!("kernel {kernel} installed on the boot partition for slot {}", report.slot);
+    }
     println!(
         "slot {} boots next, on trial for {} boots; after a successful boot run `osdeploy mark-good`",
         report.slot, report.tries
@@ -142,6 +146,38 @@ fn describe(record: &SlotRecord) -> String {
         text.push_str(&format!(", version {version}"));
     }
     text
+}
+
+/// `prepare-root`.
+pub fn prepare_root(paths: &BootPaths, dry_run: bool, json: bool) -> Result<()> {
+    let plan = if dry_run { prepare_root::plan(paths)? } else { prepare_root::prepare_root(paths)? };
+    if json {
+        return print_json(&plan);
+    }
+    let version = plan.version.as_ref().map_or_else(String::new, |v| format!(", version {v}"));
+    let done = if dry_run { "would make (dry run: nothing mounted)" } else { "made" };
+    println!("slot {} ({}{version}) is the root filesystem; mounts {done}:", plan.slot, plan.state);
+    for step in &plan.steps {
+        match step {
+            Step::Move { from, to } => println!("  move {} -> {}", from.display(), to.display()),
+            Step::Bind { from, to, read_only } => {
+                println!(
+                    "  bind {} -> {}{}",
+                    from.display(),
+                    to.display(),
+                    if *read_only { " (read-only)" } else { "" }
+                )
+            }
+            Step::Partition { source, to, fstype, options } => {
+                println!("  mount {source} ({fstype}{}) -> {}", format_options(options), to.display())
+            }
+        }
+    }
+    Ok(())
+}
+
+fn format_options(options: &str) -> String {
+    if options.is_empty() { String::new() } else { format!(", {options}") }
 }
 
 /// `boot-check`.

@@ -185,5 +185,15 @@ pub fn print_switch_plan(plan: &SwitchPlan) {
     if plan.cancel_trial {
         println!("the pending trial of slot {} is cancelled first", plan.slot);
     }
+    if let Some(kernel) = &plan.kernel {
+        let initrd = kernel.release.initrd.as_ref().map_or_else(|| " (no initrd)".to_owned(), |i| format!(" and {i}"));
+        println!(
+            "kernel {}: {}{initrd} copied to {}, booted with: {}",
+            kernel.release.version,
+            kernel.release.kernel,
+            kernel.install_dir.display(),
+            kernel.options
+        );
+    }
     println!("bootloader {}: slot {} armed for {} trial boots", plan.bootloader.as_str(), plan.slot, plan.tries);
 }

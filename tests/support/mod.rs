@@ -15,6 +15,19 @@ use serde_json::Value;
 
 pub mod fault_proxy;
 
+/// The `osdeploy` binary under test with `--sysroot SYSROOT --config-dir CONFIG` (no `--repo`: the
+/// sysroot's repository).
+pub fn osd_at(sysroot: &Path, config: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_osdeploy"));
+    cmd.arg("--sysroot")
+        .arg(sysroot)
+        .arg("--config-dir")
+        .arg(config)
+        .env_remove("OSDEPLOY_CRASH_AT")
+        .env_remove("OSDEPLOY_REPO");
+    cmd
+}
+
 /// The `osdeploy` binary under test, with `--repo REPO` set.
 pub fn osdeploy(repo: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_osdeploy"));
@@ -205,6 +218,11 @@ pub struct LoopFs {
 impl LoopFs {
     /// Creates a `size_mib` image and formats it: "btrfs", "xfs" (with reflink=1) or "ext4".
     pub fn new(fstype: &str, size_mib: u64) -> LoopFs {
+        LoopFs::labelled(fstype, size_mib, None)
+    }
+
+    /// [`LoopFs::new`] with a filesystem label.
+    pub fn labelled(fstype: &str, size_mib: u64, label: Option<&str>) -> LoopFs {
         require_root();
         let dir = tempfile::tempdir().unwrap();
         let image = dir.path().join("fs.img");
@@ -216,20 +234,54 @@ impl LoopFs {
         let mount = dir.path().join("mnt");
         fs::create_dir(&mount).unwrap();
         let guard = LoopFs { mount: mount.clone(), device: device.clone(), _dir: dir };
-        match fstype {
-            "btrfs" => sh("mkfs.btrfs", &["-q", &device]),
-            "xfs" => sh("mkfs.xfs", &["-q", "-m", "reflink=1", &device]),
-            "ext4" => sh("mkfs.ext4", &["-q", &device]),
+        let (mkfs, mut args): (&str, Vec<&str>) = match fstype {
+            "btrfs" => ("mkfs.btrfs", vec!["-q"]),
+            "xfs" => ("mkfs.xfs", vec!["-q", "-m", "reflink=1"]),
+            "ext4" => ("mkfs.ext4", vec!["-q"]),
             other => panic!("unknown filesystem {other}"),
         };
+        if let Some(label) = label {
+            args.extend(["-L", label]);
+        }
+        args.push(&device);
+        sh(mkfs, &args);
         sh("mount", &[&device, &mount.display().to_string()]);
         guard
     }
 }
 
+impl LoopFs {
+    /// The loop device.
+    pub fn device(&self) -> &str {
+        &self.device
+    }
+
+    /// Unmounts the filesystem now (the device stays attached until drop).
+    pub fn unmount(&self) {
+        sh("umount", &[&self.mount.display().to_string()]);
+    }
+}
+
+/// Unmounts a bind mount on drop, also when the test fails.
+pub struct BindMount(pub PathBuf);
+
+impl BindMount {
+    /// Bind-mounts `from` on `to`.
+    pub fn new(from: &Path, to: &Path) -> BindMount {
+        sh("mount", &["--bind", &from.display().to_string(), &to.display().to_string()]);
+        BindMount(to.to_owned())
+    }
+}
+
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
 impl Drop for LoopFs {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.mount).status();
+        let _ = Command::new("umount").arg(&self.mount).stderr(Stdio::null()).status();
         let _ = Command::new("losetup").arg("-d").arg(&self.device).status();
     }
 }

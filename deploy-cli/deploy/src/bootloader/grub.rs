@@ -23,18 +23,18 @@
 //! # grub.cfg
 //!
 //! [`GRUB_CFG_SNIPPET`] (checked by `grub-script-check` in the tests) selects the slot and sets `default` to the
-//! menu entry id `osdeploy-a` or `osdeploy-b`; put it before the entries, which pass the slot to the kernel:
+//! menu entry id `osdeploy-a` or `osdeploy-b`. `init-sysroot` writes it into `osdeploy.cfg` beside the environment
+//! block ([`GrubEnv::install_menu`]), followed by `source` lines for `osdeploy-a.cfg` and `osdeploy-b.cfg`, the
+//! slots' menu entries that `switch` writes when it installs a slot's kernel ([`GrubEnv::write_menu_entry`]):
 //!
 //! ```text
-//! menuentry "osdeploy slot a" --id osdeploy-a {
-//!     linux /osdeploy/slots/a/boot/vmlinuz root=LABEL=sysroot osdeploy.slot=a
-//!     initrd /osdeploy/slots/a/boot/initrd.img
-//! }
-//! menuentry "osdeploy slot b" --id osdeploy-b {
-//!     linux /osdeploy/slots/b/boot/vmlinuz root=LABEL=sysroot osdeploy.slot=b
-//!     initrd /osdeploy/slots/b/boot/initrd.img
+//! menuentry 'osdeploy 2 (slot b)' --id osdeploy-b {
+//!   linux '/osdeploy/b-0123456789ab/vmlinuz' 'root=UUID=…' 'rw' 'osdeploy.slot=b'
+//!   initrd '/osdeploy/b-0123456789ab/initrd.img'
 //! }
 //! ```
+//!
+//! The node's `grub.cfg` needs one line: `source ${prefix}/osdeploy.cfg`.
 //!
 //! GRUB script has no arithmetic, so the snippet counts down through the list `1 … 9` (hence
 //! [`MAX_TRIES`](super::MAX_TRIES)). `save_env` only works where GRUB can write: keep `grubenv` on a plain filesystem
@@ -45,7 +45,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{BootloaderError, Result, VarEnv, read_optional, write_atomic};
+use super::{BlsEntry, BootloaderError, Result, Slot, VarEnv, read_optional, write_atomic};
 
 /// The size of a GRUB environment block.
 pub const ENV_BLOCK_SIZE: usize = 1024;
@@ -185,6 +185,50 @@ impl GrubEnv {
     pub fn new(path: impl Into<PathBuf>) -> Self {
         GrubEnv { path: path.into() }
     }
+
+    /// The directory of the environment block (GRUB's `$prefix`), which holds the menu files.
+    fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+
+    /// Writes `osdeploy-SLOT.cfg` beside the environment block: the slot's menu entry, id `osdeploy-SLOT`, booting
+    /// `entry` with `osdeploy.slot=SLOT` on the kernel command line.
+    pub fn write_menu_entry(&self, slot: Slot, entry: &BlsEntry) -> Result<()> {
+        let path = self.dir().join(format!("osdeploy-{slot}.cfg"));
+        let slot_option = format!("osdeploy.slot={slot}");
+        let mut args: Vec<&str> = entry.options.split_whitespace().filter(|o| *o != slot_option).collect();
+        args.push(&slot_option);
+        let mut text = format!("menuentry {} --id osdeploy-{slot} {{\n", quote(&entry.title));
+        text.push_str(&format!("  linux {}", quote(&entry.linux)));
+        for arg in args {
+            text.push(' ');
+            text.push_str(&quote(arg));
+        }
+        text.push('\n');
+        if !entry.initrd.is_empty() {
+            let initrds: Vec<String> = entry.initrd.iter().map(|i| quote(i)).collect();
+            text.push_str(&format!("  initrd {}\n", initrds.join(" ")));
+        }
+        text.push_str("}\n");
+        write_atomic(&path, text.as_bytes())
+    }
+
+    /// Writes `osdeploy.cfg` beside the environment block: [`GRUB_CFG_SNIPPET`], then the two slots' menu entries
+    /// (those written yet). The node's `grub.cfg` runs it with `source ${prefix}/osdeploy.cfg`.
+    pub fn install_menu(&self) -> Result<()> {
+        let mut text = String::from(GRUB_CFG_SNIPPET);
+        for slot in Slot::ALL {
+            text.push_str(&format!(
+                "if [ -f \"${{prefix}}/osdeploy-{slot}.cfg\" ]; then\n  source \"${{prefix}}/osdeploy-{slot}.cfg\"\nfi\n"
+            ));
+        }
+        write_atomic(&self.dir().join("osdeploy.cfg"), text.as_bytes())
+    }
+}
+
+/// Quotes a word for GRUB script: single quotes, a quote inside as `'\''`.
+fn quote(word: &str) -> String {
+    format!("'{}'", word.replace('\'', r"'\''"))
 }
 
 impl VarEnv for GrubEnv {

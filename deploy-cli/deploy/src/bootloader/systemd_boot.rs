@@ -146,7 +146,7 @@ fn with_sort_key(content: &str, key: &str) -> String {
 
 /// Version comparison in the spirit of systemd's `strverscmp_improved`: runs of digits compare numerically, other
 /// characters by byte; an absent version sorts first.
-fn verscmp(a: Option<&str>, b: Option<&str>) -> Ordering {
+pub(crate) fn verscmp(a: Option<&str>, b: Option<&str>) -> Ordering {
     let (a, b) = match (a, b) {
         (Some(a), Some(b)) => (a.as_bytes(), b.as_bytes()),
         (a, b) => return a.is_some().cmp(&b.is_some()),

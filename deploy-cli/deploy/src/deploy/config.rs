@@ -9,6 +9,15 @@
 //! pull_limit_rate = 10485760
 //! # seconds without progress before a pull abandons a connection (--timeout overrides it)
 //! pull_timeout = 30
+//! # kernel command line of the boot entries `switch` writes (GRUB, systemd-boot); osdeploy.slot= is added
+//! kernel_cmdline = "root=UUID=0d3c... rw quiet"
+//!
+//! # partitions `prepare-root` mounts into the booted system at boot; osdeploy never writes them
+//! [[data_partition]]
+//! source = "LABEL=images"            # LABEL=, UUID=, PARTLABEL=, PARTUUID= or a /dev path
+//! target = "/var/lib/containerd"     # absolute, not / nor under /usr
+//! fstype = "ext4"
+//! options = "noatime"                # optional
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -40,6 +49,56 @@ pub struct Config {
     pub pull_limit_rate: Option<u64>,
     /// Seconds without progress before a pull abandons a connection; `--timeout` overrides it.
     pub pull_timeout: u64,
+    /// The kernel command line of the boot entries `switch` writes for GRUB and systemd-boot
+    /// (`osdeploy.slot=SLOT` is added); required by those backends.
+    pub kernel_cmdline: Option<String>,
+    /// Partitions `prepare-root` mounts into the booted system (a container-image store, user data).
+    #[serde(rename = "data_partition")]
+    pub data_partitions: Vec<DataPartition>,
+}
+
+/// A partition mounted into the booted system by `prepare-root`, which osdeploy never writes.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataPartition {
+    /// The device: `LABEL=`, `UUID=`, `PARTLABEL=`, `PARTUUID=` or a path under /dev.
+    pub source: String,
+    /// Where it is mounted in the booted system (absolute).
+    pub target: String,
+    /// Its filesystem type.
+    pub fstype: String,
+    /// Mount options, comma-separated (optional).
+    #[serde(default)]
+    pub options: String,
+}
+
+impl DataPartition {
+    /// Why the entry cannot be used, if it cannot.
+    fn problem(&self) -> Option<String> {
+        let tags = ["LABEL=", "UUID=", "PARTLABEL=", "PARTUUID="];
+        let tagged =
+            tags.iter().any(|t| self.source.strip_prefix(t).is_some_and(|v| !v.is_empty() && !v.contains('/')));
+        if !tagged && !self.source.starts_with("/dev/") {
+            return Some(format!(
+                "source {:?} is not LABEL=, UUID=, PARTLABEL=, PARTUUID= or a /dev path",
+                self.source
+            ));
+        }
+        let parts: Vec<&str> = self.target.split('/').filter(|c| !c.is_empty()).collect();
+        if !self.target.starts_with('/') || parts.is_empty() || parts.iter().any(|c| *c == "." || *c == "..") {
+            return Some(format!("target {:?} must be an absolute path below / without . or ..", self.target));
+        }
+        if matches!(parts[0], "usr" | "sysroot" | "proc" | "sys" | "dev") {
+            return Some(format!(
+                "target {:?} is inside /{}, which the release or the system owns",
+                self.target, parts[0]
+            ));
+        }
+        if self.fstype.is_empty() || self.fstype.contains([',', ' ']) {
+            return Some(format!("fstype {:?} is not a filesystem type", self.fstype));
+        }
+        None
+    }
 }
 
 impl Default for Config {
@@ -50,6 +109,8 @@ impl Default for Config {
             verify_on_switch: false,
             pull_limit_rate: None,
             pull_timeout: DEFAULT_PULL_TIMEOUT,
+            kernel_cmdline: None,
+            data_partitions: Vec::new(),
         }
     }
 }
@@ -79,6 +140,17 @@ impl Config {
         if config.pull_timeout == 0 {
             return Err(bad("pull_timeout must be at least 1 second".into()));
         }
+        if let Some(cmdline) = &config.kernel_cmdline {
+            if cmdline.contains(['\n', '\r']) {
+                return Err(bad("kernel_cmdline must be one line".into()));
+            }
+            if cmdline.split_whitespace().any(|o| o.starts_with("osdeploy.slot=")) {
+                return Err(bad("kernel_cmdline must not set osdeploy.slot=: switch adds it per slot".into()));
+            }
+        }
+        if let Some(problem) = config.data_partitions.iter().find_map(DataPartition::problem) {
+            return Err(bad(format!("data_partition: {problem}")));
+        }
         if config.pull_limit_rate == Some(0) {
             return Err(bad("pull_limit_rate = 0 would never finish; leave it out for no limit".into()));
         }
@@ -106,12 +178,27 @@ mod tests {
         assert_eq!(Config::parse("boot_tries = 2", p).unwrap().health_check_timeout, DEFAULT_HEALTH_CHECK_TIMEOUT);
         let pull = Config::parse("pull_limit_rate = 1048576\npull_timeout = 5", p).unwrap();
         assert_eq!((pull.pull_limit_rate, pull.pull_timeout), (Some(1 << 20), 5));
+        let node = Config::parse(
+            "kernel_cmdline = \"root=LABEL=sysroot rw\"\n[[data_partition]]\nsource = \"LABEL=images\"\n\
+             target = \"/var/lib/containerd\"\nfstype = \"ext4\"\noptions = \"noatime\"\n",
+            p,
+        )
+        .unwrap();
+        assert_eq!(node.kernel_cmdline.as_deref(), Some("root=LABEL=sysroot rw"));
+        assert_eq!(node.data_partitions[0].target, "/var/lib/containerd");
+        assert_eq!(node.data_partitions[0].options, "noatime");
         for (text, expected) in [
             ("boot_tries = 0", "outside"),
             ("boot_tries = 10", "outside"),
             ("health_check_timeout = 0", "at least"),
             ("pull_timeout = 0", "at least"),
             ("pull_limit_rate = 0", "never finish"),
+            ("kernel_cmdline = \"root=/dev/vda2 osdeploy.slot=a\"", "adds it per slot"),
+            ("kernel_cmdline = \"root=/dev/vda2\\nquiet\"", "one line"),
+            ("[[data_partition]]\nsource = \"sda3\"\ntarget = \"/srv\"\nfstype = \"ext4\"", "is not LABEL="),
+            ("[[data_partition]]\nsource = \"LABEL=x\"\ntarget = \"/usr/x\"\nfstype = \"ext4\"", "inside /usr"),
+            ("[[data_partition]]\nsource = \"UUID=x\"\ntarget = \"/a/../b\"\nfstype = \"ext4\"", "without . or .."),
+            ("[[data_partition]]\nsource = \"LABEL=x\"\ntarget = \"/srv\"", "missing field"),
             ("boot_trys = 3", "unknown field"),
             ("boot_tries = \"x\"", "invalid type"),
         ] {

@@ -11,6 +11,7 @@
 //! SYSROOT/osdeploy/lock           flock(2) lock held by every command that changes the sysroot
 //! SYSROOT/osdeploy/tmp/           temporary files of atomic writes
 //! SYSROOT/var/, home/, var/lib/containerd/   user data: created by init-sysroot if absent, never written again
+//! SYSROOT/boot/osdeploy/SLOT-COMMIT12/        each slot's kernel and initrd (GRUB, systemd-boot; see [`kernel`])
 //! ```
 //!
 //! The bootloader configuration lives where [`state::BootloaderKind::backend`] says (below `SYSROOT/osdeploy` for the
@@ -18,19 +19,21 @@
 //!
 //! Modules: [`state`] (the state file), [`config`] (`CONFIG_DIR/config.toml`), [`lock`] (the sysroot lock),
 //! [`etc`] (three-way /etc merge), [`health`] (health checks with
-//! timeouts), [`ops`] (the commands), [`pull`] (pulls into the sysroot's repository: the followed branch, the node's
+//! timeouts), [`kernel`] (kernels per slot on the boot partition), [`ops`] (the commands), [`prepare_root`] (a slot as the root filesystem at boot), [`pull`] (pulls into the sysroot's repository: the followed branch, the node's
 //! network defaults).
 
 use std::path::{Path, PathBuf};
 
 use crate::bootloader::{BootloaderError, Slot};
-use osdeploy_store::StoreError;
+use osdeploy_store::{CommitId, StoreError};
 
 pub mod config;
 pub mod etc;
 pub mod health;
+pub mod kernel;
 pub mod lock;
 pub mod ops;
+pub mod prepare_root;
 pub mod pull;
 pub mod state;
 
@@ -165,6 +168,26 @@ pub enum DeployError {
         /// What cannot be done.
         what: String,
     },
+    /// A release to boot with a kernel-booting bootloader has no kernel.
+    #[error(
+        "release {commit} has no kernel (usr/lib/modules/VERSION/vmlinuz or boot/vmlinuz-VERSION): the {bootloader} \
+         bootloader could not boot it"
+    )]
+    NoKernel {
+        /// The release.
+        commit: CommitId,
+        /// The node's bootloader.
+        bootloader: BootloaderKind,
+    },
+    /// A node whose bootloader boots kernels has no kernel command line configured.
+    #[error(
+        "kernel_cmdline is not set in config.toml: the {bootloader} entries need at least the root device, e.g. \
+         kernel_cmdline = \"root=UUID=... rw\""
+    )]
+    NoKernelCmdline {
+        /// The node's bootloader.
+        bootloader: BootloaderKind,
+    },
     /// A health check could not be started.
     #[error("health check {path}: cannot run it: {error}")]
     HealthCheck {
@@ -241,6 +264,11 @@ impl Sysroot {
     /// The lock file, `SYSROOT/osdeploy/lock`.
     pub fn lock_path(&self) -> PathBuf {
         self.dir().join("lock")
+    }
+
+    /// The boot partition's mount point (the ESP or XBOOTLDR for systemd-boot), `SYSROOT/boot`.
+    pub fn boot_dir(&self) -> PathBuf {
+        self.root.join("boot")
     }
 
     /// Scratch space for atomic writes, `SYSROOT/osdeploy/tmp`.

@@ -24,10 +24,11 @@ use serde::Serialize;
 
 use super::etc::{self, MergeReport};
 use super::health::{self, CheckResult};
+use super::kernel::{self, KernelPlan};
 use super::lock::SysrootLock;
 use super::state::{BootloaderKind, Follows, HistoryEntry, SlotRecord, SlotState, Slots, State, now};
 use super::{Config, DeployError, IoContext, Result, Sysroot};
-use crate::bootloader::{BlsEntry, Bootloader, Slot, SystemdBoot, Trial};
+use crate::bootloader::{BlsEntry, Bootloader, GrubEnv, Slot, SystemdBoot, Trial};
 use osdeploy_store::fsutil::{clear_dir, dev_of, open_dir, open_dir_beneath, type_at};
 
 /// The ref that pins the commit deployed in `slot`, so that `prune` keeps it.
@@ -78,18 +79,22 @@ pub fn init_sysroot(sysroot: &Sysroot, kind: BootloaderKind) -> Result<InitRepor
         }
     }
     if kind == BootloaderKind::SystemdBoot {
-        let sd = SystemdBoot::new(root.join("boot"));
+        let sd = SystemdBoot::new(sysroot.boot_dir());
         for slot in Slot::ALL {
             let entry = BlsEntry {
-                title: format!("osdeploy slot {slot}"),
+                // Until a switch installs the slot's kernel and rewrites the entry.
+                title: format!("osdeploy slot {slot} (nothing deployed)"),
                 version: None,
-                linux: format!("/osdeploy/slots/{slot}/boot/vmlinuz"),
-                initrd: vec![format!("/osdeploy/slots/{slot}/boot/initrd.img")],
+                linux: format!("/osdeploy/{slot}-none/vmlinuz"),
+                initrd: Vec::new(),
                 options: "rw".to_owned(),
             };
             sd.write_entry(slot, &entry)?;
         }
         sd.install_loader_default()?;
+    }
+    if kind == BootloaderKind::Grub {
+        GrubEnv::new(sysroot.boot_dir().join("grub/grubenv")).install_menu()?;
     }
     let bl = bootloader(sysroot, kind)?;
     bl.set_next(Slot::A)?;
@@ -143,6 +148,8 @@ pub struct SwitchPlan {
     pub tries: u32,
     /// Content is re-hashed before it is deployed (`--verify`, `verify_on_switch`).
     pub verify: bool,
+    /// The kernel installed for the slot (GRUB and systemd-boot).
+    pub kernel: Option<KernelPlan>,
 }
 
 /// What `switch` did.
@@ -169,6 +176,8 @@ pub struct SwitchReport {
     pub etc: MergeReport,
     /// Boots the trial gets.
     pub tries: u32,
+    /// The version of the kernel installed for the slot (GRUB and systemd-boot).
+    pub kernel: Option<String>,
     /// Seconds taken.
     pub seconds: f64,
 }
@@ -245,6 +254,7 @@ fn plan(
     let same_filesystem = dev(&sysroot.repo())? == dev(&slot_place)?;
     let method =
         if same_filesystem && can_share_extents(&slot_place)? { CheckoutMethod::Reflink } else { CheckoutMethod::Copy };
+    let kernel = kernel::plan(sysroot, repo, state.bootloader, slot, &commit, config.kernel_cmdline.as_deref())?;
     Ok(SwitchPlan {
         booted,
         slot,
@@ -257,6 +267,7 @@ fn plan(
         bootloader: state.bootloader,
         tries: config.boot_tries,
         verify: config.verify_on_switch,
+        kernel,
     })
 }
 
@@ -347,11 +358,13 @@ pub fn switch(sysroot: &Sysroot, target: Option<&str>, config: &Config) -> Resul
         stats,
         etc,
         tries: plan.tries,
+        kernel: plan.kernel.map(|k| k.release.version),
         seconds: started.elapsed().as_secs_f64(),
     })
 }
 
-/// The part of a switch that writes the slot: empty it, check the commit out, merge /etc, sync.
+/// The part of a switch that writes the slot: empty it, check the commit out, merge /etc, sync, and
+/// install its kernel.
 fn deploy_into_slot(sysroot: &Sysroot, repo: &Repo, plan: &SwitchPlan) -> Result<(CheckoutStats, MergeReport)> {
     let slot_dir = sysroot.slot_dir(plan.slot);
     empty_slot(sysroot, plan.slot)?;
@@ -374,8 +387,24 @@ fn deploy_into_slot(sysroot: &Sysroot, repo: &Repo, plan: &SwitchPlan) -> Result
         EtcPlan::NothingDeployed => etc::merge(repo, None, &plan.commit, &sysroot.slot_dir(plan.booted), &slot_dir)?,
     };
     etc.kept_local.sort();
+    if plan.kernel.is_some() {
+        // The mount points prepare-root uses when this slot boots, where the release lacks them (the root may be
+        // mounted read-only then).
+        for dir in ["sysroot", "var", "home"] {
+            let path = slot_dir.join(dir);
+            match std::fs::create_dir(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e).at(&path),
+                _ => {}
+            }
+        }
+    }
     crash_point("switch:merged");
     osdeploy_store::fsutil::syncfs(&slot_dir)?;
+    if let Some(kernel) = &plan.kernel {
+        let release = plan.version.clone().unwrap_or_else(|| plan.commit.to_string()[..12].to_owned());
+        let title = format!("osdeploy {release} (slot {})", plan.slot);
+        kernel::install(sysroot, repo, plan.bootloader, plan.slot, &title, kernel)?;
+    }
     Ok((stats, etc))
 }
 

@@ -45,7 +45,7 @@ impl BootloaderKind {
 
     /// Where this backend keeps its configuration in `sysroot`.
     pub fn backend(self, sysroot: &Sysroot) -> BackendConfig {
-        let boot = sysroot.root().join("boot");
+        let boot = sysroot.boot_dir();
         match self {
             BootloaderKind::File => BackendConfig::File(sysroot.dir().join("bootloader.json")),
             BootloaderKind::Grub => BackendConfig::Grub(boot.join("grub/grubenv")),
@@ -54,6 +54,12 @@ impl BootloaderKind {
                 BackendConfig::UBoot { path: boot.join("uboot.env"), size: uboot::DEFAULT_ENV_SIZE }
             }
         }
+    }
+}
+
+impl fmt::Display for BootloaderKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
