@@ -170,6 +170,30 @@ fn a_flipped_byte_on_the_server_is_refused_and_the_ref_stays() {
 }
 
 #[test]
+fn a_node_without_ca_certificates_pulls_over_http_and_says_why_https_fails() {
+    let o = origin();
+    let server = osdeploy_serve(&o.repo);
+    let node = node_with_remote(&o.root, "bare", &server.url);
+    ok(osdeploy(&node).args(["remote", "add", "tls", "https://127.0.0.1:1", "--insecure"]));
+    // A minimal image without ca-certificates: no CA file, an empty CA directory.
+    let no_cas = o.root.join("no-cas");
+    fs::create_dir(&no_cas).unwrap();
+    let without_cas = |cmd: &mut std::process::Command| {
+        cmd.env("SSL_CERT_FILE", o.root.join("missing.pem")).env("SSL_CERT_DIR", &no_cas);
+    };
+    let mut pull = osdeploy(&node);
+    without_cas(pull.args(["pull", "--json", "origin", "stable"]));
+    assert!(json(&ok(&mut pull))["requests"].as_u64().unwrap() > 0);
+    let out = o.root.join("co");
+    ok(osdeploy(&node).args(["checkout", "origin/stable"]).arg(&out));
+    assert_same_tree(&o.v1, &out);
+    let mut pull = osdeploy(&node);
+    without_cas(pull.args(["pull", "tls", "stable"]));
+    let err = fails(&mut pull);
+    assert!(err.contains("No CA certificates") && err.contains("ca-certificates"), "{err}");
+}
+
+#[test]
 fn unknown_branch_and_dead_server_give_clear_errors() {
     let o = origin();
     let server = osdeploy_serve(&o.repo);

@@ -132,6 +132,21 @@ impl RateLimit {
     }
 }
 
+/// The client could not be built: the message carries every cause (reqwest's own says only
+/// "builder error").
+fn setup_error(error: &reqwest::Error) -> TransportError {
+    let mut reason = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        reason.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    if reason.contains("certificate") {
+        reason.push_str(" (are the system's CA certificates installed? Debian: ca-certificates)");
+    }
+    TransportError::Setup { what: "the HTTP client", reason }
+}
+
 /// A client for one remote; cheap to clone (shared connection pool, counters and rate limit).
 #[derive(Clone)]
 pub struct Client {
@@ -151,12 +166,22 @@ impl Client {
         if options.limit_rate == Some(0) {
             return Err(TransportError::Options("a rate limit of 0 bytes/s would never finish".into()));
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(options.timeout)
-            .read_timeout(options.timeout)
-            .user_agent(concat!("osdeploy/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| TransportError::Setup { what: "the HTTP client", reason: e.to_string() })?;
+        let builder = || {
+            reqwest::Client::builder()
+                .connect_timeout(options.timeout)
+                .read_timeout(options.timeout)
+                .user_agent(concat!("osdeploy/", env!("CARGO_PKG_VERSION")))
+        };
+        let http = match builder().build() {
+            Ok(http) => http,
+            // The system's CA certificates cannot be loaded (a minimal image without
+            // ca-certificates): plain HTTP remotes, whose content the signed summary vouches for,
+            // need none.
+            Err(_) if remote.urls.iter().all(|url| url.starts_with("http://")) => {
+                builder().tls_certs_only([]).build().map_err(|e| setup_error(&e))?
+            }
+            Err(e) => return Err(setup_error(&e)),
+        };
         let limit = options
             .limit_rate
             .map(|bytes_per_sec| Arc::new(RateLimit { bytes_per_sec, next_free: Mutex::new(Instant::now()) }));
