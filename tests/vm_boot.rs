@@ -1,0 +1,446 @@
+//! Real boots, A → B → automatic fallback, with systemd-boot and with GRUB on UEFI (QEMU, OVMF).
+//!
+//! A Debian 12 root filesystem (`tests/vm/make-vm-rootfs.sh`: systemd, udev, the cloud kernel)
+//! gets the osdeploy binary under test, its initramfs hook and its systemd units, and becomes
+//! three releases on an origin: 1 and 2 healthy, 3 with a failing health check. The host installs
+//! a node as an installer would: a GPT disk with a FAT ESP, a btrfs sysroot and an ext4
+//! container-image partition; init-sysroot, release 1 pulled, switched and marked good (its
+//! first boot played on the host), release 2 pulled and switched in. Then the VM boots, and
+//! nothing outside the guest touches the disk:
+//!
+//! 1. release 2 on trial from slot a: prepare-root makes the slot the root filesystem, mark-good
+//!    passes, slot a becomes the default; the guest then pulls release 3 from a second disk
+//!    (served by `osdeploy serve` on its loopback) and switches it into slot b, installing its
+//!    kernel on the ESP itself;
+//! 2. release 3 on trial from slot b: its health check fails, it is not marked good;
+//! 3. the bootloader's own counting brings slot a back; boot-check marks slot b bad.
+//!
+//! Each boot reports on the serial console (`tests/vm/osdeploy-vmtest`): the user-data file on
+//! /var and the image on the container partition read the same at every boot, /usr is
+//! read-only, `osdeploy status` names the booted slot, and the container partition's bytes are
+//! the same before and after the guest's pull and switch. The test prints the boot timeline.
+//!
+//! Acceleration: nested KVM on the machines this project is built on stops in the firmware's
+//! first FPU instruction (a KVM emulation failure), so QEMU emulates (TCG) unless
+//! `OSDEPLOY_VM_ACCEL=kvm`. A boot takes about a minute that way.
+
+mod support;
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::*;
+
+/// Where the root filesystem and the releases are kept between runs (large, rebuilt as needed).
+fn work_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("vm")
+}
+
+/// The repository's own files the image needs.
+fn source(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+}
+
+/// Runs a shell command line, asserting success; returns stdout.
+fn shell(script: &str) -> String {
+    let out = Command::new("sh").args(["-ec", script]).output().expect("sh");
+    assert!(
+        out.status.success(),
+        "{script}\nfailed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Quotes a path for [`shell`].
+fn q(path: &Path) -> String {
+    format!("'{}'", path.display().to_string().replace('\'', r"'\''"))
+}
+
+/// The node configuration every release carries (and the installer uses).
+const NODE_CONFIG: &str = r#"boot_tries = 1
+kernel_cmdline = "root=PARTLABEL=osd-sysroot rw console=ttyS0 panic=5"
+
+[[data_partition]]
+source = "LABEL=osd-images"
+target = "/var/lib/containerd"
+fstype = "ext4"
+options = "noatime"
+"#;
+
+/// The origin with branches r1, r2 and r3, built once per test run.
+struct Releases {
+    origin: PathBuf,
+}
+
+fn releases() -> &'static Releases {
+    static RELEASES: OnceLock<Releases> = OnceLock::new();
+    RELEASES.get_or_init(|| {
+        require_root();
+        let work = work_dir();
+        shell(&format!("{} {}", q(&source("tests/vm/make-vm-rootfs.sh")), q(&work)));
+        let run = work.join("releases");
+        if run.exists() {
+            fs::remove_dir_all(&run).unwrap();
+        }
+        fs::create_dir_all(&run).unwrap();
+        // Release 1: the image with osdeploy as a package would install it, the node's
+        // configuration, a passing health check, and the initramfs rebuilt with the hook.
+        let r1 = run.join("r1");
+        let binary = run.join("osdeploy");
+        sh("strip", &["-o", &binary.display().to_string(), env!("CARGO_BIN_EXE_osdeploy")]);
+        let masked = "serial-getty@ttyS0.service getty@tty1.service apt-daily.timer apt-daily-upgrade.timer \
+                      e2scrub_reap.service dpkg-db-backup.timer";
+        shell(&format!(
+            "cp -a {rootfs} {r1}
+             install -D -m755 {binary} {r1}/usr/bin/osdeploy
+             install -D -m755 {hook} {r1}/usr/share/initramfs-tools/hooks/osdeploy
+             install -D -m755 {script} {r1}/usr/share/initramfs-tools/scripts/local-bottom/osdeploy
+             install -D -m644 {units}/osdeploy-boot-check.service {r1}/usr/lib/systemd/system/osdeploy-boot-check.service
+             install -D -m644 {units}/osdeploy-mark-good.service {r1}/usr/lib/systemd/system/osdeploy-mark-good.service
+             install -D -m755 {vm}/osdeploy-vmtest {r1}/usr/local/sbin/osdeploy-vmtest
+             install -D -m644 {vm}/osdeploy-vmtest.service {r1}/usr/lib/systemd/system/osdeploy-vmtest.service
+             cd {r1}/etc/systemd/system
+             mkdir -p sysinit.target.wants multi-user.target.wants
+             ln -s /usr/lib/systemd/system/osdeploy-boot-check.service sysinit.target.wants/
+             ln -s /usr/lib/systemd/system/osdeploy-mark-good.service multi-user.target.wants/
+             ln -s /usr/lib/systemd/system/osdeploy-vmtest.service multi-user.target.wants/
+             # getty's vhangup of ttyS0 would cut the report off; the rest only slows the boot.
+             for unit in {masked}; do ln -s /dev/null $unit; done
+             mkdir -p {r1}/etc/osdeploy/health.d
+             printf '#!/bin/sh\\nexit 0\\n' > {r1}/etc/osdeploy/health.d/10-ok
+             chmod 755 {r1}/etc/osdeploy/health.d/10-ok
+             echo 'PARTLABEL=osd-esp /sysroot/boot vfat umask=0077 0 0' > {r1}/etc/fstab
+             echo 1 > {r1}/etc/osdeploy-release
+             chroot {r1} update-initramfs -u -k all > /dev/null",
+            rootfs = q(&work.join("rootfs")),
+            r1 = q(&r1),
+            binary = q(&binary),
+            hook = q(&source("deploy-cli/dist/initramfs-tools/hooks/osdeploy")),
+            script = q(&source("deploy-cli/dist/initramfs-tools/scripts/local-bottom/osdeploy")),
+            units = q(&source("systemd")),
+            vm = q(&source("tests/vm")),
+        ));
+        fs::write(r1.join("etc/osdeploy/config.toml"), NODE_CONFIG).unwrap();
+        // Releases 2 and 3 differ in their release file; release 3 fails its health check.
+        let (r2, r3) = (run.join("r2"), run.join("r3"));
+        shell(&format!(
+            "cp -a {r1} {r2}; echo 2 > {r2}/etc/osdeploy-release
+             cp -a {r1} {r3}; echo 3 > {r3}/etc/osdeploy-release
+             printf '#!/bin/sh\\necho release 3 is broken >&2\\nexit 1\\n' > {r3}/etc/osdeploy/health.d/20-fail
+             chmod 755 {r3}/etc/osdeploy/health.d/20-fail",
+            r1 = q(&r1),
+            r2 = q(&r2),
+            r3 = q(&r3)
+        ));
+        let origin = run.join("origin");
+        ok(osdeploy(&origin).args(["init", "--mode", "archive"]));
+        for (n, tree) in [(1, &r1), (2, &r2), (3, &r3)] {
+            ok(osdeploy(&origin).args(["commit", "-b", &format!("r{n}"), "--version", &n.to_string()]).arg(tree));
+        }
+        Releases { origin }
+    })
+}
+
+/// A loop device over a byte range of an image; detached on drop.
+struct Loop(String);
+
+impl Loop {
+    fn new(image: &Path, offset: u64, size: u64) -> Loop {
+        let out = sh(
+            "losetup",
+            &["-f", "--show", "-o", &offset.to_string(), "--sizelimit", &size.to_string(), &image.display().to_string()],
+        );
+        Loop(String::from_utf8(out.stdout).unwrap().trim().to_owned())
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+/// A mount; unmounted on drop.
+struct Mounted(PathBuf);
+
+impl Mounted {
+    fn new(args: &[&str], at: &Path) -> Mounted {
+        fs::create_dir_all(at).unwrap();
+        let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        all.push(at.display().to_string());
+        sh("mount", &all.iter().map(String::as_str).collect::<Vec<_>>());
+        Mounted(at.to_owned())
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// The partitions of the node's disk, by GPT name: (offset, size) in bytes.
+fn partitions(disk: &Path) -> Vec<(String, u64, u64)> {
+    let table: Value = serde_json::from_slice(&sh("sfdisk", &["-J", &disk.display().to_string()]).stdout).unwrap();
+    table["partitiontable"]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let name = p["name"].as_str().unwrap().to_owned();
+            (name, p["start"].as_u64().unwrap() * 512, p["size"].as_u64().unwrap() * 512)
+        })
+        .collect()
+}
+
+/// A node's disks, made by the host as an installer would.
+struct Node {
+    disk: PathBuf,
+    ctl: PathBuf,
+    vars: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+/// The user data the installer leaves on /var; every boot must read it back.
+const USER_DATA: &str = "user data written once by the installer";
+/// The container image on its own partition; every boot must read it back.
+const IMAGE: &str = "a cached container image layer";
+
+fn install_node(bootloader: &str, releases: &Releases) -> Node {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let disk = dir.path().join("disk.img");
+    fs::File::create(&disk).unwrap().set_len(3 << 30).unwrap();
+    let mut sfdisk = Command::new("sfdisk").args(["-q"]).arg(&disk).stdin(Stdio::piped()).spawn().expect("sfdisk");
+    sfdisk
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            b"label: gpt\nsize=200MiB, type=U, name=osd-esp\nsize=2400MiB, type=L, name=osd-sysroot\n\
+              type=L, name=osd-images\n",
+        )
+        .unwrap();
+    assert!(sfdisk.wait().unwrap().success(), "sfdisk");
+    let parts = partitions(&disk);
+    let part = |name: &str| {
+        let (_, offset, size) = parts.iter().find(|p| p.0 == name).unwrap();
+        Loop::new(&disk, *offset, *size)
+    };
+    let (esp, sysroot, images) = (part("osd-esp"), part("osd-sysroot"), part("osd-images"));
+
+    // The sysroot, installed with the host's osdeploy; the ESP content is staged on a tmpfs of
+    // its own (so that it is a partition of its own, as the ESP will be) and copied in with
+    // mtools, FAT being a filesystem the host's kernel may lack.
+    sh("mkfs.btrfs", &["-q", "-L", "osd-sysroot", &sysroot.0]);
+    let root = dir.path().join("sysroot");
+    let root_mount = Mounted::new(&[&sysroot.0], &root);
+    let boot_mount = Mounted::new(&["-t", "tmpfs", "tmpfs"], &root.join("boot"));
+    let config = dir.path().join("config");
+    fs::create_dir_all(config.join("health.d")).unwrap();
+    fs::write(config.join("config.toml"), NODE_CONFIG).unwrap();
+    let server = osdeploy_serve(&releases.origin);
+    let node = || osd_at(&root, &config);
+    ok(node().args(["init-sysroot", "--bootloader", bootloader]));
+    ok(node().args(["remote", "add", "origin", &server.url, "--insecure"]));
+    ok(node().args(["pull", "origin", "r1"]));
+    ok(node().args(["switch", "origin/r1"]));
+    // Release 1's first boot, played by the installer: it lands in slot b and is marked good.
+    let cmdline = dir.path().join("cmdline");
+    fs::write(&cmdline, "osdeploy.slot=b\n").unwrap();
+    ok(node().args(["boot-check", "--cmdline"]).arg(&cmdline));
+    ok(node().arg("mark-good"));
+    ok(node().args(["pull", "origin", "r2"]));
+    let switched = json(&ok(node().args(["switch", "--json", "origin/r2"])));
+    assert_eq!((switched["slot"].as_str(), switched["kernel"].as_str()), (Some("a"), Some("6.1.0-50-cloud-amd64")));
+    fs::create_dir_all(root.join("var/lib")).unwrap();
+    fs::write(root.join("var/lib/osd-data"), USER_DATA).unwrap();
+    let staged = dir.path().join("esp");
+    shell(&format!("cp -a {}/. {}", q(&root.join("boot")), q(&staged)));
+    drop(boot_mount);
+    drop(root_mount);
+
+    sh("mkfs.ext4", &["-q", "-L", "osd-images", &images.0]);
+    let images_mount = Mounted::new(&[&images.0], &dir.path().join("images"));
+    fs::write(images_mount.0.join("blob"), IMAGE).unwrap();
+    drop(images_mount);
+
+    fs::create_dir_all(staged.join("EFI/BOOT")).unwrap();
+    let loader = staged.join("EFI/BOOT/BOOTX64.EFI");
+    match bootloader {
+        "systemd-boot" => {
+            fs::copy("/usr/lib/systemd/boot/efi/systemd-bootx64.efi", &loader).expect("systemd-boot-efi is installed");
+        }
+        _ => {
+            let modules = "part_gpt fat normal linux loadenv test echo configfile gzio efi_gop all_video";
+            let mut args = vec!["-O", "x86_64-efi", "-p", "(hd0,gpt1)/grub", "-o"];
+            let loader = loader.display().to_string();
+            args.push(&loader);
+            args.extend(modules.split(' '));
+            sh("grub-mkimage", &args);
+            fs::write(staged.join("grub/grub.cfg"), "set timeout=0\nsource ${prefix}/osdeploy.cfg\n").unwrap();
+        }
+    }
+    sh("mkfs.vfat", &["-F", "32", "-n", "OSDESP", &esp.0]);
+    shell(&format!("cd {} && MTOOLS_SKIP_CHECK=1 mcopy -s -i {} * ::/", q(&staged), esp.0));
+
+    // The second disk: the origin, and the step the first boot runs.
+    let ctl = dir.path().join("ctl.img");
+    fs::File::create(&ctl).unwrap().set_len(1 << 30).unwrap();
+    sh("mkfs.ext4", &["-q", "-L", "osd-ctl", &ctl.display().to_string()]);
+    let port = server.url.rsplit(':').next().unwrap().trim_end_matches('/').to_owned();
+    let ctl_mount = Mounted::new(&[&ctl.display().to_string()], &dir.path().join("ctl"));
+    shell(&format!("cp -a {} {}", q(&releases.origin), q(&ctl_mount.0.join("origin"))));
+    fs::write(
+        ctl_mount.0.join("step.sh"),
+        format!(
+            "set -e
+osdeploy serve /run/ctl/origin --listen 127.0.0.1:{port} > /dev/null 2>&1 &
+server=$!
+sleep 2
+sync; before=$(sha256sum < /dev/disk/by-label/osd-images)
+osdeploy --sysroot /sysroot pull origin r3
+osdeploy --sysroot /sysroot switch origin/r3
+sync; after=$(sha256sum < /dev/disk/by-label/osd-images)
+echo \"images-partition before=${{before%% *}} after=${{after%% *}}\"
+kill $server
+"
+        ),
+    )
+    .unwrap();
+    drop(ctl_mount);
+    let vars = dir.path().join("vars.fd");
+    fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).expect("ovmf is installed");
+    Node { disk, ctl, vars, dir }
+}
+
+/// What one boot reported.
+struct Boot {
+    /// `slot=… release=… mark-good=…` fields.
+    fields: Vec<(String, String)>,
+    status: Value,
+    lines: Vec<String>,
+    /// Seconds from starting QEMU to the report.
+    seconds: f64,
+}
+
+impl Boot {
+    fn field(&self, key: &str) -> &str {
+        self.fields.iter().find(|(k, _)| k == key).map_or("", |(_, v)| v.as_str())
+    }
+
+    fn has(&self, line: &str) -> bool {
+        self.lines.iter().any(|l| l == line)
+    }
+}
+
+/// Boots the node once, until it powers off; returns its report.
+fn boot(node: &Node, n: usize) -> Boot {
+    let log = node.dir.path().join(format!("serial-{n}.log"));
+    let accel = std::env::var("OSDEPLOY_VM_ACCEL").unwrap_or_else(|_| "tcg,thread=multi".to_owned());
+    let code = "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd".to_owned();
+    let vars = format!("if=pflash,format=raw,file={}", node.vars.display());
+    let disk = format!("file={},format=raw,if=virtio", node.disk.display());
+    let ctl = format!("file={},format=raw,if=virtio", node.ctl.display());
+    let serial = format!("file:{}", log.display());
+    let started = Instant::now();
+    let mut qemu = Command::new("qemu-system-x86_64")
+        .args(["-accel", &accel, "-machine", "q35", "-m", "1024", "-smp", "2", "-nic", "none", "-display", "none"])
+        .args(["-no-reboot", "-drive", &code, "-drive", &vars, "-drive", &disk, "-drive", &ctl, "-serial", &serial])
+        .args(if accel.starts_with("tcg") { vec!["-cpu", "max"] } else { vec!["-cpu", "host"] })
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("qemu-system-x86_64 is required (Debian: qemu-system-x86)");
+    let mut reported = None;
+    let exit = loop {
+        if let Some(status) = qemu.try_wait().unwrap() {
+            break format!("QEMU exited: {status}");
+        }
+        if reported.is_none() && fs::read(&log).is_ok_and(|b| String::from_utf8_lossy(&b).contains("VMTEST boot ")) {
+            reported = Some(started.elapsed().as_secs_f64());
+        }
+        if started.elapsed() > Duration::from_secs(900) {
+            let _ = qemu.kill();
+            let _ = qemu.wait();
+            break "no power-off within 900 s: QEMU killed".to_owned();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let text = String::from_utf8_lossy(&fs::read(&log).unwrap_or_default()).into_owned();
+    let lines: Vec<String> =
+        text.lines().filter_map(|l| l.strip_prefix("VMTEST ")).map(|l| l.trim_end().to_owned()).collect();
+    let tail: String = text.chars().rev().take(4000).collect::<Vec<_>>().into_iter().rev().collect();
+    assert!(lines.iter().any(|l| l == "done"), "boot {n} did not report ({exit}):\n{tail}");
+    let fields = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("boot "))
+        .unwrap()
+        .split(' ')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let status = json(lines.iter().find_map(|l| l.strip_prefix("status ")).unwrap());
+    Boot { fields, status, lines, seconds: reported.unwrap_or(0.0) }
+}
+
+/// Installs a node, boots it three times and checks each boot (see the module documentation).
+fn a_to_b_and_back(bootloader: &str) {
+    let releases = releases();
+    let node = install_node(bootloader, releases);
+    let mut timeline = Vec::new();
+    let mut check = |n: usize, slot: &str, release: &str, mark_good: &str| -> Boot {
+        let boot = boot(&node, n);
+        let context = format!("{bootloader}, boot {n}: {:?}", boot.lines);
+        assert_eq!(
+            (boot.field("slot"), boot.field("release"), boot.field("mark-good")),
+            (slot, release, mark_good),
+            "{context}"
+        );
+        assert_eq!(boot.status["booted"], slot, "status names the booted slot: {context}");
+        assert!(boot.has("usr read-only"), "{context}");
+        assert!(boot.has(&format!("data {USER_DATA} | images {IMAGE}")), "{context}");
+        let marked = boot.field("mark-good-at-us").parse::<f64>().unwrap_or(0.0) / 1e6;
+        timeline.push(format!(
+            "{bootloader} boot {n}: slot {slot}, release {release}, mark-good {mark_good} {marked:.1} s after the \
+             kernel started, report {:.1} s after power-on",
+            boot.seconds
+        ));
+        boot
+    };
+
+    let first = check(1, "a", "2", "active");
+    assert_eq!(first.status["default"], "a", "{:?}", first.lines);
+    let step: Vec<&String> = first.lines.iter().filter(|l| l.starts_with("step: ")).collect();
+    assert!(step.iter().any(|l| l.contains("kernel 6.1.0-50-cloud-amd64 installed")), "{step:?}");
+    let images = step
+        .iter()
+        .find_map(|l| l.strip_prefix("step: images-partition before="))
+        .unwrap_or_else(|| panic!("the step did not finish: {step:?}"));
+    let (before, after) = images.split_once(" after=").unwrap();
+    assert_eq!(before, after, "the guest's pull and switch left the container partition's bytes alone");
+    {
+        let ctl = Mounted::new(&[&node.ctl.display().to_string()], &node.dir.path().join("ctl"));
+        fs::remove_file(ctl.0.join("step.sh")).unwrap();
+    }
+    let second = check(2, "b", "3", "failed");
+    assert_eq!((second.status["default"].as_str(), second.status["next_boot"].as_str()), (Some("a"), Some("a")));
+    let third = check(3, "a", "2", "active");
+    assert_eq!(third.status["slots"]["b"]["state"], "bad", "{:?}", third.lines);
+    println!("{}", timeline.join("\n"));
+}
+
+#[test]
+fn systemd_boot_boots_a_slot_and_falls_back_by_itself() {
+    a_to_b_and_back("systemd-boot");
+}
+
+#[test]
+fn grub_boots_a_slot_and_falls_back_by_itself() {
+    a_to_b_and_back("grub");
+}
