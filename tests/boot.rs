@@ -241,7 +241,9 @@ fn prepare_root_makes_the_booted_slot_the_root_filesystem() {
         tree.join("etc/osdeploy/config.toml"),
         format!(
             "[[data_partition]]\nsource = \"LABEL={label}\"\ntarget = \"/var/lib/containerd\"\nfstype = \"ext4\"\n\
-             options = \"noatime,nodev\"\n"
+             options = \"noatime,nodev\"\n\
+             [[data_partition]]\nsource = \"/dev/osdeploy-test-absent\"\ntarget = \"/srv/scratch\"\nfstype = \"ext4\"\n\
+             options = \"nofail\"\n"
         ),
     )
     .unwrap();
@@ -274,7 +276,7 @@ fn prepare_root_makes_the_booted_slot_the_root_filesystem() {
     let plan = json(&ok(run("b").args(["--dry-run", "--json"])));
     assert_eq!(ours(), mounts_before, "a dry run mounts nothing");
     let kinds: Vec<&str> = plan["steps"].as_array().unwrap().iter().map(|s| s["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["move", "bind", "bind", "bind", "bind", "partition", "move"], "{plan}");
+    assert_eq!(kinds, ["move", "bind", "bind", "bind", "bind", "partition", "partition", "move"], "{plan}");
     assert_eq!((plan["slot"].as_str(), plan["state"].as_str()), (Some("b"), Some("trial")), "{plan}");
     assert_eq!(plan["steps"][2]["read_only"], true, "/usr: {plan}");
 
@@ -282,7 +284,7 @@ fn prepare_root_makes_the_booted_slot_the_root_filesystem() {
     fs::write(&cmdline, "BOOT_IMAGE=/vmlinuz root=LABEL=sysroot rw osdeploy.slot=b\n").unwrap();
     let script = r#"
         osd=$1 root=$2 cmdline=$3 scratch=$4 out=$5
-        "$osd" prepare-root --root "$root" --cmdline "$cmdline" --scratch "$scratch" > "$out/report"
+        "$osd" prepare-root --root "$root" --cmdline "$cmdline" --scratch "$scratch" > "$out/report" 2> "$out/stderr"
         findmnt -rn -o TARGET,FSTYPE,OPTIONS -R "$root" > "$out/mounts"
         cat "$root/etc/marker" "$root/var/log/app.log" "$root/home/notes" "$root/var/lib/containerd/image-blob" > "$out/seen"
         if touch "$root/usr/new-file" 2> "$out/usr-error"; then echo writable; else echo read-only; fi > "$out/usr"
@@ -303,6 +305,12 @@ fn prepare_root_makes_the_booted_slot_the_root_filesystem() {
     assert_eq!(read("usr"), "read-only\n", "{}", read("usr-error"));
     assert!(read("usr-error").contains("Read-only file system"), "{}", read("usr-error"));
     assert_eq!(read("sysroot"), "present\n");
+    // A partition marked nofail that is not there: the boot goes on and says so.
+    assert!(
+        read("stderr").contains("data partition /dev/osdeploy-test-absent not mounted (nofail)"),
+        "{}",
+        read("stderr")
+    );
     let mounts = read("mounts");
     let mount_of = |target: &str| {
         mounts

@@ -155,7 +155,15 @@ impl Loop {
     fn new(image: &Path, offset: u64, size: u64) -> Loop {
         let out = sh(
             "losetup",
-            &["-f", "--show", "-o", &offset.to_string(), "--sizelimit", &size.to_string(), &image.display().to_string()],
+            &[
+                "-f",
+                "--show",
+                "-o",
+                &offset.to_string(),
+                "--sizelimit",
+                &size.to_string(),
+                &image.display().to_string(),
+            ],
         );
         Loop(String::from_utf8(out.stdout).unwrap().trim().to_owned())
     }

@@ -150,12 +150,17 @@ fn describe(record: &SlotRecord) -> String {
 
 /// `prepare-root`.
 pub fn prepare_root(paths: &BootPaths, dry_run: bool, json: bool) -> Result<()> {
+    let started = std::time::Instant::now();
     let plan = if dry_run { prepare_root::plan(paths)? } else { prepare_root::prepare_root(paths)? };
     if json {
         return print_json(&plan);
     }
     let version = plan.version.as_ref().map_or_else(String::new, |v| format!(", version {v}"));
-    let done = if dry_run { "would make (dry run: nothing mounted)" } else { "made" };
+    let done = if dry_run {
+        "would make (dry run: nothing mounted)".to_owned()
+    } else {
+        format!("made in {} ms", started.elapsed().as_millis())
+    };
     println!("slot {} ({}{version}) is the root filesystem; mounts {done}:", plan.slot, plan.state);
     for step in &plan.steps {
         match step {

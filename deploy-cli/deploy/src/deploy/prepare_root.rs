@@ -12,6 +12,7 @@
 //! 4. bind-mounts the sysroot's persistent `var/` and `home/` on the slot's;
 //! 5. mounts the node's data partitions (`[[data_partition]]` in the slot's
 //!    `/etc/osdeploy/config.toml`: a container-image store, user data) by label, UUID or path;
+//!    one that cannot be mounted fails the boot unless its options say `nofail`;
 //! 6. moves the sysroot mount to `ROOT/sysroot`, where `osdeploy` finds its repository and slots
 //!    in the booted system.
 //!
@@ -106,7 +107,7 @@ pub fn plan(paths: &BootPaths) -> Result<PrepareRootPlan> {
         return Err(refuse("it cannot be the root filesystem; reboot to let the bootloader fall back".into()));
     }
     let slot_dir = sysroot.slot_dir(slot);
-    if !slot_dir.join("usr").is_dir() {
+    if !std::fs::symlink_metadata(slot_dir.join("usr")).is_ok_and(|m| m.is_dir()) {
         return Err(refuse(format!(
             "{} holds no usr/ directory; it cannot be the root filesystem",
             slot_dir.display()
@@ -184,7 +185,7 @@ fn mount_options(options: &str) -> (MountFlags, String) {
             "noatime" => flags |= MountFlags::NOATIME,
             "nodiratime" => flags |= MountFlags::NODIRATIME,
             "relatime" => flags |= MountFlags::RELATIME,
-            "rw" | "defaults" => {}
+            "rw" | "defaults" | "nofail" => {}
             other => data.push(other),
         }
     }
@@ -214,12 +215,21 @@ fn run(step: &Step) -> Result<()> {
             Ok(())
         }
         Step::Partition { source, to, fstype, options } => {
-            let device = resolve_device(source)?;
-            mount_point(to)?;
-            let (flags, data) = mount_options(options);
-            let data = std::ffi::CString::new(data).expect("options hold no NUL (TOML strings cannot)");
-            rustix::mount::mount(&device, to, fstype.as_str(), flags, Some(data.as_c_str()))
-                .map_err(|e| failed(to, &format!("mounting {source} ({}, {fstype})", device.display()), e))
+            let mounted = resolve_device(source).and_then(|device| {
+                mount_point(to)?;
+                let (flags, data) = mount_options(options);
+                let data = std::ffi::CString::new(data).expect("options hold no NUL (TOML strings cannot)");
+                rustix::mount::mount(&device, to, fstype.as_str(), flags, Some(data.as_c_str()))
+                    .map_err(|e| failed(to, &format!("mounting {source} ({}, {fstype})", device.display()), e))
+            });
+            match mounted {
+                // As in fstab: the system boots without a partition marked nofail.
+                Err(error) if options.split(',').any(|o| o == "nofail") => {
+                    eprintln!("osdeploy: data partition {source} not mounted (nofail): {error}");
+                    Ok(())
+                }
+                other => other,
+            }
         }
     }
 }
