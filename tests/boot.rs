@@ -346,6 +346,48 @@ fn prepare_root_makes_the_booted_slot_the_root_filesystem() {
 }
 
 #[test]
+fn the_package_ships_binary_units_initramfs_hook_man_pages_and_completions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let binary = tmp.path().join("osdeploy");
+    sh("strip", &["-o", &binary.display().to_string(), env!("CARGO_BIN_EXE_osdeploy")]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("dist/build-deb.sh");
+    let out = sh(&script.display().to_string(), &[&binary.display().to_string(), &tmp.path().display().to_string()]);
+    let deb = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let field = |name: &str| String::from_utf8(sh("dpkg-deb", &["-f", &deb, name]).stdout).unwrap().trim().to_owned();
+    assert_eq!(field("Package"), "osdeploy");
+    assert!(field("Depends").starts_with("libc6 (>= 2."), "{}", field("Depends"));
+    let root = tmp.path().join("root");
+    sh("dpkg-deb", &["-x", &deb, &root.display().to_string()]);
+    for path in [
+        "usr/bin/osdeploy",
+        "usr/lib/systemd/system/osdeploy-boot-check.service",
+        "usr/lib/systemd/system/osdeploy-mark-good.service",
+        "usr/share/initramfs-tools/hooks/osdeploy",
+        "usr/share/initramfs-tools/scripts/local-bottom/osdeploy",
+        "usr/share/man/man1/osdeploy.1.gz",
+        "usr/share/man/man1/osdeploy-prepare-root.1.gz",
+        "usr/share/zsh/vendor-completions/_osdeploy",
+        "usr/share/fish/vendor_completions.d/osdeploy.fish",
+        "usr/share/doc/osdeploy/deployments.md",
+        "etc/osdeploy/health.d",
+    ] {
+        assert!(root.join(path).exists(), "the package lacks {path}");
+    }
+    let page = sh("sh", &["-c", &format!("zcat {}", root.join("usr/share/man/man1/osdeploy-switch.1.gz").display())]);
+    let page = String::from_utf8(page.stdout).unwrap();
+    assert!(page.starts_with(".ie") || page.contains(".TH osdeploy-switch"), "{page}");
+    assert!(page.contains("dry"), "the page documents switch's options: {page}");
+    let completion = root.join("usr/share/bash-completion/completions/osdeploy");
+    sh("bash", &["-n", &completion.display().to_string()]);
+    assert!(fs::read_to_string(&completion).unwrap().contains("prepare-root"));
+    // The maintainer scripts enable the boot-time units; initramfs-tools rebuilds the initramfs.
+    let control = tmp.path().join("control");
+    sh("dpkg-deb", &["-e", &deb, &control.display().to_string()]);
+    assert!(fs::read_to_string(control.join("postinst")).unwrap().contains("systemctl enable osdeploy-boot-check"));
+    assert_eq!(fs::read_to_string(control.join("triggers")).unwrap(), "activate-noawait update-initramfs\n");
+}
+
+#[test]
 fn the_initramfs_scripts_are_valid_shell() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy-cli/dist/initramfs-tools");
     for script in ["hooks/osdeploy", "scripts/local-bottom/osdeploy"] {

@@ -90,43 +90,43 @@ fn releases() -> &'static Releases {
             fs::remove_dir_all(&run).unwrap();
         }
         fs::create_dir_all(&run).unwrap();
-        // Release 1: the image with osdeploy as a package would install it, the node's
-        // configuration, a passing health check, and the initramfs rebuilt with the hook.
+        // Release 1: the image with osdeploy's package installed, the node's configuration and a
+        // passing health check.
         let r1 = run.join("r1");
         let binary = run.join("osdeploy");
         sh("strip", &["-o", &binary.display().to_string(), env!("CARGO_BIN_EXE_osdeploy")]);
         let masked = "serial-getty@ttyS0.service getty@tty1.service apt-daily.timer apt-daily-upgrade.timer \
                       e2scrub_reap.service dpkg-db-backup.timer";
+        let deb = shell(&format!("{} {} {}", q(&source("deploy-cli/dist/build-deb.sh")), q(&binary), q(&run)));
         shell(&format!(
             "cp -a {rootfs} {r1}
-             install -D -m755 {binary} {r1}/usr/bin/osdeploy
-             install -D -m755 {hook} {r1}/usr/share/initramfs-tools/hooks/osdeploy
-             install -D -m755 {script} {r1}/usr/share/initramfs-tools/scripts/local-bottom/osdeploy
-             install -D -m644 {units}/osdeploy-boot-check.service {r1}/usr/lib/systemd/system/osdeploy-boot-check.service
-             install -D -m644 {units}/osdeploy-mark-good.service {r1}/usr/lib/systemd/system/osdeploy-mark-good.service
+             # osdeploy as a node gets it: its package, which enables the units and rebuilds the
+             # initramfs with the hook (initramfs-tools' trigger).
+             cp {deb} {r1}/tmp/osdeploy.deb
+             chroot {r1} dpkg -i /tmp/osdeploy.deb > /dev/null
+             rm {r1}/tmp/osdeploy.deb
              install -D -m755 {vm}/osdeploy-vmtest {r1}/usr/local/sbin/osdeploy-vmtest
              install -D -m644 {vm}/osdeploy-vmtest.service {r1}/usr/lib/systemd/system/osdeploy-vmtest.service
              cd {r1}/etc/systemd/system
-             mkdir -p sysinit.target.wants multi-user.target.wants
-             ln -s /usr/lib/systemd/system/osdeploy-boot-check.service sysinit.target.wants/
-             ln -s /usr/lib/systemd/system/osdeploy-mark-good.service multi-user.target.wants/
+             mkdir -p multi-user.target.wants
              ln -s /usr/lib/systemd/system/osdeploy-vmtest.service multi-user.target.wants/
              # getty's vhangup of ttyS0 would cut the report off; the rest only slows the boot.
              for unit in {masked}; do ln -s /dev/null $unit; done
-             mkdir -p {r1}/etc/osdeploy/health.d
              printf '#!/bin/sh\\nexit 0\\n' > {r1}/etc/osdeploy/health.d/10-ok
              chmod 755 {r1}/etc/osdeploy/health.d/10-ok
              echo 'PARTLABEL=osd-esp /sysroot/boot vfat umask=0077 0 0' > {r1}/etc/fstab
-             echo 1 > {r1}/etc/osdeploy-release
-             chroot {r1} update-initramfs -u -k all > /dev/null",
+             echo 1 > {r1}/etc/osdeploy-release",
             rootfs = q(&work.join("rootfs")),
             r1 = q(&r1),
-            binary = q(&binary),
-            hook = q(&source("deploy-cli/dist/initramfs-tools/hooks/osdeploy")),
-            script = q(&source("deploy-cli/dist/initramfs-tools/scripts/local-bottom/osdeploy")),
-            units = q(&source("systemd")),
+            deb = q(Path::new(deb.trim())),
             vm = q(&source("tests/vm")),
         ));
+        let initramfs = shell(&format!("chroot {} sh -c 'lsinitramfs /boot/initrd.img-*'", q(&r1)));
+        assert!(
+            initramfs.lines().any(|l| l == "usr/bin/osdeploy")
+                && initramfs.lines().any(|l| l == "scripts/local-bottom/osdeploy"),
+            "the package's trigger rebuilt the initramfs with osdeploy in it"
+        );
         fs::write(r1.join("etc/osdeploy/config.toml"), NODE_CONFIG).unwrap();
         // Releases 2 and 3 differ in their release file; release 3 fails its health check.
         let (r2, r3) = (run.join("r2"), run.join("r3"));
@@ -383,8 +383,17 @@ fn boot(node: &Node, n: usize) -> Boot {
     let text = String::from_utf8_lossy(&fs::read(&log).unwrap_or_default()).into_owned();
     let lines: Vec<String> =
         text.lines().filter_map(|l| l.strip_prefix("VMTEST ")).map(|l| l.trim_end().to_owned()).collect();
-    let tail: String = text.chars().rev().take(4000).collect::<Vec<_>>().into_iter().rev().collect();
-    assert!(lines.iter().any(|l| l == "done"), "boot {n} did not report ({exit}):\n{tail}");
+    if !lines.iter().any(|l| l == "done") {
+        // Kept for a look: the node's temporary directory goes with the test.
+        let kept = work_dir().join(format!("failed-boot-{n}-{}.log", std::process::id()));
+        let _ = fs::copy(&log, &kept);
+        let console: Vec<&str> = text.lines().filter(|l| !l.contains("Job ") && !l.trim().is_empty()).collect();
+        let tail = console[console.len().saturating_sub(60)..].join("\n");
+        panic!(
+            "boot {n} did not report ({exit}); its report so far: {lines:#?}\nconsole (all of it in {}):\n{tail}",
+            kept.display()
+        );
+    }
     let fields = lines
         .iter()
         .find_map(|l| l.strip_prefix("boot "))

@@ -14,7 +14,7 @@ use osdeploy_transport::deltas::DeltaUse;
 use osdeploy_transport::pull::PullOptions;
 
 use crate::http_args::HttpArgs;
-use crate::{delta_cmds, deploy_cmds, mirror_cmd, repo_cmds, transport_cmds};
+use crate::{delta_cmds, deploy_cmds, dist_cmds, mirror_cmd, repo_cmds, transport_cmds};
 
 /// The sysroot when neither `--sysroot` nor `OSDEPLOY_SYSROOT` gives one: where a booted node sees its physical root.
 pub const DEFAULT_SYSROOT: &str = "/sysroot";
@@ -356,6 +356,18 @@ pub enum Command {
     },
     /// Make the other slot boot from the next boot on.
     Rollback,
+    /// Print a shell completion script: `osdeploy completions bash > /usr/share/bash-completion/completions/osdeploy`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (osdeploy.1 and one per subcommand) into DIR; for packaging.
+    #[command(hide = true)]
+    ManPages {
+        /// The directory to write them into.
+        dir: PathBuf,
+    },
     /// Show both slots, the booted, default and next slot, the trial and the recent history.
     Status {
         /// Print JSON (schema in docs/deployments.md).
@@ -428,6 +440,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::MarkGood { json } => deploy_cmds::mark_good(&sysroot, &config_dir, json),
         Command::Rollback => deploy_cmds::rollback(&sysroot),
         Command::Status { json } => deploy_cmds::status(&sysroot, json),
+        Command::Completions { shell } => dist_cmds::completions(shell),
+        Command::ManPages { dir } => dist_cmds::man_pages(&dir),
         Command::Serve { dir, listen } => transport_cmds::serve(dir, listen),
         Command::Mirror(args) => mirror_cmd::mirror(args),
         Command::Delta { action: Some(DeltaAction::Generate { from, to, last, json }), .. } => {

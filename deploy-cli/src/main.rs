@@ -5,6 +5,7 @@ mod chart;
 mod cli;
 mod delta_cmds;
 mod deploy_cmds;
+mod dist_cmds;
 mod http_args;
 mod mirror_cmd;
 mod output;
