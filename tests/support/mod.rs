@@ -251,11 +251,6 @@ impl LoopFs {
 }
 
 impl LoopFs {
-    /// The loop device.
-    pub fn device(&self) -> &str {
-        &self.device
-    }
-
     /// Unmounts the filesystem now (the device stays attached until drop).
     pub fn unmount(&self) {
         sh("umount", &[&self.mount.display().to_string()]);
