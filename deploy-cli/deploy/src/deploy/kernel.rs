@@ -33,7 +33,7 @@ use serde::Serialize;
 use super::state::BootloaderKind;
 use super::{DeployError, IoContext, Result, Sysroot};
 use crate::bootloader::systemd_boot::verscmp;
-use crate::bootloader::{BlsEntry, GrubEnv, Slot, SystemdBoot};
+use crate::bootloader::{BackendConfig, BlsEntry, GrubEnv, Slot, SystemdBoot};
 
 /// A kernel (and initrd) found in a release.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -257,15 +257,10 @@ pub fn install(
         initrd: plan.initrd_path.iter().cloned().collect(),
         options: plan.options.clone(),
     };
-    match kind {
-        BootloaderKind::SystemdBoot => SystemdBoot::new(sysroot.boot_dir()).write_entry(slot, &entry)?,
-        BootloaderKind::Grub => GrubEnv::new(grub_env(sysroot)).write_menu_entry(slot, &entry)?,
-        BootloaderKind::File | BootloaderKind::Uboot => {}
+    match kind.backend(sysroot) {
+        BackendConfig::SystemdBoot(root) => SystemdBoot::new(root).write_entry(slot, &entry)?,
+        BackendConfig::Grub(env) => GrubEnv::new(env).write_menu_entry(slot, &entry)?,
+        BackendConfig::File(_) | BackendConfig::UBoot { .. } => {}
     }
     Ok(())
-}
-
-/// The GRUB environment block of a sysroot.
-fn grub_env(sysroot: &Sysroot) -> PathBuf {
-    sysroot.boot_dir().join("grub/grubenv")
 }

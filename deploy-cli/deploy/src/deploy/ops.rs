@@ -28,7 +28,7 @@ use super::kernel::{self, KernelPlan};
 use super::lock::SysrootLock;
 use super::state::{BootloaderKind, Follows, HistoryEntry, SlotRecord, SlotState, Slots, State, now};
 use super::{Config, DeployError, IoContext, Result, Sysroot};
-use crate::bootloader::{BlsEntry, Bootloader, GrubEnv, Slot, SystemdBoot, Trial};
+use crate::bootloader::{BackendConfig, BlsEntry, Bootloader, GrubEnv, Slot, SystemdBoot, Trial};
 use osdeploy_store::fsutil::{clear_dir, dev_of, open_dir, open_dir_beneath, type_at};
 
 /// The ref that pins the commit deployed in `slot`, so that `prune` keeps it.
@@ -93,8 +93,8 @@ pub fn init_sysroot(sysroot: &Sysroot, kind: BootloaderKind) -> Result<InitRepor
         }
         sd.install_loader_default()?;
     }
-    if kind == BootloaderKind::Grub {
-        GrubEnv::new(sysroot.boot_dir().join("grub/grubenv")).install_menu()?;
+    if let BackendConfig::Grub(env) = kind.backend(sysroot) {
+        GrubEnv::new(env).install_menu()?;
     }
     let bl = bootloader(sysroot, kind)?;
     bl.set_next(Slot::A)?;
