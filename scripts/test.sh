@@ -7,6 +7,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
+# The run needs a few GB beside the sources (target/, the OS pair, the VM images): the free space
+# is printed at the start and at the end, so that a full disk is recognised as one.
+free_space() { df -h --output=avail,target . | tail -1 | awk -v when="$1" '{print "test.sh: " $1 " free on " $2 " " when}'; }
+free_space "at the start"
+scratch=""
+trap 'free_space "at the end"; [ -z "$scratch" ] || rm -rf "$scratch"' EXIT
 # A clone must pass on its own: no tracked file may use a folder beside the repository (the
 # pattern is built from pieces so that this line does not match itself).
 outside="\.\./""shared"
@@ -19,7 +25,7 @@ cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
 # Crash points act in debug builds only (the tests'): the release binary must ignore the variable.
 cargo build --release -q -p osdeploy
-scratch=$(mktemp -d); trap 'rm -rf "$scratch"' EXIT
+scratch=$(mktemp -d)
 mkdir "$scratch/tree"; echo release > "$scratch/tree/file"
 target/release/osdeploy --repo "$scratch/repo" init --mode archive > /dev/null
 OSDEPLOY_CRASH_AT=commit:before-ref target/release/osdeploy --repo "$scratch/repo" commit -b main "$scratch/tree" > /dev/null

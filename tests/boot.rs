@@ -276,14 +276,16 @@ fn prepare_root_makes_the_booted_slot_the_root_filesystem() {
     let plan = json(&ok(run("b").args(["--dry-run", "--json"])));
     assert_eq!(ours(), mounts_before, "a dry run mounts nothing");
     let kinds: Vec<&str> = plan["steps"].as_array().unwrap().iter().map(|s| s["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["move", "bind", "bind", "bind", "bind", "partition", "partition", "move"], "{plan}");
+    assert_eq!(kinds, ["private", "move", "bind", "bind", "bind", "bind", "partition", "partition", "move"], "{plan}");
     assert_eq!((plan["slot"].as_str(), plan["state"].as_str()), (Some("b"), Some("trial")), "{plan}");
-    assert_eq!(plan["steps"][2]["read_only"], true, "/usr: {plan}");
+    assert_eq!(plan["steps"][3]["read_only"], true, "/usr: {plan}");
 
     // The boot: in a private namespace, as the initramfs would, then look around the new root.
     fs::write(&cmdline, "BOOT_IMAGE=/vmlinuz root=LABEL=sysroot rw osdeploy.slot=b\n").unwrap();
     let script = r#"
         osd=$1 root=$2 cmdline=$3 scratch=$4 out=$5
+        # As in a systemd initramfs, the mounts are shared (among this namespace's own).
+        mount --make-rshared /
         "$osd" prepare-root --root "$root" --cmdline "$cmdline" --scratch "$scratch" > "$out/report" 2> "$out/stderr"
         findmnt -rn -o TARGET,FSTYPE,OPTIONS -R "$root" > "$out/mounts"
         cat "$root/etc/marker" "$root/var/log/app.log" "$root/home/notes" "$root/var/lib/containerd/image-blob" > "$out/seen"
@@ -364,6 +366,9 @@ fn the_package_ships_binary_units_initramfs_hook_man_pages_and_completions() {
         "usr/lib/systemd/system/osdeploy-mark-good.service",
         "usr/share/initramfs-tools/hooks/osdeploy",
         "usr/share/initramfs-tools/scripts/local-bottom/osdeploy",
+        "usr/lib/dracut/modules.d/90osdeploy/module-setup.sh",
+        "usr/lib/dracut/modules.d/90osdeploy/osdeploy-prepare-root.sh",
+        "usr/lib/dracut/modules.d/90osdeploy/osdeploy-prepare-root.service",
         "usr/share/man/man1/osdeploy.1.gz",
         "usr/share/man/man1/osdeploy-prepare-root.1.gz",
         "usr/share/zsh/vendor-completions/_osdeploy",
@@ -389,11 +394,24 @@ fn the_package_ships_binary_units_initramfs_hook_man_pages_and_completions() {
 
 #[test]
 fn the_initramfs_scripts_are_valid_shell() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy-cli/dist/initramfs-tools");
+    let dist = Path::new(env!("CARGO_MANIFEST_DIR")).join("dist");
     for script in ["hooks/osdeploy", "scripts/local-bottom/osdeploy"] {
-        let path = dir.join(script);
+        let path = dist.join("initramfs-tools").join(script);
         sh("sh", &["-n", &path.display().to_string()]);
         let text = fs::read_to_string(&path).unwrap();
         assert!(text.contains("prereqs)"), "{script} answers initramfs-tools' prereqs call");
     }
+    // dracut sources module-setup.sh with bash and its hooks with sh.
+    let dracut = dist.join("dracut/90osdeploy");
+    sh("bash", &["-n", &dracut.join("module-setup.sh").display().to_string()]);
+    sh("sh", &["-n", &dracut.join("osdeploy-prepare-root.sh").display().to_string()]);
+    let hook = fs::read_to_string(dracut.join("osdeploy-prepare-root.sh")).unwrap();
+    assert!(!hook.lines().any(|l| l.trim_start().starts_with("exit")), "a sourced hook must not exit dracut's init");
+    let unit = dracut.join("osdeploy-prepare-root.service");
+    let verify =
+        Command::new("systemd-analyze").args(["verify", "--man=no"]).arg(&unit).output().expect("systemd-analyze");
+    let complaints = String::from_utf8_lossy(&verify.stderr);
+    // Only what an initramfs has and this host lacks may be missing.
+    let expected = ["sysroot.mount not found", "/usr/bin/osdeploy is not executable"];
+    assert!(complaints.lines().all(|l| expected.iter().any(|e| l.contains(e))), "{complaints}");
 }

@@ -1,8 +1,10 @@
 //! Real boots, A → B → automatic fallback, with systemd-boot and with GRUB on UEFI (QEMU, OVMF).
 //!
 //! A Debian 12 root filesystem (`tests/vm/make-vm-rootfs.sh`: systemd, udev, the cloud kernel)
-//! gets the osdeploy binary under test, its initramfs hook and its systemd units, and becomes
-//! three releases on an origin: 1 and 2 healthy, 3 with a failing health check. The host installs
+//! gets the osdeploy package under test (binary, systemd units, initramfs-tools hook, dracut
+//! module) and becomes three releases on an origin: 1 and 2 healthy, 3 with a failing health
+//! check; each in two variants, with initramfs-tools' initramfs (branches r1–r3, booted by GRUB)
+//! and with dracut's, systemd inside (d1–d3, booted by systemd-boot). The host installs
 //! a node as an installer would: a GPT disk with a FAT ESP, a btrfs sysroot and an ext4
 //! container-image partition; init-sysroot, release 1 pulled, switched and marked good (its
 //! first boot played on the host), release 2 pulled and switched in. Then the VM boots, and
@@ -28,6 +30,7 @@ mod support;
 
 use std::fs;
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -74,9 +77,34 @@ fstype = "ext4"
 options = "noatime"
 "#;
 
-/// The origin with branches r1, r2 and r3, built once per test run.
+/// The drivers the VM's initramfs images carry (virtio disks, the sysroot's, data partition's and
+/// ESP's filesystems).
+const DRIVERS: &str = "virtio_pci virtio_blk btrfs ext4 vfat nls_cp437 nls_ascii";
+
+/// Which tool built the releases' initramfs.
+#[derive(Clone, Copy, Debug)]
+enum Initramfs {
+    /// Debian's initramfs-tools, with osdeploy's hook and local-bottom script.
+    Tools,
+    /// dracut with systemd in the initramfs, with osdeploy's module.
+    Dracut,
+}
+
+impl Initramfs {
+    /// The origin's branch of release `n` built with this initramfs.
+    fn branch(self, n: u32) -> String {
+        match self {
+            Initramfs::Tools => format!("r{n}"),
+            Initramfs::Dracut => format!("d{n}"),
+        }
+    }
+}
+
+/// The origin with releases 1, 2 and 3 in both initramfs variants, built once per test run.
 struct Releases {
     origin: PathBuf,
+    /// The kernel version the releases carry.
+    kernel: String,
 }
 
 fn releases() -> &'static Releases {
@@ -92,59 +120,77 @@ fn releases() -> &'static Releases {
         fs::create_dir_all(&run).unwrap();
         // Release 1: the image with osdeploy's package installed, the node's configuration and a
         // passing health check.
-        let r1 = run.join("r1");
+        let tree = run.join("tree");
         let binary = run.join("osdeploy");
         sh("strip", &["-o", &binary.display().to_string(), env!("CARGO_BIN_EXE_osdeploy")]);
         let masked = "serial-getty@ttyS0.service getty@tty1.service apt-daily.timer apt-daily-upgrade.timer \
                       e2scrub_reap.service dpkg-db-backup.timer";
         let deb = shell(&format!("{} {} {}", q(&source("deploy-cli/dist/build-deb.sh")), q(&binary), q(&run)));
         shell(&format!(
-            "cp -a {rootfs} {r1}
+            "cp -a {rootfs} {tree}
              # osdeploy as a node gets it: its package, which enables the units and rebuilds the
              # initramfs with the hook (initramfs-tools' trigger).
-             cp {deb} {r1}/tmp/osdeploy.deb
-             chroot {r1} dpkg -i /tmp/osdeploy.deb > /dev/null
-             rm {r1}/tmp/osdeploy.deb
-             install -D -m755 {vm}/osdeploy-vmtest {r1}/usr/local/sbin/osdeploy-vmtest
-             install -D -m644 {vm}/osdeploy-vmtest.service {r1}/usr/lib/systemd/system/osdeploy-vmtest.service
-             cd {r1}/etc/systemd/system
+             cp {deb} {tree}/tmp/osdeploy.deb
+             chroot {tree} dpkg -i /tmp/osdeploy.deb > /dev/null
+             rm {tree}/tmp/osdeploy.deb
+             install -D -m755 {vm}/osdeploy-vmtest {tree}/usr/local/sbin/osdeploy-vmtest
+             install -D -m644 {vm}/osdeploy-vmtest.service {tree}/usr/lib/systemd/system/osdeploy-vmtest.service
+             cd {tree}/etc/systemd/system
              mkdir -p multi-user.target.wants
              ln -s /usr/lib/systemd/system/osdeploy-vmtest.service multi-user.target.wants/
              # getty's vhangup of ttyS0 would cut the report off; the rest only slows the boot.
              for unit in {masked}; do ln -s /dev/null $unit; done
-             printf '#!/bin/sh\\nexit 0\\n' > {r1}/etc/osdeploy/health.d/10-ok
-             chmod 755 {r1}/etc/osdeploy/health.d/10-ok
-             echo 'PARTLABEL=osd-esp /sysroot/boot vfat umask=0077 0 0' > {r1}/etc/fstab
-             echo 1 > {r1}/etc/osdeploy-release",
+             printf '#!/bin/sh\\nexit 0\\n' > {tree}/etc/osdeploy/health.d/10-ok
+             chmod 755 {tree}/etc/osdeploy/health.d/10-ok
+             echo 'PARTLABEL=osd-esp /sysroot/boot vfat umask=0077 0 0' > {tree}/etc/fstab",
             rootfs = q(&work.join("rootfs")),
-            r1 = q(&r1),
+            tree = q(&tree),
             deb = q(Path::new(deb.trim())),
             vm = q(&source("tests/vm")),
         ));
-        let initramfs = shell(&format!("chroot {} sh -c 'lsinitramfs /boot/initrd.img-*'", q(&r1)));
+        let initramfs = shell(&format!("chroot {} sh -c 'lsinitramfs /boot/initrd.img-*'", q(&tree)));
         assert!(
             initramfs.lines().any(|l| l == "usr/bin/osdeploy")
                 && initramfs.lines().any(|l| l == "scripts/local-bottom/osdeploy"),
             "the package's trigger rebuilt the initramfs with osdeploy in it"
         );
-        fs::write(r1.join("etc/osdeploy/config.toml"), NODE_CONFIG).unwrap();
-        // Releases 2 and 3 differ in their release file; release 3 fails its health check.
-        let (r2, r3) = (run.join("r2"), run.join("r3"));
-        shell(&format!(
-            "cp -a {r1} {r2}; echo 2 > {r2}/etc/osdeploy-release
-             cp -a {r1} {r3}; echo 3 > {r3}/etc/osdeploy-release
-             printf '#!/bin/sh\\necho release 3 is broken >&2\\nexit 1\\n' > {r3}/etc/osdeploy/health.d/20-fail
-             chmod 755 {r3}/etc/osdeploy/health.d/20-fail",
-            r1 = q(&r1),
-            r2 = q(&r2),
-            r3 = q(&r3)
-        ));
+        fs::write(tree.join("etc/osdeploy/config.toml"), NODE_CONFIG).unwrap();
+        let kernel = fs::read_dir(tree.join("boot"))
+            .unwrap()
+            .find_map(|e| e.unwrap().file_name().to_str()?.strip_prefix("vmlinuz-").map(str::to_owned))
+            .expect("the image has a kernel");
+        // Releases 2 and 3 differ from 1 in their release file, and release 3 fails its health
+        // check: one tree, changed between commits, so the disk holds one copy of the image.
         let origin = run.join("origin");
         ok(osdeploy(&origin).args(["init", "--mode", "archive"]));
-        for (n, tree) in [(1, &r1), (2, &r2), (3, &r3)] {
-            ok(osdeploy(&origin).args(["commit", "-b", &format!("r{n}"), "--version", &n.to_string()]).arg(tree));
-        }
-        Releases { origin }
+        let fail_check = tree.join("etc/osdeploy/health.d/20-fail");
+        let commit_releases = |initramfs: Initramfs| {
+            for n in 1..=3 {
+                fs::write(tree.join("etc/osdeploy-release"), format!("{n}\n")).unwrap();
+                if n == 3 {
+                    fs::write(&fail_check, "#!/bin/sh\necho release 3 is broken >&2\nexit 1\n").unwrap();
+                    fs::set_permissions(&fail_check, fs::Permissions::from_mode(0o755)).unwrap();
+                }
+                let branch = initramfs.branch(n);
+                ok(osdeploy(&origin).args(["commit", "-b", &branch, "--version", &n.to_string()]).arg(&tree));
+            }
+            fs::remove_file(&fail_check).unwrap();
+        };
+        commit_releases(Initramfs::Tools);
+        // The same releases with an initramfs that dracut builds, osdeploy's dracut module (from
+        // the package) in it; only the drivers the VM boots with, as the image's own has.
+        shell(&format!(
+            "chroot {tree} dracut --quiet --force --no-hostonly --drivers '{DRIVERS}' /boot/initrd.img-{kernel} {kernel}",
+            tree = q(&tree)
+        ));
+        let initramfs = shell(&format!("chroot {} lsinitrd /boot/initrd.img-{kernel}", q(&tree)));
+        assert!(
+            initramfs.contains("initrd-root-fs.target.wants/osdeploy-prepare-root.service") && initramfs.contains(" usr/bin/osdeploy\n"),
+            "dracut put osdeploy's module into the initramfs (with systemd):\n{initramfs}"
+        );
+        commit_releases(Initramfs::Dracut);
+        fs::remove_dir_all(&tree).unwrap();
+        Releases { origin, kernel }
     })
 }
 
@@ -221,7 +267,7 @@ const USER_DATA: &str = "user data written once by the installer";
 /// The container image on its own partition; every boot must read it back.
 const IMAGE: &str = "a cached container image layer";
 
-fn install_node(bootloader: &str, releases: &Releases) -> Node {
+fn install_node(bootloader: &str, initramfs: Initramfs, releases: &Releases) -> Node {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let disk = dir.path().join("disk.img");
     fs::File::create(&disk).unwrap().set_len(3 << 30).unwrap();
@@ -257,16 +303,17 @@ fn install_node(bootloader: &str, releases: &Releases) -> Node {
     let node = || osd_at(&root, &config);
     ok(node().args(["init-sysroot", "--bootloader", bootloader]));
     ok(node().args(["remote", "add", "origin", &server.url, "--insecure"]));
-    ok(node().args(["pull", "origin", "r1"]));
-    ok(node().args(["switch", "origin/r1"]));
+    let (r1, r2, r3) = (initramfs.branch(1), initramfs.branch(2), initramfs.branch(3));
+    ok(node().args(["pull", "origin", &r1]));
+    ok(node().args(["switch", &format!("origin/{r1}")]));
     // Release 1's first boot, played by the installer: it lands in slot b and is marked good.
     let cmdline = dir.path().join("cmdline");
     fs::write(&cmdline, "osdeploy.slot=b\n").unwrap();
     ok(node().args(["boot-check", "--cmdline"]).arg(&cmdline));
     ok(node().arg("mark-good"));
-    ok(node().args(["pull", "origin", "r2"]));
-    let switched = json(&ok(node().args(["switch", "--json", "origin/r2"])));
-    assert_eq!((switched["slot"].as_str(), switched["kernel"].as_str()), (Some("a"), Some("6.1.0-50-cloud-amd64")));
+    ok(node().args(["pull", "origin", &r2]));
+    let switched = json(&ok(node().args(["switch", "--json", &format!("origin/{r2}")])));
+    assert_eq!((switched["slot"].as_str(), switched["kernel"].as_str()), (Some("a"), Some(releases.kernel.as_str())));
     fs::create_dir_all(root.join("var/lib")).unwrap();
     fs::write(root.join("var/lib/osd-data"), USER_DATA).unwrap();
     let staged = dir.path().join("esp");
@@ -313,8 +360,8 @@ osdeploy serve /run/ctl/origin --listen 127.0.0.1:{port} > /dev/null 2>&1 &
 server=$!
 sleep 2
 sync; before=$(sha256sum < /dev/disk/by-label/osd-images)
-osdeploy --sysroot /sysroot pull origin r3
-osdeploy --sysroot /sysroot switch origin/r3
+osdeploy --sysroot /sysroot pull origin {r3}
+osdeploy --sysroot /sysroot switch origin/{r3}
 sync; after=$(sha256sum < /dev/disk/by-label/osd-images)
 echo \"images-partition before=${{before%% *}} after=${{after%% *}}\"
 kill $server
@@ -336,6 +383,8 @@ struct Boot {
     lines: Vec<String>,
     /// Seconds from starting QEMU to the report.
     seconds: f64,
+    /// What `prepare-root` said its mounts took, from the console.
+    prepare_root_ms: u64,
 }
 
 impl Boot {
@@ -403,17 +452,23 @@ fn boot(node: &Node, n: usize) -> Boot {
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
     let status = json(lines.iter().find_map(|l| l.strip_prefix("status ")).unwrap());
-    Boot { fields, status, lines, seconds: reported.unwrap_or(0.0) }
+    let prepare_root_ms = text
+        .split("; mounts made in ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("boot {n}: prepare-root's report is not on the console"));
+    Boot { fields, status, lines, seconds: reported.unwrap_or(0.0), prepare_root_ms }
 }
 
 /// Installs a node, boots it three times and checks each boot (see the module documentation).
-fn a_to_b_and_back(bootloader: &str) {
+fn a_to_b_and_back(bootloader: &str, initramfs: Initramfs) {
     let releases = releases();
-    let node = install_node(bootloader, releases);
+    let node = install_node(bootloader, initramfs, releases);
     let mut timeline = Vec::new();
     let mut check = |n: usize, slot: &str, release: &str, mark_good: &str| -> Boot {
         let boot = boot(&node, n);
-        let context = format!("{bootloader}, boot {n}: {:?}", boot.lines);
+        let context = format!("{bootloader} with {initramfs:?}, boot {n}: {:?}", boot.lines);
         assert_eq!(
             (boot.field("slot"), boot.field("release"), boot.field("mark-good")),
             (slot, release, mark_good),
@@ -424,9 +479,9 @@ fn a_to_b_and_back(bootloader: &str) {
         assert!(boot.has(&format!("data {USER_DATA} | images {IMAGE}")), "{context}");
         let marked = boot.field("mark-good-at-us").parse::<f64>().unwrap_or(0.0) / 1e6;
         timeline.push(format!(
-            "{bootloader} boot {n}: slot {slot}, release {release}, mark-good {mark_good} {marked:.1} s after the \
-             kernel started, report {:.1} s after power-on",
-            boot.seconds
+            "{bootloader} ({initramfs:?}) boot {n}: slot {slot}, release {release}, prepare-root's mounts {} ms, mark-good \
+             {mark_good} {marked:.1} s after the kernel started, report {:.1} s after power-on",
+            boot.prepare_root_ms, boot.seconds
         ));
         boot
     };
@@ -434,7 +489,8 @@ fn a_to_b_and_back(bootloader: &str) {
     let first = check(1, "a", "2", "active");
     assert_eq!(first.status["default"], "a", "{:?}", first.lines);
     let step: Vec<&String> = first.lines.iter().filter(|l| l.starts_with("step: ")).collect();
-    assert!(step.iter().any(|l| l.contains("kernel 6.1.0-50-cloud-amd64 installed")), "{step:?}");
+    let installed = format!("kernel {} installed", releases.kernel);
+    assert!(step.iter().any(|l| l.contains(&installed)), "{step:?}");
     let images = step
         .iter()
         .find_map(|l| l.strip_prefix("step: images-partition before="))
@@ -453,11 +509,11 @@ fn a_to_b_and_back(bootloader: &str) {
 }
 
 #[test]
-fn systemd_boot_boots_a_slot_and_falls_back_by_itself() {
-    a_to_b_and_back("systemd-boot");
+fn systemd_boot_with_dracut_boots_a_slot_and_falls_back_by_itself() {
+    a_to_b_and_back("systemd-boot", Initramfs::Dracut);
 }
 
 #[test]
-fn grub_boots_a_slot_and_falls_back_by_itself() {
-    a_to_b_and_back("grub");
+fn grub_with_initramfs_tools_boots_a_slot_and_falls_back_by_itself() {
+    a_to_b_and_back("grub", Initramfs::Tools);
 }

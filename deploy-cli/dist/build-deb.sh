@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the Debian package of osdeploy from a built binary: the binary, the boot-time systemd
 # units (enabled on installation), the initramfs-tools hook and local-bottom script (the
-# initramfs is rebuilt through initramfs-tools' trigger), man pages and shell completions that the
+# initramfs is rebuilt through initramfs-tools' trigger), the dracut module, man pages and shell completions that the
 # binary generates from its own command line, and the deployment guide. Needs dpkg-deb and
 # objdump (Debian: dpkg, binutils).
 #
@@ -30,6 +30,10 @@ done
 install -D -m755 "$top/deploy-cli/dist/initramfs-tools/hooks/osdeploy" "$pkg/usr/share/initramfs-tools/hooks/osdeploy"
 install -D -m755 "$top/deploy-cli/dist/initramfs-tools/scripts/local-bottom/osdeploy" \
   "$pkg/usr/share/initramfs-tools/scripts/local-bottom/osdeploy"
+for file in module-setup.sh osdeploy-prepare-root.sh osdeploy-prepare-root.service; do
+  mode=755; [ "${file%.service}" = "$file" ] || mode=644
+  install -D -m$mode "$top/deploy-cli/dist/dracut/90osdeploy/$file" "$pkg/usr/lib/dracut/modules.d/90osdeploy/$file"
+done
 mkdir -p "$pkg/usr/share/man/man1"
 "$bin" man-pages "$pkg/usr/share/man/man1"
 gzip -9n "$pkg"/usr/share/man/man1/*.1
@@ -57,7 +61,7 @@ Version: $version
 Architecture: $arch
 Maintainer: osdeploy developers <osdeploy@example.invalid>
 Depends: libc6 (>= $glibc)
-Recommends: initramfs-tools
+Recommends: initramfs-tools | dracut-core
 Section: admin
 Priority: optional
 Installed-Size: $(du -sk --exclude=DEBIAN "$pkg" | cut -f1)
@@ -66,8 +70,9 @@ Description: deliver immutable OS trees to fleets of hosts
  pulls only the chunks (or per-file deltas) a node lacks, deploys a release
  into the standby slot with reflinks, boots it once on trial and keeps it only
  when its health checks pass; otherwise the bootloader falls back by itself.
- This package holds the binary, the boot-time systemd units, the initramfs
- hook that makes a slot the root filesystem, man pages and completions.
+ This package holds the binary, the boot-time systemd units, the initramfs-tools
+ hook and dracut module that make a slot the root filesystem, man pages and
+ completions.
 CONTROL
 # initramfs-tools rebuilds the initramfs once, whatever else is installed in the same run.
 echo "activate-noawait update-initramfs" > "$pkg/DEBIAN/triggers"

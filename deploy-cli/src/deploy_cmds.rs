@@ -164,6 +164,7 @@ pub fn prepare_root(paths: &BootPaths, dry_run: bool, json: bool) -> Result<()> 
     println!("slot {} ({}{version}) is the root filesystem; mounts {done}:", plan.slot, plan.state);
     for step in &plan.steps {
         match step {
+            Step::Private { at } => println!("  make {} and the mounts under it private", at.display()),
             Step::Move { from, to } => println!("  move {} -> {}", from.display(), to.display()),
             Step::Bind { from, to, read_only } => {
                 println!(

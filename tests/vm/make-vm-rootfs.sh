@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the Debian 12 root filesystem that tests/vm_boot.rs boots in QEMU: minbase, systemd, udev
-# and the cloud kernel (virtio drivers, small), with initramfs-tools. Root only; needs the Debian
-# mirror (DEBIAN_MIRROR overrides it).
+# and the cloud kernel (virtio drivers, small), with initramfs-tools (the image's initramfs) and
+# dracut-core (which the test runs for the dracut variant). Root only; needs the Debian mirror
+# (DEBIAN_MIRROR overrides it).
 #
 #   tests/vm/make-vm-rootfs.sh OUT
 #
@@ -10,7 +11,7 @@
 # binary under test, the initramfs hook and the units, then rebuilds the initramfs.
 set -euo pipefail
 
-RECIPE_VERSION=1
+RECIPE_VERSION=2
 die() { echo "make-vm-rootfs: $*" >&2; exit 1; }
 [ $# -eq 1 ] || die "usage: $0 OUT"
 [ "$(id -u)" = 0 ] || die "must run as root (mmdebstrap --mode=root)"
@@ -18,7 +19,7 @@ command -v mmdebstrap > /dev/null || die "mmdebstrap is missing (apt-get install
 out=$(realpath -m "$1")
 mkdir -p "$out"
 deb=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
-include=systemd,systemd-sysv,udev,linux-image-cloud-amd64,initramfs-tools
+include=systemd,systemd-sysv,udev,linux-image-cloud-amd64,initramfs-tools,dracut-core
 recipe="make-vm-rootfs $RECIPE_VERSION
 mmdebstrap --variant=minbase --mode=root bookworm
 include $include

@@ -7,13 +7,15 @@
 //! 1. reads `osdeploy.slot=a|b` and refuses a slot the state file records as empty or bad, or
 //!    whose directory holds no `usr/` (the initramfs script then reboots, and the bootloader's own
 //!    counting falls back);
-//! 2. moves the sysroot mount from `ROOT` to a scratch directory;
-//! 3. bind-mounts the slot's directory on `ROOT`, then its `usr` on itself read-only;
-//! 4. bind-mounts the sysroot's persistent `var/` and `home/` on the slot's;
-//! 5. mounts the node's data partitions (`[[data_partition]]` in the slot's
+//! 2. makes every mount private: a systemd initramfs shares them, and mount(2) moves no mount
+//!    whose parent is shared (the booted system's systemd shares them again);
+//! 3. moves the sysroot mount from `ROOT` to a scratch directory;
+//! 4. bind-mounts the slot's directory on `ROOT`, then its `usr` on itself read-only;
+//! 5. bind-mounts the sysroot's persistent `var/` and `home/` on the slot's;
+//! 6. mounts the node's data partitions (`[[data_partition]]` in the slot's
 //!    `/etc/osdeploy/config.toml`: a container-image store, user data) by label, UUID or path;
 //!    one that cannot be mounted fails the boot unless its options say `nofail`;
-//! 6. moves the sysroot mount to `ROOT/sysroot`, where `osdeploy` finds its repository and slots
+//! 7. moves the sysroot mount to `ROOT/sysroot`, where `osdeploy` finds its repository and slots
 //!    in the booted system.
 //!
 //! Nothing is written to the slot except missing mount points (`sysroot/`, `home/`, a data
@@ -23,7 +25,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use rustix::mount::MountFlags;
+use rustix::mount::{MountFlags, MountPropagationFlags};
 use serde::Serialize;
 
 use super::config::DataPartition;
@@ -38,6 +40,11 @@ const DEVICE_WAIT: Duration = Duration::from_secs(10);
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Step {
+    /// Makes the mount at `at` and every mount under it private.
+    Private {
+        /// The top of the tree of mounts.
+        at: PathBuf,
+    },
     /// Moves the mount at `from` to `to`.
     Move {
         /// The mount point moved.
@@ -117,6 +124,7 @@ pub fn plan(paths: &BootPaths) -> Result<PrepareRootPlan> {
     let scratch = &paths.scratch;
     let root = &paths.root;
     let mut steps = vec![
+        Step::Private { at: PathBuf::from("/") },
         Step::Move { from: root.clone(), to: scratch.clone() },
         Step::Bind { from: scratch.join("osdeploy/slots").join(slot.as_str()), to: root.clone(), read_only: false },
         Step::Bind { from: root.join("usr"), to: root.join("usr"), read_only: true },
@@ -199,6 +207,10 @@ fn run(step: &Step) -> Result<()> {
         error: std::io::Error::new(std::io::Error::from(error).kind(), format!("{what}: {error}")),
     };
     match step {
+        Step::Private { at } => {
+            rustix::mount::mount_change(at, MountPropagationFlags::PRIVATE | MountPropagationFlags::REC)
+                .map_err(|e| failed(at, "making the mounts private", e))
+        }
         Step::Move { from, to } => {
             mount_point(to)?;
             rustix::mount::mount_move(from, to)
@@ -234,9 +246,8 @@ fn run(step: &Step) -> Result<()> {
     }
 }
 
-/// `prepare-root`: carries out the [`plan`]. The mounts must not be shared (mount(2) refuses to
-/// move a mount under a shared one; the initramfs's are private). A failure leaves the mounts made
-/// so far, and the initramfs script reboots.
+/// `prepare-root`: carries out the [`plan`]. A failure leaves the mounts made so far, and the
+/// initramfs reboots.
 pub fn prepare_root(paths: &BootPaths) -> Result<PrepareRootPlan> {
     let plan = plan(paths)?;
     for step in &plan.steps {
