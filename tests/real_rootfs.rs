@@ -1,6 +1,7 @@
 //! Round trip of a real Debian rootfs (built by benches/harness/make-os-pair.sh with mmdebstrap):
 //! commit → checkout must be identical in content and metadata, as rsync -aHAX --checksum sees it,
-//! in an archive repository and in a bare repository on btrfs (reflinked); and the update from OLD
+//! in an archive repository and in a bare repository on btrfs (reflinked), and through a FUSE mount
+//! of the commit from either; and the update from OLD
 //! to NEW through per-file deltas (Debian's own gzip files among them) gives NEW exactly.
 //!
 //! The pair is built once into `OSDEPLOY_OS_PAIR` (default: target/os-pair) and reused: the script
@@ -60,6 +61,16 @@ fn real_rootfs_round_trips_through_archive_and_bare_repositories() {
     let co = json(&ok(osdeploy(&bare).args(["checkout", "--json", "debian"]).arg(&slot)));
     assert_eq!(co["method"], "reflink", "{co}");
     assert_same_tree(&pair.join("new"), &slot);
+
+    // Mounted (FUSE) instead of checked out, from either repository, it is the same tree.
+    for (repo, name) in [(&repo, "archive"), (&bare, "bare")] {
+        let point = tmp.path().join(format!("mnt-{name}"));
+        std::fs::create_dir(&point).unwrap();
+        ok(osdeploy(repo).args(["mount", "debian"]).arg(&point));
+        let mounted = UnmountOnDrop(point.clone());
+        assert_same_tree(&pair.join("new"), &mounted.0);
+        ok(osdeploy(repo).arg("umount").arg(&point));
+    }
 }
 
 #[test]

@@ -14,7 +14,8 @@ use osdeploy_transport::deltas::DeltaUse;
 use osdeploy_transport::pull::PullOptions;
 
 use crate::http_args::HttpArgs;
-use crate::{delta_cmds, deploy_cmds, dist_cmds, mirror_cmd, repo_cmds, transport_cmds};
+use crate::mount_cmds::MountMode;
+use crate::{delta_cmds, deploy_cmds, dist_cmds, mirror_cmd, mount_cmds, repo_cmds, transport_cmds};
 
 /// The sysroot when neither `--sysroot` nor `OSDEPLOY_SYSROOT` gives one: where a booted node sees its physical root.
 pub const DEFAULT_SYSROOT: &str = "/sysroot";
@@ -368,6 +369,29 @@ pub enum Command {
         /// The directory to write them into.
         dir: PathBuf,
     },
+    /// Show a commit as a read-only filesystem at MOUNTPOINT (FUSE), with its exact metadata; file content is read
+    /// from the repository as it is needed. Returns once mounted, leaving a background process to serve it;
+    /// `osdeploy umount MOUNTPOINT` unmounts it.
+    Mount {
+        /// Branch, commit id or unique prefix.
+        commit: String,
+        /// An existing directory with nothing mounted on it.
+        mountpoint: PathBuf,
+        /// Serve from this process (logs on stderr) until unmounted; SIGINT or SIGTERM unmount it.
+        #[arg(long)]
+        foreground: bool,
+        /// Decoded chunks an archive repository's mount keeps in memory (K, M, G suffixes).
+        #[arg(long, value_name = "BYTES", default_value = "256M", value_parser = crate::http_args::parse_size)]
+        cache_size: u64,
+        /// The background process `mount` starts.
+        #[arg(long, hide = true)]
+        daemon: bool,
+    },
+    /// Unmount a commit that `osdeploy mount` mounted; the process serving it ends.
+    Umount {
+        /// Where it is mounted.
+        mountpoint: PathBuf,
+    },
     /// Show both slots, the booted, default and next slot, the trial and the recent history.
     Status {
         /// Print JSON (schema in docs/deployments.md).
@@ -440,6 +464,15 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::MarkGood { json } => deploy_cmds::mark_good(&sysroot, &config_dir, json),
         Command::Rollback => deploy_cmds::rollback(&sysroot),
         Command::Status { json } => deploy_cmds::status(&sysroot, json),
+        Command::Mount { commit, mountpoint, foreground, cache_size, daemon } => {
+            let mode = match (daemon, foreground) {
+                (true, _) => MountMode::Daemon,
+                (false, true) => MountMode::Foreground,
+                (false, false) => MountMode::Background,
+            };
+            mount_cmds::mount(&repo, &commit, &mountpoint, cache_size, mode)
+        }
+        Command::Umount { mountpoint } => mount_cmds::umount(&mountpoint),
         Command::Completions { shell } => dist_cmds::completions(shell),
         Command::ManPages { dir } => dist_cmds::man_pages(&dir),
         Command::Serve { dir, listen } => transport_cmds::serve(dir, listen),

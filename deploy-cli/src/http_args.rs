@@ -30,6 +30,11 @@ impl HttpArgs {
     }
 }
 
+/// A size: "64M", "1G" or plain bytes.
+pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
+    parse_rate(text).map_err(|_| format!("{text:?} is not a positive size such as 64M, 1G or 1048576"))
+}
+
 /// "500k", "10M", "1G" or plain bytes.
 pub(crate) fn parse_rate(text: &str) -> Result<u64, String> {
     let (digits, shift) = match text.trim().to_ascii_lowercase().as_str() {

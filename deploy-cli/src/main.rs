@@ -8,6 +8,7 @@ mod deploy_cmds;
 mod dist_cmds;
 mod http_args;
 mod mirror_cmd;
+mod mount_cmds;
 mod output;
 mod repo_cmds;
 mod reports;

@@ -1,5 +1,17 @@
 //! Read-only FUSE mount of an osdeploy commit.
 //!
-//! This crate will expose a commit's tree with its exact metadata (stat, readlink, xattrs,
-//! readdir), serving file reads from local objects or lazily from a remote (issue 12).
-//! It deliberately contains no code yet.
+//! [`mount`] shows one commit of a local repository as a read-only filesystem with the commit's
+//! exact metadata: modes, owners, nanosecond mtimes, extended attributes, hardlinks sharing one
+//! inode, symlinks, device, FIFO and socket nodes. The tree's metadata is read once at mount time
+//! ([`inodes`]); file content is read on demand ([`content`]): from the whole-file objects of a
+//! bare repository, or chunk by chunk, verified and cached, from the packs of an archive one.
+//! The repository stays read-locked while mounted, so a prune cannot take objects away.
+
+mod content;
+mod error;
+mod fs;
+mod inodes;
+mod mount;
+
+pub use error::{FuseError, Result};
+pub use mount::{MountOptions, Mounted, is_osdeploy_mount, mount, unmount};

@@ -274,6 +274,25 @@ impl Drop for BindMount {
     }
 }
 
+/// Unmounts a mount point (lazily) on drop, also when the test fails: for mounts that a command
+/// under test made.
+pub struct UnmountOnDrop(pub PathBuf);
+
+impl Drop for UnmountOnDrop {
+    fn drop(&mut self) {
+        if is_mount_point(&self.0) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
+/// Whether something is mounted at `point` (per /proc/self/mountinfo).
+pub fn is_mount_point(point: &Path) -> bool {
+    let point = point.display().to_string();
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    mountinfo.lines().any(|l| l.split(' ').nth(4) == Some(point.as_str()))
+}
+
 impl Drop for LoopFs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.mount).stderr(Stdio::null()).status();

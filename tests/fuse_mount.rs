@@ -1,0 +1,264 @@
+//! `osdeploy mount`: a commit as a read-only FUSE filesystem (issue 12), through the real binary
+//! and real mounts. The mount must show the committed tree exactly (rsync -aHAX --checksum and a
+//! stat listing, hardlinks sharing an inode), read correct bytes under 16 concurrent readers,
+//! refuse writes with EROFS, give EIO — never wrong bytes — for a corrupt chunk, hold off a prune,
+//! and unmount cleanly by `osdeploy umount`, by SIGTERM, and after its process was killed.
+//! Every test unmounts what it mounted, also when it fails.
+
+mod support;
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use support::*;
+
+/// A mount made by `osdeploy mount`; lazily unmounted on drop, also when the test fails.
+struct Mount {
+    point: UnmountOnDrop,
+    /// The process serving it, as `mount` reported it.
+    pid: u32,
+}
+
+impl Mount {
+    fn new(repo: &Path, commit: &str, point: &Path) -> Mount {
+        let out = ok(osdeploy(repo).args(["mount", commit]).arg(point));
+        let mount = Mount { point: UnmountOnDrop(point.to_owned()), pid: served_by(&out) };
+        assert!(out.starts_with("mounted commit "), "{out}");
+        assert!(is_mount_point(point), "{out}");
+        mount
+    }
+}
+
+/// The pid in `mount`'s "served by process N" line.
+fn served_by(out: &str) -> u32 {
+    out.split("served by process ")
+        .nth(1)
+        .and_then(|rest| rest.split(';').next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no serving process named: {out}"))
+}
+
+/// A repository of `mode` with `tree` committed on branch `main`.
+fn repo_with(dir: &Path, mode: &str, tree: &Path) -> PathBuf {
+    let repo = dir.join(format!("repo-{mode}"));
+    ok(osdeploy(&repo).args(["init", "--mode", mode]));
+    ok(osdeploy(&repo).args(["commit", "-b", "main"]).arg(tree));
+    repo
+}
+
+fn inode_and_links(path: &Path) -> (u64, u64) {
+    let meta = fs::symlink_metadata(path).unwrap();
+    (meta.ino(), meta.nlink())
+}
+
+#[test]
+fn a_mounted_commit_is_the_committed_tree_from_archive_and_bare_repositories() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("tree");
+    make_sample_tree(&tree);
+    for mode in ["archive", "bare"] {
+        let repo = repo_with(tmp.path(), mode, &tree);
+        let point = tmp.path().join(format!("mnt-{mode}"));
+        fs::create_dir(&point).unwrap();
+        let mount = Mount::new(&repo, "main", &point);
+        assert_same_tree(&tree, &point);
+        // Hardlinks share one inode and count their names; devices keep their numbers.
+        let big = inode_and_links(&point.join("usr/bin/big"));
+        assert_eq!(big.1, 3, "{mode}");
+        assert_eq!(inode_and_links(&point.join("usr/bin/big-link")), big, "{mode}");
+        assert_eq!(inode_and_links(&point.join("etc/big-link2")), big, "{mode}");
+        assert_eq!(fs::symlink_metadata(point.join("dev/null")).unwrap().rdev(), rustix::fs::makedev(1, 3));
+        assert_eq!(fs::symlink_metadata(point.join("dev/loop9")).unwrap().rdev(), rustix::fs::makedev(7, 9));
+        // Inode numbers are stable: the same at every lookup and in readdir.
+        let listed = String::from_utf8(sh("ls", &["-i", &point.join("usr/bin").display().to_string()]).stdout).unwrap();
+        assert!(listed.lines().any(|l| l.trim_start().starts_with(&format!("{} big", big.0))), "{listed}");
+        let statfs =
+            String::from_utf8(sh("stat", &["-f", "-c", "%b %c", &point.display().to_string()]).stdout).unwrap();
+        assert_ne!(statfs.trim(), "0 0", "statfs reports the commit's size and inodes");
+        let out = ok(Command::new(env!("CARGO_BIN_EXE_osdeploy")).arg("umount").arg(&mount.point.0));
+        assert!(out.contains("unmounted"), "{out}");
+        assert!(!is_mount_point(&point), "{mode}: still mounted");
+        assert!(wait_gone(mount.pid), "{mode}: the serving process ended after the unmount");
+    }
+}
+
+/// Waits up to 5 s for process `pid` to end.
+fn wait_gone(pid: u32) -> bool {
+    for _ in 0..50 {
+        if !Path::new(&format!("/proc/{pid}")).exists()
+            || fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+        {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    false
+}
+
+#[test]
+fn reads_cross_chunk_boundaries_and_writes_fail_with_erofs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("tree");
+    fs::create_dir_all(tree.join("data")).unwrap();
+    write_random(&tree.join("data/blob"), 5 << 20, 7);
+    let repo = tmp.path().join("repo");
+    // Small chunks: a read of 128 KiB spans several.
+    ok(osdeploy(&repo).args(["init", "--mode", "archive", "--chunk-sizes", "4096/16384/65536"]));
+    ok(osdeploy(&repo).args(["commit", "-b", "main"]).arg(&tree));
+    let point = tmp.path().join("mnt");
+    fs::create_dir(&point).unwrap();
+    let _mount = Mount::new(&repo, "main", &point);
+    let expected = fs::read(tree.join("data/blob")).unwrap();
+    let file = fs::File::open(point.join("data/blob")).unwrap();
+    let len = expected.len() as u64;
+    for (offset, size) in [(0, 1), (1, 4095), (4095, 2), (65_535, 200_000), (1_000_003, 77_777), (len - 10, 10)] {
+        let mut buf = vec![0u8; size];
+        file.read_exact_at(&mut buf, offset).unwrap();
+        assert!(buf == expected[offset as usize..offset as usize + size], "bytes at {offset}+{size}");
+    }
+    let mut past_end = [0u8; 16];
+    assert_eq!(file.read_at(&mut past_end, len).unwrap(), 0);
+    let mut all = Vec::new();
+    fs::File::open(point.join("data/blob")).unwrap().read_to_end(&mut all).unwrap();
+    assert!(all == expected, "the whole file");
+
+    let erofs = |e: std::io::Error| e.raw_os_error() == Some(rustix::io::Errno::ROFS.raw_os_error());
+    assert!(fs::OpenOptions::new().write(true).open(point.join("data/blob")).is_err_and(erofs));
+    assert!(fs::create_dir(point.join("new")).is_err_and(erofs));
+    assert!(fs::write(point.join("data/new-file"), "x").is_err_and(erofs));
+    assert!(fs::remove_file(point.join("data/blob")).is_err_and(erofs));
+}
+
+#[test]
+fn sixteen_concurrent_readers_read_correct_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("tree");
+    for i in 0..96u64 {
+        let dir = tree.join(format!("d{}", i % 8));
+        fs::create_dir_all(&dir).unwrap();
+        write_random(&dir.join(format!("f{i}")), (i as usize * 37_171) % (700 << 10) + 1, i + 100);
+    }
+    for mode in ["archive", "bare"] {
+        let repo = repo_with(tmp.path(), mode, &tree);
+        let point = tmp.path().join(format!("mnt-{mode}"));
+        fs::create_dir(&point).unwrap();
+        let _mount = Mount::new(&repo, "main", &point);
+        let sums = |root: &Path| {
+            let script = "cd \"$1\" && find . -type f -print0 | xargs -0 -P16 -n3 sha256sum | sort";
+            let out = sh("sh", &["-c", script, "sh", &root.display().to_string()]);
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let (expected, seen) = (sums(&tree), sums(&point));
+        assert_eq!(expected.lines().count(), 96);
+        assert_eq!(seen, expected, "{mode}");
+    }
+}
+
+#[test]
+fn a_corrupt_chunk_gives_eio_never_wrong_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("tree");
+    fs::create_dir_all(&tree).unwrap();
+    write_random(&tree.join("payload"), 4 << 20, 11);
+    let repo = repo_with(tmp.path(), "archive", &tree);
+    let point = tmp.path().join("mnt");
+    fs::create_dir(&point).unwrap();
+    // Mounted first: the metadata is read at mount time, the content only when read.
+    let _mount = Mount::new(&repo, "main", &point);
+    // The largest pack holds the chunks (metadata has packs of its own).
+    let pack = fs::read_dir(repo.join("packs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "pack"))
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .expect("a pack");
+    let middle = fs::metadata(&pack).unwrap().len() / 2;
+    let file = fs::OpenOptions::new().read(true).write(true).open(&pack).unwrap();
+    let mut byte = [0u8; 1];
+    file.read_exact_at(&mut byte, middle).unwrap();
+    file.write_all_at(&[byte[0] ^ 0x40], middle).unwrap();
+    drop(file);
+    let mut seen = Vec::new();
+    let error = fs::File::open(point.join("payload")).unwrap().read_to_end(&mut seen).unwrap_err();
+    assert_eq!(error.raw_os_error(), Some(rustix::io::Errno::IO.raw_os_error()), "{error}");
+    let expected = fs::read(tree.join("payload")).unwrap();
+    assert!(expected.starts_with(&seen), "what was read before the error is the file's own bytes");
+}
+
+/// A tree of one file, committed to an archive repository, and an empty mount point.
+fn one_file_repo(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let tree = dir.join("tree");
+    fs::create_dir_all(&tree).unwrap();
+    fs::write(tree.join("file"), "content\n").unwrap();
+    let repo = repo_with(dir, "archive", &tree);
+    let point = dir.join("mnt");
+    fs::create_dir(&point).unwrap();
+    (tree, repo, point)
+}
+
+#[test]
+fn mount_refuses_what_it_cannot_mount_with_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (tree, repo, point) = one_file_repo(tmp.path());
+
+    let err = fails(osdeploy(&repo).args(["mount", "no-such-branch"]).arg(&point));
+    assert!(err.contains("\"no-such-branch\" is not a branch"), "{err}");
+    assert!(!err.contains("error: osdeploy: error"), "one prefix: {err}");
+    let err = fails(osdeploy(&repo).args(["mount", "main"]).arg(tree.join("file")));
+    assert!(err.contains("not a directory"), "{err}");
+    let err = fails(osdeploy(&repo).args(["mount", "main"]).arg(tmp.path().join("missing")));
+    assert!(err.contains("not a directory"), "{err}");
+    assert!(!is_mount_point(&point));
+
+    let _mount = Mount::new(&repo, "main", &point);
+    let err = fails(osdeploy(&repo).args(["mount", "main"]).arg(&point));
+    assert!(err.contains("mounted here already"), "{err}");
+    let err = fails(Command::new(env!("CARGO_BIN_EXE_osdeploy")).arg("umount").arg(&tree));
+    assert!(err.contains("no osdeploy mount here"), "{err}");
+}
+
+#[test]
+fn sigterm_unmounts_a_foreground_mount_and_a_killed_one_is_cleaned_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, repo, point) = one_file_repo(tmp.path());
+
+    let mut child = osdeploy(&repo)
+        .args(["mount", "--foreground", "main"])
+        .arg(&point)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let guard = UnmountOnDrop(point.clone());
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    assert!(first.starts_with("mounted commit "), "{first}");
+    assert_eq!(fs::read_to_string(point.join("file")).unwrap(), "content\n");
+    // The repository is read-locked while mounted: no prune can take objects away.
+    let err = fails(osdeploy(&repo).arg("prune"));
+    assert!(err.to_lowercase().contains("lock"), "{err}");
+    sh("kill", &["-TERM", &child.id().to_string()]);
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert!(status.success(), "{status}: {stderr}");
+    assert!(stderr.contains("unmounted"), "{stderr}");
+    assert!(!is_mount_point(&point));
+    drop(guard);
+    ok(osdeploy(&repo).arg("prune"));
+
+    // A serving process killed outright leaves a dead mount behind; umount clears it.
+    let mount = Mount::new(&repo, "main", &point);
+    sh("kill", &["-KILL", &mount.pid.to_string()]);
+    assert!(wait_gone(mount.pid));
+    let dead = fs::read_dir(&point).unwrap_err();
+    let dead_errors = [rustix::io::Errno::NOTCONN, rustix::io::Errno::CONNABORTED].map(|e| Some(e.raw_os_error()));
+    assert!(dead_errors.contains(&dead.raw_os_error()), "{dead}");
+    ok(Command::new(env!("CARGO_BIN_EXE_osdeploy")).arg("umount").arg(&point));
+    assert!(!is_mount_point(&point));
+    let again = Mount::new(&repo, "main", &point);
+    assert_eq!(fs::read_to_string(again.point.0.join("file")).unwrap(), "content\n");
+}
