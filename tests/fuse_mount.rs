@@ -262,3 +262,119 @@ fn sigterm_unmounts_a_foreground_mount_and_a_killed_one_is_cleaned_up() {
     let again = Mount::new(&repo, "main", &point);
     assert_eq!(fs::read_to_string(again.point.0.join("file")).unwrap(), "content\n");
 }
+
+/// The requests in nginx's access log: path, status and body bytes of each.
+fn served(log: &Path) -> Vec<(String, u16, u64)> {
+    fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let request = line.split('"').nth(1)?;
+            let path = request.split(' ').nth(1)?.to_owned();
+            let mut after = line.split('"').nth(2)?.split_whitespace();
+            Some((path, after.next()?.parse().ok()?, after.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn a_remote_mount_fetches_only_what_is_read_verified_and_cached() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("tree");
+    fs::create_dir_all(tree.join("other")).unwrap();
+    write_random(&tree.join("big"), 40 << 20, 21);
+    for i in 0..8u64 {
+        write_random(&tree.join(format!("other/file{i}")), 10 << 20, 30 + i);
+    }
+    // Last in tree order, so its chunks end the pack.
+    write_random(&tree.join("zz-last"), 1 << 20, 99);
+    let origin = repo_with(tmp.path(), "archive", &tree);
+    let work = tmp.path().join("nginx");
+    fs::create_dir(&work).unwrap();
+    let server = nginx(&origin, &work);
+    let log = work.join("access.log");
+    let local = tmp.path().join("local");
+    ok(osdeploy(&local).args(["init", "--mode", "archive"]));
+    ok(osdeploy(&local).args(["remote", "add", "origin", &server.url, "--insecure"]));
+    let point = tmp.path().join("mnt");
+    fs::create_dir(&point).unwrap();
+    let cache = tmp.path().join("cache");
+    let mount_remote = || {
+        let out = ok(osdeploy(&local)
+            .args(["mount", "--remote", "origin", "--timeout", "2", "--cache"])
+            .arg(&cache)
+            .arg("main")
+            .arg(&point));
+        Mount { point: UnmountOnDrop(point.clone()), pid: served_by(&out) }
+    };
+
+    let mount = mount_remote();
+    let at_mount = served(&log);
+    assert!(at_mount.iter().all(|(_, status, _)| *status == 200 || *status == 206), "{at_mount:?}");
+    let metadata_bytes: u64 = at_mount.iter().map(|r| r.2).sum();
+    assert!(metadata_bytes < 1 << 20, "only the summary, indexes and metadata at mount: {at_mount:?}");
+    assert_same_tree_listing(&tree, &point);
+
+    let expected = fs::read(tree.join("big")).unwrap();
+    assert!(fs::read(point.join("big")).unwrap() == expected, "big through the remote mount");
+    let reads = &served(&log)[at_mount.len()..];
+    let bytes: u64 = reads.iter().map(|r| r.2).sum();
+    assert!(reads.iter().all(|(path, status, _)| path.starts_with("/packs/") && *status == 206), "{reads:?}");
+    assert!(((40 << 20)..(41 << 20)).contains(&bytes), "the file's chunks and nothing else: {bytes} B");
+    assert!(reads.len() <= 40 / 4 + 4, "coalesced with read-ahead: {} requests: {reads:?}", reads.len());
+    println!(
+        "mount: {} requests, {metadata_bytes} B; reading the 40 MiB file: {} requests, {bytes} B",
+        at_mount.len(),
+        reads.len()
+    );
+
+    // Remounted, the file costs no request: its chunks are in the cache.
+    let out = ok(Command::new(env!("CARGO_BIN_EXE_osdeploy")).arg("umount").arg(&point));
+    assert!(out.contains("unmounted") && wait_gone(mount.pid));
+    let before = served(&log).len();
+    let mount = mount_remote();
+    let after_mount = served(&log).len();
+    assert!(fs::read(point.join("big")).unwrap() == expected, "big from the cache");
+    assert_eq!(served(&log).len(), after_mount, "no request for cached chunks");
+    assert!(after_mount > before, "the remount fetched the summary again");
+
+    // Bytes flipped all through the packs on the server (big is cached, the metadata read): EIO,
+    // never wrong bytes; once the packs are whole again, the same files read.
+    let packs: Vec<PathBuf> = fs::read_dir(origin.join("packs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "pack"))
+        .collect();
+    let pristine: Vec<Vec<u8>> = packs.iter().map(|p| fs::read(p).unwrap()).collect();
+    for (pack, bytes) in packs.iter().zip(&pristine) {
+        let mut damaged = bytes.clone();
+        for at in (4096..damaged.len()).step_by(64 << 10) {
+            damaged[at] ^= 0x10;
+        }
+        fs::write(pack, &damaged).unwrap();
+    }
+    for name in ["zz-last", "other/file5"] {
+        let mut seen = Vec::new();
+        let error = fs::File::open(point.join(name)).unwrap().read_to_end(&mut seen).unwrap_err();
+        assert_eq!(error.raw_os_error(), Some(rustix::io::Errno::IO.raw_os_error()), "{name}: {error}");
+        assert!(fs::read(tree.join(name)).unwrap().starts_with(&seen), "{name}: no wrong byte");
+    }
+    for (pack, bytes) in packs.iter().zip(&pristine) {
+        fs::write(pack, bytes).unwrap();
+    }
+    assert!(fs::read(point.join("zz-last")).unwrap() == fs::read(tree.join("zz-last")).unwrap());
+
+    // The server gone: reads of what was not fetched fail within the timeout, cached data reads.
+    drop(server);
+    let started = std::time::Instant::now();
+    let error = fs::read(point.join("other/file3")).unwrap_err();
+    assert_eq!(error.raw_os_error(), Some(rustix::io::Errno::IO.raw_os_error()), "{error}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(120), "{:?}", started.elapsed());
+    assert!(fs::read(point.join("big")).unwrap() == expected, "cached data stays readable");
+    drop(mount);
+}
+
+/// [`stat_listing`] of both trees is the same (names, types, modes, owners, times, sizes).
+fn assert_same_tree_listing(expected: &Path, actual: &Path) {
+    assert_eq!(stat_listing(expected), stat_listing(actual));
+}

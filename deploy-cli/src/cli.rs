@@ -370,19 +370,29 @@ pub enum Command {
         dir: PathBuf,
     },
     /// Show a commit as a read-only filesystem at MOUNTPOINT (FUSE), with its exact metadata; file content is read
-    /// from the repository as it is needed. Returns once mounted, leaving a background process to serve it;
-    /// `osdeploy umount MOUNTPOINT` unmounts it.
+    /// from the repository, or with --remote fetched from the remote, as it is needed. Returns once mounted, leaving
+    /// a background process to serve it; `osdeploy umount MOUNTPOINT` unmounts it.
     Mount {
-        /// Branch, commit id or unique prefix.
+        /// Branch, commit id or unique prefix; with --remote, a branch of the remote.
         commit: String,
         /// An existing directory with nothing mounted on it.
         mountpoint: PathBuf,
         /// Serve from this process (logs on stderr) until unmounted; SIGINT or SIGTERM unmount it.
         #[arg(long)]
         foreground: bool,
-        /// Decoded chunks an archive repository's mount keeps in memory (K, M, G suffixes).
+        /// Read the commit from this remote (see `osdeploy remote add`): its metadata at once, each chunk when first
+        /// read (with read-ahead), verified, into the cache.
+        #[arg(long, value_name = "NAME")]
+        remote: Option<String>,
+        /// Where a remote mount keeps fetched chunks (kept for the next mount) [default: REPO/cache/mount].
+        #[arg(long, value_name = "DIR")]
+        cache: Option<PathBuf>,
+        /// Chunks the mount keeps: decoded in memory for an archive repository, on disk for a remote (K, M, G).
         #[arg(long, value_name = "BYTES", default_value = "256M", value_parser = crate::http_args::parse_size)]
         cache_size: u64,
+        /// How a remote mount uses the network.
+        #[command(flatten)]
+        http: HttpArgs,
         /// The background process `mount` starts.
         #[arg(long, hide = true)]
         daemon: bool,
@@ -464,13 +474,20 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::MarkGood { json } => deploy_cmds::mark_good(&sysroot, &config_dir, json),
         Command::Rollback => deploy_cmds::rollback(&sysroot),
         Command::Status { json } => deploy_cmds::status(&sysroot, json),
-        Command::Mount { commit, mountpoint, foreground, cache_size, daemon } => {
+        Command::Mount { commit, mountpoint, foreground, remote, cache, cache_size, http, daemon } => {
             let mode = match (daemon, foreground) {
                 (true, _) => MountMode::Daemon,
                 (false, true) => MountMode::Foreground,
                 (false, false) => MountMode::Background,
             };
-            mount_cmds::mount(&repo, &commit, &mountpoint, cache_size, mode)
+            let options = osdeploy_fuse::MountOptions {
+                cache_bytes: cache_size,
+                remote,
+                cache_dir: cache,
+                http: http.options(),
+                ..Default::default()
+            };
+            mount_cmds::mount(&repo, &commit, &mountpoint, &options, mode)
         }
         Command::Umount { mountpoint } => mount_cmds::umount(&mountpoint),
         Command::Completions { shell } => dist_cmds::completions(shell),

@@ -23,7 +23,7 @@ pub enum MountMode {
 }
 
 /// `mount`.
-pub fn mount(repo: &Path, commit: &str, mountpoint: &Path, cache_bytes: u64, mode: MountMode) -> Result<()> {
+pub fn mount(repo: &Path, commit: &str, mountpoint: &Path, options: &MountOptions, mode: MountMode) -> Result<()> {
     if mode == MountMode::Background {
         return start_daemon(mountpoint);
     }
@@ -31,8 +31,7 @@ pub fn mount(repo: &Path, commit: &str, mountpoint: &Path, cache_bytes: u64, mod
         // Its own session: the terminal's hangup and Ctrl-C do not reach it.
         let _ = rustix::process::setsid();
     }
-    let options = MountOptions { chunk_cache_bytes: cache_bytes, ..MountOptions::default() };
-    let mounted = osdeploy_fuse::mount(repo, commit, mountpoint, &options)?;
+    let mounted = osdeploy_fuse::mount(repo, commit, mountpoint, options)?;
     println!("mounted commit {} at {} ({} inodes)", mounted.commit, mountpoint.display(), mounted.inodes);
     std::io::stdout().flush()?;
     if mode == MountMode::Daemon {

@@ -10,6 +10,9 @@ pub enum FuseError {
     /// The repository or the commit could not be read.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The remote could not be read.
+    #[error(transparent)]
+    Transport(#[from] osdeploy_transport::TransportError),
     /// The mount point is missing or not a directory.
     #[error("{path}: not a directory; the mount point must be an existing directory")]
     NotADirectory {

@@ -7,8 +7,39 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use osdeploy_store::object::{Commit, EntryKind, FileObject, Meta};
+use osdeploy_store::object::{Commit, DirTree, EntryKind, FileObject, Meta, ObjectKind};
 use osdeploy_store::{FileId, Repo, TreeId};
+use osdeploy_transport::staging::Staging;
+
+/// Where the tree's metadata objects are read from.
+pub trait Metadata {
+    /// A dirtree object.
+    fn tree(&self, id: &TreeId) -> osdeploy_store::Result<DirTree>;
+    /// A file object.
+    fn file_object(&self, id: &FileId) -> osdeploy_store::Result<FileObject>;
+}
+
+/// A local repository.
+impl Metadata for Repo {
+    fn tree(&self, id: &TreeId) -> osdeploy_store::Result<DirTree> {
+        Repo::tree(self, id)
+    }
+
+    fn file_object(&self, id: &FileId) -> osdeploy_store::Result<FileObject> {
+        Repo::file_object(self, id)
+    }
+}
+
+/// A remote commit's metadata, fetched (and verified) into a staging area.
+impl Metadata for Staging {
+    fn tree(&self, id: &TreeId) -> osdeploy_store::Result<DirTree> {
+        DirTree::decode(id.0, &self.get(ObjectKind::DirTree, &id.0)?)
+    }
+
+    fn file_object(&self, id: &FileId) -> osdeploy_store::Result<FileObject> {
+        FileObject::decode(id.0, &self.get(ObjectKind::File, &id.0)?)
+    }
+}
 
 /// The root directory's inode number (FUSE's).
 pub const ROOT: u64 = 1;
@@ -77,7 +108,7 @@ pub struct Inodes {
 
 impl Inodes {
     /// Reads the commit's tree and file objects.
-    pub fn build(repo: &Repo, commit: &Commit) -> osdeploy_store::Result<Inodes> {
+    pub fn build(repo: &impl Metadata, commit: &Commit) -> osdeploy_store::Result<Inodes> {
         let root = Node { parent: ROOT, meta: commit.root_meta.clone(), nlink: 2, body: Body::Dir(Vec::new()) };
         let mut inodes = Inodes { nodes: vec![root], bytes: 0 };
         let mut contents: HashMap<FileId, Arc<FileContent>> = HashMap::new();

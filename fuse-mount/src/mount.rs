@@ -3,7 +3,10 @@
 use std::path::{Path, PathBuf};
 
 use fuser::{BackgroundSession, Config, MountOption, SessionACL};
-use osdeploy_store::{Access, CommitId, Repo};
+use osdeploy_store::object::{Commit, ObjectKind};
+use osdeploy_store::{Access, CommitId, Repo, layout};
+use osdeploy_transport::client::HttpOptions;
+use osdeploy_transport::lazy::LazyRemote;
 
 use crate::content::Content;
 use crate::error::{FuseError, Result};
@@ -16,15 +19,23 @@ const SOURCE_PREFIX: &str = "osdeploy:";
 /// How to mount.
 #[derive(Clone, Debug)]
 pub struct MountOptions {
-    /// Bytes of decoded chunks an archive repository's mount keeps.
-    pub chunk_cache_bytes: u64,
+    /// Bytes of chunks the mount keeps: decoded in memory for an archive repository, fetched on
+    /// disk for a remote.
+    pub cache_bytes: u64,
     /// Threads answering the kernel.
     pub threads: usize,
+    /// Read the commit from this remote of the repository (the commit is then a branch of the
+    /// remote's), fetching chunks when they are first read.
+    pub remote: Option<String>,
+    /// Where a remote mount caches chunks [default: REPO/cache/mount].
+    pub cache_dir: Option<PathBuf>,
+    /// How a remote mount talks to its servers.
+    pub http: HttpOptions,
 }
 
 impl Default for MountOptions {
     fn default() -> Self {
-        MountOptions { chunk_cache_bytes: 256 << 20, threads: 4 }
+        MountOptions { cache_bytes: 256 << 20, threads: 4, remote: None, cache_dir: None, http: HttpOptions::default() }
     }
 }
 
@@ -111,11 +122,24 @@ pub fn mount(repo_path: &Path, spec: &str, mountpoint: &Path, options: &MountOpt
         return Err(FuseError::NoFuseDevice);
     }
     let repo = Repo::open(repo_path, Access::Read)?;
-    let commit_id = repo.resolve(spec)?;
-    let commit = repo.commit_object(&commit_id)?;
-    let inodes = Inodes::build(&repo, &commit)?;
+    let (commit_id, inodes, content) = match &options.remote {
+        None => {
+            let commit_id = repo.resolve(spec)?;
+            let inodes = Inodes::build(&repo, &repo.commit_object(&commit_id)?)?;
+            (commit_id, inodes, Content::new(&repo, options.cache_bytes)?)
+        }
+        Some(name) => {
+            let remote = osdeploy_transport::remote::get(&repo, name)?;
+            let cache_dir = options.cache_dir.clone().unwrap_or_else(|| repo.path().join(layout::MOUNT_CACHE));
+            let connected = LazyRemote::connect(&remote, spec, options.http, &cache_dir.join("staging"))?;
+            let commit_id = connected.commit;
+            let commit = Commit::decode(commit_id.0, &connected.metadata.get(ObjectKind::Commit, &commit_id.0)?)?;
+            let inodes = Inodes::build(&connected.metadata, &commit)?;
+            connected.metadata.clear()?;
+            (commit_id, inodes, Content::remote(connected.remote, &cache_dir.join("chunks"), options.cache_bytes)?)
+        }
+    };
     let count = inodes.count();
-    let content = Content::new(&repo, options.chunk_cache_bytes)?;
     let filesystem = CommitFs::new(repo, commit_id, inodes, content);
     let mut config = Config::default();
     config.mount_options = vec![

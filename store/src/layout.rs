@@ -28,6 +28,8 @@ pub const SIGNATURES: &str = "signatures";
 pub const REMOTES: &str = "remotes.json";
 /// Remote pack indexes cached by a node (immutable, named by pack id).
 pub const INDEX_CACHE: &str = "cache/indexes";
+/// Chunks that remote mounts (`osdeploy mount --remote`) fetched: a bounded cache.
+pub const MOUNT_CACHE: &str = "cache/mount";
 /// Verified objects of a pull not yet committed (survives a crash).
 pub const STAGING: &str = "staging";
 

@@ -23,6 +23,7 @@ pub mod deltas;
 pub mod error;
 pub mod fetch;
 pub mod index;
+pub mod lazy;
 pub mod mirror;
 pub mod plan;
 pub mod pull;
