@@ -1,34 +1,28 @@
 //! File content for reads through the mount.
 //!
 //! A bare repository holds every file's content whole (the object checkouts reflink), so a read is
-//! a `pread` of that file, through a descriptor opened once per open of the mounted file. An
+//! a `pread` of that file, through a descriptor opened by the first read of an open file. An
 //! archive repository holds zstd-compressed chunks in packs: a read decompresses and verifies
 //! only the chunks it covers and keeps them in a cache bounded in bytes, so that the kernel's
-//! successive reads of one chunk decompress it once. A remote (`mount --remote`) is asked for
-//! the chunks a read covers that the on-disk cache lacks — and, when the file is read from its
-//! start or near where its last read ended, for the next [`READ_AHEAD`] bytes of it too — in as
-//! few Range requests as their places in the packs allow.
+//! successive reads of one chunk decompress it once. A remote's reads are
+//! [`crate::remote_content`]'s.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use osdeploy_store::archive::ArchiveStore;
 use osdeploy_store::bare::content_path;
 use osdeploy_store::object::ObjectKind;
-use osdeploy_store::{ChunkId, FileId, Repo, StoreError};
-use osdeploy_transport::TransportError;
+use osdeploy_store::{ChunkId, Repo, StoreError};
 use osdeploy_transport::lazy::LazyRemote;
 use quick_cache::Weighter;
 use quick_cache::sync::Cache;
 
 use crate::disk_cache::DiskCache;
 use crate::inodes::FileContent;
-
-/// How far a remote mount reads ahead of a sequential reader.
-pub const READ_AHEAD: u64 = 8 << 20;
+use crate::remote_content::RemoteContent;
 
 /// Weighs a cached chunk by its length.
 #[derive(Clone)]
@@ -55,27 +49,7 @@ pub enum Content {
         cache: Cache<ChunkId, Arc<Vec<u8>>, ChunkBytes>,
     },
     /// A remote, with the on-disk cache of what was fetched.
-    Remote {
-        /// The connection.
-        remote: LazyRemote,
-        /// Fetched chunks, bounded in bytes.
-        cache: DiskCache,
-        /// Per file: where its last read ended (a read near there is sequential), and a lock that
-        /// makes the kernel's concurrent reads of one file wait for one fetch instead of
-        /// fetching the same chunks twice.
-        readers: Mutex<HashMap<FileId, Reader>>,
-    },
-}
-
-/// Where a file's last read ended, and the lock its fetches take.
-type Reader = (u64, Arc<Mutex<()>>);
-
-/// A remote's failure, as the mount reports it.
-fn remote_error(error: TransportError) -> StoreError {
-    match error {
-        TransportError::Store(error) => error,
-        other => StoreError::Io { path: PathBuf::from("(remote)"), error: std::io::Error::other(other.to_string()) },
-    }
+    Remote(RemoteContent),
 }
 
 fn io_error(path: &Path, error: std::io::Error) -> StoreError {
@@ -98,7 +72,7 @@ impl Content {
 
     /// The content source of a remote mount, caching up to `cache_bytes` in `cache_dir`.
     pub fn remote(remote: LazyRemote, cache_dir: &Path, cache_bytes: u64) -> osdeploy_store::Result<Content> {
-        Ok(Content::Remote { remote, cache: DiskCache::open(cache_dir, cache_bytes)?, readers: Mutex::default() })
+        Ok(Content::Remote(RemoteContent::new(remote, DiskCache::open(cache_dir, cache_bytes)?)))
     }
 
     /// Opens what reads of `file` need: its object's content in a bare repository, nothing
@@ -109,7 +83,7 @@ impl Content {
                 let path = content_path(objects_dir, &file.id);
                 File::open(&path).map(Some).map_err(|e| io_error(&path, e))
             }
-            Content::Archive { .. } | Content::Remote { .. } => Ok(None),
+            Content::Archive { .. } | Content::Remote(_) => Ok(None),
         }
     }
 
@@ -117,7 +91,7 @@ impl Content {
     /// [`Content::open`] returned for it.
     pub fn read(
         &self,
-        file: &FileContent,
+        file: &Arc<FileContent>,
         opened: Option<&File>,
         offset: u64,
         size: u32,
@@ -128,7 +102,8 @@ impl Content {
         }
         let mut out = vec![0u8; (end - offset) as usize];
         match (self, opened) {
-            (Content::Bare { objects_dir }, Some(handle)) => {
+            (Content::Bare { objects_dir }, opened) => {
+                let handle = opened.expect("reads of a bare repository's files come with what Content::open opened");
                 handle.read_exact_at(&mut out, offset).map_err(|e| {
                     let path = content_path(objects_dir, &file.id);
                     match e.kind() {
@@ -140,29 +115,7 @@ impl Content {
                     }
                 })?;
             }
-            (Content::Bare { objects_dir }, None) => {
-                let path = content_path(objects_dir, &file.id);
-                let handle = File::open(&path).map_err(|e| io_error(&path, e))?;
-                return self.read(file, Some(&handle), offset, size);
-            }
-            (Content::Remote { remote, cache, readers }, _) => {
-                let (sequential, file_lock) = {
-                    let mut readers = readers.lock().expect("no panics hold this lock");
-                    let reader = readers.entry(file.id).or_insert_with(|| (0, Arc::default()));
-                    // The kernel's own read-ahead sends neighbouring reads out of order.
-                    let sequential = offset == 0 || offset.abs_diff(reader.0) <= READ_AHEAD;
-                    reader.0 = end;
-                    (sequential, reader.1.clone())
-                };
-                let _fetching = file_lock.lock().expect("no panics hold this lock");
-                let mut fetched = fetch_missing(remote, cache, file, offset, end, sequential)?;
-                assemble(file, offset, end, &mut out, |chunk| {
-                    match fetched.remove(chunk).or_else(|| cache.get(chunk)) {
-                        Some(bytes) => Ok(bytes),
-                        None => Ok(remote.fetch_chunks(&[*chunk]).map_err(remote_error)?.remove(0)),
-                    }
-                })?;
-            }
+            (Content::Remote(remote), _) => remote.read(file, offset, end, &mut out)?,
             (Content::Archive { store, cache }, _) => {
                 assemble(file, offset, end, &mut out, |chunk| {
                     cache.get_or_insert_with(chunk, || store.get(ObjectKind::Chunk, &chunk.0).map(Arc::new))
@@ -174,12 +127,12 @@ impl Content {
 }
 
 /// The index of the chunk of `file` holding byte `at`.
-fn chunk_at(file: &FileContent, at: u64) -> usize {
+pub fn chunk_at(file: &FileContent, at: u64) -> usize {
     file.starts.partition_point(|&start| start <= at) - 1
 }
 
 /// Copies bytes `offset..end` of `file` into `out`, taking each chunk's bytes from `chunk`.
-fn assemble<B: std::borrow::Borrow<Vec<u8>>>(
+pub fn assemble<B: std::borrow::Borrow<Vec<u8>>>(
     file: &FileContent,
     offset: u64,
     end: u64,
@@ -207,35 +160,4 @@ fn assemble<B: std::borrow::Borrow<Vec<u8>>>(
         at = start + to as u64;
     }
     Ok(())
-}
-
-/// Fetches, into `cache`, the chunks of `file`'s bytes `offset..end` that it lacks; for a
-/// `sequential` reader that comes within half of [`READ_AHEAD`] of what was fetched, the next
-/// [`READ_AHEAD`] bytes too, in one go instead of a few chunks with every read. Returns what it
-/// fetched (the cache may not keep it all).
-fn fetch_missing(
-    remote: &LazyRemote,
-    cache: &DiskCache,
-    file: &FileContent,
-    offset: u64,
-    end: u64,
-    sequential: bool,
-) -> osdeploy_store::Result<HashMap<ChunkId, Vec<u8>>> {
-    let (first, last) = (chunk_at(file, offset), file.starts.partition_point(|&start| start < end));
-    let cached = |index: usize| cache.contains(&file.object.chunks[index].0);
-    let refill = sequential && !cached(chunk_at(file, (end + READ_AHEAD / 2).min(file.object.size - 1)));
-    if !refill && (first..last).all(cached) {
-        return Ok(HashMap::new());
-    }
-    let wanted = if refill { file.starts.partition_point(|&start| start < end + READ_AHEAD) } else { last };
-    let missing: Vec<ChunkId> =
-        file.object.chunks[first..wanted].iter().map(|(c, _)| *c).filter(|c| !cache.contains(c)).collect();
-    let mut fetched = HashMap::new();
-    if !missing.is_empty() {
-        for (chunk, bytes) in missing.iter().zip(remote.fetch_chunks(&missing).map_err(remote_error)?) {
-            cache.put(chunk, &bytes)?;
-            fetched.insert(*chunk, bytes);
-        }
-    }
-    Ok(fetched)
 }

@@ -17,7 +17,7 @@ use osdeploy_store::object::Mtime;
 use osdeploy_store::{CommitId, Repo};
 
 use crate::content::Content;
-use crate::inodes::{Body, Inodes, Node};
+use crate::inodes::{Body, FileContent, Inodes, Node};
 
 /// How long the kernel may keep names and attributes: a commit never changes.
 const TTL: Duration = Duration::from_secs(24 * 3600);
@@ -45,6 +45,17 @@ impl CommitFs {
             next_handle: AtomicU64::new(1),
             _repo: Mutex::new(repo),
         }
+    }
+
+    /// What reads through handle `fh` of `file` need (see [`Content::open`]), opened once.
+    fn opened(&self, fh: FileHandle, file: &FileContent) -> osdeploy_store::Result<Option<Arc<File>>> {
+        if let Some(opened) = self.open_files.lock().expect("no panics hold this lock").get(&fh.0) {
+            return Ok(Some(opened.clone()));
+        }
+        let Some(opened) = self.content.open(file)? else { return Ok(None) };
+        let opened = Arc::new(opened);
+        self.open_files.lock().expect("no panics hold this lock").insert(fh.0, opened.clone());
+        Ok(Some(opened))
     }
 
     fn node(&self, ino: INodeNo) -> Result<&Node, Errno> {
@@ -146,22 +157,17 @@ impl Filesystem for CommitFs {
         if flags.acc_mode() != OpenAccMode::O_RDONLY {
             return reply.error(Errno::EROFS);
         }
-        let Ok(Body::File(file)) = self.node(ino).map(|n| &n.body) else {
+        if !matches!(self.node(ino).map(|n| &n.body), Ok(Body::File(_))) {
             return reply.error(Errno::EINVAL);
-        };
-        match self.content.open(file) {
-            Ok(opened) => {
-                let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
-                if let Some(opened) = opened {
-                    self.open_files.lock().expect("no panics hold this lock").insert(handle, Arc::new(opened));
-                }
-                reply.opened(FileHandle(handle), FopenFlags::FOPEN_KEEP_CACHE);
-            }
-            Err(error) => {
-                tracing::error!("commit {}: opening inode {}: {error}", self.commit, ino.0);
-                reply.error(Errno::EIO);
-            }
         }
+        // What reads need is opened by the first read: a file the kernel has cached is read
+        // without any, and opening it costs nothing then.
+        reply.opened(FileHandle(self.next_handle.fetch_add(1, Ordering::Relaxed)), FopenFlags::FOPEN_KEEP_CACHE);
+    }
+
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // The kernel may keep directory listings too.
+        reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR);
     }
 
     fn read(
@@ -178,7 +184,13 @@ impl Filesystem for CommitFs {
         let Ok(Body::File(file)) = self.node(ino).map(|n| &n.body) else {
             return reply.error(Errno::EINVAL);
         };
-        let opened = self.open_files.lock().expect("no panics hold this lock").get(&fh.0).cloned();
+        let opened = match self.opened(fh, file) {
+            Ok(opened) => opened,
+            Err(error) => {
+                tracing::error!("commit {}: opening inode {}: {error}", self.commit, ino.0);
+                return reply.error(Errno::EIO);
+            }
+        };
         match self.content.read(file, opened.as_deref(), offset, size) {
             Ok(bytes) => reply.data(&bytes),
             Err(error) => {

@@ -15,6 +15,7 @@ mod error;
 mod fs;
 mod inodes;
 mod mount;
+mod remote_content;
 
 pub use error::{FuseError, Result};
 pub use mount::{MountOptions, Mounted, is_osdeploy_mount, mount, unmount};
