@@ -18,4 +18,4 @@ mod mount;
 mod remote_content;
 
 pub use error::{FuseError, Result};
-pub use mount::{MountOptions, Mounted, is_osdeploy_mount, mount, unmount};
+pub use mount::{MountOptions, Mounted, mount, unmount};

@@ -63,16 +63,10 @@ impl Mounted {
             })?
             .map_err(|error| FuseError::Mount { path: mountpoint, error })
     }
-
-    /// Unmounts and waits for the session to end.
-    pub fn unmount(self) -> Result<()> {
-        let mountpoint = self.mountpoint.clone();
-        self.session.umount_and_join().map_err(|error| FuseError::Unmount { path: mountpoint, error })
-    }
 }
 
 /// Whether an osdeploy mount is at `path`.
-pub fn is_osdeploy_mount(path: &Path) -> bool {
+fn is_osdeploy_mount(path: &Path) -> bool {
     mount_at(path).is_some_and(|(fstype, source)| fstype.starts_with("fuse") && source.starts_with(SOURCE_PREFIX))
 }
 
