@@ -212,6 +212,17 @@ fn mount_refuses_what_it_cannot_mount_with_clear_errors() {
     let err = fails(osdeploy(&repo).args(["mount", "main"]).arg(tmp.path().join("missing")));
     assert!(err.contains("not a directory"), "{err}");
     assert!(!is_mount_point(&point));
+    // Without /dev/fuse: a mount namespace whose /dev is an empty tmpfs.
+    let no_fuse = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount -t tmpfs none /dev && exec "$0" --repo "$1" mount --foreground main "$2""#)
+        .arg(env!("CARGO_BIN_EXE_osdeploy"))
+        .arg(&repo)
+        .arg(&point)
+        .output()
+        .expect("unshare (util-linux) is required");
+    let err = String::from_utf8_lossy(&no_fuse.stderr);
+    assert!(!no_fuse.status.success() && err.contains("/dev/fuse is missing"), "{err}");
 
     let _mount = Mount::new(&repo, "main", &point);
     let err = fails(osdeploy(&repo).args(["mount", "main"]).arg(&point));

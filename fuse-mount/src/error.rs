@@ -26,7 +26,7 @@ pub enum FuseError {
         path: PathBuf,
     },
     /// The kernel offers no FUSE device.
-    #[error("/dev/fuse is missing: this kernel has no FUSE (load it with `modprobe fuse`)")]
+    #[error("/dev/fuse is missing: load the kernel's FUSE module (`modprobe fuse`) or create its node")]
     NoFuseDevice,
     /// mount(2) or the FUSE session failed.
     #[error("mounting {path}: {error}")]
