@@ -4,14 +4,14 @@
 //! coalesced Range requests of a pull ([`crate::survey::walk`], [`crate::fetch::fetch`]): every
 //! object is decompressed within its limit and checked against its id before it is returned.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use osdeploy_store::fsutil::unique_tmp_name;
 use osdeploy_store::object::ObjectKind;
-use osdeploy_store::{ChunkId, CommitId, ObjectId};
+use osdeploy_store::{ChunkId, CommitId, ObjectId, StoreError};
 
 use crate::client::{Client, HttpOptions, Progress};
 use crate::error::TransportError;
@@ -70,11 +70,13 @@ impl LazyRemote {
     }
 
     /// Fetches `chunks` (verified), in as few Range requests as their places in the packs allow;
-    /// returns their bytes in the same order.
+    /// returns their bytes in the same order. Nothing is written to disk: the objects are taken
+    /// from the staging area's memory as they arrive.
     pub fn fetch_chunks(&self, chunks: &[ChunkId]) -> Result<Vec<Vec<u8>>, TransportError> {
         let wanted: Vec<(ObjectId, ObjectKind)> = chunks.iter().map(|c| (c.0, ObjectKind::Chunk)).collect();
         let reads = plan_reads(&self.index, &wanted, CoalesceOptions::default())?;
         let mut staged = Staging::open(self.scratch.join(unique_tmp_name("mount-chunks")))?;
+        let mut arrived: HashMap<ObjectId, Vec<u8>> = HashMap::new();
         let fetched = self.runtime.block_on(crate::fetch::fetch(
             &self.client,
             &self.index,
@@ -82,13 +84,22 @@ impl LazyRemote {
             wanted.iter().copied().collect(),
             &mut staged,
             4,
-            |staged, _| Ok(staged.settle(|_, _| true)?),
+            |staged, objects| {
+                for (id, kind) in objects {
+                    arrived.insert(id, staged.get(kind, &id)?);
+                }
+                Ok(staged.settle(|_, _| false)?)
+            },
         ));
-        let bytes = fetched.and_then(|()| {
-            chunks.iter().map(|c| Ok(staged.get(ObjectKind::Chunk, &c.0)?)).collect::<Result<Vec<_>, TransportError>>()
-        });
         staged.clear()?;
-        bytes
+        fetched?;
+        chunks
+            .iter()
+            .map(|c| {
+                let missing = StoreError::ObjectMissing { kind: ObjectKind::Chunk, id: c.0 };
+                arrived.get(&c.0).cloned().ok_or(TransportError::Store(missing))
+            })
+            .collect()
     }
 
     /// Requests made and bytes received so far.
