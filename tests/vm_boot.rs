@@ -68,7 +68,7 @@ fn q(path: &Path) -> String {
 
 /// The node configuration every release carries (and the installer uses).
 const NODE_CONFIG: &str = r#"boot_tries = 1
-kernel_cmdline = "root=PARTLABEL=osd-sysroot rw console=ttyS0 panic=5"
+kernel_cmdline = "root=PARTLABEL=osd-sysroot rw console=ttyS0 panic=5 loglevel=1 systemd.show_status=0"
 
 [[data_partition]]
 source = "LABEL=osd-images"
@@ -451,7 +451,12 @@ fn boot(node: &Node, n: usize) -> Boot {
         .filter_map(|kv| kv.split_once('='))
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
-    let status = json(lines.iter().find_map(|l| l.strip_prefix("status ")).unwrap());
+    let status_line = lines.iter().find_map(|l| l.strip_prefix("status ")).unwrap_or_default();
+    let status = serde_json::from_str(status_line).unwrap_or_else(|e| {
+        let kept = work_dir().join(format!("bad-report-{n}-{}.log", std::process::id()));
+        let _ = fs::copy(&log, &kept);
+        panic!("boot {n}: the status line is not JSON ({e}; console in {}): {status_line}", kept.display())
+    });
     let prepare_root_ms = text
         .split("; mounts made in ")
         .nth(1)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reads through `osdeploy mount` against a copy of the same files on the same disk, cold and warm,
 # from a bare and from an archive repository; and a remote mount's cold read of a 100 MiB file
-# against curl of the same bytes from the same nginx.
+# against curl of the same bytes from the same nginx, unlimited and both held to 40 MiB/s.
 # Usage (root): benches/harness/mount-bench.sh TREE WORK [RUNS]
 #   TREE: a rootfs directory (e.g. PAIR/new from benches/harness/make-os-pair.sh)
 #   WORK: scratch directory on a local disk (an 8 GiB btrfs loop image is created inside it)
@@ -84,15 +84,21 @@ cp "$M/native/r100/file" "$W/www/r100"
 "$osd" --repo "$M/local" remote add origin "http://127.0.0.1:$PORT/repo" --insecure > /dev/null
 point=$M/view-remote
 mkdir -p "$point"
+# Unlimited (loopback's own rate), and both held to 40 MiB/s (curl's and osdeploy's own limiters),
+# as on a link of that rate.
 for run in $(seq "$runs"); do
-  drop; timed remote-cold-100MiB curl cold "$run" 100 curl -sf -o /dev/null "http://127.0.0.1:$PORT/r100"
-  rm -rf "$M/remote-cache"
-  if mountpoint -q "$point"; then "$osd" umount "$point" > /dev/null; fi
-  "$osd" --repo "$M/local" mount --remote origin --cache "$M/remote-cache" r100 "$point" > /dev/null
-  log_reset
-  drop; timed remote-cold-100MiB osdeploy-mount cold "$run" 100 cat "$point/file"
-  read -r requests bytes _ < <(log_sum)
-  log "  the mount's read: $requests requests, $bytes bytes"
+  for limit in none 40M; do
+    case=remote-cold-100MiB; curl_limit=(); osd_limit=()
+    if [ "$limit" != none ]; then case=remote-cold-100MiB-at-$limit; curl_limit=(--limit-rate "$limit"); osd_limit=(--limit-rate "$limit"); fi
+    drop; timed "$case" curl cold "$run" 100 curl -sf "${curl_limit[@]}" -o /dev/null "http://127.0.0.1:$PORT/r100"
+    rm -rf "$M/remote-cache"
+    if mountpoint -q "$point"; then "$osd" umount "$point" > /dev/null; fi
+    "$osd" --repo "$M/local" mount --remote origin "${osd_limit[@]}" --cache "$M/remote-cache" r100 "$point" > /dev/null
+    log_reset
+    drop; timed "$case" osdeploy-mount cold "$run" 100 cat "$point/file"
+    read -r requests bytes _ < <(log_sum)
+    log "  the mount's read: $requests requests, $bytes bytes"
+  done
 done
 log "done: $results"
 column -t -s $'\t' "$results" >&2
