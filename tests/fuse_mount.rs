@@ -169,12 +169,7 @@ fn a_corrupt_chunk_gives_eio_never_wrong_bytes() {
     // Mounted first: the metadata is read at mount time, the content only when read.
     let _mount = Mount::new(&repo, "main", &point);
     // The largest pack holds the chunks (metadata has packs of its own).
-    let pack = fs::read_dir(repo.join("packs"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "pack"))
-        .max_by_key(|p| fs::metadata(p).unwrap().len())
-        .expect("a pack");
+    let pack = packs(&repo).into_iter().max_by_key(|p| fs::metadata(p).unwrap().len()).expect("a pack");
     let middle = fs::metadata(&pack).unwrap().len() / 2;
     let file = fs::OpenOptions::new().read(true).write(true).open(&pack).unwrap();
     let mut byte = [0u8; 1];
@@ -186,6 +181,15 @@ fn a_corrupt_chunk_gives_eio_never_wrong_bytes() {
     assert_eq!(error.raw_os_error(), Some(rustix::io::Errno::IO.raw_os_error()), "{error}");
     let expected = fs::read(tree.join("payload")).unwrap();
     assert!(expected.starts_with(&seen), "what was read before the error is the file's own bytes");
+}
+
+/// The pack files of an archive repository.
+fn packs(repo: &Path) -> Vec<PathBuf> {
+    fs::read_dir(repo.join("packs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "pack"))
+        .collect()
 }
 
 /// A tree of one file, committed to an archive repository, and an empty mount point.
@@ -297,7 +301,6 @@ fn a_remote_mount_fetches_only_what_is_read_verified_and_cached() {
     for i in 0..8u64 {
         write_random(&tree.join(format!("other/file{i}")), 10 << 20, 30 + i);
     }
-    // Last in tree order, so its chunks end the pack.
     write_random(&tree.join("zz-last"), 1 << 20, 99);
     let origin = repo_with(tmp.path(), "archive", &tree);
     let work = tmp.path().join("nginx");
@@ -351,11 +354,7 @@ fn a_remote_mount_fetches_only_what_is_read_verified_and_cached() {
 
     // Bytes flipped all through the packs on the server (big is cached, the metadata read): EIO,
     // never wrong bytes; once the packs are whole again, the same files read.
-    let packs: Vec<PathBuf> = fs::read_dir(origin.join("packs"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "pack"))
-        .collect();
+    let packs = packs(&origin);
     let pristine: Vec<Vec<u8>> = packs.iter().map(|p| fs::read(p).unwrap()).collect();
     for (pack, bytes) in packs.iter().zip(&pristine) {
         let mut damaged = bytes.clone();
