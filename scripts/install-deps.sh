@@ -6,7 +6,7 @@
 set -euo pipefail
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
 pkgs=(btrfs-progs xfsprogs e2fsprogs util-linux rsync attr libcap2-bin mmdebstrap openssl grub2-common nginx-light libubootenv-tool systemd git cpio \
-  qemu-system-x86 ovmf mtools dosfstools fdisk binutils grub-efi-amd64-bin systemd-boot-efi)
+  qemu-system-x86 ovmf mtools dosfstools fdisk binutils grub-efi-amd64-bin systemd-boot-efi etcd-server etcd-client protobuf-compiler libprotobuf-dev)
 missing=()
 for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -13,9 +13,10 @@ use osdeploy_transport::client::HttpOptions;
 use osdeploy_transport::deltas::DeltaUse;
 use osdeploy_transport::pull::PullOptions;
 
+use crate::fleet_cmds::RolloutAction;
 use crate::http_args::HttpArgs;
 use crate::mount_cmds::MountMode;
-use crate::{delta_cmds, deploy_cmds, dist_cmds, mirror_cmd, mount_cmds, repo_cmds, transport_cmds};
+use crate::{delta_cmds, deploy_cmds, dist_cmds, fleet_cmds, mirror_cmd, mount_cmds, repo_cmds, transport_cmds};
 
 /// The sysroot when neither `--sysroot` nor `OSDEPLOY_SYSROOT` gives one: where a booted node sees its physical root.
 pub const DEFAULT_SYSROOT: &str = "/sysroot";
@@ -402,6 +403,21 @@ pub enum Command {
         /// Where it is mounted.
         mountpoint: PathBuf,
     },
+    /// Run the update agent (CONFIG_DIR/config.toml [fleet]): follow the sysroot's branch, take each new release
+    /// when its rollout policy lets this node, reboot holding one of the fleet's reboot slots (etcd), judge the
+    /// boot by the health checks and report it. SIGHUP polls at once; SIGTERM stops (work resumes at the next
+    /// start).
+    Agent {
+        /// Where the node id comes from when [fleet] node_id is not set.
+        #[arg(long, value_name = "FILE", default_value = "/etc/machine-id")]
+        machine_id: PathBuf,
+    },
+    /// Fleet rollouts: publish a release's policy on the origin; show, pause, resume or abort it in etcd.
+    Rollout {
+        /// What to do.
+        #[command(subcommand)]
+        action: RolloutAction,
+    },
     /// Show both slots, the booted, default and next slot, the trial and the recent history.
     Status {
         /// Print JSON (schema in docs/deployments.md).
@@ -474,6 +490,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::MarkGood { json } => deploy_cmds::mark_good(&sysroot, &config_dir, json),
         Command::Rollback => deploy_cmds::rollback(&sysroot),
         Command::Status { json } => deploy_cmds::status(&sysroot, json),
+        Command::Agent { machine_id } => fleet_cmds::agent(sysroot, config_dir, machine_id),
+        Command::Rollout { action } => fleet_cmds::rollout(action, &repo, &config_dir),
         Command::Mount { commit, mountpoint, foreground, remote, cache, cache_size, http, daemon } => {
             let mode = match (daemon, foreground) {
                 (true, _) => MountMode::Daemon,

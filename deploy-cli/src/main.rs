@@ -6,6 +6,7 @@ mod cli;
 mod delta_cmds;
 mod deploy_cmds;
 mod dist_cmds;
+mod fleet_cmds;
 mod http_args;
 mod mirror_cmd;
 mod mount_cmds;
@@ -20,8 +21,10 @@ use clap::Parser;
 
 fn main() {
     let cli = cli::Cli::parse();
+    // The agent is a daemon: its steps are its log (the journal's).
+    let level = if matches!(cli.command, cli::Command::Agent { .. }) { "info" } else { "warn" };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("OSDEPLOY_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("OSDEPLOY_LOG").unwrap_or_else(|_| level.into()))
         .with_writer(std::io::stderr)
         .init();
     if let Err(err) = cli::run(cli) {

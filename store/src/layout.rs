@@ -81,6 +81,19 @@ pub fn delta_index_file(hash: &ObjectId) -> String {
     format!("{DELTAS}/{}", delta_index_name(hash))
 }
 
+/// Rollout policies beside the summary: `rollouts/<commit>.json` and its signature file.
+pub const ROLLOUTS: &str = "rollouts";
+
+/// The path of a commit's rollout policy.
+pub fn rollout_policy(commit: &CommitId) -> String {
+    format!("{ROLLOUTS}/{commit}.json")
+}
+
+/// The path of a rollout policy's signature file.
+pub fn rollout_signature(commit: &CommitId) -> String {
+    format!("{ROLLOUTS}/{commit}.json.sig")
+}
+
 /// The path of a commit's detached signature.
 pub fn commit_signature(commit: &CommitId) -> String {
     format!("{SIGNATURES}/{commit}.sig")

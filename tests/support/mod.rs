@@ -13,6 +13,7 @@ use std::process::{Child, Command, Output, Stdio};
 
 use serde_json::Value;
 
+pub mod etcd;
 pub mod fault_proxy;
 
 /// The `osdeploy` binary under test with `--sysroot SYSROOT --config-dir CONFIG` (no `--repo`: the

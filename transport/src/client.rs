@@ -362,8 +362,13 @@ impl<'r> Failover<'r> {
         if let TransportError::Store(_) = e {
             return Err(e);
         }
-        tracing::warn!("{e}");
-        self.all_absent &= is_absent(&e);
+        // An absent file is reported by the caller if it matters (an optional file may be absent).
+        if e.is_absent() {
+            tracing::debug!("{e}");
+        } else {
+            tracing::warn!("{e}");
+        }
+        self.all_absent &= e.is_absent();
         self.last = Some(e);
         Ok(())
     }
@@ -375,11 +380,6 @@ impl<'r> Failover<'r> {
             last: Box::new(self.last.expect("a remote has at least one URL")),
         }
     }
-}
-
-/// A 404 or 410: the file is not there (retrying is pointless, another URL may have it).
-fn is_absent(e: &TransportError) -> bool {
-    matches!(e, TransportError::Status { status: 404 | 410, .. })
 }
 
 fn request_error(url: &str, e: reqwest::Error) -> TransportError {

@@ -142,3 +142,14 @@ pub enum TransportError {
     #[error(transparent)]
     Store(#[from] StoreError),
 }
+
+impl TransportError {
+    /// The file asked for is not on the server (HTTP 404 or 410 from every URL): absent, not failed.
+    pub fn is_absent(&self) -> bool {
+        match self {
+            TransportError::Status { status, .. } => matches!(status, 404 | 410),
+            TransportError::AllUrlsFailed { last, .. } => last.is_absent(),
+            _ => false,
+        }
+    }
+}

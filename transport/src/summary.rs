@@ -46,7 +46,8 @@ pub fn branch(summary: &Summary, remote: &Remote, branch: &str) -> Result<(Commi
     Ok((offered.commit, offered.timestamp))
 }
 
-fn trusted_keys(remote: &Remote) -> Result<Vec<ed25519_dalek::VerifyingKey>, TransportError> {
+/// The public keys `remote` trusts, parsed.
+pub fn trusted_keys(remote: &Remote) -> Result<Vec<ed25519_dalek::VerifyingKey>, TransportError> {
     remote
         .keys
         .iter()

@@ -18,6 +18,10 @@
 //! target = "/var/lib/containerd"     # absolute, not / nor under /usr
 //! fstype = "ext4"
 //! options = "noatime"                # optional
+//!
+//! # the update agent (`osdeploy agent`), see osdeploy-fleet's config module
+//! [fleet]
+//! etcd = ["http://10.0.0.1:2379"]
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -35,7 +39,7 @@ pub const DEFAULT_HEALTH_CHECK_TIMEOUT: u64 = 60;
 pub const DEFAULT_PULL_TIMEOUT: u64 = 30;
 
 /// The settings.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Boots a new deployment gets on trial (1 to [`MAX_TRIES`]).
@@ -55,6 +59,8 @@ pub struct Config {
     /// Partitions `prepare-root` mounts into the booted system (a container-image store, user data).
     #[serde(rename = "data_partition")]
     pub data_partitions: Vec<DataPartition>,
+    /// The `[fleet]` section: the update agent's settings, read and checked by osdeploy-fleet.
+    pub fleet: Option<toml::Table>,
 }
 
 /// A partition mounted into the booted system by `prepare-root`, which osdeploy never writes.
@@ -111,6 +117,7 @@ impl Default for Config {
             pull_timeout: DEFAULT_PULL_TIMEOUT,
             kernel_cmdline: None,
             data_partitions: Vec::new(),
+            fleet: None,
         }
     }
 }

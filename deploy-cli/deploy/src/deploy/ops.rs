@@ -457,6 +457,7 @@ pub fn boot_check(sysroot: &Sysroot, cmdline: Option<&Path>) -> Result<BootCheck
     };
     let boot = bl.state()?;
     state.booted = Some(booted);
+    state.boot_count += 1;
     let other = booted.other();
     let mut failed_trial = None;
     if state.slots.get(other).state == SlotState::Trial && !boot.trial.is_some_and(|t| t.slot == other && t.pending()) {

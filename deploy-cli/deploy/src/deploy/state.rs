@@ -180,6 +180,9 @@ pub struct State {
     pub follows: Option<Follows>,
     /// The slot `boot-check` last recorded as booted.
     pub booted: Option<Slot>,
+    /// Boots `boot-check` has recorded (the fleet agent tells by it that its reboot happened).
+    #[serde(default)]
+    pub boot_count: u64,
     /// Both slots.
     pub slots: Slots,
     /// What happened, oldest first, at most [`HISTORY_LIMIT`] entries.
@@ -199,6 +202,7 @@ impl State {
             bootloader,
             follows: None,
             booted: None,
+            boot_count: 0,
             slots: Slots::default(),
             history: Vec::new(),
         }

@@ -1,0 +1,547 @@
+//! `osdeploy agent`: the update agent of one node.
+//!
+//! Every poll (jittered; SIGHUP polls at once) it pulls the branch the sysroot follows, fetches
+//! the new commit's rollout policy and asks the [gate](crate::gate) whether this node may take it
+//! now. When it may, the update runs through the [phases](Phase), each recorded in the agent's
+//! state before and after it acts:
+//!
+//! switch → join the group's reboot queue → wait for a slot (and a maintenance window) → drain
+//! hooks → reboot command → (the node boots; `boot-check` and `mark-good` judge the release, the
+//! agent runs mark-good itself if it is still pending) → on failed health checks, reboot back
+//! into the previous release → report to etcd (a failure may halt the fleet) → undrain hooks →
+//! leave the queue.
+//!
+//! An agent killed at any point, or a node whose power is cut, resumes at the recorded phase:
+//! every step is safe to repeat. Errors (etcd away, the origin away, a failing hook) are logged
+//! and the step is retried later; the agent never reboots without holding a reboot slot.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use osdeploy_deploy::deploy::pull::{PullTarget, http_defaults, pull_into_sysroot};
+use osdeploy_deploy::deploy::state::SlotState;
+use osdeploy_deploy::deploy::{Config, DeployError, State, Sysroot, ops};
+use osdeploy_store::{Access, CommitId, Repo};
+use osdeploy_transport::client::{Client, Progress};
+use osdeploy_transport::pull::PullOptions;
+use osdeploy_transport::remote;
+use tokio::sync::Notify;
+
+use crate::agent_state::{AgentState, InFlight, Phase};
+use crate::cluster::{Cluster, Mark, NodeRecord, Outcome, Report, now};
+use crate::config::FleetConfig;
+use crate::gate::{Decision, decide};
+use crate::policy::{self, PolicySpec, RolloutPolicy};
+use crate::{FleetError, Result, hooks};
+
+/// What the agent does after a step.
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    /// The next step at once.
+    Continue,
+    /// Nothing to do until the next poll.
+    Idle,
+    /// Try again after a pause (waiting for a slot, a wave, etcd…).
+    Wait(String),
+}
+
+/// One node's agent.
+pub struct Agent {
+    sysroot: Sysroot,
+    config_dir: PathBuf,
+    config: Config,
+    fleet: FleetConfig,
+    node: String,
+    cluster: Cluster,
+    leases: Arc<Leases>,
+    state: AgentState,
+}
+
+/// The leases the agent keeps alive in the background: its registration and its place in the
+/// reboot queue.
+#[derive(Default)]
+struct Leases {
+    node: Mutex<Option<i64>>,
+    reboot: Mutex<Option<i64>>,
+    /// Set when the registration lease was found expired: the agent registers again.
+    node_lost: std::sync::atomic::AtomicBool,
+}
+
+impl Agent {
+    /// Reads the node's configuration and connects to etcd (retrying until it answers).
+    pub async fn start(sysroot: Sysroot, config_dir: PathBuf, machine_id: PathBuf) -> Result<Agent> {
+        let config_path = config_dir.join("config.toml");
+        let config = Config::load(&config_dir)?;
+        let fleet = FleetConfig::from_node_config(&config, &config_path)?.ok_or_else(|| FleetError::Config {
+            path: config_path.clone(),
+            reason: "is missing: the agent needs at least `etcd = [\"http://HOST:2379\"]`".into(),
+        })?;
+        let node = fleet.node_id(&machine_id)?;
+        let state = AgentState::load(&sysroot)?;
+        let cluster = loop {
+            match Cluster::connect(&fleet.etcd, &fleet.prefix, Duration::from_secs(5)).await {
+                Ok(cluster) => break cluster,
+                Err(e) => {
+                    tracing::warn!("{e}; retrying in 5 s");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+            }
+        };
+        let leases = Arc::new(Leases::default());
+        *leases.reboot.lock().unwrap() = state.in_flight.as_ref().and_then(|f| f.reboot_lease);
+        let agent = Agent { sysroot, config_dir, config, fleet, node, cluster, leases, state };
+        agent.spawn_keepalive();
+        Ok(agent)
+    }
+
+    /// The node id.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Runs until `stop` is notified; `wake` makes the next poll happen at once.
+    pub async fn run(mut self, wake: Arc<Notify>, stop: Arc<Notify>) -> Result<()> {
+        tracing::info!(node = %self.node, group = %self.fleet.group, "agent started");
+        loop {
+            let next = match self.step().await {
+                Ok(next) => next,
+                Err(e) => Next::Wait(e.to_string()),
+            };
+            let pause = match next {
+                Next::Continue => continue,
+                Next::Idle => self.poll_interval(),
+                Next::Wait(reason) => {
+                    tracing::info!("waiting: {reason}");
+                    self.retry_interval()
+                }
+            };
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = wake.notified() => tracing::info!("woken up: polling now"),
+                () = stop.notified() => {
+                    tracing::info!("stopping; the update in flight (if any) resumes at the next start");
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn poll_interval(&self) -> Duration {
+        let jitter = self.fleet.poll_jitter_seconds * 1000;
+        let random = if jitter == 0 { 0 } else { u64::from_le_bytes(random_bytes()) % jitter };
+        Duration::from_millis(self.fleet.poll_seconds * 1000 + random)
+    }
+
+    fn retry_interval(&self) -> Duration {
+        Duration::from_secs(self.fleet.poll_seconds.clamp(1, 10))
+    }
+
+    /// Renews the leases every third of the registration TTL.
+    fn spawn_keepalive(&self) {
+        let (cluster, leases) = (self.cluster.clone(), self.leases.clone());
+        let period = Duration::from_millis((self.fleet.node_ttl_seconds * 1000 / 3).max(500));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                let node = *leases.node.lock().unwrap();
+                if let Some(id) = node {
+                    match cluster.renew(id).await {
+                        Ok(true) => {}
+                        Ok(false) => leases.node_lost.store(true, std::sync::atomic::Ordering::SeqCst),
+                        Err(e) => tracing::warn!("{e}"),
+                    }
+                }
+                let reboot = *leases.reboot.lock().unwrap();
+                if let Some(id) = reboot {
+                    match cluster.renew(id).await {
+                        Ok(true) => {}
+                        Ok(false) => tracing::warn!("the reboot-queue lease {id:x} expired"),
+                        Err(e) => tracing::warn!("{e}"),
+                    }
+                }
+            }
+        });
+    }
+
+    fn save(&self) -> Result<()> {
+        self.state.save(&self.sysroot)
+    }
+
+    fn record(&mut self, event: &str, commit: Option<CommitId>, message: String) -> Result<()> {
+        tracing::info!(event, commit = commit.map(|c| c.to_string()).unwrap_or_default(), "{message}");
+        self.state.record(event, commit, message);
+        self.save()
+    }
+
+    /// Registers the node (again, if its lease was lost), saying what it is doing.
+    async fn register(&mut self, doing: &str) -> Result<()> {
+        let lost = self.leases.node_lost.swap(false, std::sync::atomic::Ordering::SeqCst);
+        let current = *self.leases.node.lock().unwrap();
+        let lease = match current {
+            Some(id) if !lost => id,
+            _ => {
+                let id = self.cluster.grant_lease(self.fleet.node_ttl_seconds).await?;
+                *self.leases.node.lock().unwrap() = Some(id);
+                id
+            }
+        };
+        let node_state = State::load(&self.sysroot)?;
+        let branch = node_state.follows.as_ref().map(|f| f.local_ref()).unwrap_or_default();
+        let booted = node_state.booted.and_then(|slot| node_state.slots.get(slot).commit);
+        let record = NodeRecord {
+            node: self.node.clone(),
+            group: self.fleet.group.clone(),
+            branch,
+            booted,
+            doing: doing.to_owned(),
+            at: now(),
+        };
+        self.cluster.register(&record, lease).await
+    }
+
+    /// One step: resume the update in flight, or poll for a new one.
+    async fn step(&mut self) -> Result<Next> {
+        let Some(flight) = self.state.in_flight.clone() else {
+            return self.poll().await;
+        };
+        match flight.phase {
+            Phase::Switching => self.switch(&flight).await,
+            Phase::Switched => self.enqueue(&flight).await,
+            Phase::Queued => self.wait_for_slot(&flight).await,
+            Phase::Holding => self.drain(&flight).await,
+            Phase::Drained => self.reboot(&flight, Phase::Rebooting).await,
+            Phase::Rebooting | Phase::RebootingBack => self.judge(&flight).await,
+            Phase::Judged => self.report(&flight).await,
+            Phase::Reported => self.undrain(&flight).await,
+            Phase::Undrained => self.release(&flight).await,
+        }
+    }
+
+    /// Pulls the followed branch; decides whether to take its commit.
+    async fn poll(&mut self) -> Result<Next> {
+        self.register("idle").await?;
+        let sysroot = self.sysroot.clone();
+        let target = PullTarget::followed(&sysroot)?;
+        let options = PullOptions { http: http_defaults(&self.config), ..PullOptions::default() };
+        let pull_target = target.clone();
+        blocking(move || {
+            pull_into_sysroot(&sysroot, &pull_target, options, Arc::new(Progress::default())).map_err(FleetError::from)
+        })
+        .await?;
+        let local_ref = format!("{}/{}", target.remote, target.branch);
+        let repo = Repo::open(&self.sysroot.repo(), Access::Read)?;
+        let commit = repo.resolve(&local_ref)?;
+        let node_state = State::load(&self.sysroot)?;
+        let deployed = [node_state.slots.a.clone(), node_state.slots.b.clone()];
+        let booted = node_state.booted.and_then(|slot| node_state.slots.get(slot).commit);
+        if booted == Some(commit) || self.state.refused.contains(&commit) {
+            return Ok(Next::Idle);
+        }
+        if deployed.iter().any(|r| r.commit == Some(commit) && r.state == SlotState::Bad) {
+            // Went bad on this node before (outside the agent, or its state was lost): not again.
+            self.state.refused.push(commit);
+            self.save()?;
+            return Ok(Next::Idle);
+        }
+        let policy = self.policy(&target, &commit).await?;
+        let view = self.cluster.rollout(&commit).await?;
+        match decide(&policy, &self.node, &format!("{}/{}", target.remote, target.branch), &view, now()) {
+            Decision::Go { wave } => {
+                self.cluster.mark_started(&policy).await?;
+                self.state.in_flight = Some(InFlight {
+                    commit,
+                    wave,
+                    slot: None,
+                    phase: Phase::Switching,
+                    reboot_lease: None,
+                    boots_before: None,
+                    outcome: None,
+                });
+                self.record("taking", Some(commit), format!("taking {commit} ({wave})"))?;
+                Ok(Next::Continue)
+            }
+            Decision::Wait { wave, reason } => {
+                self.cluster.mark_started(&policy).await?;
+                Ok(Next::Wait(format!("{commit} ({wave}): {reason}")))
+            }
+            Decision::Halt { failures, threshold } => {
+                let reason = format!("{failures} node(s) failed on {commit}, the threshold is {threshold}");
+                if self.cluster.halt(&Mark { commit, reason: reason.clone(), at: now() }).await? {
+                    self.record("halted", Some(commit), format!("halted the fleet's rollouts: {reason}"))?;
+                }
+                Ok(Next::Wait(reason))
+            }
+            Decision::Never { reason } => {
+                self.state.refused.push(commit);
+                self.record("refused", Some(commit), reason)?;
+                Ok(Next::Idle)
+            }
+        }
+    }
+
+    /// The rollout policy of `commit` from the followed remote (one wave for everybody when the
+    /// origin published none).
+    async fn policy(&self, target: &PullTarget, commit: &CommitId) -> Result<RolloutPolicy> {
+        let repo = Repo::open(&self.sysroot.repo(), Access::Read)?;
+        let remote = remote::get(&repo, &target.remote)?;
+        let client = Client::new(&remote, http_defaults(&self.config), Arc::new(Progress::default()))?;
+        match policy::fetch(&client, &remote, commit).await? {
+            Some(policy) => Ok(policy),
+            None => RolloutPolicy::new(*commit, PolicySpec::default()),
+        }
+    }
+
+    async fn switch(&mut self, flight: &InFlight) -> Result<Next> {
+        self.register("switching").await?;
+        self.cluster.report(&flight.commit, &self.node, &self.report_of(flight, Outcome::Taking, "switching")).await?;
+        let (sysroot, config, spec) = (self.sysroot.clone(), self.config.clone(), flight.commit.to_string());
+        let report = blocking(move || ops::switch(&sysroot, Some(&spec), &config).map_err(FleetError::from)).await?;
+        self.state.phase(Phase::Switched).slot = Some(report.slot);
+        self.record(
+            "switched",
+            Some(flight.commit),
+            format!("slot {} boots {} next, on trial", report.slot, flight.commit),
+        )?;
+        Ok(Next::Continue)
+    }
+
+    async fn enqueue(&mut self, flight: &InFlight) -> Result<Next> {
+        let lease = match flight.reboot_lease {
+            Some(id) if self.cluster.renew(id).await? => id,
+            _ => {
+                let id = self.cluster.grant_lease(self.fleet.reboot_ttl_seconds).await?;
+                // Recorded before it is used, so that a restarted agent keeps the same place.
+                self.state.phase(Phase::Switched).reboot_lease = Some(id);
+                self.save()?;
+                id
+            }
+        };
+        *self.leases.reboot.lock().unwrap() = Some(lease);
+        self.cluster.enqueue(&self.fleet.group, &self.node, &flight.commit, lease).await?;
+        self.state.phase(Phase::Queued);
+        self.record("queued", Some(flight.commit), format!("in the reboot queue of group {}", self.fleet.group))?;
+        Ok(Next::Continue)
+    }
+
+    async fn wait_for_slot(&mut self, flight: &InFlight) -> Result<Next> {
+        self.register("waiting for a reboot slot").await?;
+        if let Some(halt) = self.cluster.halt_mark().await? {
+            return Ok(Next::Wait(format!("halted before the reboot ({}: {})", halt.commit, halt.reason)));
+        }
+        if !self.fleet.may_reboot_at(now()) {
+            return Ok(Next::Wait("outside the maintenance windows".into()));
+        }
+        match self.cluster.holds(&self.fleet.group, &self.node).await? {
+            Some(true) => {
+                self.state.phase(Phase::Holding);
+                self.record(
+                    "slot-acquired",
+                    Some(flight.commit),
+                    format!("holds a reboot slot of group {}", self.fleet.group),
+                )?;
+                Ok(Next::Continue)
+            }
+            Some(false) => Ok(Next::Wait("the reboot slots are taken".into())),
+            None => {
+                // The queue entry's lease expired (etcd was away longer than its TTL): queue again.
+                self.state.phase(Phase::Switched).reboot_lease = None;
+                self.save()?;
+                Ok(Next::Continue)
+            }
+        }
+    }
+
+    fn hook_env(&self, flight: &InFlight, phase: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("OSDEPLOY_NODE", self.node.clone()),
+            ("OSDEPLOY_COMMIT", flight.commit.to_string()),
+            ("OSDEPLOY_PHASE", phase.to_owned()),
+            ("OSDEPLOY_SYSROOT", self.sysroot.root().display().to_string()),
+        ]
+    }
+
+    async fn drain(&mut self, flight: &InFlight) -> Result<Next> {
+        self.register("draining").await?;
+        let (dir, timeout, env) =
+            (self.config_dir.join("drain.d"), self.fleet.hook_timeout(), self.hook_env(flight, "drain"));
+        match blocking(move || hooks::run_dir(&dir, timeout, &env)).await {
+            Ok(count) => {
+                self.state.phase(Phase::Drained);
+                self.record("drained", Some(flight.commit), format!("{count} drain hook(s) passed"))?;
+                Ok(Next::Continue)
+            }
+            Err(e) => {
+                // Never hold the fleet's slot while drain cannot finish: undo, leave the queue, retry later.
+                let (dir, timeout) = (self.config_dir.join("undrain.d"), self.fleet.hook_timeout());
+                let undo = self.hook_env(flight, "undrain");
+                let _ = blocking(move || hooks::run_dir(&dir, timeout, &undo)).await;
+                self.cluster.dequeue(&self.fleet.group, &self.node).await?;
+                self.state.phase(Phase::Switched);
+                self.record("drain-failed", Some(flight.commit), format!("{e}; left the reboot queue, will retry"))?;
+                Ok(Next::Wait(e.to_string()))
+            }
+        }
+    }
+
+    async fn reboot(&mut self, flight: &InFlight, phase: Phase) -> Result<Next> {
+        self.register("rebooting").await?;
+        let boots = State::load(&self.sysroot)?.boot_count;
+        self.state.phase(phase).boots_before = Some(boots);
+        self.record("rebooting", Some(flight.commit), format!("running {}", self.fleet.reboot_command.join(" ")))?;
+        let (command, env) = (self.fleet.reboot_command.clone(), self.hook_env(flight, "reboot"));
+        blocking(move || hooks::reboot(&command, &env)).await?;
+        // A real reboot ends this process; the next start judges the boot.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(self.fleet.reboot_timeout_seconds);
+        while State::load(&self.sysroot)?.boot_count == boots {
+            if tokio::time::Instant::now() >= deadline {
+                // Judged next: no boot recorded, so the reboot command runs again.
+                return Ok(Next::Wait(format!(
+                    "the reboot command returned but the node did not reboot within {} s",
+                    self.fleet.reboot_timeout_seconds
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Ok(Next::Continue)
+    }
+
+    /// After a reboot: which slot booted, and did the release pass its health checks?
+    async fn judge(&mut self, flight: &InFlight) -> Result<Next> {
+        let node_state = State::load(&self.sysroot)?;
+        if Some(node_state.boot_count) == flight.boots_before {
+            // The reboot command ran but no boot was recorded (the agent restarted before the
+            // node went down, or the node did not go down): reboot again.
+            return self.reboot(flight, flight.phase).await;
+        }
+        let booted = node_state.booted;
+        let on_release = booted.is_some_and(|slot| Some(slot) == flight.slot)
+            && booted.and_then(|slot| node_state.slots.get(slot).commit) == Some(flight.commit);
+        self.register("judging").await?;
+        let outcome = if !on_release {
+            Outcome::RolledBack
+        } else if flight.phase == Phase::RebootingBack {
+            // Still on the release after the reboot back: the rollback did not take (the agent
+            // stopped between its steps); again.
+            return self.go_back(flight).await;
+        } else {
+            match node_state.slots.get(booted.expect("booted")).state {
+                SlotState::Good => Outcome::Updated,
+                SlotState::Trial => {
+                    let (sysroot, dir, config) = (self.sysroot.clone(), self.config_dir.clone(), self.config.clone());
+                    match blocking(move || ops::mark_good(&sysroot, &dir, &config).map_err(FleetError::from)).await {
+                        Ok(report) if report.marked => Outcome::Updated,
+                        Ok(_) => Outcome::HealthFailed,
+                        // The mark-good unit is at it: look again shortly.
+                        Err(FleetError::Deploy(e)) if matches!(*e, DeployError::Locked { .. }) => {
+                            return Ok(Next::Wait("mark-good is running".into()));
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                _ => Outcome::HealthFailed,
+            }
+        };
+        let message = format!("booted slot {}: {outcome}", booted.map_or("?".into(), |s| s.to_string()));
+        if outcome == Outcome::HealthFailed {
+            // Told at once, so that the fleet halts before other nodes reboot into it.
+            self.cluster.report(&flight.commit, &self.node, &self.report_of(flight, outcome, &message)).await?;
+            self.record(
+                "health-failed",
+                Some(flight.commit),
+                format!("{message}; going back to the previous release"),
+            )?;
+            return self.go_back(flight).await;
+        }
+        self.state.phase(Phase::Judged).outcome = Some(outcome);
+        if outcome.is_failure() && !self.state.refused.contains(&flight.commit) {
+            self.state.refused.push(flight.commit);
+        }
+        self.record("booted", Some(flight.commit), message)?;
+        Ok(Next::Continue)
+    }
+
+    /// The release failed here: never again on this node; the previous slot boots next (the
+    /// trial is not left to use up its boots), and the node reboots into it.
+    async fn go_back(&mut self, flight: &InFlight) -> Result<Next> {
+        if !self.state.refused.contains(&flight.commit) {
+            self.state.refused.push(flight.commit);
+        }
+        self.state.phase(Phase::RebootingBack);
+        self.save()?;
+        let sysroot = self.sysroot.clone();
+        let rollback = blocking(move || ops::rollback(&sysroot).map_err(FleetError::from)).await?;
+        self.record("rolling-back", Some(flight.commit), format!("slot {} boots next", rollback.to))?;
+        self.reboot(flight, Phase::RebootingBack).await
+    }
+
+    fn report_of(&self, flight: &InFlight, outcome: Outcome, message: &str) -> Report {
+        Report { outcome, wave: flight.wave, at: now(), message: message.to_owned() }
+    }
+
+    async fn report(&mut self, flight: &InFlight) -> Result<Next> {
+        let outcome = flight.outcome.expect("a judged update has an outcome");
+        self.cluster.report(&flight.commit, &self.node, &self.report_of(flight, outcome, "")).await?;
+        if outcome.is_failure() {
+            let view = self.cluster.rollout(&flight.commit).await?;
+            let threshold = self.policy_threshold(&flight.commit).await;
+            if view.failures() >= threshold {
+                let reason =
+                    format!("{} node(s) failed on {}, the threshold is {threshold}", view.failures(), flight.commit);
+                if self.cluster.halt(&Mark { commit: flight.commit, reason: reason.clone(), at: now() }).await? {
+                    self.record("halted", Some(flight.commit), format!("halted the fleet's rollouts: {reason}"))?;
+                }
+            }
+        }
+        self.state.phase(Phase::Reported);
+        self.record("reported", Some(flight.commit), format!("reported {outcome}"))?;
+        Ok(Next::Continue)
+    }
+
+    /// The failure threshold of `commit`'s policy (1 when it cannot be read now).
+    async fn policy_threshold(&self, commit: &CommitId) -> u32 {
+        let Ok(target) = PullTarget::followed(&self.sysroot) else { return 1 };
+        self.policy(&target, commit).await.map_or(1, |p| p.spec.failure_threshold)
+    }
+
+    async fn undrain(&mut self, flight: &InFlight) -> Result<Next> {
+        let (dir, timeout, env) =
+            (self.config_dir.join("undrain.d"), self.fleet.hook_timeout(), self.hook_env(flight, "undrain"));
+        blocking(move || hooks::run_dir(&dir, timeout, &env)).await?;
+        self.state.phase(Phase::Undrained);
+        self.record("undrained", Some(flight.commit), "undrain hooks passed".into())?;
+        Ok(Next::Continue)
+    }
+
+    async fn release(&mut self, flight: &InFlight) -> Result<Next> {
+        self.cluster.dequeue(&self.fleet.group, &self.node).await?;
+        if let Some(id) = flight.reboot_lease {
+            self.cluster.revoke(id).await?;
+        }
+        *self.leases.reboot.lock().unwrap() = None;
+        self.state.in_flight = None;
+        self.record(
+            "slot-released",
+            Some(flight.commit),
+            format!("left the reboot queue of group {}", self.fleet.group),
+        )?;
+        self.register("idle").await?;
+        Ok(Next::Continue)
+    }
+}
+
+/// Runs blocking work (the store, the deployment library, hooks) on a thread of its own, so
+/// that the leases are renewed meanwhile.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    let (send, receive) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = send.send(work());
+    });
+    receive.await.unwrap_or_else(|_| Err(FleetError::Panicked))
+}
+
+fn random_bytes() -> [u8; 8] {
+    let mut bytes = [0u8; 8];
+    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
+    bytes
+}

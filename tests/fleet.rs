@@ -1,0 +1,342 @@
+//! Fleet rollouts end to end, on real parts: a three-member etcd cluster on loopback ports, an
+//! origin served by `osdeploy serve` (signed summary, signed rollout policies), and five nodes
+//! whose sysroots share a loop-mounted btrfs (state-file bootloader), each with a real
+//! `osdeploy agent` process. A node's reboot command is `osdeploy boot-check`, which plays the
+//! bootloader: the node "reboots" into whatever its bootloader would boot.
+//!
+//! Release 2 rolls out canary → wave 1 → wave 2 with at most one node in its reboot at a time;
+//! release 3 fails its health check on the canary, which goes back by itself and halts the
+//! fleet; the other nodes stay on release 2 until `osdeploy rollout resume`, after which a fixed
+//! release 4 reaches every node. The merged timeline of the agents is printed and checked.
+
+mod support;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::etcd::EtcdCluster;
+use support::*;
+
+const NODES: usize = 5;
+
+/// A node: its sysroot, configuration and agent process (killed on drop).
+struct FleetNode {
+    name: String,
+    sysroot: PathBuf,
+    config: PathBuf,
+    agent: Option<Child>,
+}
+
+impl FleetNode {
+    fn osd(&self) -> Command {
+        osd_at(&self.sysroot, &self.config)
+    }
+
+    fn start_agent(&mut self, log: &Path) {
+        let log = fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let child = self.osd().arg("agent").stdout(Stdio::null()).stderr(log).spawn().unwrap();
+        self.agent = Some(child);
+    }
+
+    /// The commit of the slot the node booted last.
+    fn booted_commit(&self) -> String {
+        let status = json(&ok(self.osd().args(["status", "--json"])));
+        let slot = status["booted"].as_str().unwrap_or("none").to_owned();
+        status["slots"][&slot]["commit"].as_str().unwrap_or_default().to_owned()
+    }
+
+    /// The agent's timeline: (milliseconds, event, commit).
+    fn timeline(&self) -> Vec<(u64, String, String)> {
+        let Ok(bytes) = fs::read(self.sysroot.join("osdeploy/agent.json")) else { return Vec::new() };
+        let state: Value = serde_json::from_slice(&bytes).unwrap();
+        state["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["at_ms"].as_u64().unwrap(),
+                    e["event"].as_str().unwrap().to_owned(),
+                    e["commit"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    fn has_event(&self, event: &str, commit: &str) -> bool {
+        self.timeline().iter().any(|(_, e, c)| e == event && c == commit)
+    }
+}
+
+impl Drop for FleetNode {
+    fn drop(&mut self) {
+        if let Some(mut agent) = self.agent.take() {
+            let _ = agent.kill();
+            let _ = agent.wait();
+        }
+    }
+}
+
+/// Everything, dropped in order: agents, server, etcd, the filesystem, the directory.
+struct Fleet {
+    nodes: Vec<FleetNode>,
+    server: Server,
+    etcd: EtcdCluster,
+    _fs: LoopFs,
+    tmp: tempfile::TempDir,
+}
+
+impl Fleet {
+    fn origin(&self) -> PathBuf {
+        self.tmp.path().join("origin")
+    }
+
+    fn key(&self) -> PathBuf {
+        self.tmp.path().join("signing")
+    }
+
+    /// Commits release `version` (its /etc/os-release says so), publishes `policy` and signs:
+    /// the policy is in place before the signed summary makes the commit visible.
+    fn release(&self, version: u32, policy: &str) -> String {
+        let tree = self.tmp.path().join("tree");
+        fs::write(tree.join("etc/os-release"), format!("NAME=fleet-sample\nVERSION={version}\n")).unwrap();
+        write_random(&tree.join("usr/lib/librelease.so"), 200_000, u64::from(version));
+        let commit =
+            ok(osdeploy(&self.origin()).args(["commit", "-b", "stable", "--version", &version.to_string()]).arg(&tree))
+                .trim()
+                .to_owned();
+        let policy_file = self.tmp.path().join(format!("policy-{version}.toml"));
+        fs::write(&policy_file, policy).unwrap();
+        ok(osdeploy(&self.origin())
+            .args(["rollout", "publish", &commit, "--policy"])
+            .arg(&policy_file)
+            .arg("--key")
+            .arg(self.key()));
+        ok(osdeploy(&self.origin()).arg("sign").arg("--key").arg(self.key()));
+        commit
+    }
+
+    fn rollout(&self, args: &[&str]) -> String {
+        let mut cmd = osdeploy(&self.origin());
+        cmd.arg("rollout").args(args);
+        for endpoint in self.etcd.endpoints() {
+            cmd.arg("--etcd").arg(endpoint);
+        }
+        ok(&mut cmd)
+    }
+
+    fn status(&self, commit: &str) -> Value {
+        json(&self.rollout(&["status", commit, "--json"]))
+    }
+
+    /// Waits until `done` holds (checked every 200 ms), at most `limit`; panics with the timeline.
+    fn wait_for(&self, what: &str, limit: Duration, done: impl Fn(&Fleet) -> bool) {
+        let started = Instant::now();
+        while !done(self) {
+            if started.elapsed() > limit {
+                panic!(
+                    "{what}: not within {limit:?}\n{}\nagent logs in {}",
+                    self.timeline(),
+                    self.tmp.path().display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Every agent's timeline, merged, one line per event.
+    fn timeline(&self) -> String {
+        let mut all: Vec<(u64, String, String, String)> = self
+            .nodes
+            .iter()
+            .flat_map(|n| n.timeline().into_iter().map(|(at, e, c)| (at, n.name.clone(), e, c)))
+            .collect();
+        all.sort();
+        let start = all.first().map_or(0, |e| e.0);
+        all.iter()
+            .map(|(at, node, event, commit)| {
+                format!(
+                    "{:>8.3} s  {node}  {event:<14} {}",
+                    (at - start) as f64 / 1000.0,
+                    &commit[..commit.len().min(12)]
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Each node's [slot-acquired, slot-released] interval for `commit`, checked not to overlap
+    /// (one reboot slot): returns them sorted.
+    fn reboot_windows(&self, commit: &str) -> Vec<(u64, u64, String)> {
+        let mut windows: Vec<(u64, u64, String)> = Vec::new();
+        for node in &self.nodes {
+            let timeline = node.timeline();
+            let at = |event: &str| timeline.iter().find(|(_, e, c)| e == event && c == commit).map(|(t, _, _)| *t);
+            if let (Some(from), Some(to)) = (at("slot-acquired"), at("slot-released")) {
+                windows.push((from, to, node.name.clone()));
+            }
+        }
+        windows.sort();
+        for pair in windows.windows(2) {
+            assert!(
+                pair[1].0 >= pair[0].1,
+                "{} got a reboot slot before {} gave its slot back:\n{}",
+                pair[1].2,
+                pair[0].2,
+                self.timeline()
+            );
+        }
+        windows
+    }
+}
+
+fn executable(path: &Path, body: &str) {
+    fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+fn set_up() -> Fleet {
+    require_root();
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let etcd = EtcdCluster::start(&tmp.path().join("etcd"), 3);
+    let fs_ = LoopFs::new("btrfs", 1200);
+    let origin = tmp.path().join("origin");
+    ok(osdeploy(&origin).args(["init", "--mode", "archive"]));
+    ok(osdeploy(&origin).args(["key", "generate"]).arg(tmp.path().join("signing")));
+    let tree = tmp.path().join("tree");
+    make_sample_tree(&tree);
+    fs::create_dir_all(tree.join("usr/lib")).unwrap();
+    fs::create_dir_all(tree.join("etc")).unwrap();
+    let server = osdeploy_serve(&origin);
+    let mut fleet = Fleet { nodes: Vec::new(), server, etcd, _fs: fs_, tmp };
+    let first = fleet.release(1, "");
+    let endpoints: Vec<String> = fleet.etcd.endpoints().iter().map(|e| format!("{e:?}")).collect();
+    for i in 1..=NODES {
+        let name = format!("node{i}");
+        let sysroot = fleet._fs.mount.join(&name);
+        let config = fleet.tmp.path().join(&name);
+        fs::create_dir_all(config.join("health.d")).unwrap();
+        executable(&config.join("health.d/10-release-3-is-broken"), "test \"$OSDEPLOY_VERSION\" != 3");
+        let reboot = config.join("reboot");
+        executable(
+            &reboot,
+            &format!(
+                "exec {} --sysroot {} --config-dir {} boot-check > /dev/null",
+                env!("CARGO_BIN_EXE_osdeploy"),
+                sysroot.display(),
+                config.display()
+            ),
+        );
+        fs::write(
+            config.join("config.toml"),
+            format!(
+                "[fleet]\netcd = [{}]\nnode_id = \"{name}\"\npoll_seconds = 1\npoll_jitter_seconds = 0\n\
+                 node_ttl_seconds = 5\nreboot_ttl_seconds = 60\nreboot_command = [\"{}\"]\nreboot_timeout_seconds = 30\n",
+                endpoints.join(", "),
+                reboot.display()
+            ),
+        )
+        .unwrap();
+        let node = FleetNode { name, sysroot, config, agent: None };
+        ok(node.osd().args(["init-sysroot", "--bootloader", "file"]));
+        ok(node
+            .osd()
+            .args(["remote", "add", "origin", &fleet.server.url, "--key"])
+            .arg(fleet.tmp.path().join("signing.pub")));
+        ok(node.osd().args(["pull", "origin", "stable"]));
+        ok(node.osd().arg("switch"));
+        ok(node.osd().arg("boot-check"));
+        ok(node.osd().arg("mark-good"));
+        assert_eq!(node.booted_commit(), first);
+        fleet.nodes.push(node);
+    }
+    for node in &mut fleet.nodes {
+        let log = node.config.join("agent.log");
+        node.start_agent(&log);
+    }
+    fleet
+}
+
+#[test]
+fn releases_roll_out_in_waves_one_reboot_at_a_time_and_a_failure_halts_the_fleet() {
+    let fleet = set_up();
+    let limit = Duration::from_secs(240);
+
+    // Release 2: canary node1, then half of the rest, then everybody.
+    let second =
+        fleet.release(2, "canary_nodes = [\"node1\"]\nwaves = [0.5, 1.0]\nsoak_seconds = 3\nfailure_threshold = 1\n");
+    fleet.wait_for("every node on release 2", limit, |f| f.nodes.iter().all(|n| n.booted_commit() == second));
+    fleet.wait_for("every agent done with release 2", limit, |f| {
+        f.nodes.iter().all(|n| n.has_event("slot-released", &second))
+    });
+    let windows = fleet.reboot_windows(&second);
+    assert_eq!(windows.len(), NODES, "{}", fleet.timeline());
+    assert_eq!(windows[0].2, "node1", "the canary reboots first:\n{}", fleet.timeline());
+    let status = fleet.status(&second);
+    let wave_of = |node: &str| -> String {
+        status["lines"].as_array().unwrap().iter().find(|l| l["node"] == node).unwrap()["wave"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(wave_of("node1"), "canary");
+    let taking = |node: &FleetNode| node.timeline().iter().find(|(_, e, c)| e == "taking" && c == &second).unwrap().0;
+    let released =
+        |node: &FleetNode| node.timeline().iter().find(|(_, e, c)| e == "reported" && c == &second).unwrap().0;
+    for wave in ["wave 1", "wave 2"] {
+        let earlier: Vec<&FleetNode> = fleet.nodes.iter().filter(|n| wave_of(&n.name).as_str() < wave).collect();
+        let done = earlier.iter().map(|n| released(n)).max().unwrap();
+        for node in fleet.nodes.iter().filter(|n| wave_of(&n.name) == wave) {
+            // Soak 3 s after the earlier waves' last report (whole seconds in etcd: at least 2 s).
+            assert!(
+                taking(node) >= done + 1500,
+                "{} ({wave}) did not wait for the soak:\n{}",
+                node.name,
+                fleet.timeline()
+            );
+        }
+    }
+    assert_eq!(status["failures"], 0);
+
+    // Release 3 is broken: its health check fails on the canary, node2.
+    let third = fleet.release(3, "canary_nodes = [\"node2\"]\nwaves = [1.0]\nfailure_threshold = 1\n");
+    let canary = &fleet.nodes[1];
+    fleet.wait_for("the canary back on release 2", limit, |_| canary.has_event("slot-released", &third));
+    assert_eq!(canary.booted_commit(), second, "the canary went back by itself");
+    for event in ["health-failed", "rebooting", "booted", "reported"] {
+        assert!(canary.has_event(event, &third), "{event}:\n{}", fleet.timeline());
+    }
+    let status = fleet.status(&third);
+    assert!(status["halt"]["reason"].as_str().unwrap().contains("threshold is 1"), "{status}");
+    assert_eq!(status["reports"]["node2"]["outcome"], "rolled-back", "{status}");
+    // The others stay on release 2: a few polls later, none has taken release 3.
+    std::thread::sleep(Duration::from_secs(4));
+    for node in &fleet.nodes {
+        assert_eq!(node.booted_commit(), second, "{} moved during the halt", node.name);
+        if node.name != "node2" {
+            assert!(!node.has_event("taking", &third), "{} took release 3 during the halt", node.name);
+        }
+    }
+
+    // A fixed release 4 waits for the halt to be cleared, then reaches everybody.
+    let fourth = fleet.release(4, "canary_nodes = [\"node3\"]\nwaves = [1.0]\nfailure_threshold = 1\n");
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(fleet.nodes.iter().all(|n| !n.has_event("taking", &fourth)), "release 4 started while halted");
+    let out = fleet.rollout(&["resume", &fourth]);
+    assert!(out.contains("halt cleared"), "{out}");
+    fleet.wait_for("every node on release 4", limit, |f| f.nodes.iter().all(|n| n.booted_commit() == fourth));
+    fleet.wait_for("every agent done with release 4", limit, |f| {
+        f.nodes.iter().all(|n| n.has_event("slot-released", &fourth))
+    });
+    let windows = fleet.reboot_windows(&fourth);
+    assert_eq!(windows[0].2, "node3", "the canary of release 4 first:\n{}", fleet.timeline());
+    let status = fleet.status(&fourth);
+    assert!(status["halt"].is_null() && status["failures"] == 0, "{status}");
+    let queue = &status["reboot_queues"]["default"];
+    assert_eq!(queue.as_array().map(Vec::len), Some(0), "every slot given back: {status}");
+    println!("whole timeline:\n{}", fleet.timeline());
+}
