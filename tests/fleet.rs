@@ -36,10 +36,22 @@ impl FleetNode {
         osd_at(&self.sysroot, &self.config)
     }
 
-    fn start_agent(&mut self, log: &Path) {
-        let log = fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-        let child = self.osd().arg("agent").stdout(Stdio::null()).stderr(log).spawn().unwrap();
-        self.agent = Some(child);
+    /// Starts the agent (logging to CONFIG/agent.log); with `crash_at`, it aborts at that step.
+    fn start_agent(&mut self, crash_at: Option<&str>) {
+        let log = fs::OpenOptions::new().create(true).append(true).open(self.config.join("agent.log")).unwrap();
+        let mut cmd = self.osd();
+        if let Some(step) = crash_at {
+            cmd.env("OSDEPLOY_CRASH_AT", step);
+        }
+        self.agent = Some(cmd.arg("agent").stdout(Stdio::null()).stderr(log).spawn().unwrap());
+    }
+
+    /// Kills the agent (SIGKILL) and waits for it.
+    fn kill_agent(&mut self) {
+        if let Some(mut agent) = self.agent.take() {
+            let _ = agent.kill();
+            let _ = agent.wait();
+        }
     }
 
     /// The commit of the slot the node booted last.
@@ -74,10 +86,7 @@ impl FleetNode {
 
 impl Drop for FleetNode {
     fn drop(&mut self) {
-        if let Some(mut agent) = self.agent.take() {
-            let _ = agent.kill();
-            let _ = agent.wait();
-        }
+        self.kill_agent();
     }
 }
 
@@ -99,17 +108,18 @@ impl Fleet {
         self.tmp.path().join("signing")
     }
 
-    /// Commits release `version` (its /etc/os-release says so), publishes `policy` and signs:
-    /// the policy is in place before the signed summary makes the commit visible.
-    fn release(&self, version: u32, policy: &str) -> String {
+    /// Commits release `version` (its /etc/os-release says so; a version containing "broken"
+    /// fails the nodes' health check), publishes `policy` and signs: the policy is in place
+    /// before the signed summary makes the commit visible.
+    fn release(&self, version: &str, policy: &str) -> String {
         let tree = self.tmp.path().join("tree");
         fs::write(tree.join("etc/os-release"), format!("NAME=fleet-sample\nVERSION={version}\n")).unwrap();
-        write_random(&tree.join("usr/lib/librelease.so"), 200_000, u64::from(version));
-        let commit =
-            ok(osdeploy(&self.origin()).args(["commit", "-b", "stable", "--version", &version.to_string()]).arg(&tree))
-                .trim()
-                .to_owned();
-        let policy_file = self.tmp.path().join(format!("policy-{version}.toml"));
+        let seed = version.bytes().fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+        write_random(&tree.join("usr/lib/librelease.so"), 200_000, seed);
+        let commit = ok(osdeploy(&self.origin()).args(["commit", "-b", "stable", "--version", version]).arg(&tree))
+            .trim()
+            .to_owned();
+        let policy_file = self.tmp.path().join("policy.toml");
         fs::write(&policy_file, policy).unwrap();
         ok(osdeploy(&self.origin())
             .args(["rollout", "publish", &commit, "--policy"])
@@ -138,14 +148,20 @@ impl Fleet {
         let started = Instant::now();
         while !done(self) {
             if started.elapsed() > limit {
-                panic!(
-                    "{what}: not within {limit:?}\n{}\nagent logs in {}",
-                    self.timeline(),
-                    self.tmp.path().display()
-                );
+                panic!("{what}: not within {limit:?}\n{}\n{}", self.timeline(), self.log_tails());
             }
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// The last lines of every agent's log.
+    fn log_tails(&self) -> String {
+        let tail = |node: &FleetNode| {
+            let log = fs::read_to_string(node.config.join("agent.log")).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            lines[lines.len().saturating_sub(12)..].join("\n")
+        };
+        self.nodes.iter().map(|n| format!("--- {} agent log:\n{}", n.name, tail(n))).collect::<Vec<_>>().join("\n")
     }
 
     /// Every agent's timeline, merged, one line per event.
@@ -169,14 +185,15 @@ impl Fleet {
             .join("\n")
     }
 
-    /// Each node's [slot-acquired, slot-released] interval for `commit`, checked not to overlap
-    /// (one reboot slot): returns them sorted.
+    /// Each node's [slot-acquired, releasing] interval for `commit` (recorded after the slot was
+    /// taken and before it is given back), checked not to overlap (one reboot slot): returns them
+    /// sorted.
     fn reboot_windows(&self, commit: &str) -> Vec<(u64, u64, String)> {
         let mut windows: Vec<(u64, u64, String)> = Vec::new();
         for node in &self.nodes {
             let timeline = node.timeline();
             let at = |event: &str| timeline.iter().find(|(_, e, c)| e == event && c == commit).map(|(t, _, _)| *t);
-            if let (Some(from), Some(to)) = (at("slot-acquired"), at("slot-released")) {
+            if let (Some(from), Some(to)) = (at("slot-acquired"), at("releasing")) {
                 windows.push((from, to, node.name.clone()));
             }
         }
@@ -199,10 +216,11 @@ fn executable(path: &Path, body: &str) {
     fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
 }
 
-fn set_up() -> Fleet {
+/// An origin with release 1, `nodes` nodes on it (agents not started yet), an etcd of `members`.
+fn set_up(nodes: usize, members: usize, reboot_ttl: u64) -> Fleet {
     require_root();
     let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let etcd = EtcdCluster::start(&tmp.path().join("etcd"), 3);
+    let etcd = EtcdCluster::start(&tmp.path().join("etcd"), members);
     let fs_ = LoopFs::new("btrfs", 1200);
     let origin = tmp.path().join("origin");
     ok(osdeploy(&origin).args(["init", "--mode", "archive"]));
@@ -213,14 +231,14 @@ fn set_up() -> Fleet {
     fs::create_dir_all(tree.join("etc")).unwrap();
     let server = osdeploy_serve(&origin);
     let mut fleet = Fleet { nodes: Vec::new(), server, etcd, _fs: fs_, tmp };
-    let first = fleet.release(1, "");
+    let first = fleet.release("1", "");
     let endpoints: Vec<String> = fleet.etcd.endpoints().iter().map(|e| format!("{e:?}")).collect();
-    for i in 1..=NODES {
+    for i in 1..=nodes {
         let name = format!("node{i}");
         let sysroot = fleet._fs.mount.join(&name);
         let config = fleet.tmp.path().join(&name);
         fs::create_dir_all(config.join("health.d")).unwrap();
-        executable(&config.join("health.d/10-release-3-is-broken"), "test \"$OSDEPLOY_VERSION\" != 3");
+        executable(&config.join("health.d/10-not-broken"), "case \"$OSDEPLOY_VERSION\" in *broken*) exit 1;; esac");
         let reboot = config.join("reboot");
         executable(
             &reboot,
@@ -235,7 +253,7 @@ fn set_up() -> Fleet {
             config.join("config.toml"),
             format!(
                 "[fleet]\netcd = [{}]\nnode_id = \"{name}\"\npoll_seconds = 1\npoll_jitter_seconds = 0\n\
-                 node_ttl_seconds = 5\nreboot_ttl_seconds = 60\nreboot_command = [\"{}\"]\nreboot_timeout_seconds = 30\n",
+                 node_ttl_seconds = 5\nreboot_ttl_seconds = {reboot_ttl}\nreboot_command = [\"{}\"]\nreboot_timeout_seconds = 30\n",
                 endpoints.join(", "),
                 reboot.display()
             ),
@@ -254,21 +272,20 @@ fn set_up() -> Fleet {
         assert_eq!(node.booted_commit(), first);
         fleet.nodes.push(node);
     }
-    for node in &mut fleet.nodes {
-        let log = node.config.join("agent.log");
-        node.start_agent(&log);
-    }
     fleet
 }
 
 #[test]
 fn releases_roll_out_in_waves_one_reboot_at_a_time_and_a_failure_halts_the_fleet() {
-    let fleet = set_up();
+    let mut fleet = set_up(NODES, 3, 60);
+    fleet.nodes.iter_mut().for_each(|n| n.start_agent(None));
     let limit = Duration::from_secs(240);
 
     // Release 2: canary node1, then half of the rest, then everybody.
     let second =
-        fleet.release(2, "canary_nodes = [\"node1\"]\nwaves = [0.5, 1.0]\nsoak_seconds = 3\nfailure_threshold = 1\n");
+        fleet.release("2", "canary_nodes = [\"node1\"]\nwaves = [0.5, 1.0]\nsoak_seconds = 3\nfailure_threshold = 1\n");
+    // An etcd member dies as the rollout starts: the other two keep the quorum, the rollout goes on.
+    fleet.etcd.kill_member(2);
     fleet.wait_for("every node on release 2", limit, |f| f.nodes.iter().all(|n| n.booted_commit() == second));
     fleet.wait_for("every agent done with release 2", limit, |f| {
         f.nodes.iter().all(|n| n.has_event("slot-released", &second))
@@ -301,13 +318,14 @@ fn releases_roll_out_in_waves_one_reboot_at_a_time_and_a_failure_halts_the_fleet
         }
     }
     assert_eq!(status["failures"], 0);
+    fleet.etcd.start_member(2);
 
     // Release 3 is broken: its health check fails on the canary, node2.
-    let third = fleet.release(3, "canary_nodes = [\"node2\"]\nwaves = [1.0]\nfailure_threshold = 1\n");
+    let third = fleet.release("3-broken", "canary_nodes = [\"node2\"]\nwaves = [1.0]\nfailure_threshold = 1\n");
     let canary = &fleet.nodes[1];
     fleet.wait_for("the canary back on release 2", limit, |_| canary.has_event("slot-released", &third));
     assert_eq!(canary.booted_commit(), second, "the canary went back by itself");
-    for event in ["health-failed", "rebooting", "booted", "reported"] {
+    for event in ["health-failed", "rolling-back", "rebooting-back", "booted", "reported"] {
         assert!(canary.has_event(event, &third), "{event}:\n{}", fleet.timeline());
     }
     let status = fleet.status(&third);
@@ -323,7 +341,7 @@ fn releases_roll_out_in_waves_one_reboot_at_a_time_and_a_failure_halts_the_fleet
     }
 
     // A fixed release 4 waits for the halt to be cleared, then reaches everybody.
-    let fourth = fleet.release(4, "canary_nodes = [\"node3\"]\nwaves = [1.0]\nfailure_threshold = 1\n");
+    let fourth = fleet.release("4", "canary_nodes = [\"node3\"]\nwaves = [1.0]\nfailure_threshold = 1\n");
     std::thread::sleep(Duration::from_secs(4));
     assert!(fleet.nodes.iter().all(|n| !n.has_event("taking", &fourth)), "release 4 started while halted");
     let out = fleet.rollout(&["resume", &fourth]);
@@ -339,4 +357,125 @@ fn releases_roll_out_in_waves_one_reboot_at_a_time_and_a_failure_halts_the_fleet
     let queue = &status["reboot_queues"]["default"];
     assert_eq!(queue.as_array().map(Vec::len), Some(0), "every slot given back: {status}");
     println!("whole timeline:\n{}", fleet.timeline());
+}
+
+/// Steps of an update at which the agent is killed (`OSDEPLOY_CRASH_AT=agent:STEP`, a SIGABRT
+/// right after the step is recorded); after each, a restarted agent finishes the update.
+const GOOD_STEPS: [&str; 10] = [
+    "taking",
+    "switched",
+    "queued",
+    "slot-acquired",
+    "drained",
+    "rebooting",
+    "booted",
+    "reported",
+    "undrained",
+    "releasing",
+];
+const BROKEN_STEPS: [&str; 3] = ["health-failed", "rolling-back", "rebooting-back"];
+
+#[test]
+fn an_agent_killed_at_any_step_resumes_and_finishes_the_update() {
+    let mut fleet = set_up(1, 1, 60);
+    let limit = Duration::from_secs(120);
+    let cases = GOOD_STEPS.iter().map(|s| (*s, false)).chain(BROKEN_STEPS.iter().map(|s| (*s, true)));
+    let mut previous = fleet.nodes[0].booted_commit();
+    for (n, (step, broken)) in cases.enumerate() {
+        let version = if broken { format!("{n}-broken") } else { n.to_string() };
+        let commit = fleet.release(&version, "failure_threshold = 100\n");
+        let node = &mut fleet.nodes[0];
+        node.start_agent(Some(&format!("agent:{step}")));
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = node.agent.as_mut().unwrap().try_wait().unwrap() {
+                break status;
+            }
+            assert!(started.elapsed() < limit, "the agent never reached {step} for release {version}");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(!status.success(), "the agent stopped by itself before {step}: {status}");
+        node.agent = None;
+        assert!(node.has_event(step, &commit), "killed at {step} before recording it");
+        node.start_agent(None);
+        let node = &fleet.nodes[0];
+        fleet.wait_for(&format!("release {version} done after a kill at {step}"), limit, |_| {
+            node.timeline().iter().any(|(_, e, c)| e == "slot-released" && c == &commit)
+        });
+        let expected = if broken { previous.clone() } else { commit.clone() };
+        assert_eq!(node.booted_commit(), expected, "killed at {step}, release {version}");
+        let status = fleet.status(&commit);
+        let outcome = if broken { "rolled-back" } else { "updated" };
+        assert_eq!(status["reports"]["node1"]["outcome"], outcome, "killed at {step}: {status}");
+        assert_eq!(status["reboot_queues"]["default"], serde_json::json!([]), "killed at {step}: {status}");
+        fleet.nodes[0].kill_agent();
+        if !broken {
+            previous = commit;
+        }
+    }
+}
+
+#[test]
+fn agents_wait_for_etcd_refuse_bad_policies_and_a_dead_holder_frees_its_slot() {
+    let mut fleet = set_up(2, 3, 10);
+    let limit = Duration::from_secs(120);
+    fleet.nodes.iter_mut().for_each(|n| n.start_agent(None));
+
+    // A policy that is not signed by the origin's key, then one that does not parse: refused,
+    // named in the log, nothing taken.
+    let unsigned = fleet.release("2", "");
+    fs::remove_file(fleet.origin().join(format!("rollouts/{unsigned}.json.sig"))).unwrap();
+    let corrupt = fleet.release("3", "");
+    fs::write(fleet.origin().join(format!("rollouts/{corrupt}.json")), "{\"format\": 1, \"commit\": 7}").unwrap();
+    fleet.wait_for("the corrupt policy refused in the log", limit, |f| {
+        f.nodes.iter().all(|n| fs::read_to_string(n.config.join("agent.log")).unwrap().contains("rollout policy of"))
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    for node in &fleet.nodes {
+        let log = fs::read_to_string(node.config.join("agent.log")).unwrap();
+        assert!(log.contains(&format!("the rollout policy of {corrupt} from remote origin")), "{log}");
+        assert!(!node.has_event("taking", &corrupt), "{}", fleet.timeline());
+    }
+
+    // etcd entirely down: a good release waits; nobody reboots without a slot.
+    for i in 0..3 {
+        fleet.etcd.kill_member(i);
+    }
+    let good = fleet.release("4", "canary_nodes = [\"node1\"]\nwaves = [1.0]\n");
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(fleet.nodes.iter().all(|n| !n.has_event("taking", &good)), "{}", fleet.timeline());
+    for i in 0..3 {
+        fleet.etcd.start_member(i);
+    }
+    fleet.wait_for("both nodes on release 4 once etcd is back", limit, |f| {
+        f.nodes.iter().all(|n| n.has_event("slot-released", &good))
+    });
+    assert!(fleet.nodes.iter().all(|n| n.booted_commit() == good));
+
+    // node1, the canary, dies holding its reboot slot (its reboot command kills its agent): the
+    // slot is freed when its lease expires (10 s), and node2 goes on.
+    fleet.nodes[0].kill_agent();
+    executable(&fleet.nodes[0].config.join("reboot"), "kill -9 $PPID");
+    fleet.nodes[0].start_agent(None);
+    let next = fleet.release("5", "canary_nodes = [\"node1\"]\nwaves = [1.0]\n");
+    fleet.wait_for("node1 dead while holding its slot", limit, |f| {
+        f.nodes[0].has_event("rebooting", &next) && f.nodes[0].agent.as_ref().is_some()
+    });
+    let node1 = &mut fleet.nodes[0];
+    let started = Instant::now();
+    while node1.agent.as_mut().unwrap().try_wait().unwrap().is_none() {
+        assert!(started.elapsed() < limit, "node1's agent did not die");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    node1.agent = None;
+    let died = fleet.nodes[0].timeline().iter().find(|(_, e, c)| e == "rebooting" && c == &next).unwrap().0;
+    fleet.wait_for("node2 on release 5", limit, |f| f.nodes[1].has_event("slot-released", &next));
+    let acquired = fleet.nodes[1].timeline().iter().find(|(_, e, c)| e == "slot-acquired" && c == &next).unwrap().0;
+    let waited = acquired.saturating_sub(died);
+    assert!(
+        (5_000..=25_000).contains(&waited),
+        "node2 got the slot {waited} ms after node1 died:\n{}",
+        fleet.timeline()
+    );
+    println!("node2 got the dead node's slot {:.1} s after it died (lease TTL 10 s)", waited as f64 / 1000.0);
 }

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Builds the Debian package of osdeploy from a built binary: the binary, the boot-time systemd
-# units (enabled on installation), the initramfs-tools hook and local-bottom script (the
-# initramfs is rebuilt through initramfs-tools' trigger), the dracut module, man pages and shell completions that the
-# binary generates from its own command line, and the deployment guide. Needs dpkg-deb and
-# objdump (Debian: dpkg, binutils).
+# units (enabled on installation) and the update agent's unit (not enabled), the initramfs-tools hook and local-bottom
+# script (the initramfs is rebuilt through initramfs-tools' trigger), the dracut module, man pages and shell
+# completions that the binary generates from its own command line, the deployment and fleet guides, and examples
+# (the agent's drain hooks, its Kubernetes DaemonSet). Needs dpkg-deb and objdump (Debian: dpkg, binutils).
 #
 #   deploy-cli/dist/build-deb.sh BINARY OUTDIR     writes OUTDIR/osdeploy_VERSION_ARCH.deb
 set -euo pipefail
@@ -24,7 +24,7 @@ stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 pkg=$stage/osdeploy
 install -D -m755 "$bin" "$pkg/usr/bin/osdeploy"
-for unit in osdeploy-boot-check.service osdeploy-mark-good.service; do
+for unit in osdeploy-boot-check.service osdeploy-mark-good.service osdeploy-agent.service; do
   install -D -m644 "$top/systemd/$unit" "$pkg/usr/lib/systemd/system/$unit"
 done
 install -D -m755 "$top/deploy-cli/dist/initramfs-tools/hooks/osdeploy" "$pkg/usr/share/initramfs-tools/hooks/osdeploy"
@@ -43,6 +43,13 @@ install -d "$pkg/usr/share/bash-completion/completions" "$pkg/usr/share/zsh/vend
 "$bin" completions zsh > "$pkg/usr/share/zsh/vendor-completions/_osdeploy"
 "$bin" completions fish > "$pkg/usr/share/fish/vendor_completions.d/osdeploy.fish"
 install -D -m644 "$top/docs/deployments.md" "$pkg/usr/share/doc/osdeploy/deployments.md"
+install -D -m644 "$top/docs/fleet.md" "$pkg/usr/share/doc/osdeploy/fleet.md"
+# Examples, not active until copied: drain hooks for /etc/osdeploy/{drain,undrain}.d/ and the agent as a DaemonSet.
+for hook in drain.d/50-kubectl-drain undrain.d/50-kubectl-uncordon; do
+  install -D -m755 "$top/deploy-cli/dist/hooks/$hook" "$pkg/usr/share/doc/osdeploy/examples/hooks/$hook"
+done
+install -D -m644 "$top/deploy-cli/dist/kubernetes/osdeploy-agent.yaml" \
+  "$pkg/usr/share/doc/osdeploy/examples/kubernetes/osdeploy-agent.yaml"
 cat > "$pkg/usr/share/doc/osdeploy/copyright" <<'COPYRIGHT'
 Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
 Upstream-Name: osdeploy
@@ -70,9 +77,9 @@ Description: deliver immutable OS trees to fleets of hosts
  pulls only the chunks (or per-file deltas) a node lacks, deploys a release
  into the standby slot with reflinks, boots it once on trial and keeps it only
  when its health checks pass; otherwise the bootloader falls back by itself.
- This package holds the binary, the boot-time systemd units, the initramfs-tools
- hook and dracut module that make a slot the root filesystem, man pages and
- completions.
+ This package holds the binary, the boot-time systemd units, the update agent's
+ unit, the initramfs-tools hook and dracut module that make a slot the root
+ filesystem, man pages and completions.
 CONTROL
 # initramfs-tools rebuilds the initramfs once, whatever else is installed in the same run.
 echo "activate-noawait update-initramfs" > "$pkg/DEBIAN/triggers"
@@ -87,7 +94,7 @@ cat > "$pkg/DEBIAN/prerm" <<'PRERM'
 #!/bin/sh
 set -e
 if [ "$1" = remove ] && command -v systemctl > /dev/null; then
-  systemctl disable osdeploy-boot-check.service osdeploy-mark-good.service
+  systemctl disable osdeploy-boot-check.service osdeploy-mark-good.service osdeploy-agent.service
 fi
 PRERM
 chmod 755 "$pkg/DEBIAN/postinst" "$pkg/DEBIAN/prerm"

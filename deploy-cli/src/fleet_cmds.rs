@@ -253,7 +253,13 @@ async fn status(cluster: &Cluster, commit: &CommitId, json: bool) -> Result<()> 
             message: record.doing.clone(),
         });
     }
-    lines.sort_by(|a, b| (&a.wave, &a.node).cmp(&(&b.wave, &b.node)));
+    // Canaries first, then waves by number ("wave 10" after "wave 9").
+    let rank = |wave: &Option<String>| match wave.as_deref() {
+        Some("canary") => 0,
+        Some(w) => w.trim_start_matches("wave ").parse().unwrap_or(u32::MAX),
+        None => u32::MAX,
+    };
+    lines.sort_by(|a, b| (rank(&a.wave), &a.node).cmp(&(rank(&b.wave), &b.node)));
     let mut reboot_queues = std::collections::BTreeMap::new();
     let groups: std::collections::BTreeSet<&str> = view.nodes.iter().map(|n| n.group.as_str()).collect();
     for group in groups {

@@ -22,6 +22,7 @@ use std::time::Duration;
 use osdeploy_deploy::deploy::pull::{PullTarget, http_defaults, pull_into_sysroot};
 use osdeploy_deploy::deploy::state::SlotState;
 use osdeploy_deploy::deploy::{Config, DeployError, State, Sysroot, ops};
+use osdeploy_store::fsutil::crash_point;
 use osdeploy_store::{Access, CommitId, Repo};
 use osdeploy_transport::client::{Client, Progress};
 use osdeploy_transport::pull::PullOptions;
@@ -145,20 +146,16 @@ impl Agent {
             loop {
                 tokio::time::sleep(period).await;
                 let node = *leases.node.lock().unwrap();
-                if let Some(id) = node {
-                    match cluster.renew(id).await {
-                        Ok(true) => {}
-                        Ok(false) => leases.node_lost.store(true, std::sync::atomic::Ordering::SeqCst),
-                        Err(e) => tracing::warn!("{e}"),
-                    }
+                if let Some(id) = node
+                    && !renew(&cluster, id).await
+                {
+                    leases.node_lost.store(true, std::sync::atomic::Ordering::SeqCst);
                 }
                 let reboot = *leases.reboot.lock().unwrap();
-                if let Some(id) = reboot {
-                    match cluster.renew(id).await {
-                        Ok(true) => {}
-                        Ok(false) => tracing::warn!("the reboot-queue lease {id:x} expired"),
-                        Err(e) => tracing::warn!("{e}"),
-                    }
+                if let Some(id) = reboot
+                    && !renew(&cluster, id).await
+                {
+                    tracing::warn!("the reboot-queue lease {id:x} expired");
                 }
             }
         });
@@ -168,10 +165,14 @@ impl Agent {
         self.state.save(&self.sysroot)
     }
 
+    /// Logs a step, records it in the timeline and saves the state (then, in the tests' debug
+    /// builds, `OSDEPLOY_CRASH_AT=agent:EVENT` kills the agent right there).
     fn record(&mut self, event: &str, commit: Option<CommitId>, message: String) -> Result<()> {
         tracing::info!(event, commit = commit.map(|c| c.to_string()).unwrap_or_default(), "{message}");
         self.state.record(event, commit, message);
-        self.save()
+        self.save()?;
+        crash_point(&format!("agent:{event}"));
+        Ok(())
     }
 
     /// Registers the node (again, if its lease was lost), saying what it is doing.
@@ -197,7 +198,13 @@ impl Agent {
             doing: doing.to_owned(),
             at: now(),
         };
-        self.cluster.register(&record, lease).await
+        if !self.cluster.register(&record, lease).await? {
+            self.leases.node_lost.store(true, std::sync::atomic::Ordering::SeqCst);
+            return Err(FleetError::LeaseExpired {
+                what: format!("node {}'s registration lease {lease:x}", self.node),
+            });
+        }
+        Ok(())
     }
 
     /// One step: resume the update in flight, or poll for a new one.
@@ -306,7 +313,24 @@ impl Agent {
         Ok(Next::Continue)
     }
 
+    /// Why the node may not reboot into its release now, if it may not: checked before it joins
+    /// the reboot queue and while it waits there, not only before the switch, so that a halt,
+    /// pause or abort that came meanwhile keeps it on its release (its armed trial waits too).
+    async fn held(&self, flight: &InFlight) -> Result<Option<String>> {
+        let view = self.cluster.rollout(&flight.commit).await?;
+        if let Some(mark) = view.halt.as_ref().or(view.paused.as_ref()).or(view.aborted.as_ref()) {
+            return Ok(Some(format!("held before the reboot: {} ({})", mark.reason, mark.commit)));
+        }
+        if !self.fleet.may_reboot_at(now()) {
+            return Ok(Some("outside the maintenance windows".into()));
+        }
+        Ok(None)
+    }
+
     async fn enqueue(&mut self, flight: &InFlight) -> Result<Next> {
+        if let Some(reason) = self.held(flight).await? {
+            return Ok(Next::Wait(reason));
+        }
         let lease = match flight.reboot_lease {
             Some(id) if self.cluster.renew(id).await? => id,
             _ => {
@@ -326,11 +350,12 @@ impl Agent {
 
     async fn wait_for_slot(&mut self, flight: &InFlight) -> Result<Next> {
         self.register("waiting for a reboot slot").await?;
-        if let Some(halt) = self.cluster.halt_mark().await? {
-            return Ok(Next::Wait(format!("halted before the reboot ({}: {})", halt.commit, halt.reason)));
-        }
-        if !self.fleet.may_reboot_at(now()) {
-            return Ok(Next::Wait("outside the maintenance windows".into()));
+        if let Some(reason) = self.held(flight).await? {
+            // Out of the queue while held, so that nobody waits behind a node that cannot go.
+            self.cluster.dequeue(&self.fleet.group, &self.node).await?;
+            self.state.phase(Phase::Switched);
+            self.save()?;
+            return Ok(Next::Wait(reason));
         }
         match self.cluster.holds(&self.fleet.group, &self.node).await? {
             Some(true) => {
@@ -388,7 +413,8 @@ impl Agent {
         self.register("rebooting").await?;
         let boots = State::load(&self.sysroot)?.boot_count;
         self.state.phase(phase).boots_before = Some(boots);
-        self.record("rebooting", Some(flight.commit), format!("running {}", self.fleet.reboot_command.join(" ")))?;
+        let event = if phase == Phase::RebootingBack { "rebooting-back" } else { "rebooting" };
+        self.record(event, Some(flight.commit), format!("running {}", self.fleet.reboot_command.join(" ")))?;
         let (command, env) = (self.fleet.reboot_command.clone(), self.hook_env(flight, "reboot"));
         blocking(move || hooks::reboot(&command, &env)).await?;
         // A real reboot ends this process; the next start judges the boot.
@@ -446,6 +472,7 @@ impl Agent {
         if outcome == Outcome::HealthFailed {
             // Told at once, so that the fleet halts before other nodes reboot into it.
             self.cluster.report(&flight.commit, &self.node, &self.report_of(flight, outcome, &message)).await?;
+            self.halt_if_failing(&flight.commit).await?;
             self.record(
                 "health-failed",
                 Some(flight.commit),
@@ -483,19 +510,24 @@ impl Agent {
         let outcome = flight.outcome.expect("a judged update has an outcome");
         self.cluster.report(&flight.commit, &self.node, &self.report_of(flight, outcome, "")).await?;
         if outcome.is_failure() {
-            let view = self.cluster.rollout(&flight.commit).await?;
-            let threshold = self.policy_threshold(&flight.commit).await;
-            if view.failures() >= threshold {
-                let reason =
-                    format!("{} node(s) failed on {}, the threshold is {threshold}", view.failures(), flight.commit);
-                if self.cluster.halt(&Mark { commit: flight.commit, reason: reason.clone(), at: now() }).await? {
-                    self.record("halted", Some(flight.commit), format!("halted the fleet's rollouts: {reason}"))?;
-                }
-            }
+            self.halt_if_failing(&flight.commit).await?;
         }
         self.state.phase(Phase::Reported);
         self.record("reported", Some(flight.commit), format!("reported {outcome}"))?;
         Ok(Next::Continue)
+    }
+
+    /// Sets the fleet's halt switch when `commit`'s failures reached its policy's threshold.
+    async fn halt_if_failing(&mut self, commit: &CommitId) -> Result<()> {
+        let view = self.cluster.rollout(commit).await?;
+        let threshold = self.policy_threshold(commit).await;
+        if view.failures() >= threshold {
+            let reason = format!("{} node(s) failed on {commit}, the threshold is {threshold}", view.failures());
+            if self.cluster.halt(&Mark { commit: *commit, reason: reason.clone(), at: now() }).await? {
+                self.record("halted", Some(*commit), format!("halted the fleet's rollouts: {reason}"))?;
+            }
+        }
+        Ok(())
     }
 
     /// The failure threshold of `commit`'s policy (1 when it cannot be read now).
@@ -514,6 +546,13 @@ impl Agent {
     }
 
     async fn release(&mut self, flight: &InFlight) -> Result<Next> {
+        // Recorded before the slot is given back, so that in the timeline a slot is never taken
+        // before its holder's `releasing`.
+        self.record(
+            "releasing",
+            Some(flight.commit),
+            format!("leaving the reboot queue of group {}", self.fleet.group),
+        )?;
         self.cluster.dequeue(&self.fleet.group, &self.node).await?;
         if let Some(id) = flight.reboot_lease {
             self.cluster.revoke(id).await?;
@@ -528,6 +567,19 @@ impl Agent {
         self.register("idle").await?;
         Ok(Next::Continue)
     }
+}
+
+/// Renews a lease, trying a few times at once when a request fails (a dead etcd member answers
+/// some of them); false only when etcd says the lease has expired.
+async fn renew(cluster: &Cluster, id: i64) -> bool {
+    for attempt in 1..=3 {
+        match cluster.renew(id).await {
+            Ok(alive) => return alive,
+            Err(e) if attempt == 3 => tracing::warn!("{e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    true
 }
 
 /// Runs blocking work (the store, the deployment library, hooks) on a thread of its own, so

@@ -71,8 +71,9 @@ pub struct InFlight {
 pub struct Event {
     /// Milliseconds since the epoch.
     pub at_ms: u64,
-    /// What: `switched`, `queued`, `slot-acquired`, `drained`, `rebooting`, `booted`, `reported`,
-    /// `slot-released`, `halted`, …
+    /// What: `taking`, `switched`, `queued`, `slot-acquired`, `drained`, `drain-failed`,
+    /// `rebooting`, `health-failed`, `rolling-back`, `rebooting-back`, `booted`, `halted`,
+    /// `reported`, `undrained`, `releasing`, `slot-released`, `refused`.
     pub event: String,
     /// The commit concerned.
     pub commit: Option<CommitId>,

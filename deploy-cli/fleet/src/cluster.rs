@@ -5,6 +5,7 @@
 //! PREFIX/nodes/NODE                      the node's registration (its agent's lease: gone when the agent dies)
 //! PREFIX/halt                            the halt switch: while present, no node starts an update
 //! PREFIX/rollouts/COMMIT/started         when the first node saw the commit
+//! PREFIX/rollouts/COMMIT/policy          the rollout policy that node found
 //! PREFIX/rollouts/COMMIT/nodes/NODE      each node's report: taking, updated, health-failed, rolled-back
 //! PREFIX/rollouts/COMMIT/paused          an operator's pause of this commit
 //! PREFIX/rollouts/COMMIT/aborted         an operator's abort: no node takes this commit
@@ -32,6 +33,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::policy::{RolloutPolicy, Wave};
 use crate::{FleetError, Result};
+
+/// Attempts after the first when a request finds its etcd member unreachable.
+const RETRIES: u32 = 4;
 
 /// A node's registration.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,6 +159,7 @@ pub struct Cluster {
     client: Client,
     prefix: String,
     endpoints: String,
+    timeout: Duration,
 }
 
 /// Seconds since the epoch, now.
@@ -173,7 +178,7 @@ impl Cluster {
             what: "connecting".into(),
             error: Box::new(e),
         })?;
-        Ok(Cluster { client, prefix: prefix.trim_end_matches('/').to_owned(), endpoints: joined })
+        Ok(Cluster { client, prefix: prefix.trim_end_matches('/').to_owned(), endpoints: joined, timeout })
     }
 
     fn key(&self, rest: &str) -> String {
@@ -185,17 +190,49 @@ impl Cluster {
         move |e| FleetError::Etcd { endpoints: self.endpoints.clone(), what, error: Box::new(e) }
     }
 
+    /// Runs `op` with a client; a request that found its member unreachable (a dead member of
+    /// the cluster: the client does not route around it by itself) is tried again.
+    async fn retry<T, Fut>(&self, what: String, mut op: impl FnMut(Client) -> Fut) -> Result<T>
+    where
+        Fut: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        let mut attempt = 0;
+        loop {
+            match op(self.client.clone()).await {
+                Ok(value) => return Ok(value),
+                Err(etcd_client::Error::GRpcStatus(status))
+                    if status.code() == tonic::Code::Unavailable && attempt < RETRIES =>
+                {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+                }
+                Err(e) => return Err(self.etcd(what)(e)),
+            }
+        }
+    }
+
+    /// A range read of `key` (with `options`).
+    async fn range(&self, key: &str, options: Option<GetOptions>) -> Result<etcd_client::GetResponse> {
+        self.retry(format!("reading {key}"), |mut client| {
+            let (key, options) = (key.to_owned(), options.clone());
+            async move { client.get(key, options).await }
+        })
+        .await
+    }
+
     async fn get_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
-        let mut client = self.client.clone();
-        let response = client.get(key, None).await.map_err(self.etcd(format!("reading {key}")))?;
+        let response = self.range(key, None).await?;
         response.kvs().first().map(|kv| decode(key, kv.value())).transpose()
     }
 
     async fn put_json(&self, key: &str, value: &impl Serialize, lease: Option<i64>) -> Result<()> {
         let bytes = serde_json::to_vec(value).expect("fleet records serialise");
         let options = lease.map(|id| PutOptions::new().with_lease(id));
-        let mut client = self.client.clone();
-        client.put(key, bytes, options).await.map_err(self.etcd(format!("writing {key}")))?;
+        self.retry(format!("writing {key}"), |mut client| {
+            let (key, bytes, options) = (key.to_owned(), bytes.clone(), options.clone());
+            async move { client.put(key, bytes, options).await }
+        })
+        .await?;
         Ok(())
     }
 
@@ -203,52 +240,76 @@ impl Cluster {
     async fn create_json(&self, key: &str, value: &impl Serialize, lease: Option<i64>) -> Result<bool> {
         let bytes = serde_json::to_vec(value).expect("fleet records serialise");
         let options = lease.map(|id| PutOptions::new().with_lease(id));
-        let txn = Txn::new()
-            .when([Compare::create_revision(key, CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key, bytes, options)]);
-        let mut client = self.client.clone();
-        let response = client.txn(txn).await.map_err(self.etcd(format!("creating {key}")))?;
+        let response = self
+            .retry(format!("creating {key}"), |mut client| {
+                let txn = Txn::new().when([Compare::create_revision(key, CompareOp::Equal, 0)]).and_then([TxnOp::put(
+                    key,
+                    bytes.clone(),
+                    options.clone(),
+                )]);
+                async move { client.txn(txn).await }
+            })
+            .await?;
         Ok(response.succeeded())
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
-        let mut client = self.client.clone();
-        client.delete(key, None).await.map_err(self.etcd(format!("deleting {key}")))?;
+        self.retry(format!("deleting {key}"), |mut client| {
+            let key = key.to_owned();
+            async move { client.delete(key, None).await }
+        })
+        .await?;
         Ok(())
     }
 
     /// A new lease of `ttl` seconds.
     pub async fn grant_lease(&self, ttl: u64) -> Result<i64> {
-        let mut client = self.client.clone();
-        let response = client.lease_grant(ttl as i64, None).await.map_err(self.etcd("granting a lease"))?;
+        let response = self
+            .retry("granting a lease".into(), |mut client| async move { client.lease_grant(ttl as i64, None).await })
+            .await?;
         Ok(response.id())
     }
 
     /// Renews lease `id`; false when it has expired (or was revoked).
     pub async fn renew(&self, id: i64) -> Result<bool> {
-        let mut client = self.client.clone();
         let what = format!("renewing lease {id:x}");
-        let (mut keeper, mut stream) = client.lease_keep_alive(id).await.map_err(self.etcd(what.clone()))?;
-        keeper.keep_alive().await.map_err(self.etcd(what.clone()))?;
-        let response = stream.message().await.map_err(self.etcd(what))?;
-        Ok(response.is_some_and(|r| r.ttl() > 0))
+        let renewal = async {
+            let mut client = self.client.clone();
+            let (mut keeper, mut stream) = client.lease_keep_alive(id).await?;
+            keeper.keep_alive().await?;
+            stream.message().await
+        };
+        // A keep-alive is a stream, which the client's request timeout does not bound: a member
+        // that died under it would hang the renewal.
+        match tokio::time::timeout(self.timeout, renewal).await {
+            Ok(Err(etcd_client::Error::LeaseKeepAliveError(e))) if e.contains("not found") => Ok(false),
+            Ok(response) => Ok(response.map_err(self.etcd(what))?.is_some_and(|r| r.ttl() > 0)),
+            Err(_) => Err(FleetError::EtcdTimeout { endpoints: self.endpoints.clone(), what, after: self.timeout }),
+        }
     }
 
     /// Ends lease `id` and removes its keys.
     pub async fn revoke(&self, id: i64) -> Result<()> {
-        let mut client = self.client.clone();
-        match client.lease_revoke(id).await {
+        match self
+            .retry(format!("revoking lease {id:x}"), |mut client| async move { client.lease_revoke(id).await })
+            .await
+        {
             Ok(_) => Ok(()),
             // Already expired: its keys are gone, which is what was asked.
-            Err(etcd_client::Error::GRpcStatus(status)) if status.message().contains("not found") => Ok(()),
-            Err(e) => Err(self.etcd(format!("revoking lease {id:x}"))(e)),
+            Err(FleetError::Etcd { error, .. }) if error.to_string().contains("not found") => Ok(()),
+            Err(e) => Err(e),
         }
     }
 
-    /// Registers (or updates) a node under its agent's lease.
-    pub async fn register(&self, record: &NodeRecord, lease: i64) -> Result<()> {
+    /// Registers (or updates) a node under its agent's lease; false when the lease has expired
+    /// (a new one is needed).
+    pub async fn register(&self, record: &NodeRecord, lease: i64) -> Result<bool> {
         let key = self.key(&format!("nodes/{}", record.node));
-        self.put_json(&key, record, Some(lease)).await
+        match self.put_json(&key, record, Some(lease)).await {
+            // etcd: "requested lease not found".
+            Err(FleetError::Etcd { error, .. }) if error.to_string().contains("lease not found") => Ok(false),
+            other => other.map(|()| true),
+        }
     }
 
     /// The registered (live) nodes.
@@ -259,11 +320,7 @@ impl Cluster {
 
     /// Every value below `prefix`, with the rest of its key.
     async fn list<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<(String, T)>> {
-        let mut client = self.client.clone();
-        let response = client
-            .get(prefix, Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(self.etcd(format!("listing {prefix}")))?;
+        let response = self.range(prefix, Some(GetOptions::new().with_prefix())).await?;
         response
             .kvs()
             .iter()
@@ -299,11 +356,7 @@ impl Cluster {
     /// Everything about the rollout of `commit`: three range reads.
     pub async fn rollout(&self, commit: &CommitId) -> Result<RolloutView> {
         let prefix = self.rollout_key(commit, "");
-        let mut client = self.client.clone();
-        let response = client
-            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(self.etcd(format!("listing {prefix}")))?;
+        let response = self.range(&prefix, Some(GetOptions::new().with_prefix())).await?;
         let mut view = RolloutView::default();
         for kv in response.kvs() {
             let key = String::from_utf8_lossy(kv.key()).into_owned();
@@ -351,13 +404,18 @@ impl Cluster {
     }
 
     /// Resumes: clears the halt switch and the pause of `commit`, and forgives the failures
-    /// `commit` has counted so far (so that its rollout may go on). Returns the halt cleared.
+    /// counted so far by `commit` and by the commit that set the halt. Returns the halt cleared.
     pub async fn resume(&self, commit: &CommitId) -> Result<Option<Mark>> {
         let halt = self.halt_mark().await?;
-        let view = self.rollout(commit).await?;
-        let failures = view.reports.values().filter(|r| r.outcome.is_failure()).count() as u32;
-        let forgiven = self.rollout_key(commit, "forgiven");
-        self.put_json(&forgiven, &failures, None).await?;
+        // The commit that set the halt is forgiven too, or its next report would set it again.
+        let mut forgive = vec![*commit];
+        forgive.extend(halt.as_ref().map(|h| h.commit).filter(|c| c != commit));
+        for commit in &forgive {
+            let view = self.rollout(commit).await?;
+            let failures = view.reports.values().filter(|r| r.outcome.is_failure()).count() as u32;
+            let forgiven = self.rollout_key(commit, "forgiven");
+            self.put_json(&forgiven, &failures, None).await?;
+        }
         let paused = self.rollout_key(commit, "paused");
         self.delete(&paused).await?;
         let key = self.key("halt");
@@ -394,10 +452,8 @@ impl Cluster {
     pub async fn queue(&self, group: &str) -> Result<Vec<QueueEntry>> {
         let prefix = self.queue_prefix(group);
         let slots = self.reboot_slots(group).await? as usize;
-        let mut client = self.client.clone();
         let options = GetOptions::new().with_prefix().with_sort(SortTarget::Create, SortOrder::Ascend);
-        let response =
-            client.get(prefix.as_str(), Some(options)).await.map_err(self.etcd(format!("listing {prefix}")))?;
+        let response = self.range(&prefix, Some(options)).await?;
         response
             .kvs()
             .iter()

@@ -159,8 +159,9 @@ impl FleetConfig {
         if fleet.etcd.is_empty() {
             return Err(bad("etcd lists no endpoint".into()));
         }
-        if let Some(url) = fleet.etcd.iter().find(|u| !u.starts_with("http://") && !u.starts_with("https://")) {
-            return Err(bad(format!("etcd endpoint {url:?} is not http://HOST:PORT")));
+        if let Some(url) = fleet.etcd.iter().find(|u| !u.starts_with("http://")) {
+            let why = if url.starts_with("https://") { " (TLS to etcd is not supported yet)" } else { "" };
+            return Err(bad(format!("etcd endpoint {url:?} is not http://HOST:PORT{why}")));
         }
         if !fleet.prefix.starts_with('/') || fleet.prefix.len() < 2 {
             return Err(bad(format!("prefix {:?} must start with / and name something", fleet.prefix)));
@@ -232,6 +233,7 @@ mod tests {
         for (text, expected) in [
             ("[fleet]\netcd = []", "no endpoint"),
             ("[fleet]\netcd = [\"127.0.0.1:2379\"]", "not http"),
+            ("[fleet]\netcd = [\"https://e:2379\"]", "TLS to etcd is not supported"),
             ("[fleet]\netcd = [\"http://e\"]\nnode_id = \"a b\"", "node_id"),
             ("[fleet]\netcd = [\"http://e\"]\npoll_seconds = 0", "poll_seconds"),
             ("[fleet]\netcd = [\"http://e\"]\nreboot_command = []", "reboot_command"),

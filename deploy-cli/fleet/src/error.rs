@@ -43,6 +43,22 @@ pub enum FleetError {
         /// The client's error.
         error: Box<etcd_client::Error>,
     },
+    /// etcd did not answer in time.
+    #[error("etcd ({endpoints}): {what}: no answer within {after:?}")]
+    EtcdTimeout {
+        /// The endpoints tried.
+        endpoints: String,
+        /// The request.
+        what: String,
+        /// The time waited.
+        after: std::time::Duration,
+    },
+    /// An etcd lease expired (etcd was out of reach longer than its TTL); a new one is taken.
+    #[error("{what} expired in etcd; taking a new one")]
+    LeaseExpired {
+        /// The lease.
+        what: String,
+    },
     /// A value stored in etcd is not what osdeploy writes there.
     #[error("etcd key {key}: {reason}")]
     BadValue {

@@ -1,8 +1,9 @@
 //! The agent's hooks: `CONFIG_DIR/drain.d/` before a reboot (e.g. `kubectl cordon` and `kubectl
 //! drain`), `CONFIG_DIR/undrain.d/` once the node is back and judged (`kubectl uncordon`), and the
 //! reboot command. Hook directories run like the health checks (name order, executables only,
-//! each in its own process group with a timeout); they get `OSDEPLOY_NODE`, `OSDEPLOY_COMMIT` and
-//! `OSDEPLOY_PHASE` (`drain`, `undrain`) in their environment.
+//! each in its own process group with a timeout). Hooks and the reboot command get `OSDEPLOY_NODE`,
+//! `OSDEPLOY_COMMIT`, `OSDEPLOY_SYSROOT` and `OSDEPLOY_PHASE` (`drain`, `undrain`, `reboot`) in
+//! their environment.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
