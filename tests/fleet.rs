@@ -29,6 +29,8 @@ struct FleetNode {
     sysroot: PathBuf,
     config: PathBuf,
     agent: Option<Child>,
+    /// Where its agent serves its metrics.
+    metrics: String,
 }
 
 impl FleetNode {
@@ -77,6 +79,17 @@ impl FleetNode {
                 )
             })
             .collect()
+    }
+
+    /// The agent's metrics (OpenMetrics text), fetched with a plain HTTP/1.0 request.
+    fn metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&self.metrics).unwrap();
+        stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: agent\r\n\r\n").unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        assert!(response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"), "{response}");
+        response
     }
 
     fn has_event(&self, event: &str, commit: &str) -> bool {
@@ -239,6 +252,8 @@ fn set_up(nodes: usize, members: usize, reboot_ttl: u64) -> Fleet {
         let config = fleet.tmp.path().join(&name);
         fs::create_dir_all(config.join("health.d")).unwrap();
         executable(&config.join("health.d/10-not-broken"), "case \"$OSDEPLOY_VERSION\" in *broken*) exit 1;; esac");
+        let metrics =
+            format!("127.0.0.1:{}", std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
         let reboot = config.join("reboot");
         executable(
             &reboot,
@@ -253,13 +268,14 @@ fn set_up(nodes: usize, members: usize, reboot_ttl: u64) -> Fleet {
             config.join("config.toml"),
             format!(
                 "[fleet]\netcd = [{}]\nnode_id = \"{name}\"\npoll_seconds = 1\npoll_jitter_seconds = 0\n\
-                 node_ttl_seconds = 5\nreboot_ttl_seconds = {reboot_ttl}\nreboot_command = [\"{}\"]\nreboot_timeout_seconds = 30\n",
+                 node_ttl_seconds = 5\nreboot_ttl_seconds = {reboot_ttl}\nreboot_command = [\"{}\"]\nreboot_timeout_seconds = 30\n\
+                 metrics_listen = \"{metrics}\"\n",
                 endpoints.join(", "),
                 reboot.display()
             ),
         )
         .unwrap();
-        let node = FleetNode { name, sysroot, config, agent: None };
+        let node = FleetNode { name, sysroot, config, agent: None, metrics };
         ok(node.osd().args(["init-sysroot", "--bootloader", "file"]));
         ok(node
             .osd()
@@ -319,6 +335,14 @@ fn releases_roll_out_in_waves_one_reboot_at_a_time_and_a_failure_halts_the_fleet
     }
     assert_eq!(status["failures"], 0);
     fleet.etcd.start_member(2);
+    let metrics = fleet.nodes[0].metrics();
+    for line in [
+        format!("osdeploy_booted{{commit=\"{second}\",version=\"2\"}} 1"),
+        "osdeploy_updates_total{outcome=\"updated\"} 1".to_owned(),
+        "osdeploy_fleet_halted 0".to_owned(),
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} is not in node1's metrics:\n{metrics}");
+    }
 
     // Release 3 is broken: its health check fails on the canary, node2.
     let third = fleet.release("3-broken", "canary_nodes = [\"node2\"]\nwaves = [1.0]\nfailure_threshold = 1\n");

@@ -33,6 +33,7 @@ use crate::agent_state::{AgentState, InFlight, Phase};
 use crate::cluster::{Cluster, Mark, NodeRecord, Outcome, Report, now};
 use crate::config::FleetConfig;
 use crate::gate::{Decision, decide};
+use crate::metrics::Metrics;
 use crate::policy::{self, PolicySpec, RolloutPolicy};
 use crate::{FleetError, Result, hooks};
 
@@ -57,6 +58,9 @@ pub struct Agent {
     cluster: Cluster,
     leases: Arc<Leases>,
     state: AgentState,
+    metrics: Arc<Metrics>,
+    /// When the node joined the reboot queue (for the wait metric).
+    queued_since: Option<std::time::Instant>,
 }
 
 /// The leases the agent keeps alive in the background: its registration and its place in the
@@ -91,7 +95,14 @@ impl Agent {
         };
         let leases = Arc::new(Leases::default());
         *leases.reboot.lock().unwrap() = state.in_flight.as_ref().and_then(|f| f.reboot_lease);
-        let agent = Agent { sysroot, config_dir, config, fleet, node, cluster, leases, state };
+        let metrics = Arc::new(Metrics::default());
+        if let Some(addr) = &fleet.metrics_listen {
+            let addr = addr.parse().expect("checked with the configuration");
+            crate::metrics::serve(addr, metrics.clone()).await?;
+            tracing::info!("metrics at http://{addr}/metrics");
+        }
+        let agent =
+            Agent { sysroot, config_dir, config, fleet, node, cluster, leases, state, metrics, queued_since: None };
         agent.spawn_keepalive();
         Ok(agent)
     }
@@ -107,7 +118,10 @@ impl Agent {
         loop {
             let next = match self.step().await {
                 Ok(next) => next,
-                Err(e) => Next::Wait(e.to_string()),
+                Err(e) => {
+                    self.metrics.step_errors.inc();
+                    Next::Wait(e.to_string())
+                }
             };
             let pause = match next {
                 Next::Continue => continue,
@@ -190,6 +204,13 @@ impl Agent {
         let node_state = State::load(&self.sysroot)?;
         let branch = node_state.follows.as_ref().map(|f| f.local_ref()).unwrap_or_default();
         let booted = node_state.booted.and_then(|slot| node_state.slots.get(slot).commit);
+        if let Some(slot) = node_state.booted {
+            let record = node_state.slots.get(slot);
+            let commit = record.commit.map(|c| c.to_string()).unwrap_or_default();
+            self.metrics.set_booted(&commit, record.version.as_deref().unwrap_or(""));
+        }
+        let phase = self.state.in_flight.as_ref().map(|f| (f.commit.to_string(), phase_name(f.phase)));
+        self.metrics.set_phase(phase.as_ref().map(|(c, p)| (c.as_str(), *p)));
         let record = NodeRecord {
             node: self.node.clone(),
             group: self.fleet.group.clone(),
@@ -232,10 +253,13 @@ impl Agent {
         let target = PullTarget::followed(&sysroot)?;
         let options = PullOptions { http: http_defaults(&self.config), ..PullOptions::default() };
         let pull_target = target.clone();
-        blocking(move || {
+        let pulled = blocking(move || {
             pull_into_sysroot(&sysroot, &pull_target, options, Arc::new(Progress::default())).map_err(FleetError::from)
         })
         .await?;
+        self.metrics.last_poll.set(now());
+        self.metrics.pull_bytes.set(pulled.stats.bytes_fetched as i64);
+        self.metrics.pull_requests.set(pulled.stats.requests as i64);
         let local_ref = format!("{}/{}", target.remote, target.branch);
         let repo = Repo::open(&self.sysroot.repo(), Access::Read)?;
         let commit = repo.resolve(&local_ref)?;
@@ -253,6 +277,7 @@ impl Agent {
         }
         let policy = self.policy(&target, &commit).await?;
         let view = self.cluster.rollout(&commit).await?;
+        self.metrics.halted.set(i64::from(view.halt.is_some()));
         match decide(&policy, &self.node, &format!("{}/{}", target.remote, target.branch), &view, now()) {
             Decision::Go { wave } => {
                 self.cluster.mark_started(&policy).await?;
@@ -318,6 +343,7 @@ impl Agent {
     /// pause or abort that came meanwhile keeps it on its release (its armed trial waits too).
     async fn held(&self, flight: &InFlight) -> Result<Option<String>> {
         let view = self.cluster.rollout(&flight.commit).await?;
+        self.metrics.halted.set(i64::from(view.halt.is_some()));
         if let Some(mark) = view.halt.as_ref().or(view.paused.as_ref()).or(view.aborted.as_ref()) {
             return Ok(Some(format!("held before the reboot: {} ({})", mark.reason, mark.commit)));
         }
@@ -353,12 +379,16 @@ impl Agent {
         if let Some(reason) = self.held(flight).await? {
             // Out of the queue while held, so that nobody waits behind a node that cannot go.
             self.cluster.dequeue(&self.fleet.group, &self.node).await?;
+            self.queued_since = None;
             self.state.phase(Phase::Switched);
             self.save()?;
             return Ok(Next::Wait(reason));
         }
+        let since = *self.queued_since.get_or_insert_with(std::time::Instant::now);
         match self.cluster.holds(&self.fleet.group, &self.node).await? {
             Some(true) => {
+                self.metrics.slot_wait.inc_by(since.elapsed().as_secs_f64());
+                self.queued_since = None;
                 self.state.phase(Phase::Holding);
                 self.record(
                     "slot-acquired",
@@ -509,6 +539,7 @@ impl Agent {
     async fn report(&mut self, flight: &InFlight) -> Result<Next> {
         let outcome = flight.outcome.expect("a judged update has an outcome");
         self.cluster.report(&flight.commit, &self.node, &self.report_of(flight, outcome, "")).await?;
+        self.metrics.updates.get_or_create(&vec![("outcome", outcome.to_string())]).inc();
         if outcome.is_failure() {
             self.halt_if_failing(&flight.commit).await?;
         }
@@ -566,6 +597,22 @@ impl Agent {
         )?;
         self.register("idle").await?;
         Ok(Next::Continue)
+    }
+}
+
+/// A phase as the metrics and logs name it.
+fn phase_name(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Switching => "switching",
+        Phase::Switched => "switched",
+        Phase::Queued => "queued",
+        Phase::Holding => "holding",
+        Phase::Drained => "drained",
+        Phase::Rebooting => "rebooting",
+        Phase::RebootingBack => "rebooting-back",
+        Phase::Judged => "judged",
+        Phase::Reported => "reported",
+        Phase::Undrained => "undrained",
     }
 }
 

@@ -13,6 +13,7 @@
 //! reboot_command = ["systemctl", "reboot"]
 //! reboot_timeout_seconds = 600  # the reboot command returned but the node did not go down
 //! hook_timeout_seconds = 900    # each drain/undrain hook
+//! metrics_listen = "127.0.0.1:9733"  # Prometheus metrics at /metrics (none when absent)
 //!
 //! [[fleet.maintenance_window]]  # reboots only inside a window (UTC); none: any time
 //! days = ["sat", "sun"]
@@ -64,6 +65,9 @@ pub struct FleetConfig {
     /// Seconds each drain or undrain hook may run.
     #[serde(default = "default_hook_timeout")]
     pub hook_timeout_seconds: u64,
+    /// Where the agent serves its Prometheus metrics (`HOST:PORT`; none when absent).
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
     /// When reboots may happen (none: any time).
     #[serde(default, rename = "maintenance_window")]
     pub maintenance_windows: Vec<Window>,
@@ -177,6 +181,9 @@ impl FleetConfig {
                 "poll_seconds >= 1, node_ttl_seconds >= 2 and reboot_ttl_seconds >= 10 are required".into()
             ));
         }
+        if let Some(addr) = fleet.metrics_listen.as_ref().filter(|a| a.parse::<std::net::SocketAddr>().is_err()) {
+            return Err(bad(format!("metrics_listen {addr:?} is not HOST:PORT (an IP address and a port)")));
+        }
         if fleet.reboot_command.is_empty() {
             return Err(bad("reboot_command is empty".into()));
         }
@@ -237,6 +244,7 @@ mod tests {
             ("[fleet]\netcd = [\"http://e\"]\nnode_id = \"a b\"", "node_id"),
             ("[fleet]\netcd = [\"http://e\"]\npoll_seconds = 0", "poll_seconds"),
             ("[fleet]\netcd = [\"http://e\"]\nreboot_command = []", "reboot_command"),
+            ("[fleet]\netcd = [\"http://e\"]\nmetrics_listen = \"localhost\"", "metrics_listen"),
             ("[fleet]\netcd = [\"http://e\"]\nbogus = 1", "unknown field"),
             (
                 "[fleet]\netcd = [\"http://e\"]\n[[fleet.maintenance_window]]\nstart = \"25:00\"\nend = \"01:00\"",

@@ -9,6 +9,7 @@
 //! - [`config`]: the `[fleet]` section of `config.toml`, maintenance windows.
 //! - [`agent`]: the agent's steps, each recorded in [`agent_state`] before and after it acts.
 //! - [`hooks`]: drain, undrain and reboot hooks.
+//! - [`metrics`]: the agent's Prometheus metrics.
 
 pub mod agent;
 pub mod agent_state;
@@ -17,6 +18,7 @@ pub mod config;
 mod error;
 pub mod gate;
 pub mod hooks;
+pub mod metrics;
 pub mod policy;
 
 pub use error::{FleetError, Result};
