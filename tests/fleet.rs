@@ -476,12 +476,12 @@ fn agents_wait_for_etcd_refuse_bad_policies_and_a_dead_holder_frees_its_slot() {
     });
     assert!(fleet.nodes.iter().all(|n| n.booted_commit() == good));
 
-    // node1, the canary, dies holding its reboot slot (its reboot command kills its agent): the
-    // slot is freed when its lease expires (10 s), and node2 goes on.
-    fleet.nodes[0].kill_agent();
+    // node1 dies holding its reboot slot (its reboot command kills its agent); node2, of the same
+    // wave, queues behind it: the slot is freed when node1's lease expires (10 s), and node2 goes on.
+    fleet.nodes.iter_mut().for_each(FleetNode::kill_agent);
     executable(&fleet.nodes[0].config.join("reboot"), "kill -9 $PPID");
     fleet.nodes[0].start_agent(None);
-    let next = fleet.release("5", "canary_nodes = [\"node1\"]\nwaves = [1.0]\n");
+    let next = fleet.release("5", "waves = [1.0]\n");
     fleet.wait_for("node1 dead while holding its slot", limit, |f| {
         f.nodes[0].has_event("rebooting", &next) && f.nodes[0].agent.as_ref().is_some()
     });
@@ -492,6 +492,7 @@ fn agents_wait_for_etcd_refuse_bad_policies_and_a_dead_holder_frees_its_slot() {
         std::thread::sleep(Duration::from_millis(100));
     }
     node1.agent = None;
+    fleet.nodes[1].start_agent(None);
     let died = fleet.nodes[0].timeline().iter().find(|(_, e, c)| e == "rebooting" && c == &next).unwrap().0;
     fleet.wait_for("node2 on release 5", limit, |f| f.nodes[1].has_event("slot-released", &next));
     let acquired = fleet.nodes[1].timeline().iter().find(|(_, e, c)| e == "slot-acquired" && c == &next).unwrap().0;

@@ -7,9 +7,10 @@
 //! 2. when the failures reported for the commit reach the policy's threshold, the rollout halts;
 //! 3. canaries go at once;
 //! 4. a node of wave `n` goes when every live node of the same branch in an earlier wave has
-//!    reported `updated` (or failed — failures are counted by rule 2), and the last of those
-//!    reports is at least `soak_seconds` old (the rollout's start stands in when the earlier
-//!    waves are empty).
+//!    reported `updated` (or failed — failures are counted by rule 2) or runs the commit already,
+//!    no node of an earlier wave is silent in the middle of its update (reported `taking`, then
+//!    its registration expired), and the last of those reports is at least `soak_seconds` old
+//!    (the rollout's start stands in when the earlier waves are empty).
 
 use serde::Serialize;
 
@@ -75,8 +76,19 @@ pub fn decide(policy: &RolloutPolicy, node: &str, branch: &str, view: &RolloutVi
         .filter(|n| n.node != node && n.branch == branch && policy.wave_of(&n.node).rank() < wave.rank())
         .map(|n| n.node.as_str())
         .collect();
-    let pending: Vec<&str> =
-        earlier.iter().copied().filter(|n| view.reports.get(*n).is_none_or(|r| r.outcome == Outcome::Taking)).collect();
+    let runs_it = |n: &str| view.nodes.iter().any(|r| r.node == n && r.booted == Some(policy.commit));
+    let mut pending: Vec<&str> = earlier
+        .iter()
+        .copied()
+        .filter(|n| view.reports.get(*n).is_none_or(|r| r.outcome == Outcome::Taking) && !runs_it(n))
+        .collect();
+    // A node of an earlier wave that went silent in the middle of its update (registration
+    // expired: dead, or cut off from etcd by the release) holds the later waves back: it has
+    // not shown that the release works.
+    pending.extend(view.reports.iter().filter_map(|(n, r)| {
+        let silent = r.outcome == Outcome::Taking && r.wave.rank() < wave.rank() && !earlier.contains(&n.as_str());
+        (silent && n != node).then_some(n.as_str())
+    }));
     if !pending.is_empty() {
         let reason = format!("{wave} waits for {} node(s) of earlier waves: {}", pending.len(), pending.join(", "));
         return Decision::Wait { wave, reason };
@@ -140,6 +152,12 @@ mod tests {
         let soaking = decide(&policy, &first, branch, &view, 1130);
         assert!(matches!(&soaking, Decision::Wait { reason, .. } if reason.contains("in 30 s")), "{soaking:?}");
         assert_eq!(decide(&policy, &first, branch, &view, 1160), Decision::Go { wave: Wave::Wave(1) });
+        // A canary that dies in the middle of its update holds the next waves back.
+        let mut silent = view.clone();
+        silent.nodes.retain(|n| n.node != "n0");
+        silent.reports.insert("n0".into(), report(Outcome::Taking, 1100));
+        let held = decide(&policy, &first, branch, &silent, 5000);
+        assert!(matches!(&held, Decision::Wait { reason, .. } if reason.contains("n0")), "{held:?}");
         // Wave 2 waits for every node of wave 1 too.
         assert!(matches!(decide(&policy, &second, branch, &view, 5000), Decision::Wait { .. }));
         // A node of another branch does not hold anyone back.
