@@ -107,11 +107,6 @@ impl Agent {
         Ok(agent)
     }
 
-    /// The node id.
-    pub fn node(&self) -> &str {
-        &self.node
-    }
-
     /// Runs until `stop` is notified; `wake` makes the next poll happen at once.
     pub async fn run(mut self, wake: Arc<Notify>, stop: Arc<Notify>) -> Result<()> {
         tracing::info!(node = %self.node, group = %self.fleet.group, "agent started");
@@ -278,9 +273,11 @@ impl Agent {
         let policy = self.policy(&target, &commit).await?;
         let view = self.cluster.rollout(&commit).await?;
         self.metrics.halted.set(i64::from(view.halt.is_some()));
+        if view.started.is_none() {
+            self.cluster.mark_started(&policy).await?;
+        }
         match decide(&policy, &self.node, &format!("{}/{}", target.remote, target.branch), &view, now()) {
             Decision::Go { wave } => {
-                self.cluster.mark_started(&policy).await?;
                 self.state.in_flight = Some(InFlight {
                     commit,
                     wave,
@@ -293,10 +290,7 @@ impl Agent {
                 self.record("taking", Some(commit), format!("taking {commit} ({wave})"))?;
                 Ok(Next::Continue)
             }
-            Decision::Wait { wave, reason } => {
-                self.cluster.mark_started(&policy).await?;
-                Ok(Next::Wait(format!("{commit} ({wave}): {reason}")))
-            }
+            Decision::Wait { wave, reason } => Ok(Next::Wait(format!("{commit} ({wave}): {reason}"))),
             Decision::Halt { failures, threshold } => {
                 let reason = format!("{failures} node(s) failed on {commit}, the threshold is {threshold}");
                 if self.cluster.halt(&Mark { commit, reason: reason.clone(), at: now() }).await? {
@@ -441,6 +435,25 @@ impl Agent {
 
     async fn reboot(&mut self, flight: &InFlight, phase: Phase) -> Result<Next> {
         self.register("rebooting").await?;
+        // Never down without a slot: the slot is confirmed right before the reboot (etcd out of
+        // reach: an error, and the step is retried). A slot lost meanwhile (its lease expired
+        // while etcd was away) means queueing again.
+        if phase == Phase::Rebooting {
+            match self.cluster.holds(&self.fleet.group, &self.node).await? {
+                Some(true) => {}
+                // Still queued but no longer among the holders (the group's slots were lowered).
+                Some(false) => {
+                    self.state.phase(Phase::Queued);
+                    self.save()?;
+                    return Ok(Next::Wait("no longer holds a reboot slot; waiting for one".into()));
+                }
+                None => {
+                    self.state.phase(Phase::Switched).reboot_lease = None;
+                    self.save()?;
+                    return Ok(Next::Wait("the reboot slot was lost before the reboot; queueing again".into()));
+                }
+            }
+        }
         let boots = State::load(&self.sysroot)?.boot_count;
         self.state.phase(phase).boots_before = Some(boots);
         let event = if phase == Phase::RebootingBack { "rebooting-back" } else { "rebooting" };
