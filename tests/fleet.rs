@@ -48,6 +48,12 @@ impl FleetNode {
         self.agent = Some(cmd.arg("agent").stdout(Stdio::null()).stderr(log).spawn().unwrap());
     }
 
+    /// Sends the agent SIGHUP: it polls at once.
+    fn wake_agent(&self) {
+        let pid = self.agent.as_ref().expect("a running agent").id().to_string();
+        assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    }
+
     /// Kills the agent (SIGKILL) and waits for it.
     fn kill_agent(&mut self) {
         if let Some(mut agent) = self.agent.take() {
@@ -229,8 +235,9 @@ fn executable(path: &Path, body: &str) {
     fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
 }
 
-/// An origin with release 1, `nodes` nodes on it (agents not started yet), an etcd of `members`.
-fn set_up(nodes: usize, members: usize, reboot_ttl: u64) -> Fleet {
+/// An origin with release 1, `nodes` nodes on it (agents not started yet, polling every `poll`
+/// seconds), an etcd of `members`.
+fn set_up(nodes: usize, members: usize, reboot_ttl: u64, poll: u64) -> Fleet {
     require_root();
     let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let etcd = EtcdCluster::start(&tmp.path().join("etcd"), members);
@@ -267,7 +274,7 @@ fn set_up(nodes: usize, members: usize, reboot_ttl: u64) -> Fleet {
         fs::write(
             config.join("config.toml"),
             format!(
-                "[fleet]\netcd = [{}]\nnode_id = \"{name}\"\npoll_seconds = 1\npoll_jitter_seconds = 0\n\
+                "[fleet]\netcd = [{}]\nnode_id = \"{name}\"\npoll_seconds = {poll}\npoll_jitter_seconds = 0\n\
                  node_ttl_seconds = 5\nreboot_ttl_seconds = {reboot_ttl}\nreboot_command = [\"{}\"]\nreboot_timeout_seconds = 30\n\
                  metrics_listen = \"{metrics}\"\n",
                 endpoints.join(", "),
@@ -293,7 +300,7 @@ fn set_up(nodes: usize, members: usize, reboot_ttl: u64) -> Fleet {
 
 #[test]
 fn releases_roll_out_in_waves_one_reboot_at_a_time_and_a_failure_halts_the_fleet() {
-    let mut fleet = set_up(NODES, 3, 60);
+    let mut fleet = set_up(NODES, 3, 60, 1);
     fleet.nodes.iter_mut().for_each(|n| n.start_agent(None));
     let limit = Duration::from_secs(240);
 
@@ -401,7 +408,7 @@ const BROKEN_STEPS: [&str; 3] = ["health-failed", "rolling-back", "rebooting-bac
 
 #[test]
 fn an_agent_killed_at_any_step_resumes_and_finishes_the_update() {
-    let mut fleet = set_up(1, 1, 60);
+    let mut fleet = set_up(1, 1, 60, 1);
     let limit = Duration::from_secs(120);
     let cases = GOOD_STEPS.iter().map(|s| (*s, false)).chain(BROKEN_STEPS.iter().map(|s| (*s, true)));
     let mut previous = fleet.nodes[0].booted_commit();
@@ -441,7 +448,7 @@ fn an_agent_killed_at_any_step_resumes_and_finishes_the_update() {
 
 #[test]
 fn agents_wait_for_etcd_refuse_bad_policies_and_a_dead_holder_frees_its_slot() {
-    let mut fleet = set_up(2, 3, 10);
+    let mut fleet = set_up(2, 3, 10, 1);
     let limit = Duration::from_secs(120);
     fleet.nodes.iter_mut().for_each(|n| n.start_agent(None));
 
@@ -503,4 +510,43 @@ fn agents_wait_for_etcd_refuse_bad_policies_and_a_dead_holder_frees_its_slot() {
         fleet.timeline()
     );
     println!("node2 got the dead node's slot {:.1} s after it died (lease TTL 10 s)", waited as f64 / 1000.0);
+}
+
+#[test]
+fn operators_pause_resume_and_abort_a_rollout_and_sighup_polls_at_once() {
+    // Agents that poll once an hour: only SIGHUP (and, once waiting, the 10 s retry) makes them look.
+    let mut fleet = set_up(2, 1, 60, 3600);
+    fleet.nodes.iter_mut().for_each(|n| n.start_agent(None));
+    let limit = Duration::from_secs(120);
+    std::thread::sleep(Duration::from_secs(2));
+
+    // Paused before any node saw it: a woken agent waits.
+    let second = fleet.release("2", "waves = [1.0]\n");
+    let out = fleet.rollout(&["pause", &second, "--reason", "waiting for the change window"]);
+    assert!(out.contains("paused"), "{out}");
+    fleet.nodes.iter().for_each(FleetNode::wake_agent);
+    fleet.wait_for("both agents saw the pause", limit, |f| {
+        f.nodes
+            .iter()
+            .all(|n| fs::read_to_string(n.config.join("agent.log")).unwrap().contains("the rollout is paused"))
+    });
+    assert!(fleet.nodes.iter().all(|n| !n.has_event("taking", &second)), "{}", fleet.timeline());
+    let status = fleet.status(&second);
+    assert_eq!(status["paused"]["reason"], "waiting for the change window", "{status}");
+
+    // Resumed: the waiting agents take it at their next retry.
+    fleet.rollout(&["resume", &second]);
+    fleet.wait_for("both nodes on release 2 after the resume", limit, |f| {
+        f.nodes.iter().all(|n| n.has_event("slot-released", &second))
+    });
+    assert!(fleet.nodes.iter().all(|n| n.booted_commit() == second));
+
+    // Aborted: a woken agent refuses it for good and stays on release 2.
+    let third = fleet.release("3", "waves = [1.0]\n");
+    fleet.rollout(&["abort", &third, "--reason", "bad build"]);
+    fleet.nodes.iter().for_each(FleetNode::wake_agent);
+    fleet.wait_for("both agents refused release 3", limit, |f| f.nodes.iter().all(|n| n.has_event("refused", &third)));
+    assert!(fleet.nodes.iter().all(|n| n.booted_commit() == second && !n.has_event("taking", &third)));
+    let status = fleet.status(&third);
+    assert_eq!(status["aborted"]["reason"], "bad build", "{status}");
 }

@@ -101,10 +101,14 @@ pub enum RolloutAction {
 pub fn agent(sysroot: Sysroot, config_dir: PathBuf, machine_id: PathBuf) -> Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the agent's runtime")?;
     runtime.block_on(async move {
-        let agent = Agent::start(sysroot, config_dir, machine_id).await?;
-        let (wake, stop) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        // Handlers first: SIGHUP's default action would end an agent still connecting to etcd.
         let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let agent = tokio::select! {
+            agent = Agent::start(sysroot, config_dir, machine_id) => agent?,
+            _ = terminate.recv() => return Ok(()),
+        };
+        let (wake, stop) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
         let (wake2, stop2) = (wake.clone(), stop.clone());
         tokio::spawn(async move {
             loop {
