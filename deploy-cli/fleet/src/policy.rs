@@ -8,8 +8,6 @@
 //! The same node lands in a different part of the fleet for every commit, so no node is always
 //! first.
 
-use std::path::Path;
-
 use ed25519_dalek::SigningKey;
 use osdeploy_store::fsutil::atomic_write;
 use osdeploy_store::{CommitId, Repo, layout};
@@ -179,11 +177,6 @@ impl RolloutPolicy {
         Wave::Wave(index as u32 + 1)
     }
 
-    /// The last wave's number.
-    pub fn last_wave(&self) -> Wave {
-        Wave::Wave(self.spec.waves.len() as u32)
-    }
-
     /// The published bytes (what the signature covers).
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut bytes = serde_json::to_vec_pretty(self).expect("a policy serialises");
@@ -218,17 +211,6 @@ pub fn publish(repo: &Repo, policy: &RolloutPolicy, key: &SigningKey) -> Result<
     atomic_write(&path, &tmp, &bytes)?;
     atomic_write(&root.join(layout::rollout_signature(&policy.commit)), &tmp, signature.as_bytes())?;
     Ok(())
-}
-
-/// Reads the policy published for `commit` in a local repository, if any (no signature check:
-/// the operator's own origin).
-pub fn read_local(repo_path: &Path, commit: &CommitId) -> Result<Option<RolloutPolicy>, FleetError> {
-    let path = repo_path.join(layout::rollout_policy(commit));
-    match std::fs::read(&path) {
-        Ok(bytes) => RolloutPolicy::parse(&bytes, &path.display().to_string()).map(Some),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(error) => Err(FleetError::Io { path, error }),
-    }
 }
 
 /// Fetches the policy for `commit` from `remote`, checked against the remote's keys (unless the
@@ -305,7 +287,6 @@ mod tests {
         let other = RolloutPolicy::new(commit(2), policy.spec.clone()).unwrap();
         let same = nodes.iter().filter(|n| policy.wave_of(n) == Wave::Canary && other.wave_of(n) == Wave::Canary);
         assert!(same.count() < 60);
-        assert_eq!(policy.last_wave(), Wave::Wave(2));
     }
 
     #[test]
