@@ -7,8 +7,9 @@
 //! 2. when the failures reported for the commit reach the policy's threshold, the rollout halts;
 //! 3. canaries go at once;
 //! 4. a node of wave `n` goes when every live node of the same branch in an earlier wave has
-//!    reported `updated` (or failed — failures are counted by rule 2) or runs the commit already,
-//!    no node of an earlier wave is silent in the middle of its update (reported `taking`, then
+//!    reported `updated` (or failed — failures are counted by rule 2) or, without any report,
+//!    runs the commit already (installed with it); a node that reported `taking` has not shown
+//!    that the release works until it reports again, even once it booted the commit; no node of an earlier wave is silent in the middle of its update (reported `taking`, then
 //!    its registration expired), and the last of those reports is at least `soak_seconds` old
 //!    (the rollout's start stands in when the earlier waves are empty).
 
@@ -80,7 +81,10 @@ pub fn decide(policy: &RolloutPolicy, node: &str, branch: &str, view: &RolloutVi
     let mut pending: Vec<&str> = earlier
         .iter()
         .copied()
-        .filter(|n| view.reports.get(*n).is_none_or(|r| r.outcome == Outcome::Taking) && !runs_it(n))
+        .filter(|n| match view.reports.get(*n) {
+            Some(report) => report.outcome == Outcome::Taking,
+            None => !runs_it(n),
+        })
         .collect();
     // A node of an earlier wave that went silent in the middle of its update (registration
     // expired: dead, or cut off from etcd by the release) holds the later waves back: it has
@@ -158,6 +162,15 @@ mod tests {
         silent.reports.insert("n0".into(), report(Outcome::Taking, 1100));
         let held = decide(&policy, &first, branch, &silent, 5000);
         assert!(matches!(&held, Decision::Wait { reason, .. } if reason.contains("n0")), "{held:?}");
+        // A canary that booted the release but has not judged it yet holds them back too.
+        let mut judging = view.clone();
+        judging.reports.insert("n0".into(), report(Outcome::Taking, 1100));
+        judging.nodes.iter_mut().find(|n| n.node == "n0").unwrap().booted = Some(commit);
+        let held = decide(&policy, &first, branch, &judging, 5000);
+        assert!(matches!(&held, Decision::Wait { reason, .. } if reason.contains("n0")), "{held:?}");
+        // One installed with the release, which never reported, does not.
+        judging.reports.remove("n0");
+        assert_eq!(decide(&policy, &first, branch, &judging, 5000), Decision::Go { wave: Wave::Wave(1) });
         // Wave 2 waits for every node of wave 1 too.
         assert!(matches!(decide(&policy, &second, branch, &view, 5000), Decision::Wait { .. }));
         // A node of another branch does not hold anyone back.
