@@ -2,7 +2,7 @@
 # Every check osdeploy has: installs the system packages the tests need, then a self-containment
 # guard, formatting, lints and all tests (unit tests; integration tests on loop-mounted
 # btrfs/xfs/ext4 images; a real Debian rootfs round trip, its pair built by
-# benches/harness/make-os-pair.sh), and a check that the release binary ignores crash points.
+# benches/harness/make-os-pair.sh), and a check that a build without debug assertions ignores crash points.
 # Runs as root (loop devices, device nodes, ownership).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,12 +23,13 @@ fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
-# Crash points act in debug builds only (the tests'): the release binary must ignore the variable.
-cargo build --release -q -p osdeploy
+# Crash points act in debug builds only (the tests'): a build without debug assertions, as the
+# release build is, must ignore the variable (profile no-assertions: the release's flags, unoptimised).
+cargo build --profile no-assertions -q -p osdeploy
 scratch=$(mktemp -d)
 mkdir "$scratch/tree"; echo release > "$scratch/tree/file"
-target/release/osdeploy --repo "$scratch/repo" init --mode archive > /dev/null
-OSDEPLOY_CRASH_AT=commit:before-ref target/release/osdeploy --repo "$scratch/repo" commit -b main "$scratch/tree" > /dev/null
-target/release/osdeploy --repo "$scratch/repo" refs | grep -q ' main$' ||
-  { echo "test.sh: the release binary obeyed OSDEPLOY_CRASH_AT" >&2; exit 1; }
+target/no-assertions/osdeploy --repo "$scratch/repo" init --mode archive > /dev/null
+OSDEPLOY_CRASH_AT=commit:before-ref target/no-assertions/osdeploy --repo "$scratch/repo" commit -b main "$scratch/tree" > /dev/null
+target/no-assertions/osdeploy --repo "$scratch/repo" refs | grep -q ' main$' ||
+  { echo "test.sh: a build without debug assertions obeyed OSDEPLOY_CRASH_AT" >&2; exit 1; }
 echo "test.sh: all checks passed"
