@@ -150,12 +150,27 @@ impl Fleet {
     }
 
     fn rollout(&self, args: &[&str]) -> String {
+        ok(&mut self.rollout_command(args))
+    }
+
+    /// `osdeploy rollout ARGS` with flags naming etcd (and on a secure cluster, the CA, the
+    /// client certificate and the `osdeploy` user).
+    fn rollout_command(&self, args: &[&str]) -> Command {
         let mut cmd = osdeploy(&self.origin());
         cmd.arg("rollout").args(args);
         for endpoint in self.etcd.endpoints() {
             cmd.arg("--etcd").arg(endpoint);
         }
-        ok(&mut cmd)
+        if let Some(pki) = self.etcd.secure() {
+            cmd.arg("--etcd-ca")
+                .arg(&pki.ca)
+                .arg("--etcd-cert")
+                .arg(&pki.client.0)
+                .arg("--etcd-key")
+                .arg(&pki.client.1);
+            cmd.args(["--etcd-user", "osdeploy", "--etcd-password-file"]).arg(&pki.password_file);
+        }
+        cmd
     }
 
     fn status(&self, commit: &str) -> Value {
@@ -238,9 +253,17 @@ fn executable(path: &Path, body: &str) {
 /// An origin with release 1, `nodes` nodes on it (agents not started yet, polling every `poll`
 /// seconds), an etcd of `members`.
 fn set_up(nodes: usize, members: usize, reboot_ttl: u64, poll: u64) -> Fleet {
+    set_up_with(nodes, members, reboot_ttl, poll, false)
+}
+
+/// [`set_up`]; with `secure`, etcd serves TLS to client certificates and has authentication on,
+/// and each node's `[fleet]` names the CA, its certificate and the `osdeploy` user.
+fn set_up_with(nodes: usize, members: usize, reboot_ttl: u64, poll: u64, secure: bool) -> Fleet {
     require_root();
     let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let etcd = EtcdCluster::start(&tmp.path().join("etcd"), members);
+    let etcd_dir = tmp.path().join("etcd");
+    let etcd =
+        if secure { EtcdCluster::start_secure(&etcd_dir, members) } else { EtcdCluster::start(&etcd_dir, members) };
     let fs_ = LoopFs::new("btrfs", 1200);
     let origin = tmp.path().join("origin");
     ok(osdeploy(&origin).args(["init", "--mode", "archive"]));
@@ -253,6 +276,13 @@ fn set_up(nodes: usize, members: usize, reboot_ttl: u64, poll: u64) -> Fleet {
     let mut fleet = Fleet { nodes: Vec::new(), server, etcd, _fs: fs_, tmp };
     let first = fleet.release("1", "");
     let endpoints: Vec<String> = fleet.etcd.endpoints().iter().map(|e| format!("{e:?}")).collect();
+    let access = match fleet.etcd.secure() {
+        Some(pki) => format!(
+            "etcd_ca = {:?}\netcd_cert = {:?}\netcd_key = {:?}\netcd_user = \"osdeploy\"\netcd_password_file = {:?}\n",
+            pki.ca, pki.client.0, pki.client.1, pki.password_file
+        ),
+        None => String::new(),
+    };
     for i in 1..=nodes {
         let name = format!("node{i}");
         let sysroot = fleet._fs.mount.join(&name);
@@ -276,7 +306,7 @@ fn set_up(nodes: usize, members: usize, reboot_ttl: u64, poll: u64) -> Fleet {
             format!(
                 "[fleet]\netcd = [{}]\nnode_id = \"{name}\"\npoll_seconds = {poll}\npoll_jitter_seconds = 0\n\
                  node_ttl_seconds = 5\nreboot_ttl_seconds = {reboot_ttl}\nreboot_command = [\"{}\"]\nreboot_timeout_seconds = 30\n\
-                 metrics_listen = \"{metrics}\"\n",
+                 metrics_listen = \"{metrics}\"\n{access}",
                 endpoints.join(", "),
                 reboot.display()
             ),
@@ -549,4 +579,80 @@ fn operators_pause_resume_and_abort_a_rollout_and_sighup_polls_at_once() {
     assert!(fleet.nodes.iter().all(|n| n.booted_commit() == second && !n.has_event("taking", &third)));
     let status = fleet.status(&third);
     assert_eq!(status["aborted"]["reason"], "bad build", "{status}");
+
+    // The canary goes silent in the middle of its update (its reboot command kills its agent):
+    // wave 1 waits for it, also once its registration expired, until an operator forgets it —
+    // which also frees its reboot slot long before its 60 s lease would.
+    let fourth = fleet.release("4", "canary_nodes = [\"node1\"]\nwaves = [1.0]\n");
+    executable(&fleet.nodes[0].config.join("reboot"), "kill -9 $PPID");
+    fleet.nodes.iter().for_each(FleetNode::wake_agent);
+    fleet.wait_for("node1 silent in its reboot", limit, |f| {
+        f.nodes[0].has_event("rebooting", &fourth) && f.status(&fourth)["lines"][0]["alive"] == false
+    });
+    let refused = fails(&mut fleet.rollout_command(&["forget", &fourth, "node2"]));
+    assert!(refused.contains("has not reported"), "{refused}");
+    let log = || fs::read_to_string(fleet.nodes[1].config.join("agent.log")).unwrap();
+    fleet.wait_for("node2 waiting for the silent canary", limit, |_| {
+        log().contains("waits for 1 node(s) of earlier waves: node1")
+    });
+    assert!(!fleet.nodes[1].has_event("taking", &fourth), "{}", fleet.timeline());
+    let out = fleet.rollout(&["forget", &fourth, "node1"]);
+    assert!(out.contains("forgot node1") && out.contains("left the reboot queue of group default"), "{out}");
+    let status = fleet.status(&fourth);
+    let queue = status["reboot_queues"]["default"].as_array().cloned().unwrap_or_default();
+    assert!(queue.iter().all(|e| e["node"] != "node1"), "node1 still queued, its lease alive: {status}");
+    assert!(status["reports"]["node1"].is_null(), "{status}");
+    fleet.wait_for("node2 on release 4 without node1", limit, |f| f.nodes[1].has_event("slot-released", &fourth));
+    assert_eq!(fleet.nodes[1].booted_commit(), fourth);
+}
+
+#[test]
+fn agents_and_operators_reach_an_etcd_that_wants_tls_client_certificates_and_a_user() {
+    // etcd serves TLS only to certificates of its CA, and authentication is on: the `osdeploy`
+    // user's role may read and write `/osdeploy/` and nothing else.
+    let mut fleet = set_up_with(2, 1, 60, 1, true);
+    let limit = Duration::from_secs(120);
+    fleet.nodes.iter_mut().for_each(|n| n.start_agent(None));
+    let second = fleet.release("2", "canary_nodes = [\"node1\"]\nwaves = [1.0]\n");
+    fleet.wait_for("both nodes done with release 2", limit, |f| {
+        f.nodes.iter().all(|n| n.has_event("slot-released", &second))
+    });
+    assert!(fleet.nodes.iter().all(|n| n.booted_commit() == second), "{}", fleet.timeline());
+    let keys = fleet.etcd.get_prefix(&format!("/osdeploy/rollouts/{second}/nodes/"));
+    assert_eq!(keys.len(), 2, "both reports, written as the osdeploy user: {keys:?}");
+
+    // An operator gets in with the flags, or with the node's [fleet] settings alone.
+    let status = fleet.status(&second);
+    assert_eq!(status["reports"]["node1"]["outcome"], "updated", "{status}");
+    let status = json(&ok(fleet.nodes[1].osd().args(["rollout", "status", &second, "--json"])));
+    assert_eq!(status["reports"]["node2"]["outcome"], "updated", "{status}");
+
+    // A wrong password, no client certificate, a CA that did not sign the members' certificate,
+    // a prefix outside the user's role: refused, and the error says which.
+    let pki = fleet.etcd.secure().unwrap();
+    let wrong = fleet.tmp.path().join("wrong-password");
+    fs::write(&wrong, "guess\n").unwrap();
+    let endpoint = fleet.etcd.endpoints()[0].clone();
+    let path = |p: &Path| p.to_str().unwrap().to_owned();
+    let (ca, cert, key, password, wrong) =
+        (path(&pki.ca), path(&pki.client.0), path(&pki.client.1), path(&pki.password_file), path(&wrong));
+    let flags = |ca: &str, identity: bool, password: &str| {
+        let mut flags = vec!["--etcd-ca", ca, "--etcd-user", "osdeploy", "--etcd-password-file", password];
+        if identity {
+            flags.extend(["--etcd-cert", &cert, "--etcd-key", &key]);
+        }
+        flags.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let elsewhere = [flags(&ca, true, &password), vec!["--prefix".into(), "/elsewhere".into()]].concat();
+    let cases = [
+        (flags(&ca, true, &wrong), "authentication failed"),
+        (flags(&ca, false, &password), "they want etcd_cert and etcd_key"),
+        (flags(&cert, true, &password), "etcd_ca did not sign the members' certificate"),
+        (elsewhere, "permission denied"),
+    ];
+    for (flags, expected) in cases {
+        let err = fails(osdeploy(&fleet.origin()).args(["rollout", "slots", "--etcd", &endpoint]).args(&flags));
+        assert!(err.contains(expected), "{flags:?}: {err}");
+        println!("refused as expected: {}", err.trim());
+    }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use osdeploy_deploy::deploy::{Config, Sysroot};
+use osdeploy_fleet::access::EtcdAccess;
 use osdeploy_fleet::agent::Agent;
 use osdeploy_fleet::cluster::{Cluster, Mark, Outcome, QueueEntry, RolloutView, now};
 use osdeploy_fleet::config::FleetConfig;
@@ -18,7 +19,8 @@ use tokio::sync::Notify;
 
 use crate::output::print_json;
 
-/// Where `rollout` finds etcd: the flags, else the node configuration's `[fleet]` section.
+/// Where `rollout` finds etcd and how it gets in: each flag, else the node configuration's
+/// `[fleet]` setting of the same name.
 #[derive(clap::Args, Debug)]
 pub struct EtcdArgs {
     /// etcd client URL (repeatable) [default: [fleet] etcd of CONFIG_DIR/config.toml].
@@ -27,6 +29,21 @@ pub struct EtcdArgs {
     /// etcd key prefix of the fleet [default: [fleet] prefix, or /osdeploy].
     #[arg(long)]
     pub prefix: Option<String>,
+    /// CA certificate (PEM) of the etcd members, for https:// URLs [default: [fleet] etcd_ca].
+    #[arg(long, value_name = "FILE")]
+    pub etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM), with --etcd-key [default: [fleet] etcd_cert].
+    #[arg(long, value_name = "FILE")]
+    pub etcd_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM) [default: [fleet] etcd_key].
+    #[arg(long, value_name = "FILE")]
+    pub etcd_key: Option<PathBuf>,
+    /// etcd user, with --etcd-password-file [default: [fleet] etcd_user].
+    #[arg(long, value_name = "NAME")]
+    pub etcd_user: Option<String>,
+    /// File holding the etcd user's password [default: [fleet] etcd_password_file].
+    #[arg(long, value_name = "FILE")]
+    pub etcd_password_file: Option<PathBuf>,
 }
 
 /// `osdeploy rollout` subcommands.
@@ -84,6 +101,17 @@ pub enum RolloutAction {
         #[command(flatten)]
         etcd: EtcdArgs,
     },
+    /// Stop waiting for NODE, silent in the middle of COMMIT's update (dead, or cut off from etcd):
+    /// the later waves go on without it and its reboot slot is freed.
+    Forget {
+        /// The commit (full id).
+        commit: String,
+        /// The silent node.
+        node: String,
+        /// Where etcd is.
+        #[command(flatten)]
+        etcd: EtcdArgs,
+    },
     /// Show or set how many nodes of a group may be in their reboot at once.
     Slots {
         /// The reboot group.
@@ -127,18 +155,29 @@ pub fn agent(sysroot: Sysroot, config_dir: PathBuf, machine_id: PathBuf) -> Resu
 /// Connects to the fleet's etcd named by `args` or the node configuration.
 async fn connect(args: &EtcdArgs, config_dir: &Path) -> Result<Cluster> {
     let path = config_dir.join("config.toml");
-    let fleet = if args.endpoints.is_empty() || args.prefix.is_none() {
-        FleetConfig::from_node_config(&Config::load(config_dir)?, &path)?
-    } else {
-        None
+    let fleet = match FleetConfig::from_node_config(&Config::load(config_dir)?, &path) {
+        Ok(fleet) => fleet,
+        // The flags name etcd: a [fleet] section the flags replace need not be usable.
+        Err(_) if !args.endpoints.is_empty() => None,
+        Err(e) => return Err(e.into()),
     };
-    let endpoints = match (&args.endpoints, &fleet) {
-        (e, _) if !e.is_empty() => e.clone(),
-        (_, Some(fleet)) => fleet.etcd.clone(),
-        _ => bail!("where is etcd? give --etcd URL, or set [fleet] etcd in {}", path.display()),
+    let configured = fleet.as_ref().map(FleetConfig::etcd_access).unwrap_or_default();
+    let access = EtcdAccess {
+        endpoints: if args.endpoints.is_empty() { configured.endpoints } else { args.endpoints.clone() },
+        ca: args.etcd_ca.clone().or(configured.ca),
+        cert: args.etcd_cert.clone().or(configured.cert),
+        key: args.etcd_key.clone().or(configured.key),
+        user: args.etcd_user.clone().or(configured.user),
+        password_file: args.etcd_password_file.clone().or(configured.password_file),
     };
+    if access.endpoints.is_empty() {
+        bail!("where is etcd? give --etcd URL, or set [fleet] etcd in {}", path.display());
+    }
+    if let Some(problem) = access.problem() {
+        bail!("etcd access: {problem} (flags --etcd-ca, --etcd-cert, --etcd-key, --etcd-user, --etcd-password-file)");
+    }
     let prefix = args.prefix.clone().or_else(|| fleet.map(|f| f.prefix)).unwrap_or_else(|| "/osdeploy".into());
-    Ok(Cluster::connect(&endpoints, &prefix, Duration::from_secs(5)).await?)
+    Ok(Cluster::connect(&access, &prefix, Duration::from_secs(5)).await?)
 }
 
 fn commit_id(text: &str) -> Result<CommitId> {
@@ -179,6 +218,18 @@ pub fn rollout(action: RolloutAction, repo: &Path, config_dir: &Path) -> Result<
                 let commit = commit_id(&commit)?;
                 connect(&etcd, config_dir).await?.abort(&Mark { commit, reason, at: now() }).await?;
                 println!("rollout of {commit} aborted: no node takes it any more");
+                Ok(())
+            }
+            RolloutAction::Forget { commit, node, etcd } => {
+                let commit = commit_id(&commit)?;
+                let (report, groups) = connect(&etcd, config_dir).await?.forget(&commit, &node).await?;
+                println!(
+                    "forgot {node} ({}, silent since it reported {} at {}): later waves no longer wait for it",
+                    report.wave, report.outcome, report.at
+                );
+                for group in groups {
+                    println!("{node} left the reboot queue of group {group}");
+                }
                 Ok(())
             }
             RolloutAction::Slots { group, slots, etcd } => {

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use osdeploy_fleet::access::EtcdAccess;
 use osdeploy_fleet::cluster::{Cluster, NodeRecord, Outcome, Report, now};
 use osdeploy_fleet::gate::{Decision, decide};
 use osdeploy_fleet::policy::{PolicySpec, RolloutPolicy};
@@ -58,7 +59,8 @@ fn main() {
 
 async fn run(settings: Settings) {
     let prefix = format!("/osdeploy-scale-{}", std::process::id());
-    let cluster = Cluster::connect(&settings.endpoints, &prefix, Duration::from_secs(10)).await.expect("etcd");
+    let access = EtcdAccess { endpoints: settings.endpoints.clone(), ..EtcdAccess::default() };
+    let cluster = Cluster::connect(&access, &prefix, Duration::from_secs(10)).await.expect("etcd");
     let commit = CommitId(ObjectId::of(prefix.as_bytes()));
     let spec = PolicySpec {
         canary_fraction: 0.01,

@@ -84,8 +84,11 @@ impl Agent {
         })?;
         let node = fleet.node_id(&machine_id)?;
         let state = AgentState::load(&sysroot)?;
+        let access = fleet.etcd_access();
+        // The TLS files and the password are read here: a missing one stops the start, named.
+        access.connect_options(Duration::from_secs(5))?;
         let cluster = loop {
-            match Cluster::connect(&fleet.etcd, &fleet.prefix, Duration::from_secs(5)).await {
+            match Cluster::connect(&access, &fleet.prefix, Duration::from_secs(5)).await {
                 Ok(cluster) => break cluster,
                 Err(e) => {
                     tracing::warn!("{e}; retrying in 5 s");

@@ -9,7 +9,8 @@
 //! PREFIX/rollouts/COMMIT/nodes/NODE      each node's report: taking, updated, health-failed, rolled-back
 //! PREFIX/rollouts/COMMIT/paused          an operator's pause of this commit
 //! PREFIX/rollouts/COMMIT/aborted         an operator's abort: no node takes this commit
-//! PREFIX/rollouts/COMMIT/forgiven        failures an operator's resume forgave
+//! PREFIX/rollouts/COMMIT/forgiven        failures an operator's resume forgave (`forget` removes a
+//!                                        silent node's report instead)
 //! PREFIX/reboot/GROUP/max                reboot slots of the group (1 when absent)
 //! PREFIX/reboot/GROUP/holders/NODE       the reboot queue (the node's reboot lease); the first MAX by
 //!                                        creation hold a slot
@@ -24,13 +25,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
-};
+use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp};
 use osdeploy_store::CommitId;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::access::EtcdAccess;
 use crate::policy::{RolloutPolicy, Wave};
 use crate::{FleetError, Result};
 
@@ -168,15 +168,16 @@ pub fn now() -> i64 {
 }
 
 impl Cluster {
-    /// Connects to `endpoints` (each `http://HOST:PORT`); keys live below `prefix`. Requests fail
-    /// after `timeout`.
-    pub async fn connect(endpoints: &[String], prefix: &str, timeout: Duration) -> Result<Cluster> {
-        let joined = endpoints.join(",");
-        let options = ConnectOptions::new().with_connect_timeout(timeout).with_timeout(timeout);
-        let client = Client::connect(endpoints, Some(options)).await.map_err(|e| FleetError::Etcd {
-            endpoints: joined.clone(),
-            what: "connecting".into(),
-            error: Box::new(e),
+    /// Connects to etcd as `access` says; keys live below `prefix`. Requests fail after `timeout`.
+    pub async fn connect(access: &EtcdAccess, prefix: &str, timeout: Duration) -> Result<Cluster> {
+        let joined = access.endpoints.join(",");
+        let options = access.connect_options(timeout)?;
+        let client = Client::connect(&access.endpoints, Some(options)).await.map_err(|e| {
+            let what = match tls_hint(&e.to_string(), access) {
+                Some(hint) => format!("connecting ({hint})"),
+                None => "connecting".into(),
+            };
+            FleetError::Etcd { endpoints: joined.clone(), what, error: Box::new(e) }
         })?;
         Ok(Cluster { client, prefix: prefix.trim_end_matches('/').to_owned(), endpoints: joined, timeout })
     }
@@ -473,10 +474,64 @@ impl Cluster {
         Ok(self.queue(group).await?.into_iter().find(|e| e.node == node).map(|e| e.holds))
     }
 
+    /// Forgets `node` in the rollout of `commit`: it went silent in the middle of its update
+    /// (reported `taking`, then its registration expired) and an operator judges it gone. Its
+    /// report is removed, so the later waves stop waiting for it, and so are its places in the
+    /// reboot queues, so its slot is free before its lease expires. Refused for a registered node
+    /// and for any other report (failures are forgiven by `resume`). Returns the report removed
+    /// and the groups whose queue it left.
+    pub async fn forget(&self, commit: &CommitId, node: &str) -> Result<(Report, Vec<String>)> {
+        let view = self.rollout(commit).await?;
+        let refuse = |reason: String| FleetError::Refused { what: format!("forgetting {node} in {commit}"), reason };
+        let Some(report) = view.reports.get(node) else {
+            return Err(refuse("it has not reported on this commit".into()));
+        };
+        if view.nodes.iter().any(|n| n.node == node) {
+            return Err(refuse("it is registered: its agent is alive and reports by itself".into()));
+        }
+        if report.outcome != Outcome::Taking {
+            return Err(refuse(format!(
+                "its report is {}: only a node silent in the middle of its update holds the waves back \
+                 (failures are forgiven by `rollout resume`)",
+                report.outcome
+            )));
+        }
+        let queues = self.key("reboot/");
+        let suffix = format!("/holders/{node}");
+        let response = self.range(&queues, Some(GetOptions::new().with_prefix().with_keys_only())).await?;
+        let mut groups = Vec::new();
+        for kv in response.kvs() {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            if let Some(group) = key.strip_suffix(&suffix).and_then(|k| k.strip_prefix(&queues)) {
+                self.delete(&key).await?;
+                groups.push(group.to_owned());
+            }
+        }
+        self.delete(&self.rollout_key(commit, &format!("nodes/{node}"))).await?;
+        Ok((report.clone(), groups))
+    }
+
     /// Leaves the reboot queue of `group`.
     pub async fn dequeue(&self, group: &str, node: &str) -> Result<()> {
         let key = format!("{}{node}", self.queue_prefix(group));
         self.delete(&key).await
+    }
+}
+
+/// What a TLS failure while connecting means for the settings, from the client's error text.
+fn tls_hint(error: &str, access: &EtcdAccess) -> Option<&'static str> {
+    let refused = ["BadCertificate", "CertificateRequired", "UnknownCA"].iter().any(|alert| error.contains(alert));
+    let closed = ["broken pipe", "connection reset", "Connection reset"].iter().any(|e| error.contains(e));
+    if error.contains("UnknownIssuer") {
+        Some("etcd_ca did not sign the members' certificate")
+    } else if error.contains("NotValidForName") {
+        Some("the members' certificate does not name the host or address of the endpoint")
+    } else if refused && access.cert.is_some() {
+        Some("the members refused this client: etcd_cert and etcd_key must be a certificate of their CA")
+    } else if refused || (closed && access.ca.is_some() && access.cert.is_none()) {
+        Some("the members closed the connection: if they run with --client-cert-auth, they want etcd_cert and etcd_key")
+    } else {
+        None
     }
 }
 

@@ -2,7 +2,12 @@
 //!
 //! ```toml
 //! [fleet]
-//! etcd = ["http://10.0.0.1:2379", "http://10.0.0.2:2379", "http://10.0.0.3:2379"]
+//! etcd = ["https://10.0.0.1:2379", "https://10.0.0.2:2379", "https://10.0.0.3:2379"]
+//! etcd_ca = "/etc/osdeploy/etcd/ca.pem"      # https:// only: the CA of the members' certificates
+//! etcd_cert = "/etc/osdeploy/etcd/node.pem"  # with etcd_key: a client certificate (--client-cert-auth)
+//! etcd_key = "/etc/osdeploy/etcd/node-key.pem"
+//! etcd_user = "osdeploy"                     # https:// only: an etcd user (RBAC) ...
+//! etcd_password_file = "/etc/osdeploy/etcd/password"  # ... and its password
 //! prefix = "/osdeploy"          # etcd key prefix (one per fleet sharing an etcd)
 //! node_id = "worker-17"         # default: /etc/machine-id
 //! group = "workers"             # reboot group: its reboot slots are counted apart
@@ -26,6 +31,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::access::EtcdAccess;
 use crate::policy::valid_node_id;
 use crate::{FleetError, Result};
 
@@ -35,6 +41,21 @@ use crate::{FleetError, Result};
 pub struct FleetConfig {
     /// etcd client URLs.
     pub etcd: Vec<String>,
+    /// The CA certificate of the etcd members (PEM; `https://` endpoints).
+    #[serde(default)]
+    pub etcd_ca: Option<PathBuf>,
+    /// The client certificate (PEM), with `etcd_key`.
+    #[serde(default)]
+    pub etcd_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[serde(default)]
+    pub etcd_key: Option<PathBuf>,
+    /// The etcd user, with `etcd_password_file`.
+    #[serde(default)]
+    pub etcd_user: Option<String>,
+    /// The file holding the etcd user's password.
+    #[serde(default)]
+    pub etcd_password_file: Option<PathBuf>,
     /// Key prefix in etcd.
     #[serde(default = "default_prefix")]
     pub prefix: String,
@@ -160,12 +181,8 @@ impl FleetConfig {
         let Some(table) = &config.fleet else { return Ok(None) };
         let bad = |reason: String| FleetError::Config { path: path.to_owned(), reason };
         let fleet: FleetConfig = table.clone().try_into().map_err(|e: toml::de::Error| bad(e.message().to_owned()))?;
-        if fleet.etcd.is_empty() {
-            return Err(bad("etcd lists no endpoint".into()));
-        }
-        if let Some(url) = fleet.etcd.iter().find(|u| !u.starts_with("http://")) {
-            let why = if url.starts_with("https://") { " (TLS to etcd is not supported yet)" } else { "" };
-            return Err(bad(format!("etcd endpoint {url:?} is not http://HOST:PORT{why}")));
+        if let Some(problem) = fleet.etcd_access().problem() {
+            return Err(bad(problem));
         }
         if !fleet.prefix.starts_with('/') || fleet.prefix.len() < 2 {
             return Err(bad(format!("prefix {:?} must start with / and name something", fleet.prefix)));
@@ -191,6 +208,18 @@ impl FleetConfig {
             return Err(bad(problem));
         }
         Ok(Some(fleet))
+    }
+
+    /// How to reach etcd.
+    pub fn etcd_access(&self) -> EtcdAccess {
+        EtcdAccess {
+            endpoints: self.etcd.clone(),
+            ca: self.etcd_ca.clone(),
+            cert: self.etcd_cert.clone(),
+            key: self.etcd_key.clone(),
+            user: self.etcd_user.clone(),
+            password_file: self.etcd_password_file.clone(),
+        }
     }
 
     /// The node id: the configured one, or /etc/machine-id.
@@ -240,7 +269,7 @@ mod tests {
         for (text, expected) in [
             ("[fleet]\netcd = []", "no endpoint"),
             ("[fleet]\netcd = [\"127.0.0.1:2379\"]", "not http"),
-            ("[fleet]\netcd = [\"https://e:2379\"]", "TLS to etcd is not supported"),
+            ("[fleet]\netcd = [\"https://e:2379\"]", "need etcd_ca"),
             ("[fleet]\netcd = [\"http://e\"]\nnode_id = \"a b\"", "node_id"),
             ("[fleet]\netcd = [\"http://e\"]\npoll_seconds = 0", "poll_seconds"),
             ("[fleet]\netcd = [\"http://e\"]\nreboot_command = []", "reboot_command"),

@@ -59,6 +59,14 @@ pub enum FleetError {
         /// The lease.
         what: String,
     },
+    /// An operator's request that would do harm or nothing.
+    #[error("{what}: {reason}")]
+    Refused {
+        /// The request.
+        what: String,
+        /// Why it is refused.
+        reason: String,
+    },
     /// A value stored in etcd is not what osdeploy writes there.
     #[error("etcd key {key}: {reason}")]
     BadValue {
