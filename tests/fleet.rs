@@ -656,3 +656,27 @@ fn agents_and_operators_reach_an_etcd_that_wants_tls_client_certificates_and_a_u
         println!("refused as expected: {}", err.trim());
     }
 }
+
+#[test]
+fn a_node_on_which_the_release_failed_before_reports_it_and_holds_no_wave_back() {
+    let mut fleet = set_up(2, 1, 60, 1);
+    let limit = Duration::from_secs(120);
+    let second = fleet.release("2", "canary_nodes = [\"node2\"]\nwaves = [1.0]\nfailure_threshold = 2\n");
+    // Before any agent runs, an operator tried release 2 on node2 by hand and went back: node2
+    // holds it in a bad slot.
+    let node2 = &fleet.nodes[1];
+    for step in [&["pull", "origin", "stable"][..], &["switch"], &["boot-check"], &["rollback"], &["boot-check"]] {
+        ok(node2.osd().args(step));
+    }
+    assert_ne!(node2.booted_commit(), second);
+    fleet.nodes.iter_mut().for_each(|n| n.start_agent(None));
+    // node2, the canary, refuses release 2 and says why; node1, of wave 1, does not wait for it.
+    fleet.wait_for("node1 on release 2", limit, |f| f.nodes[0].has_event("slot-released", &second));
+    assert!(fleet.nodes[1].has_event("refused", &second), "{}", fleet.timeline());
+    assert!(!fleet.nodes[1].has_event("taking", &second), "{}", fleet.timeline());
+    let status = fleet.status(&second);
+    let report = &status["reports"]["node2"];
+    assert_eq!(report["outcome"], "rolled-back", "{status}");
+    assert!(report["message"].as_str().unwrap().contains("went bad on this node before"), "{status}");
+    assert_eq!(status["failures"], 1, "{status}");
+}

@@ -267,13 +267,18 @@ impl Agent {
         if booted == Some(commit) || self.state.refused.contains(&commit) {
             return Ok(Next::Idle);
         }
-        if deployed.iter().any(|r| r.commit == Some(commit) && r.state == SlotState::Bad) {
-            // Went bad on this node before (outside the agent, or its state was lost): not again.
+        let policy = self.policy(&target, &commit).await?;
+        if let Some(bad) = deployed.iter().find(|r| r.commit == Some(commit) && r.state == SlotState::Bad) {
+            // Went bad on this node before (outside the agent, or its state was lost): not again,
+            // and said so, or the later waves would wait for this node forever.
+            let why = bad.reason.as_deref().unwrap_or("no reason recorded");
+            let message = format!("{commit} went bad on this node before ({why}): refused");
+            let report = Report { outcome: Outcome::RolledBack, wave: policy.wave_of(&self.node), at: now(), message };
+            self.cluster.report(&commit, &self.node, &report).await?;
             self.state.refused.push(commit);
-            self.save()?;
+            self.record("refused", Some(commit), report.message)?;
             return Ok(Next::Idle);
         }
-        let policy = self.policy(&target, &commit).await?;
         let view = self.cluster.rollout(&commit).await?;
         self.metrics.halted.set(i64::from(view.halt.is_some()));
         if view.started.is_none() {
