@@ -145,6 +145,7 @@ fn pull_ok(node: &Path) -> String {
 fn failure(cmd: &mut Command) -> String {
     let err = fails(cmd);
     eprintln!("failed as expected: {err}");
+    assert!(!err.contains('\x1b'), "colour codes in a log written to a pipe: {err}");
     err
 }
 
@@ -618,4 +619,95 @@ fn a_pull_killed_at_arbitrary_points_resumes_without_refetching() {
     // At most the one range in flight is lost per kill.
     let allowance = full_sent + kills * MAX_REQUEST;
     assert!(total_sent <= allowance, "{total_sent} pack bytes sent over {kills} kills; allowed {allowance}");
+}
+
+/// Body bytes the proxy wrote for the requests of `log` whose path contains `path_contains`.
+fn body_sent(log: &[Record], path_contains: &str) -> u64 {
+    log.iter().filter(|r| r.path.contains(path_contains)).map(|r| r.body_sent).sum()
+}
+
+#[test]
+fn answers_without_end_are_cut_at_the_size_the_file_can_have() {
+    let o = Origin::new(4, 256 << 10);
+    let proxy = FaultProxy::start(&o.nginx.url);
+    let node = o.node("node", &[&proxy.url]);
+    let conf = o.root.join("etc-osdeploy");
+    fs::create_dir_all(&conf).unwrap();
+    fs::write(conf.join("config.toml"), "pull_max_metadata = 1048576\n").unwrap();
+    let summary_url = format!("{}/summary", proxy.url);
+
+    // The summary, whose size nothing declares: cut at pull_max_metadata, whether the server
+    // streams without a length or announces an absurd one.
+    for (fault, expected) in [(Fault::Endless, "ran past"), (Fault::Announce(1 << 40), "announces 1099511627776")] {
+        proxy.set_rules(vec![Rule::always("summary", fault)]);
+        let start = proxy.log().len();
+        let err = failure(osdeploy(&node).arg("--config-dir").arg(&conf).args(["pull", "origin", "stable"]));
+        proxy.wait_idle();
+        assert!(err.contains(&summary_url) && err.contains(expected) && err.contains("1048576"), "{err}");
+        let sent = body_sent(&proxy.log()[start..], "summary");
+        assert!(sent < (ROUNDS as u64) * (16 << 20), "{sent} bytes of summary were sent before the client stopped");
+        assert_intact(&node, None, &format!("after a summary with {fault:?}"));
+    }
+
+    // Pack ranges, whose length the client asked for: a longer answer is refused.
+    proxy.clear_rules();
+    let v1 = pull_ok(&node);
+    let packs = o.commit_v2();
+    let declared = fs::metadata(o.pack_path(&packs.data)).unwrap().len();
+    for fault in [Fault::Endless, Fault::Announce(1 << 40)] {
+        proxy.set_rules(vec![Rule::always(&packs.data_pack(), fault)]);
+        let err = failure(&mut pull(&node));
+        proxy.wait_idle();
+        // One Range over the pack's entries: all of it but its 8-byte header.
+        let range = format!("the {} bytes it can hold", declared - 8);
+        assert!(err.contains(&packs.data_pack()) && err.contains(&range), "{err}");
+        assert_intact(&node, Some(&v1), &format!("after pack ranges with {fault:?}"));
+    }
+
+    // A mirror downloads whole packs, of the size their index declares: the partial file never
+    // grows past it. The pack's own bytes come first in the endless answer, so the capped
+    // downloads and their resumes may even complete it (the pack then verifies as always).
+    let mirror_dir = o.root.join("mirror");
+    let mirror = || {
+        let mut cmd = osdeploy(&mirror_dir);
+        cmd.arg("mirror").arg(&proxy.url).arg(&mirror_dir).arg("--insecure");
+        cmd
+    };
+    proxy.set_rules(vec![Rule::always(&packs.data_pack(), Fault::Endless)]);
+    let out = mirror().output().unwrap();
+    proxy.wait_idle();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() || err.contains(&format!("ran past the {declared} bytes")), "{err}");
+    let partial = mirror_dir.join("mirror/partial").join(packs.data_pack());
+    let kept = fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+    assert!(kept <= declared, "the partial pack holds {kept} bytes, the pack has {declared}");
+    proxy.clear_rules();
+    ok(&mut mirror());
+    assert!(!partial.exists());
+    assert_eq!(fs::metadata(mirror_dir.join("packs").join(packs.data_pack())).unwrap().len(), declared);
+    ok(osdeploy(&mirror_dir).arg("fsck"));
+}
+
+#[test]
+fn a_trickling_server_is_abandoned_and_a_rate_limited_pull_is_not() {
+    let o = Origin::new(8, 512 << 10);
+    let proxy = FaultProxy::start(&o.nginx.url);
+    let (node, v1, packs) = node_at_v1_then_v2(&o, &[&proxy.url]);
+    // 64 bytes every 1.5 s: never silent for the 3 s timeout, far below the low-speed limit.
+    let trickle = Fault::Trickle { bytes: 64, every_ms: 1500 };
+    proxy.set_rules(vec![Rule::always(&packs.data_pack(), trickle)]);
+    let start = proxy.log().len();
+    let err = failure(pull(&node).args(["--timeout", "3", "--speed-time", "5"]));
+    proxy.wait_idle();
+    assert!(err.contains(&packs.data_pack()) && err.contains("below the low-speed limit of 1024 bytes/s"), "{err}");
+    let attempts = attempts_per_range(&proxy.log()[start..]);
+    assert!(attempts.values().all(|n| *n <= ROUNDS), "{attempts:?}");
+    assert_intact(&node, Some(&v1), "after a trickling server");
+    // The same pull held back by its own rate limit, far longer than the timeout: the limiter's
+    // pauses are not the server's stalls.
+    proxy.clear_rules();
+    let stats = json(&ok(pull(&node).args(["--limit-rate", "100k", "--timeout", "2"])));
+    assert!(stats["bytes_fetched"].as_u64().unwrap() > 600 << 10, "{stats}");
+    assert_intact(&node, Some(&o.stable()), "after a rate-limited pull");
+    o.assert_holds(&node, &o.v2);
 }

@@ -577,6 +577,13 @@ mod tests {
         let Command::Pull { http, .. } = cli.command else { panic!("not a pull") };
         assert_eq!(http.options().limit_rate, Some(1 << 20));
         assert_eq!(http.options().timeout.as_secs(), 5);
+        for flag in ["--timeout", "--speed-time", "--deadline"] {
+            assert!(Cli::try_parse_from(["osdeploy", "pull", "o", "b", flag, "0"]).is_err(), "{flag} 0 was accepted");
+        }
+        let cli =
+            Cli::try_parse_from(["osdeploy", "pull", "o", "b", "--speed-limit", "0", "--deadline", "60"]).unwrap();
+        let Command::Pull { http, .. } = cli.command else { panic!("not a pull") };
+        assert_eq!((http.options().speed_limit, http.options().deadline.as_secs()), (0, 60));
     }
 
     #[test]

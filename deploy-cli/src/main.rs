@@ -23,8 +23,11 @@ fn main() {
     let cli = cli::Cli::parse();
     // The agent is a daemon: its steps are its log (the journal's).
     let level = if matches!(cli.command, cli::Command::Agent { .. }) { "info" } else { "warn" };
+    // Colour only on a terminal: a pipe, a file or the journal gets plain text (NO_COLOR: never).
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("OSDEPLOY_LOG").unwrap_or_else(|_| level.into()))
+        .with_ansi(colour)
         .with_writer(std::io::stderr)
         .init();
     if let Err(err) = cli::run(cli) {

@@ -33,6 +33,18 @@ pub enum Fault {
     FlipByteAt(usize),
     /// Send the body at this many bytes per second.
     Throttle(u64),
+    /// Send `bytes` bytes of the body every `every_ms` milliseconds: alive, but hardly moving.
+    Trickle {
+        /// Bytes per piece.
+        bytes: usize,
+        /// Milliseconds between pieces.
+        every_ms: u64,
+    },
+    /// Send the body without a Content-Length, then zero bytes without end, as fast as the
+    /// client reads, until it closes the connection.
+    Endless,
+    /// Announce this Content-Length, then send the body and zero bytes without end.
+    Announce(u64),
 }
 
 /// A scripted fault: applies to requests whose path contains `path_contains`, for the first
@@ -299,7 +311,12 @@ fn handle(state: &State, mut client: TcpStream) {
     for h in &headers {
         response.push_str(&format!("{h}\r\n"));
     }
-    response.push_str(&format!("Content-Length: {}\r\nConnection: close\r\n\r\n", body.len()));
+    match fault {
+        Some(Fault::Endless) => {}
+        Some(Fault::Announce(len)) => response.push_str(&format!("Content-Length: {len}\r\n")),
+        _ => response.push_str(&format!("Content-Length: {}\r\n", body.len())),
+    }
+    response.push_str("Connection: close\r\n\r\n");
     update(&|r| {
         r.status = status;
         r.body_len = body.len() as u64;
@@ -316,14 +333,35 @@ fn handle(state: &State, mut client: TcpStream) {
         Some(Fault::Throttle(bytes_per_second)) => Some(bytes_per_second.max(1)),
         _ => None,
     };
+    if matches!(fault, Some(Fault::Endless | Fault::Announce(_))) {
+        let mut sent = 0u64;
+        let zeros = vec![0u8; 64 << 10];
+        for piece in std::iter::once(&body[..]).chain(std::iter::repeat(&zeros[..])) {
+            if state.shutdown.load(Ordering::SeqCst) || client.write_all(piece).is_err() {
+                return;
+            }
+            sent += piece.len() as u64;
+            update(&|r| r.body_sent = sent);
+        }
+    }
+    let piece_len = match fault {
+        Some(Fault::Trickle { bytes, .. }) => bytes.max(1),
+        _ => 16 << 10,
+    };
     let started = Instant::now();
     let mut sent = 0usize;
-    for piece in body[..send].chunks(16 << 10) {
+    for piece in body[..send].chunks(piece_len) {
         if client.write_all(piece).is_err() {
             return;
         }
         sent += piece.len();
         update(&|r| r.body_sent = sent as u64);
+        if let Some(Fault::Trickle { every_ms, .. }) = fault {
+            if state.shutdown.load(Ordering::SeqCst) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(every_ms));
+        }
         if let Some(rate) = rate {
             let due = Duration::from_secs_f64(sent as f64 / rate as f64);
             if let Some(wait) = due.checked_sub(started.elapsed()) {

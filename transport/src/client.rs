@@ -1,10 +1,16 @@
-//! HTTP(S) client over a remote's URLs: failover in order, bounded retries with backoff,
-//! abandoning connections that make no progress, an optional rate limit shared by all requests,
-//! and live byte and request counters for progress displays.
+//! HTTP(S) client over a remote's URLs: failover in order, bounded retries with backoff, an
+//! optional rate limit shared by all requests, and live byte and request counters for progress
+//! displays.
 //!
 //! Bodies are streamed to a [`BodySink`] piece by piece, so memory does not grow with the size
 //! of a response, and a sink that rejects the data (it does not verify) makes the client try the
 //! next URL: a corrupt edge mirror falls back to the origin like a dead one.
+//!
+//! Nothing a server sends may grow without bound: every request says how many bytes its answer
+//! may hold ([`Span`]: a Range's length, a size the summary declares, or a fixed limit for files
+//! nothing declares), and a [`Watch`] ends a response that stalls (nothing for `timeout`),
+//! trickles (less than `speed_limit` bytes/s over `speed_time`) or outlasts `deadline`. Only time
+//! spent waiting for the server counts: the rate limiter's pauses are the client's own.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -24,17 +30,118 @@ use crate::remote::Remote;
 const ROUNDS: u32 = 3;
 
 /// How the client talks to servers.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HttpOptions {
     /// A connection that delivers nothing for this long is abandoned (and the next URL tried).
     pub timeout: Duration,
     /// At most this many body bytes per second over all requests together.
     pub limit_rate: Option<u64>,
+    /// A response slower than this many bytes per second over `speed_time` is abandoned (0: none).
+    pub speed_limit: u64,
+    /// The window `speed_limit` is measured over.
+    pub speed_time: Duration,
+    /// A response that has kept the client waiting this long in all is abandoned.
+    pub deadline: Duration,
+    /// The most bytes a file whose size nothing declares may have (the summary, pack indexes).
+    pub max_metadata: u64,
 }
 
 impl Default for HttpOptions {
     fn default() -> Self {
-        HttpOptions { timeout: Duration::from_secs(30), limit_rate: None }
+        HttpOptions {
+            timeout: Duration::from_secs(30),
+            limit_rate: None,
+            speed_limit: 1024,
+            speed_time: Duration::from_secs(30),
+            deadline: Duration::from_secs(3600),
+            max_metadata: 64 << 20,
+        }
+    }
+}
+
+/// What part of a file a request asks for, and so how many bytes its answer may hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Span {
+    /// The whole file, of at most `max` bytes.
+    Whole {
+        /// The most bytes the file may have.
+        max: u64,
+    },
+    /// `len` bytes from `offset` (a Range request), exactly.
+    Range {
+        /// The first byte.
+        offset: u64,
+        /// How many bytes.
+        len: u64,
+    },
+}
+
+impl Span {
+    /// The most bytes the answer may hold.
+    fn max(self) -> u64 {
+        match self {
+            Span::Whole { max } => max,
+            Span::Range { len, .. } => len,
+        }
+    }
+}
+
+/// The time one response keeps the client waiting, against the options' stall, speed and
+/// deadline limits (the rate limiter's pauses are not waiting for the server).
+struct Watch {
+    options: HttpOptions,
+    waited: Duration,
+    window_waited: Duration,
+    window_bytes: u64,
+}
+
+impl Watch {
+    fn new(options: HttpOptions) -> Self {
+        Watch { options, waited: Duration::ZERO, window_waited: Duration::ZERO, window_bytes: 0 }
+    }
+
+    /// Awaits `step` (a request or the next piece of a body) within the stall timeout and what
+    /// is left of the deadline.
+    async fn wait<T>(&mut self, url: &str, step: impl Future<Output = T>) -> Result<T, TransportError> {
+        let left = self.options.deadline.saturating_sub(self.waited);
+        let limit = self.options.timeout.min(left);
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(limit, step).await;
+        let spent = started.elapsed();
+        self.waited += spent;
+        self.window_waited += spent;
+        outcome.map_err(|_| {
+            let reason = if limit < self.options.timeout {
+                format!("abandoned after the deadline of {} s for one response", self.options.deadline.as_secs())
+            } else {
+                format!("nothing received for {} s (the timeout)", self.options.timeout.as_secs())
+            };
+            TransportError::TooSlow { url: url.into(), reason }
+        })
+    }
+
+    /// Counts `bytes` received; a window of `speed_time` spent waiting that brought fewer than
+    /// `speed_limit` bytes a second ends the response.
+    fn arrived(&mut self, url: &str, bytes: usize) -> Result<(), TransportError> {
+        self.window_bytes += bytes as u64;
+        let window = self.options.speed_time;
+        if self.options.speed_limit == 0 || self.window_waited < window {
+            return Ok(());
+        }
+        let rate = self.window_bytes as f64 / self.window_waited.as_secs_f64();
+        if rate < self.options.speed_limit as f64 {
+            return Err(TransportError::TooSlow {
+                url: url.into(),
+                reason: format!(
+                    "{} bytes in {:.0} s is below the low-speed limit of {} bytes/s",
+                    self.window_bytes,
+                    self.window_waited.as_secs_f64(),
+                    self.options.speed_limit
+                ),
+            });
+        }
+        (self.window_waited, self.window_bytes) = (Duration::ZERO, 0);
+        Ok(())
     }
 }
 
@@ -152,6 +259,7 @@ fn setup_error(error: &reqwest::Error) -> TransportError {
 pub struct Client {
     http: reqwest::Client,
     remote: Arc<Remote>,
+    options: HttpOptions,
     limit: Option<Arc<RateLimit>>,
     /// The transfer's live counters.
     pub progress: Arc<Progress>,
@@ -163,13 +271,13 @@ impl Client {
         if remote.urls.is_empty() {
             return Err(TransportError::Remote(format!("remote {} has no URL", remote.name)));
         }
-        if options.limit_rate == Some(0) {
-            return Err(TransportError::Options("a rate limit of 0 bytes/s would never finish".into()));
+        if let Some(problem) = options.problem() {
+            return Err(TransportError::Options(problem));
         }
+        // No read timeout of reqwest's: it would count the rate limiter's pauses (a [`Watch`] does not).
         let builder = || {
             reqwest::Client::builder()
                 .connect_timeout(options.timeout)
-                .read_timeout(options.timeout)
                 .user_agent(concat!("osdeploy/", env!("CARGO_PKG_VERSION")))
         };
         let http = match builder().build() {
@@ -185,7 +293,7 @@ impl Client {
         let limit = options
             .limit_rate
             .map(|bytes_per_sec| Arc::new(RateLimit { bytes_per_sec, next_free: Mutex::new(Instant::now()) }));
-        Ok(Client { http, remote: Arc::new(remote.clone()), limit, progress })
+        Ok(Client { http, remote: Arc::new(remote.clone()), options, limit, progress })
     }
 
     /// The remote's name.
@@ -193,37 +301,38 @@ impl Client {
         &self.remote.name
     }
 
-    /// Fetches `path` (relative to the repository root) whole, into memory.
-    pub async fn get(&self, path: &str) -> Result<Vec<u8>, TransportError> {
-        Ok(self.get_parsed(path, |_| Ok(())).await?.0)
+    /// The options the client was made with.
+    pub fn options(&self) -> &HttpOptions {
+        &self.options
     }
 
-    /// Fetches `path` whole and parses it with `parse`; data that does not parse (an error other
-    /// than [`TransportError::Store`]) counts as this URL's failure and the next URL is tried.
-    /// Returns the bytes and what `parse` made of them.
+    /// Fetches `path` (relative to the repository root) whole, into memory: at most `max` bytes.
+    pub async fn get(&self, path: &str, max: u64) -> Result<Vec<u8>, TransportError> {
+        Ok(self.get_parsed(path, max, |_| Ok(())).await?.0)
+    }
+
+    /// Fetches `path` whole (at most `max` bytes) and parses it with `parse`; data that does not
+    /// parse (an error other than [`TransportError::Store`]) counts as this URL's failure and the
+    /// next URL is tried. Returns the bytes and what `parse` made of them.
     pub async fn get_parsed<T: Send>(
         &self,
         path: &str,
+        max: u64,
         parse: impl FnMut(&[u8]) -> Result<T, TransportError> + Send,
     ) -> Result<(Vec<u8>, T), TransportError> {
         let mut sink = VecSink { bytes: Vec::new(), parse, parsed: None };
-        self.stream(path, None, &mut sink).await?;
+        self.stream(path, Span::Whole { max }, &mut sink).await?;
         let parsed = sink.parsed.expect("a body that was streamed was parsed");
         Ok((sink.bytes, parsed))
     }
 
-    /// Streams `len` bytes of `path` from `offset` (a Range request) into `sink`, trying the
-    /// remote's URLs in order, for [`ROUNDS`] rounds, until one delivers data the sink accepts.
-    pub async fn stream(
-        &self,
-        path: &str,
-        range: Option<(u64, u64)>,
-        sink: &mut impl BodySink,
-    ) -> Result<(), TransportError> {
+    /// Streams `span` of `path` into `sink`, trying the remote's URLs in order, for [`ROUNDS`]
+    /// rounds, until one delivers data the sink accepts.
+    pub async fn stream(&self, path: &str, span: Span, sink: &mut impl BodySink) -> Result<(), TransportError> {
         let mut urls = Failover::new(&self.remote, path);
         while let Some(url) = urls.next().await {
             sink.reset()?;
-            match self.try_stream(&url, range, sink).await {
+            match self.try_stream(&url, span, sink).await {
                 Ok(()) => return Ok(()),
                 Err(e) => urls.failed(e)?,
             }
@@ -231,14 +340,14 @@ impl Client {
         Err(urls.give_up())
     }
 
-    async fn try_stream(
-        &self,
-        url: &str,
-        range: Option<(u64, u64)>,
-        sink: &mut impl BodySink,
-    ) -> Result<(), TransportError> {
+    async fn try_stream(&self, url: &str, span: Span, sink: &mut impl BodySink) -> Result<(), TransportError> {
+        let range = match span {
+            Span::Range { offset, len } => Some((offset, len)),
+            Span::Whole { .. } => None,
+        };
         let header = range.map(|(offset, len)| format!("bytes={offset}-{}", offset + len - 1));
-        let response = self.send(url, header).await?;
+        let mut watch = Watch::new(self.options);
+        let response = self.send(url, header, &mut watch).await?;
         let status = response.status().as_u16();
         if range.is_some() && status == 200 {
             return Err(TransportError::Invalid {
@@ -250,7 +359,7 @@ impl Client {
         if status != if range.is_some() { 206 } else { 200 } {
             return Err(TransportError::Status { url: url.into(), status });
         }
-        let received = self.read_body(url, response, sink).await?;
+        let received = self.read_body(url, response, span.max(), &mut watch, sink).await?;
         if let Some((_, len)) = range
             && received != len
         {
@@ -263,15 +372,15 @@ impl Client {
         sink.finish().map_err(|e| within(url, e))
     }
 
-    /// Downloads `path` to `dest`, appending to what `dest` already holds (a Range request from
-    /// its length: an interrupted download resumes). Returns the final length of `dest`. The
-    /// caller verifies the content.
-    pub async fn download(&self, path: &str, dest: &Path) -> Result<u64, TransportError> {
+    /// Downloads `path`, of `size` bytes, to `dest`, appending to what `dest` already holds (a
+    /// Range request from its length: an interrupted download resumes); `dest` never grows past
+    /// `size`. Returns the final length of `dest`. The caller verifies the content.
+    pub async fn download(&self, path: &str, dest: &Path, size: u64) -> Result<u64, TransportError> {
         let io = |error| TransportError::Store(StoreError::Io { path: dest.into(), error });
         let mut file = OpenOptions::new().create(true).append(true).open(dest).map_err(io)?;
         let mut urls = Failover::new(&self.remote, path);
         while let Some(url) = urls.next().await {
-            match self.try_download(&url, &mut file, dest).await {
+            match self.try_download(&url, &mut file, dest, size).await {
                 Ok(len) => return Ok(len),
                 Err(e) => urls.failed(e)?,
             }
@@ -279,48 +388,85 @@ impl Client {
         Err(urls.give_up())
     }
 
-    async fn try_download(&self, url: &str, file: &mut File, dest: &Path) -> Result<u64, TransportError> {
+    async fn try_download(&self, url: &str, file: &mut File, dest: &Path, size: u64) -> Result<u64, TransportError> {
         let io = |error| TransportError::Store(StoreError::Io { path: dest.into(), error });
-        let have = file.metadata().map_err(io)?.len();
-        let response = self.send(url, (have > 0).then(|| format!("bytes={have}-"))).await?;
+        let mut have = file.metadata().map_err(io)?.len();
+        let mut watch = Watch::new(self.options);
+        let response = self.send(url, (have > 0).then(|| format!("bytes={have}-")), &mut watch).await?;
         match response.status().as_u16() {
             206 => {}
-            200 => file.set_len(0).map_err(io)?,
+            200 => {
+                file.set_len(0).map_err(io)?;
+                have = 0;
+            }
             // Nothing left past what we hold: the caller's verification decides.
             416 if have > 0 => return Ok(have),
             status => return Err(TransportError::Status { url: url.into(), status }),
         }
-        self.read_body(url, response, &mut FileSink { file, path: dest }).await?;
+        let max = size.saturating_sub(have);
+        self.read_body(url, response, max, &mut watch, &mut FileSink { file, path: dest }).await?;
         file.metadata().map(|m| m.len()).map_err(io)
     }
 
-    async fn send(&self, url: &str, range: Option<String>) -> Result<reqwest::Response, TransportError> {
+    async fn send(
+        &self,
+        url: &str,
+        range: Option<String>,
+        watch: &mut Watch,
+    ) -> Result<reqwest::Response, TransportError> {
         let mut request = self.http.get(url);
         if let Some(range) = range {
             request = request.header(reqwest::header::RANGE, range);
         }
         self.progress.requests.fetch_add(1, Ordering::Relaxed);
-        request.send().await.map_err(|e| request_error(url, e))
+        watch.wait(url, request.send()).await?.map_err(|e| request_error(url, e))
     }
 
-    /// Feeds the body to `sink`, honouring the rate limit; returns the bytes received.
+    /// Feeds the body, of at most `max` bytes, to `sink` under `watch`, honouring the rate
+    /// limit; returns the bytes received.
     async fn read_body(
         &self,
         url: &str,
         mut response: reqwest::Response,
+        max: u64,
+        watch: &mut Watch,
         sink: &mut impl BodySink,
     ) -> Result<u64, TransportError> {
+        let too_large = |announced: Option<u64>| TransportError::TooLarge { url: url.into(), max, announced };
+        if let Some(announced) = response.content_length().filter(|&len| len > max) {
+            return Err(too_large(Some(announced)));
+        }
         let mut received = 0u64;
-        while let Some(bytes) = response.chunk().await.map_err(|e| request_error(url, e))? {
+        while let Some(bytes) = watch.wait(url, response.chunk()).await?.map_err(|e| request_error(url, e))? {
+            watch.arrived(url, bytes.len())?;
+            received += bytes.len() as u64;
+            if received > max {
+                return Err(too_large(None));
+            }
             if let Some(limit) = &self.limit {
                 limit.take(bytes.len()).await;
             }
             self.progress.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-            received += bytes.len() as u64;
             sink.data(&bytes).map_err(|e| within(url, e))?;
             sink.deliver().await?;
         }
         Ok(received)
+    }
+}
+
+impl HttpOptions {
+    /// What makes these options unusable, in words for an error message.
+    pub fn problem(&self) -> Option<String> {
+        if self.limit_rate == Some(0) {
+            return Some("a rate limit of 0 bytes/s would never finish".into());
+        }
+        if self.timeout.is_zero() || self.speed_time.is_zero() || self.deadline.is_zero() {
+            return Some("the timeout, the low-speed time and the deadline must be at least 1 second".into());
+        }
+        if self.max_metadata == 0 {
+            return Some("a metadata limit of 0 bytes would refuse every summary".into());
+        }
+        None
     }
 }
 
@@ -399,5 +545,50 @@ fn within(url: &str, e: TransportError) -> TransportError {
     match e {
         TransportError::Invalid { what, reason, .. } => TransportError::Invalid { what, url: url.into(), reason },
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_watch(timeout: u64, deadline: u64) -> Watch {
+        let seconds = Duration::from_secs;
+        let options = HttpOptions {
+            timeout: seconds(timeout),
+            speed_time: seconds(2),
+            deadline: seconds(deadline),
+            ..HttpOptions::default()
+        };
+        Watch::new(options)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_response_is_left_at_its_deadline_though_each_piece_comes_in_time() {
+        let mut watch = new_watch(10, 25);
+        for _ in 0..4 {
+            watch.wait("u", tokio::time::sleep(Duration::from_secs(6))).await.unwrap();
+        }
+        let err = watch.wait("u", tokio::time::sleep(Duration::from_secs(6))).await.unwrap_err();
+        assert!(err.to_string().contains("deadline of 25 s"), "{err}");
+        let mut stalled = new_watch(5, 3600);
+        let err = stalled.wait("u", tokio::time::sleep(Duration::from_secs(6))).await.unwrap_err();
+        assert!(err.to_string().contains("nothing received for 5 s"), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_window_below_the_low_speed_limit_ends_the_response() {
+        let mut watch = new_watch(30, 3600);
+        // 4 KiB a second: above the default 1024 bytes/s, for two windows of 2 s.
+        for _ in 0..4 {
+            watch.wait("u", tokio::time::sleep(Duration::from_secs(1))).await.unwrap();
+            watch.arrived("u", 4096).unwrap();
+        }
+        // Then 100 bytes a second: refused once a whole window of it has passed.
+        watch.wait("u", tokio::time::sleep(Duration::from_secs(1))).await.unwrap();
+        watch.arrived("u", 100).unwrap();
+        watch.wait("u", tokio::time::sleep(Duration::from_secs(1))).await.unwrap();
+        let err = watch.arrived("u", 100).unwrap_err();
+        assert!(err.to_string().contains("below the low-speed limit of 1024 bytes/s"), "{err}");
     }
 }

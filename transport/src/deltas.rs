@@ -160,7 +160,7 @@ pub async fn remote_catalog(
     let (bytes, fetched) = match held {
         Some(bytes) => (bytes, None),
         None => {
-            let bytes = download(client, &name, &listed.index).await?;
+            let bytes = download(client, &name, &listed.index, listed.size).await?;
             if let (Some(repo), Some(path), CacheWrites::Allowed) = (cache, &cached, writes) {
                 let dir = index_cache(repo);
                 fs::create_dir_all(&dir).map_err(|error| StoreError::Io { path: dir, error })?;

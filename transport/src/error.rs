@@ -29,6 +29,26 @@ pub enum TransportError {
         /// The last error.
         last: Box<TransportError>,
     },
+    /// A server sent more than the file can hold: the size the summary declares, a Range's
+    /// length, or the limit for files nothing declares.
+    #[error("{url}: the response {} the {max} bytes it can hold; refused (a broken or hostile server)",
+        announced.map_or("ran past".to_owned(), |n| format!("announces {n} bytes, more than")))]
+    TooLarge {
+        /// The URL.
+        url: String,
+        /// The most bytes the answer could hold.
+        max: u64,
+        /// The Content-Length the server announced, when that was already too much.
+        announced: Option<u64>,
+    },
+    /// A server stalled, trickled or outlasted the deadline.
+    #[error("{url}: {reason}")]
+    TooSlow {
+        /// The URL.
+        url: String,
+        /// Which limit, with figures.
+        reason: String,
+    },
     /// The remote sent data that does not verify or parse.
     #[error("{what} from {url} is invalid: {reason}")]
     Invalid {

@@ -12,7 +12,7 @@ use osdeploy_store::{ObjectId, StoreError};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::client::{BodySink, Client};
+use crate::client::{BodySink, Client, Span};
 use crate::error::TransportError;
 use crate::index::{PackEntries, RemoteIndex};
 use crate::plan::PackRead;
@@ -64,7 +64,7 @@ pub async fn fetch(
             let mut sink = RangeSink::new(read, entries, wanted.clone(), sender.clone());
             tasks.spawn(async move {
                 let path = sink.entries.path.clone();
-                client.stream(&path, Some((sink.read.offset, sink.read.len)), &mut sink).await
+                client.stream(&path, Span::Range { offset: sink.read.offset, len: sink.read.len }, &mut sink).await
             });
         }
         if tasks.is_empty() {

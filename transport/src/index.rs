@@ -141,7 +141,9 @@ async fn download_all(client: &Client, packs: &[(ObjectId, ObjectId)]) -> Result
         while tasks.len() < INDEXES_IN_FLIGHT {
             let Some((i, (pack, hash))) = pending.next() else { break };
             let client = client.clone();
-            tasks.spawn(async move { (i, download(&client, &layout::index_file(&pack), &hash).await) });
+            tasks.spawn(async move {
+                (i, download(&client, &layout::index_file(&pack), &hash, client.options().max_metadata).await)
+            });
         }
         let Some(done) = tasks.join_next().await else { return Ok(files) };
         let (i, bytes) = done.map_err(|e| TransportError::Task { what: "an index download", reason: e.to_string() })?;
@@ -149,9 +151,14 @@ async fn download_all(client: &Client, packs: &[(ObjectId, ObjectId)]) -> Result
     }
 }
 
-/// Fetches an index file and checks it against the summary's hash (an index that does not match
-/// is this URL's failure: the next URL is tried).
-pub(crate) async fn download(client: &Client, name: &str, hash: &ObjectId) -> Result<Vec<u8>, TransportError> {
+/// Fetches an index file of at most `max` bytes and checks it against the summary's hash (an
+/// index that does not match is this URL's failure: the next URL is tried).
+pub(crate) async fn download(
+    client: &Client,
+    name: &str,
+    hash: &ObjectId,
+    max: u64,
+) -> Result<Vec<u8>, TransportError> {
     let check = |bytes: &[u8]| {
         let actual = ObjectId::of(bytes);
         if actual == *hash {
@@ -163,7 +170,7 @@ pub(crate) async fn download(client: &Client, name: &str, hash: &ObjectId) -> Re
             reason: format!("it hashes to {actual}, the summary says {hash}: corrupt data"),
         })
     };
-    Ok(client.get_parsed(name, check).await?.0)
+    Ok(client.get_parsed(name, max, check).await?.0)
 }
 
 fn decode(client: &Client, pack_id: &ObjectId, name: &str, bytes: Vec<u8>) -> Result<PackEntries, TransportError> {

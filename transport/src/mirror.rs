@@ -44,6 +44,7 @@ use crate::client::{Client, HttpOptions, Progress};
 use crate::error::TransportError;
 use crate::index;
 use crate::remote::{Remote, index_cache};
+use crate::sign::MAX_SIGNATURES;
 use crate::summary::{self, fetch_summary, verify_commit};
 
 /// What to mirror and how.
@@ -169,7 +170,9 @@ async fn mirror_async(
         let signatures = match verify_commit(&client, remote, commit).await? {
             Some(s) => Some(s),
             // An insecure mirror still passes on the signatures of a signed origin.
-            None if summary_signatures.is_some() => client.get(&layout::commit_signature(commit)).await.ok(),
+            None if summary_signatures.is_some() => {
+                client.get(&layout::commit_signature(commit), MAX_SIGNATURES).await.ok()
+            }
             None => None,
         };
         if let Some(s) = signatures {
@@ -281,7 +284,7 @@ async fn mirror_async(
 /// The summary signature of an `--insecure` upstream, if it has one that verifies (by the keys it
 /// names): passed on, so that nodes holding the origin's key can trust the mirror.
 async fn unverified_signatures(client: &Client, summary: &[u8]) -> Option<Vec<u8>> {
-    let signatures = client.get(layout::SUMMARY_SIGNATURE).await.ok()?;
+    let signatures = client.get(layout::SUMMARY_SIGNATURE, MAX_SIGNATURES).await.ok()?;
     (!self_verified_lines(summary, &signatures).is_empty()).then_some(signatures)
 }
 
@@ -313,7 +316,7 @@ async fn mirror_deltas(
         let name = layout::delta_index_file(&listed.index);
         let bytes = match fs::read(&path).ok().filter(|b| ObjectId::of(b) == listed.index) {
             Some(bytes) => bytes,
-            None => index::download(packs.client, &name, &listed.index).await?,
+            None => index::download(packs.client, &name, &listed.index, listed.size).await?,
         };
         let deltas = DeltaIndex::decode(&bytes, &format!("{}/{name}", packs.url))?;
         let mut used: Vec<ObjectId> =
@@ -396,7 +399,10 @@ impl Packs<'_> {
                 let cached = index_cache(repo).join(layout::index_name(&id));
                 fs::read(&cached).map_err(|e| io(&cached, e))?
             }
-            PackDir::Deltas => index::download(self.client, &kind.index_file(&id), &index_hash).await?,
+            PackDir::Deltas => {
+                let max = self.client.options().max_metadata;
+                index::download(self.client, &kind.index_file(&id), &index_hash, max).await?
+            }
         };
         let index = pack::decode_index(&index_bytes, &format!("{}/{}", self.url, kind.index_file(&id)))?;
 
@@ -423,7 +429,7 @@ impl Packs<'_> {
         let mut resumed = have > 0;
         loop {
             if have < index.pack_size {
-                self.client.download(&kind.pack_file(&id), &partial).await?;
+                self.client.download(&kind.pack_file(&id), &partial, index.pack_size).await?;
             }
             crash_point("mirror:after-download");
             match verify_pack(&partial, &id, &index) {

@@ -18,6 +18,9 @@ use osdeploy_store::{CommitId, Repo, StoreError, layout};
 
 use crate::error::TransportError;
 
+/// The most bytes a signature file may have (one line of about 200 bytes per signing key).
+pub const MAX_SIGNATURES: u64 = 64 << 10;
+
 const SECRET_TAG: &str = "osdeploy-ed25519-secret";
 const PUBLIC_TAG: &str = "osdeploy-ed25519-public";
 

@@ -8,6 +8,7 @@ use crate::client::Client;
 use crate::error::TransportError;
 use crate::plan::WholeFile;
 use crate::remote::Remote;
+use crate::sign::MAX_SIGNATURES;
 
 /// A summary as fetched and verified, with its exact bytes (a mirror passes them on).
 pub struct VerifiedSummary {
@@ -79,7 +80,7 @@ pub async fn fetch_summary(client: &Client, remote: &Remote) -> Result<VerifiedS
         // A summary that does not parse, or has a format this osdeploy does not read, rejects
         // that URL's data.
         let (bytes, summary) = client
-            .get_parsed(layout::SUMMARY, |bytes| {
+            .get_parsed(layout::SUMMARY, client.options().max_metadata, |bytes| {
                 Summary::parse(bytes, layout::SUMMARY).map_err(|e| TransportError::Invalid {
                     what: "the summary".into(),
                     url: String::new(),
@@ -91,9 +92,9 @@ pub async fn fetch_summary(client: &Client, remote: &Remote) -> Result<VerifiedS
             return Ok(VerifiedSummary { summary, bytes, signatures: None });
         }
         let signatures = client
-            .get(layout::SUMMARY_SIGNATURE)
+            .get(layout::SUMMARY_SIGNATURE, MAX_SIGNATURES)
             .await
-            .map_err(|_| signature_error(remote, "its summary", "is not signed"))?;
+            .map_err(|e| if e.is_absent() { signature_error(remote, "its summary", "is not signed") } else { e })?;
         if crate::sign::verify(&bytes, &signatures, &trusted) {
             return Ok(VerifiedSummary { summary, bytes, signatures: Some(signatures) });
         }
@@ -118,9 +119,9 @@ pub async fn verify_commit(
     let trusted = trusted_keys(remote)?;
     let what = format!("commit {commit}");
     let signatures = client
-        .get(&layout::commit_signature(commit))
+        .get(&layout::commit_signature(commit), MAX_SIGNATURES)
         .await
-        .map_err(|_| signature_error(remote, &what, "is not signed"))?;
+        .map_err(|e| if e.is_absent() { signature_error(remote, &what, "is not signed") } else { e })?;
     if !crate::sign::verify(commit.to_string().as_bytes(), &signatures, &trusted) {
         return Err(signature_error(remote, &what, "is not signed by a trusted key"));
     }

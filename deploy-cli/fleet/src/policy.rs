@@ -14,6 +14,7 @@ use osdeploy_store::{CommitId, Repo, layout};
 use osdeploy_transport::TransportError;
 use osdeploy_transport::client::Client;
 use osdeploy_transport::remote::Remote;
+use osdeploy_transport::sign::MAX_SIGNATURES;
 use osdeploy_transport::summary::trusted_keys;
 use serde::{Deserialize, Serialize};
 
@@ -23,7 +24,7 @@ use crate::FleetError;
 pub const POLICY_FORMAT: u32 = 1;
 
 /// Policies larger than this are refused before they are parsed.
-pub const MAX_POLICY_BYTES: usize = 1 << 20;
+pub const MAX_POLICY_BYTES: u64 = 1 << 20;
 
 /// What an operator writes (`osdeploy rollout publish --policy FILE`, TOML):
 ///
@@ -217,16 +218,14 @@ pub fn publish(repo: &Repo, policy: &RolloutPolicy, key: &SigningKey) -> Result<
 /// remote is insecure). `None` when the origin published none.
 pub async fn fetch(client: &Client, remote: &Remote, commit: &CommitId) -> Result<Option<RolloutPolicy>, FleetError> {
     let what = format!("the rollout policy of {commit} from remote {}", remote.name);
-    let bytes = match client.get(&layout::rollout_policy(commit)).await {
+    let bytes = match client.get(&layout::rollout_policy(commit), MAX_POLICY_BYTES).await {
         Ok(bytes) => bytes,
         Err(e) if e.is_absent() => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    if bytes.len() > MAX_POLICY_BYTES {
-        return Err(FleetError::Policy { what, problem: format!("{} bytes exceed {MAX_POLICY_BYTES}", bytes.len()) });
-    }
     if !remote.insecure {
-        let signatures = client.get(&layout::rollout_signature(commit)).await.map_err(|e| match e {
+        let signature = layout::rollout_signature(commit);
+        let signatures = client.get(&signature, MAX_SIGNATURES).await.map_err(|e| match e {
             e if e.is_absent() => FleetError::Policy { what: what.clone(), problem: "is not signed".into() },
             e => e.into(),
         })?;

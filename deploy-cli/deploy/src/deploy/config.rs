@@ -9,6 +9,13 @@
 //! pull_limit_rate = 10485760
 //! # seconds without progress before a pull abandons a connection (--timeout overrides it)
 //! pull_timeout = 30
+//! # a response slower than pull_speed_limit bytes/s over pull_speed_time seconds is abandoned
+//! # (0: no low-speed limit); one that kept a pull waiting pull_deadline seconds in all, too
+//! pull_speed_limit = 1024
+//! pull_speed_time = 30
+//! pull_deadline = 3600
+//! # the most bytes of a file whose size nothing declares (the summary, pack indexes)
+//! pull_max_metadata = 67108864
 //! # kernel command line of the boot entries `switch` writes (GRUB, systemd-boot); osdeploy.slot= is added
 //! kernel_cmdline = "root=UUID=0d3c... rw quiet"
 //!
@@ -28,6 +35,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+
+use osdeploy_transport::client::HttpOptions;
 
 use super::{DeployError, IoContext, Result};
 use crate::bootloader::{DEFAULT_TRIES, MAX_TRIES};
@@ -53,6 +62,14 @@ pub struct Config {
     pub pull_limit_rate: Option<u64>,
     /// Seconds without progress before a pull abandons a connection; `--timeout` overrides it.
     pub pull_timeout: u64,
+    /// Bytes per second below which a response is abandoned (0: none); `--speed-limit` overrides it.
+    pub pull_speed_limit: u64,
+    /// Seconds `pull_speed_limit` is measured over; `--speed-time` overrides it.
+    pub pull_speed_time: u64,
+    /// Seconds one response may keep a pull waiting in all; `--deadline` overrides it.
+    pub pull_deadline: u64,
+    /// The most bytes of a file whose size nothing declares (the summary, pack indexes).
+    pub pull_max_metadata: u64,
     /// The kernel command line of the boot entries `switch` writes for GRUB and systemd-boot
     /// (`osdeploy.slot=SLOT` is added); required by those backends.
     pub kernel_cmdline: Option<String>,
@@ -109,12 +126,17 @@ impl DataPartition {
 
 impl Default for Config {
     fn default() -> Self {
+        let http = HttpOptions::default();
         Config {
             boot_tries: DEFAULT_TRIES,
             health_check_timeout: DEFAULT_HEALTH_CHECK_TIMEOUT,
             verify_on_switch: false,
             pull_limit_rate: None,
             pull_timeout: DEFAULT_PULL_TIMEOUT,
+            pull_speed_limit: http.speed_limit,
+            pull_speed_time: http.speed_time.as_secs(),
+            pull_deadline: http.deadline.as_secs(),
+            pull_max_metadata: http.max_metadata,
             kernel_cmdline: None,
             data_partitions: Vec::new(),
             fleet: None,
@@ -161,6 +183,12 @@ impl Config {
         if config.pull_limit_rate == Some(0) {
             return Err(bad("pull_limit_rate = 0 would never finish; leave it out for no limit".into()));
         }
+        if config.pull_speed_time == 0 || config.pull_deadline == 0 {
+            return Err(bad("pull_speed_time and pull_deadline must be at least 1 second".into()));
+        }
+        if config.pull_max_metadata == 0 {
+            return Err(bad("pull_max_metadata = 0 would refuse every summary".into()));
+        }
         Ok(config)
     }
 
@@ -200,6 +228,8 @@ mod tests {
             ("health_check_timeout = 0", "at least"),
             ("pull_timeout = 0", "at least"),
             ("pull_limit_rate = 0", "never finish"),
+            ("pull_deadline = 0", "at least 1 second"),
+            ("pull_max_metadata = 0", "refuse every summary"),
             ("kernel_cmdline = \"root=/dev/vda2 osdeploy.slot=a\"", "adds it per slot"),
             ("kernel_cmdline = \"root=/dev/vda2\\nquiet\"", "one line"),
             ("[[data_partition]]\nsource = \"sda3\"\ntarget = \"/srv\"\nfstype = \"ext4\"", "is not LABEL="),

@@ -52,7 +52,14 @@ pub struct NodePull {
 
 /// The network options of a node's pulls: `config.toml`'s `pull_timeout` and `pull_limit_rate`.
 pub fn http_defaults(config: &Config) -> HttpOptions {
-    HttpOptions { timeout: Duration::from_secs(config.pull_timeout), limit_rate: config.pull_limit_rate }
+    HttpOptions {
+        timeout: Duration::from_secs(config.pull_timeout),
+        limit_rate: config.pull_limit_rate,
+        speed_limit: config.pull_speed_limit,
+        speed_time: Duration::from_secs(config.pull_speed_time),
+        deadline: Duration::from_secs(config.pull_deadline),
+        max_metadata: config.pull_max_metadata,
+    }
 }
 
 /// Pulls `target` into the sysroot's repository and records the branch as followed when it is
