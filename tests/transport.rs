@@ -401,3 +401,30 @@ fn a_pull_on_a_terminal_draws_a_progress_bar() {
     let out = osdeploy(&plain).args(["pull", "--limit-rate", "4M", "origin", "stable"]).output().unwrap();
     assert!(out.status.success() && !String::from_utf8_lossy(&out.stderr).contains("ETA"), "{out:?}");
 }
+
+#[test]
+fn remotes_are_checked_their_passwords_hidden_and_the_pins_name_reserved() {
+    let o = origin();
+    let server = osdeploy_serve(&o.repo);
+    let node = node_with_remote(&o.root, "bare", &server.url);
+    // The name of the deployments' pins (refs osdeploy/slot-…) is not a remote's.
+    let err = fails(osdeploy(&node).args(["remote", "add", "osdeploy", &server.url, "--insecure"]));
+    assert!(err.contains("reserved"), "{err}");
+    for (url, expected) in [("http://[::1", "is not a valid URL"), ("https://host/repo?x=1", "without ?query")] {
+        let err = fails(osdeploy(&node).args(["remote", "add", "bad", url, "--insecure"]));
+        assert!(err.contains(expected), "{url}: {err}");
+    }
+    let err = fails(osdeploy(&o.root.join("m")).args(["mirror", "http://[::1", "--insecure"]).arg(o.root.join("m")));
+    assert!(err.contains("is not a valid URL"), "{err}");
+    // A password in a URL is sent (HTTP basic auth) but never shown: not by remote list, not in
+    // an error.
+    let with_password = server.url.replacen("http://", "http://fleet:s3cret@", 1);
+    ok(osdeploy(&node).args(["remote", "add", "origin", &with_password, "--insecure"]));
+    pull(&node);
+    let listed = ok(osdeploy(&node).args(["remote", "list"])) + &ok(osdeploy(&node).args(["remote", "list", "--json"]));
+    assert!(listed.contains("fleet:***@") && !listed.contains("s3cret"), "{listed}");
+    let dead = "http://fleet:s3cret@127.0.0.1:9/";
+    ok(osdeploy(&node).args(["remote", "add", "dead", dead, "--insecure"]));
+    let err = fails(osdeploy(&node).args(["pull", "--timeout", "1", "dead", "stable"]));
+    assert!(err.contains("fleet:***@127.0.0.1:9") && !err.contains("s3cret"), "{err}");
+}

@@ -49,13 +49,18 @@ pub fn remote_list(repo: &Path, json: bool) -> Result<()> {
     let repo = Repo::open(repo, Access::Read)?;
     let remotes = remote::list(&repo)?;
     if json {
-        return print_json(&remotes);
+        let shown: std::collections::BTreeMap<&String, Remote> = remotes
+            .iter()
+            .map(|(name, r)| (name, Remote { urls: r.urls.iter().map(|u| remote::redacted(u)).collect(), ..r.clone() }))
+            .collect();
+        return print_json(&shown);
     }
     for r in remotes.values() {
+        let urls: Vec<String> = r.urls.iter().map(|u| remote::redacted(u)).collect();
         println!(
             "{}\t{}{}",
             r.name,
-            r.urls.join(" "),
+            urls.join(" "),
             if r.insecure {
                 "\t(insecure: unsigned data accepted)".to_string()
             } else {

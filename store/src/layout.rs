@@ -26,6 +26,9 @@ pub const SUMMARY_SIGNATURE: &str = "summary.sig";
 pub const SIGNATURES: &str = "signatures";
 /// The remotes a repository pulls from.
 pub const REMOTES: &str = "remotes.json";
+/// The first part of the refs osdeploy keeps for itself (deployments' pins, `osdeploy/slot-a`):
+/// no remote may take this name, or its branches would land on them.
+pub const RESERVED_REF_PREFIX: &str = "osdeploy";
 /// Remote pack indexes cached by a node (immutable, named by pack id).
 pub const INDEX_CACHE: &str = "cache/indexes";
 /// Chunks that remote mounts (`osdeploy mount --remote`) fetched: a bounded cache.

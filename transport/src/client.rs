@@ -24,7 +24,7 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use crate::error::TransportError;
-use crate::remote::Remote;
+use crate::remote::{Remote, redacted};
 
 /// How many rounds over all URLs before giving up.
 const ROUNDS: u32 = 3;
@@ -340,14 +340,17 @@ impl Client {
         Err(urls.give_up())
     }
 
-    async fn try_stream(&self, url: &str, span: Span, sink: &mut impl BodySink) -> Result<(), TransportError> {
+    /// One attempt at `raw` (messages show it with its password hidden).
+    async fn try_stream(&self, raw: &str, span: Span, sink: &mut impl BodySink) -> Result<(), TransportError> {
+        let shown = redacted(raw);
+        let url = shown.as_str();
         let range = match span {
             Span::Range { offset, len } => Some((offset, len)),
             Span::Whole { .. } => None,
         };
         let header = range.map(|(offset, len)| format!("bytes={offset}-{}", offset + len - 1));
         let mut watch = Watch::new(self.options);
-        let response = self.send(url, header, &mut watch).await?;
+        let response = self.send(raw, url, header, &mut watch).await?;
         let status = response.status().as_u16();
         if range.is_some() && status == 200 {
             return Err(TransportError::Invalid {
@@ -388,11 +391,13 @@ impl Client {
         Err(urls.give_up())
     }
 
-    async fn try_download(&self, url: &str, file: &mut File, dest: &Path, size: u64) -> Result<u64, TransportError> {
+    async fn try_download(&self, raw: &str, file: &mut File, dest: &Path, size: u64) -> Result<u64, TransportError> {
+        let shown = redacted(raw);
+        let url = shown.as_str();
         let io = |error| TransportError::Store(StoreError::Io { path: dest.into(), error });
         let mut have = file.metadata().map_err(io)?.len();
         let mut watch = Watch::new(self.options);
-        let response = self.send(url, (have > 0).then(|| format!("bytes={have}-")), &mut watch).await?;
+        let response = self.send(raw, url, (have > 0).then(|| format!("bytes={have}-")), &mut watch).await?;
         match response.status().as_u16() {
             206 => {}
             200 => {
@@ -408,13 +413,15 @@ impl Client {
         file.metadata().map(|m| m.len()).map_err(io)
     }
 
+    /// Sends a GET of `raw`; `url` is how messages show it.
     async fn send(
         &self,
+        raw: &str,
         url: &str,
         range: Option<String>,
         watch: &mut Watch,
     ) -> Result<reqwest::Response, TransportError> {
-        let mut request = self.http.get(url);
+        let mut request = self.http.get(raw);
         if let Some(range) = range {
             request = request.header(reqwest::header::RANGE, range);
         }
@@ -529,7 +536,9 @@ impl<'r> Failover<'r> {
 }
 
 fn request_error(url: &str, e: reqwest::Error) -> TransportError {
-    // reqwest's Display omits the cause ("error decoding response body"); give the whole chain.
+    // reqwest's Display omits the cause ("error decoding response body"); give the whole chain,
+    // without reqwest's copy of the URL (`url` is the one with its password hidden).
+    let e = e.without_url();
     let mut message = e.to_string();
     let mut source = std::error::Error::source(&e);
     while let Some(cause) = source {

@@ -137,9 +137,7 @@ async fn mirror_async(
 ) -> Result<MirrorStats, TransportError> {
     let started = Instant::now();
     for url in &remote.urls {
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(TransportError::Remote(format!("mirror URL {url:?} must start with http:// or https://")));
-        }
+        crate::remote::check_url(url)?;
     }
     let full = options.branches.is_empty();
     if full && options.sign_key.is_some() {
@@ -196,7 +194,8 @@ async fn mirror_async(
         seconds: 0.0,
     };
     let held_deltas = PublishedDeltas::load(repo.path())?.packs.into_keys().collect();
-    let mut packs = Packs { client: &client, url: remote.urls[0].trim_end_matches('/'), held, held_deltas, fetched: 0 };
+    let shown_url = crate::remote::redacted(&remote.urls[0]);
+    let mut packs = Packs { client: &client, url: shown_url.trim_end_matches('/'), held, held_deltas, fetched: 0 };
     if full {
         for pack in &listed {
             packs.get(&mut repo, pack, PackDir::Objects).await?;
@@ -229,7 +228,7 @@ async fn mirror_async(
                 _ => {
                     return Err(TransportError::Invalid {
                         what: "the summary".into(),
-                        url: remote.urls[0].clone(),
+                        url: shown_url.clone(),
                         reason: format!(
                             "branch {branch} ({}) needs {kind} object {id}, which none of the listed packs holds",
                             wanted[branch]

@@ -48,13 +48,46 @@ pub fn get(repo: &Repo, name: &str) -> Result<Remote, TransportError> {
     })
 }
 
+/// Checks a repository's base URL: `http://` or `https://`, a host, no query or fragment.
+pub fn check_url(url: &str) -> Result<(), TransportError> {
+    let bad = |reason: String| TransportError::Remote(format!("URL {:?} {reason}", redacted(url)));
+    let parsed = reqwest::Url::parse(url).map_err(|e| bad(format!("is not a valid URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(bad("must start with http:// or https://".into()));
+    }
+    if parsed.host().is_none() {
+        return Err(bad("names no host".into()));
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(bad("must be a repository's base URL, without ?query or #fragment".into()));
+    }
+    Ok(())
+}
+
+/// `url` with the password it may embed (`https://user:secret@host/`) replaced by `***`, for
+/// messages, logs and listings.
+pub fn redacted(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
 /// Adds or replaces a remote.
 pub fn add(repo: &Repo, remote: Remote) -> Result<(), TransportError> {
     osdeploy_store::name::check_ref_name(&remote.name)?;
+    if remote.name == layout::RESERVED_REF_PREFIX {
+        return Err(TransportError::Remote(format!(
+            "the remote name {:?} is reserved: osdeploy keeps its deployments' pins under refs {}/…",
+            remote.name,
+            layout::RESERVED_REF_PREFIX
+        )));
+    }
     for url in &remote.urls {
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(TransportError::Remote(format!("remote URL {url:?} must start with http:// or https://")));
-        }
+        check_url(url)?;
     }
     if !remote.insecure && remote.keys.is_empty() {
         return Err(TransportError::Remote(format!(
@@ -76,4 +109,26 @@ pub fn index_cache(repo: &Repo) -> std::path::PathBuf {
 /// Where a pull keeps verified objects until its commit is complete (survives a crash).
 pub fn staging(repo: &Repo) -> std::path::PathBuf {
     repo.path().join(layout::STAGING)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_checked_and_passwords_hidden() {
+        assert!(check_url("https://mirror.example:8443/repo").is_ok());
+        assert!(check_url("http://[::1]:8080/").is_ok());
+        for (url, expected) in [
+            ("http://[::1", "is not a valid URL"),
+            ("ftp://host/repo", "http:// or https://"),
+            ("https://host/repo?branch=x", "without ?query"),
+            ("https://user:secret@[bad", "is not a valid URL"),
+        ] {
+            let err = check_url(url).unwrap_err().to_string();
+            assert!(err.contains(expected) && !err.contains("secret"), "{url}: {err}");
+        }
+        assert_eq!(redacted("https://user:secret@host/repo"), "https://user:***@host/repo");
+        assert_eq!(redacted("https://host/repo"), "https://host/repo");
+    }
 }

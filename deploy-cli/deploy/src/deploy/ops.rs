@@ -33,7 +33,7 @@ use osdeploy_store::fsutil::{clear_dir, dev_of, open_dir, open_dir_beneath, type
 
 /// The ref that pins the commit deployed in `slot`, so that `prune` keeps it.
 pub fn slot_ref(slot: Slot) -> String {
-    format!("osdeploy/slot-{slot}")
+    format!("{}/slot-{slot}", osdeploy_store::layout::RESERVED_REF_PREFIX)
 }
 
 fn bootloader(sysroot: &Sysroot, kind: BootloaderKind) -> Result<Box<dyn Bootloader>> {
