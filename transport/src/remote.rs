@@ -65,14 +65,14 @@ pub fn check_url(url: &str) -> Result<(), TransportError> {
 }
 
 /// `url` with the password it may embed (`https://user:secret@host/`) replaced by `***`, for
-/// messages, logs and listings.
+/// messages, logs and listings; read as text, so that a URL that does not parse is hidden too.
 pub fn redacted(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
-        }
-        _ => url.to_owned(),
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let Some(at) = authority.rfind('@') else { return url.to_owned() };
+    match authority[..at].split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***{}", &rest[at..]),
+        None => url.to_owned(),
     }
 }
 
