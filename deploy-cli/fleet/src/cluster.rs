@@ -519,16 +519,22 @@ impl Cluster {
 }
 
 /// What a TLS failure while connecting means for the settings, from the client's error text.
+/// A member that wants a client certificate and gets none ends the handshake in one of several
+/// ways (an alert, a reset, a closed connection), depending on timing: any failure to talk to a
+/// reachable member over TLS without a certificate gets the hint.
 fn tls_hint(error: &str, access: &EtcdAccess) -> Option<&'static str> {
-    let refused = ["BadCertificate", "CertificateRequired", "UnknownCA"].iter().any(|alert| error.contains(alert));
-    let closed = ["broken pipe", "connection reset", "Connection reset"].iter().any(|e| error.contains(e));
+    let unreachable =
+        ["Connection refused", "timed out", "dns error", "failed to lookup"].iter().any(|e| error.contains(e));
+    let answered = error.contains("etcdserver:");
     if error.contains("UnknownIssuer") {
         Some("etcd_ca did not sign the members' certificate")
     } else if error.contains("NotValidForName") {
         Some("the members' certificate does not name the host or address of the endpoint")
-    } else if refused && access.cert.is_some() {
+    } else if ["BadCertificate", "CertificateRequired", "UnknownCA"].iter().any(|alert| error.contains(alert))
+        && access.cert.is_some()
+    {
         Some("the members refused this client: etcd_cert and etcd_key must be a certificate of their CA")
-    } else if refused || (closed && access.ca.is_some() && access.cert.is_none()) {
+    } else if access.ca.is_some() && access.cert.is_none() && !unreachable && !answered {
         Some("the members closed the connection: if they run with --client-cert-auth, they want etcd_cert and etcd_key")
     } else {
         None
@@ -537,4 +543,34 @@ fn tls_hint(error: &str, access: &EtcdAccess) -> Option<&'static str> {
 
 fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T> {
     serde_json::from_slice(bytes).map_err(|e| FleetError::BadValue { key: key.to_owned(), reason: e.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_failures_get_a_hint_naming_the_setting() {
+        let access = |cert: bool| EtcdAccess {
+            endpoints: vec!["https://e:2379".into()],
+            ca: Some("ca.pem".into()),
+            cert: cert.then(|| "node.pem".into()),
+            key: cert.then(|| "node-key.pem".into()),
+            ..EtcdAccess::default()
+        };
+        let without = access(false);
+        // The three ways a member that wants a client certificate was seen to end the handshake.
+        for error in [
+            "transport error: received fatal alert: BadCertificate",
+            "transport error: stream closed because of a broken pipe",
+            "operation was canceled: connection closed",
+        ] {
+            assert!(tls_hint(error, &without).unwrap().contains("they want etcd_cert and etcd_key"), "{error}");
+        }
+        let unknown = "invalid peer certificate: UnknownIssuer";
+        assert!(tls_hint(unknown, &without).unwrap().contains("etcd_ca did not sign"));
+        assert!(tls_hint("fatal alert: BadCertificate", &access(true)).unwrap().contains("refused this client"));
+        assert_eq!(tls_hint("tcp connect error: Connection refused", &without), None);
+        assert_eq!(tls_hint("etcdserver: authentication failed", &without), None);
+    }
 }
