@@ -428,3 +428,54 @@ fn remotes_are_checked_their_passwords_hidden_and_the_pins_name_reserved() {
     let err = fails(osdeploy(&node).args(["pull", "--timeout", "1", "dead", "stable"]));
     assert!(err.contains("fleet:***@127.0.0.1:9") && !err.contains("s3cret"), "{err}");
 }
+
+#[test]
+fn an_expired_summary_is_refused_and_a_partial_mirror_signs_no_longer_than_its_upstream() {
+    use osdeploy_transport::sign::{expiring_signature_line, load_secret, now, signature_line};
+    let o = origin();
+    let key = o.root.join("release.key");
+    ok(osdeploy(&o.repo).args(["key", "generate"]).arg(&key));
+    let signed = ok(osdeploy(&o.repo).args(["sign", "--key"]).arg(&key).args(["--expires", "2d"]));
+    assert!(signed.contains("valid until") && signed.contains("2 days"), "{signed}");
+    let err = fails(osdeploy(&o.repo).args(["sign", "--key"]).arg(&key).args(["--expires", "400d"]));
+    assert!(err.contains("from 1m to 366d"), "{err}");
+    let server = osdeploy_serve(&o.repo);
+    let node = o.root.join("node");
+    ok(osdeploy(&node).args(["init", "--mode", "bare"]));
+    ok(osdeploy(&node).args(["remote", "add", "origin", &server.url, "--key"]).arg(key.with_extension("pub")));
+    let pulled = pull(&node)["commit"].as_str().unwrap().to_owned();
+
+    // A partial mirror's own signature ends when the origin's does (2 days), not in its 7.
+    let (mirror, mirror_key) = (o.root.join("mirror"), o.root.join("mirror.key"));
+    ok(osdeploy(&o.repo).args(["key", "generate"]).arg(&mirror_key));
+    ok(osdeploy(&mirror)
+        .args(["mirror", &server.url])
+        .arg(&mirror)
+        .args(["--branch", "stable", "--key"])
+        .arg(key.with_extension("pub"))
+        .arg("--sign-key")
+        .arg(&mirror_key));
+    let expiry = |sig: &Path| -> i64 {
+        let text = fs::read_to_string(sig).unwrap();
+        text.split_whitespace().find_map(|f| f.strip_prefix("expires=")).unwrap().parse().unwrap()
+    };
+    assert_eq!(expiry(&mirror.join("summary.sig")), expiry(&o.repo.join("summary.sig")));
+
+    // A stale server (or a man in the middle) serves the summary with its signature of last week,
+    // expired an hour ago: refused, the ref stays. So is a signature without an expiry.
+    let secret = load_secret(&key).unwrap();
+    let summary = fs::read(o.repo.join("summary")).unwrap();
+    for (line, expected) in [
+        (expiring_signature_line(&secret, &summary, now() - 3600), "expired 36"),
+        (signature_line(&secret, &summary), "signed without an expiry"),
+    ] {
+        fs::write(o.repo.join("summary.sig"), line + "\n").unwrap();
+        let err = fails(osdeploy(&node).args(["pull", "origin", "stable"]));
+        assert!(err.contains("summary from remote origin") && err.contains(expected), "{err}");
+        assert!(err.contains("osdeploy sign"), "{err}");
+        let refs = json(&ok(osdeploy(&node).args(["refs", "--json"])));
+        assert_eq!(refs["origin/stable"], pulled.as_str());
+    }
+    ok(osdeploy(&o.repo).args(["sign", "--key"]).arg(&key));
+    pull(&node);
+}

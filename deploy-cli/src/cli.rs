@@ -283,6 +283,11 @@ pub enum Command {
         /// The secret key file (`osdeploy key generate`).
         #[arg(long)]
         key: PathBuf,
+        /// How long the summary's signature lasts (d, h, m, s; at most 366d): nodes refuse it
+        /// afterwards, so a stale or replaying server cannot hide newer releases for longer. Sign
+        /// again before then (`osdeploy serve` warns a day ahead).
+        #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = parse_lifetime)]
+        expires: std::time::Duration,
     },
     /// Serve an archive repository over HTTP (Range, conditional requests, cache headers).
     Serve {
@@ -456,7 +461,7 @@ pub fn run(cli: Cli) -> Result<()> {
             transport_cmds::remote_add(&repo, name, urls, &keys, insecure)
         }
         Command::Key { action: KeyAction::Generate { file } } => transport_cmds::key_generate(&file),
-        Command::Sign { key } => transport_cmds::sign(&repo, &key),
+        Command::Sign { key, expires } => transport_cmds::sign(&repo, &key, expires),
         Command::Remote { action: RemoteAction::List { json } } => transport_cmds::remote_list(&repo, json),
         Command::Pull { remote, branch, in_flight, allow_downgrade, no_deltas, http, dry_run, json } => {
             let defaults = if node_config {
@@ -533,10 +538,41 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// A signature's lifetime: "7d", "12h", "30m", "90s" or plain seconds; one minute to 366 days.
+fn parse_lifetime(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let (digits, unit) = match text.char_indices().last() {
+        Some((at, unit)) if unit.is_ascii_alphabetic() => (&text[..at], unit),
+        _ => (text, 's'),
+    };
+    let scale = match unit {
+        'd' => 86_400,
+        'h' => 3_600,
+        'm' => 60,
+        's' => 1,
+        _ => return Err(format!("{text:?}: the unit is d, h, m or s")),
+    };
+    let seconds = digits.parse::<u64>().ok().and_then(|n| n.checked_mul(scale));
+    match seconds {
+        Some(s) if (60..=366 * 86_400).contains(&s) => Ok(std::time::Duration::from_secs(s)),
+        _ => Err(format!("{text:?} is not a duration from 1m to 366d (such as 7d, 12h)")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::http_args::parse_rate;
+
+    #[test]
+    fn parses_signature_lifetimes() {
+        assert_eq!(parse_lifetime("7d"), Ok(std::time::Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_lifetime("12h"), Ok(std::time::Duration::from_secs(43_200)));
+        assert_eq!(parse_lifetime("3600"), Ok(std::time::Duration::from_secs(3_600)));
+        for bad in ["0", "30s", "400d", "7w", "d", ""] {
+            assert!(parse_lifetime(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
 
     #[test]
     fn parses_global_repo_and_commit_args() {

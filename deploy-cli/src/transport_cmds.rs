@@ -34,14 +34,29 @@ pub fn key_generate(file: &Path) -> Result<()> {
 }
 
 /// `sign`: every branch's commit, then the summary.
-pub fn sign(repo: &Path, key_file: &Path) -> Result<()> {
+pub fn sign(repo: &Path, key_file: &Path, lifetime: std::time::Duration) -> Result<()> {
     let repo = Repo::open(repo, Access::Write)?;
-    let signed = sign::sign_repository(&repo, &sign::load_secret(key_file)?)?;
+    let signed = sign::sign_repository(&repo, &sign::load_secret(key_file)?, lifetime)?;
     for (name, commit) in &signed.commits {
         println!("signed commit {commit} ({name})");
     }
-    println!("signed summary with key {}", signed.key);
+    println!(
+        "signed summary with key {}, valid until {} (seconds since the epoch; {}): sign again before then",
+        signed.key,
+        signed.expires,
+        in_words(lifetime)
+    );
     Ok(())
+}
+
+/// "7 days", "12 hours", "90 minutes".
+fn in_words(span: std::time::Duration) -> String {
+    let seconds = span.as_secs();
+    match seconds {
+        s if s >= 86_400 && s % 86_400 == 0 => format!("{} days", s / 86_400),
+        s if s >= 3_600 && s % 3_600 == 0 => format!("{} hours", s / 3_600),
+        s => format!("{} minutes", s / 60),
+    }
 }
 
 /// `remote list`.

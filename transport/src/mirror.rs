@@ -267,9 +267,13 @@ async fn mirror_async(
             path: repo.path().into(),
             reason: "has no summary: a mirror is an archive repository".into(),
         })?;
+        // The mirror's signature lasts no longer than the upstream's: a mirror that stops
+        // syncing cannot extend the life of what it last saw.
+        let lifetime = i64::try_from(crate::sign::DEFAULT_SUMMARY_LIFETIME.as_secs()).expect("a week fits");
+        let expires = fetched.expires.unwrap_or(i64::MAX).min(crate::sign::now() + lifetime);
         let signatures = options.sign_key.as_ref().map(|key| {
             stats.summary_signed_by = SummarySigner::Mirror;
-            (crate::sign::signature_line(key, &summary) + "\n").into_bytes()
+            (crate::sign::expiring_signature_line(key, &summary, expires) + "\n").into_bytes()
         });
         (summary, signatures)
     };

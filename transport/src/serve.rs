@@ -16,6 +16,7 @@ use tower_http::services::ServeDir;
 use osdeploy_store::layout;
 
 use crate::error::TransportError;
+use crate::sign::{now, signed_until};
 
 async fn cache_headers(request: Request, next: Next) -> Response {
     let immutable = request.uri().path().starts_with("/packs/");
@@ -23,6 +24,31 @@ async fn cache_headers(request: Request, next: Next) -> Response {
     let value = if immutable { "public, max-age=31536000, immutable" } else { "no-cache" };
     response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static(value));
     response
+}
+
+/// Logs a warning, at start and every hour, while the served summary's signature expires within a
+/// day or has expired (nodes refuse an expired summary: the publisher must sign again).
+async fn warn_before_expiry(dir: PathBuf) {
+    loop {
+        let summary = std::fs::read(dir.join(layout::SUMMARY));
+        let signatures = std::fs::read(dir.join(layout::SUMMARY_SIGNATURE));
+        if let (Ok(summary), Ok(signatures)) = (summary, signatures) {
+            let left = signed_until(&summary, &signatures).map(|until| until - now());
+            match left {
+                Some(left) if left < 0 => tracing::warn!(
+                    "the summary's signature expired {} h ago: nodes refuse this repository; sign it again (`osdeploy sign`)",
+                    -left / 3600
+                ),
+                Some(left) if left < 86_400 => tracing::warn!(
+                    "the summary's signature expires in {} h: sign it again (`osdeploy sign`) before nodes refuse it",
+                    left / 3600
+                ),
+                Some(_) => {}
+                None => tracing::warn!("the summary's signature has no expiry or does not verify: sign it again"),
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+    }
 }
 
 /// Serves `dir` on `addr` until the process is stopped; `ready` receives the bound address.
@@ -33,6 +59,7 @@ pub async fn serve(dir: PathBuf, addr: SocketAddr, ready: impl FnOnce(SocketAddr
             reason: "is not an archive repository (no summary file): only archive repositories are served".into(),
         });
     }
+    tokio::spawn(warn_before_expiry(dir.clone()));
     let app = Router::new().fallback_service(ServeDir::new(dir)).layer(middleware::from_fn(cache_headers));
     let listener = tokio::net::TcpListener::bind(addr)
         .await

@@ -8,7 +8,7 @@ use crate::client::Client;
 use crate::error::TransportError;
 use crate::plan::WholeFile;
 use crate::remote::Remote;
-use crate::sign::MAX_SIGNATURES;
+use crate::sign::{Freshness, MAX_SIGNATURES, now, summary_freshness};
 
 /// A summary as fetched and verified, with its exact bytes (a mirror passes them on).
 pub struct VerifiedSummary {
@@ -18,6 +18,8 @@ pub struct VerifiedSummary {
     pub bytes: Vec<u8>,
     /// Its signature file as served (None for an `--insecure` remote).
     pub signatures: Option<Vec<u8>>,
+    /// When its trusted signature expires (None for an `--insecure` remote).
+    pub expires: Option<i64>,
 }
 
 impl VerifiedSummary {
@@ -89,14 +91,31 @@ pub async fn fetch_summary(client: &Client, remote: &Remote) -> Result<VerifiedS
             })
             .await?;
         if remote.insecure {
-            return Ok(VerifiedSummary { summary, bytes, signatures: None });
+            return Ok(VerifiedSummary { summary, bytes, signatures: None, expires: None });
         }
         let signatures = client
             .get(layout::SUMMARY_SIGNATURE, MAX_SIGNATURES)
             .await
             .map_err(|e| if e.is_absent() { signature_error(remote, "its summary", "is not signed") } else { e })?;
-        if crate::sign::verify(&bytes, &signatures, &trusted) {
-            return Ok(VerifiedSummary { summary, bytes, signatures: Some(signatures) });
+        match summary_freshness(&bytes, &signatures, &trusted, now()) {
+            Freshness::Fresh { expires } => {
+                return Ok(VerifiedSummary { summary, bytes, signatures: Some(signatures), expires: Some(expires) });
+            }
+            Freshness::Expired { expired } => {
+                let problem = format!(
+                    "expired {} s ago (at {expired}, seconds since the epoch): the server is stale or replays an \
+                     old summary, which could hide newer releases; its publisher signs again with `osdeploy sign`",
+                    now() - expired
+                );
+                return Err(signature_error(remote, "its summary", &problem));
+            }
+            Freshness::NoExpiry => {
+                let problem = "is signed without an expiry (by an older osdeploy): its publisher signs again with \
+                               `osdeploy sign`";
+                return Err(signature_error(remote, "its summary", problem));
+            }
+            // The summary may have been replaced between the two requests: one more try.
+            Freshness::Untrusted => {}
         }
         attempt += 1;
         if attempt == 2 {
