@@ -478,4 +478,23 @@ fn an_expired_summary_is_refused_and_a_partial_mirror_signs_no_longer_than_its_u
     }
     ok(osdeploy(&o.repo).args(["sign", "--key"]).arg(&key));
     pull(&node);
+
+    // Its server warns the publisher a day ahead.
+    ok(osdeploy(&o.repo).args(["sign", "--key"]).arg(&key).args(["--expires", "1h"]));
+    let log = o.root.join("serve.log");
+    let mut soon = std::process::Command::new(env!("CARGO_BIN_EXE_osdeploy"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .arg(&o.repo)
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !fs::read_to_string(&log).unwrap().contains("sign it again") && started.elapsed().as_secs() < 10 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    soon.kill().unwrap();
+    soon.wait().unwrap();
+    let logged = fs::read_to_string(&log).unwrap();
+    let warned = ["59 min: sign it again", "60 min: sign it again"].iter().any(|w| logged.contains(w));
+    assert!(warned && logged.contains("the summary's signature expires in"), "{logged}");
 }

@@ -36,12 +36,12 @@ async fn warn_before_expiry(dir: PathBuf) {
             let left = signed_until(&summary, &signatures).map(|until| until - now());
             match left {
                 Some(left) if left < 0 => tracing::warn!(
-                    "the summary's signature expired {} h ago: nodes refuse this repository; sign it again (`osdeploy sign`)",
-                    -left / 3600
+                    "the summary's signature expired {} min ago: nodes refuse this repository; sign it again (`osdeploy sign`)",
+                    -left / 60
                 ),
                 Some(left) if left < 86_400 => tracing::warn!(
-                    "the summary's signature expires in {} h: sign it again (`osdeploy sign`) before nodes refuse it",
-                    left / 3600
+                    "the summary's signature expires in {} min: sign it again (`osdeploy sign`) before nodes refuse it",
+                    left / 60
                 ),
                 Some(_) => {}
                 None => tracing::warn!("the summary's signature has no expiry or does not verify: sign it again"),
@@ -59,12 +59,12 @@ pub async fn serve(dir: PathBuf, addr: SocketAddr, ready: impl FnOnce(SocketAddr
             reason: "is not an archive repository (no summary file): only archive repositories are served".into(),
         });
     }
-    tokio::spawn(warn_before_expiry(dir.clone()));
-    let app = Router::new().fallback_service(ServeDir::new(dir)).layer(middleware::from_fn(cache_headers));
+    let app = Router::new().fallback_service(ServeDir::new(dir.clone())).layer(middleware::from_fn(cache_headers));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| TransportError::Serve { addr, reason: format!("cannot listen: {e}") })?;
     ready(listener.local_addr().map_err(|e| TransportError::Serve { addr, reason: e.to_string() })?);
+    tokio::spawn(warn_before_expiry(dir));
     axum::serve(listener, app)
         .await
         .map_err(|e| TransportError::Serve { addr, reason: format!("the server failed: {e}") })
