@@ -342,6 +342,21 @@ fn etc_three_way_merge_keeps_local_changes_and_reports_conflicts() {
     assert!(!new_etc.join("empty").exists(), "a local deletion is kept");
     let st = node.status();
     assert_eq!(st["slots"]["a"]["etc_conflicts"], serde_json::json!(["app.conf"]), "{st}");
+
+    // Release 3 makes /etc a symlink: the local changes cannot be carried over, and switch says
+    // so instead of calling them kept.
+    let v3_tree = node.tree("v3");
+    next_release(&v2_tree, &v3_tree, "3");
+    fs::rename(v3_tree.join("etc"), v3_tree.join("usr/etc")).unwrap();
+    std::os::unix::fs::symlink("usr/etc", v3_tree.join("etc")).unwrap();
+    node.release("3", &v3_tree);
+    ok(node.osd().arg("pull"));
+    let out = ok(node.osd().arg("switch"));
+    assert!(out.contains("local changes were not carried over"), "{out}");
+    assert!(out.contains("/etc: local changes NOT carried over: ") && out.contains("app.conf"), "{out}");
+    assert!(!out.contains("the local version was kept"), "{out}");
+    let st = node.status();
+    assert_eq!(st["slots"]["a"]["etc_conflicts"], serde_json::json!([]), "{st}");
 }
 
 #[test]

@@ -127,6 +127,9 @@ pub fn switch(
     for path in &report.etc.conflicts {
         println!("/etc conflict: {path} changed locally and in the new release; the local version was kept");
     }
+    if !report.etc.not_carried.is_empty() {
+        println!("/etc: local changes NOT carried over: {}", report.etc.not_carried.join(", "));
+    }
     if let Some(kernel) = &report.kernel {
         println!("kernel {kernel} installed on the boot partition for slot {}", report.slot);
     }

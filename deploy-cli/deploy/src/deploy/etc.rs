@@ -65,6 +65,9 @@ pub struct MergeReport {
     pub kept_local: Vec<String>,
     /// Paths changed both locally and by the new release, differently: the local version was kept.
     pub conflicts: Vec<String>,
+    /// Paths changed locally that could not be carried over (the new release's /etc is not a
+    /// directory): the new slot has the release's version.
+    pub not_carried: Vec<String>,
     /// Why the merge did not run or was partial, if it did not run completely.
     pub note: Option<String>,
 }
@@ -117,7 +120,7 @@ pub fn merge(
                 "{} is not a directory in the new release: local changes were not carried over",
                 new_etc.display()
             ));
-            report.conflicts = changed.iter().map(|p| p.display().to_string()).collect();
+            report.not_carried = changed.iter().map(|p| p.display().to_string()).collect();
             return Ok(report);
         }
     };
