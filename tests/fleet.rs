@@ -680,3 +680,30 @@ fn a_node_on_which_the_release_failed_before_reports_it_and_holds_no_wave_back()
     assert!(report["message"].as_str().unwrap().contains("went bad on this node before"), "{status}");
     assert_eq!(status["failures"], 1, "{status}");
 }
+
+#[test]
+fn the_daemonset_manifest_validates_against_the_kubernetes_api_schemas() {
+    // No cluster can run here; the official API schemas (kubernetes-validate, installed by
+    // scripts/install-deps.sh) catch misspelt fields and wrong types, strictly.
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("dist/kubernetes/osdeploy-agent.yaml");
+    let validate = |file: &Path, version: &str| {
+        Command::new("kubernetes-validate")
+            .args(["--strict", "--kubernetes-version", version])
+            .arg(file)
+            .output()
+            .expect("kubernetes-validate is required (scripts/install-deps.sh installs it)")
+    };
+    for version in ["1.29.0", "1.37.0"] {
+        let out = validate(&manifest, version);
+        let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && said.contains("passed for resource daemonset/osdeploy-agent"), "{said}");
+    }
+    // The validator does catch a misspelt field.
+    let tmp = tempfile::tempdir().unwrap();
+    let broken = tmp.path().join("broken.yaml");
+    let text = fs::read_to_string(&manifest).unwrap();
+    assert!(text.contains("hostPID: true"), "the DaemonSet runs in the host's PID namespace");
+    fs::write(&broken, text.replace("hostPID: true", "hostPid: true")).unwrap();
+    let out = validate(&broken, "1.37.0");
+    assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
