@@ -707,3 +707,32 @@ fn the_daemonset_manifest_validates_against_the_kubernetes_api_schemas() {
     let out = validate(&broken, "1.37.0");
     assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn a_switched_node_waits_for_its_maintenance_window_before_it_queues_and_reboots() {
+    let mut fleet = set_up(1, 1, 60, 1);
+    let limit = Duration::from_secs(120);
+    // A one-minute window tomorrow (UTC): closed for the whole test.
+    let days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+    let today =
+        (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() / 86_400) as usize;
+    let tomorrow = days[(today + 4) % 7];
+    let config = fleet.nodes[0].config.join("config.toml");
+    let open = fs::read_to_string(&config).unwrap();
+    let window =
+        format!("\n[[fleet.maintenance_window]]\ndays = [\"{tomorrow}\"]\nstart = \"00:00\"\nend = \"00:01\"\n");
+    fs::write(&config, open.clone() + &window).unwrap();
+    let second = fleet.release("2", "");
+    fleet.nodes[0].start_agent(None);
+    let log = |f: &Fleet| fs::read_to_string(f.nodes[0].config.join("agent.log")).unwrap();
+    fleet.wait_for("the node held outside its window", limit, |f| log(f).contains("outside the maintenance windows"));
+    let node = &fleet.nodes[0];
+    assert!(node.has_event("switched", &second), "{}", fleet.timeline());
+    assert!(!node.has_event("queued", &second) && !node.has_event("rebooting", &second), "{}", fleet.timeline());
+    // Without the window (the agent reads config.toml when it starts), it goes on.
+    fleet.nodes[0].kill_agent();
+    fs::write(&config, open).unwrap();
+    fleet.nodes[0].start_agent(None);
+    fleet.wait_for("the node done with release 2", limit, |f| f.nodes[0].has_event("slot-released", &second));
+    assert_eq!(fleet.nodes[0].booted_commit(), second);
+}
