@@ -296,6 +296,16 @@ pub enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
+        /// Connections open at once; when reached, a new client takes the place of the one that has waited longest for
+        /// a request [default: as many as the open files limit allows, two descriptors each, at most 16384].
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        max_connections: Option<u64>,
+        /// Seconds a client has to send a whole request head, from connecting or from its previous response.
+        #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+        header_timeout: u64,
+        /// Close a connection that moves no byte in either direction for this many seconds.
+        #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+        idle_timeout: u64,
     },
     /// Copy a remote archive repository (all branches, or chosen ones) into a local archive repository that can be
     /// served in turn: packs byte-identical, only new packs fetched on the next run.
@@ -515,7 +525,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Umount { mountpoint } => mount_cmds::umount(&mountpoint),
         Command::Completions { shell } => dist_cmds::completions(shell),
         Command::ManPages { dir } => dist_cmds::man_pages(&dir),
-        Command::Serve { dir, listen } => transport_cmds::serve(dir, listen),
+        Command::Serve { dir, listen, max_connections, header_timeout, idle_timeout } => {
+            transport_cmds::serve(dir, listen, max_connections, header_timeout, idle_timeout)
+        }
         Command::Mirror(args) => mirror_cmd::mirror(args),
         Command::Delta { action: Some(DeltaAction::Generate { from, to, last, json }), .. } => {
             delta_cmds::generate_cmd(&repo, &from, &to, last, json)

@@ -3,13 +3,14 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use osdeploy_store::{Access, Repo};
 use osdeploy_transport::client::Progress;
 use osdeploy_transport::pull::{PullOptions, plan_pull, pull as transport_pull};
 use osdeploy_transport::remote::{self, Remote};
-use osdeploy_transport::sign;
+use osdeploy_transport::{serve, sign};
 
 use crate::output::print_json;
 use crate::reports;
@@ -121,9 +122,22 @@ pub fn pull(
 }
 
 /// `serve`.
-pub fn serve(dir: PathBuf, listen: SocketAddr) -> Result<()> {
+pub fn serve(
+    dir: PathBuf,
+    listen: SocketAddr,
+    max_connections: Option<u64>,
+    header_timeout: u64,
+    idle_timeout: u64,
+) -> Result<()> {
+    serve::raise_open_files_limit();
+    let defaults = serve::ServeLimits::default_for_this_process();
+    let limits = serve::ServeLimits {
+        max_connections: max_connections.map_or(defaults.max_connections, |n| usize::try_from(n).unwrap_or(usize::MAX)),
+        header_timeout: Duration::from_secs(header_timeout),
+        idle_timeout: Duration::from_secs(idle_timeout),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    runtime.block_on(osdeploy_transport::serve::serve(dir.clone(), listen, |addr| {
+    runtime.block_on(serve::serve(dir.clone(), listen, limits, |addr| {
         eprintln!("serving {} on http://{addr}/", dir.display());
     }))?;
     Ok(())

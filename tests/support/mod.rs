@@ -323,12 +323,15 @@ impl Drop for Server {
 
 /// `osdeploy serve REPO` on an ephemeral loopback port.
 pub fn osdeploy_serve(repo: &Path) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_osdeploy"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .arg(repo)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_osdeploy"));
+    serve.args(["serve", "--listen", "127.0.0.1:0"]).arg(repo);
+    start_serve(serve)
+}
+
+/// Starts `serve`, an `osdeploy serve --listen 127.0.0.1:0` command (perhaps behind a wrapper such
+/// as `prlimit`), once it listens; its log is read past the first line.
+pub fn start_serve(mut serve: Command) -> Server {
+    let mut child = serve.stderr(Stdio::piped()).spawn().unwrap();
     let mut line = String::new();
     BufReader::new(child.stderr.as_mut().unwrap()).read_line(&mut line).unwrap();
     let url = line.split_whitespace().last().unwrap_or_default().trim_end_matches('/').to_string();

@@ -1,6 +1,11 @@
 //! `osdeploy serve`: an archive repository over HTTP, as any static server would serve it, with
 //! Range requests, conditional requests (Last-Modified / If-Modified-Since) and cache headers:
 //! packs and indexes are immutable (named by their hash), everything else must be revalidated.
+//! Clients are bounded in time and number (see [`connections`]).
+
+mod connections;
+
+pub use connections::{ServeLimits, raise_open_files_limit};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -51,8 +56,17 @@ async fn warn_before_expiry(dir: PathBuf) {
     }
 }
 
-/// Serves `dir` on `addr` until the process is stopped; `ready` receives the bound address.
-pub async fn serve(dir: PathBuf, addr: SocketAddr, ready: impl FnOnce(SocketAddr)) -> Result<(), TransportError> {
+/// Serves `dir` on `addr` within `limits` until the process is stopped; `ready` receives the bound
+/// address.
+pub async fn serve(
+    dir: PathBuf,
+    addr: SocketAddr,
+    limits: ServeLimits,
+    ready: impl FnOnce(SocketAddr),
+) -> Result<(), TransportError> {
+    if let Some(problem) = limits.problem() {
+        return Err(TransportError::Serve { addr, reason: problem });
+    }
     if !dir.join(layout::SUMMARY).exists() {
         return Err(TransportError::WrongRepository {
             path: dir,
@@ -65,7 +79,6 @@ pub async fn serve(dir: PathBuf, addr: SocketAddr, ready: impl FnOnce(SocketAddr
         .map_err(|e| TransportError::Serve { addr, reason: format!("cannot listen: {e}") })?;
     ready(listener.local_addr().map_err(|e| TransportError::Serve { addr, reason: e.to_string() })?);
     tokio::spawn(warn_before_expiry(dir));
-    axum::serve(listener, app)
-        .await
-        .map_err(|e| TransportError::Serve { addr, reason: format!("the server failed: {e}") })
+    connections::accept_loop(listener, app, limits).await;
+    Ok(())
 }
