@@ -5,6 +5,7 @@
 mod support;
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use serde_json::Value;
@@ -234,4 +235,93 @@ fn delta_plans_few_requests_for_a_small_update() {
     assert!(text.contains("in 5 requests"), "{text}");
     let err = fails(osdeploy(&repo).args(["delta", "nope", "main"]));
     assert!(err.contains("\"nope\""), "{err}");
+}
+
+/// Runs every read command on `repo` (branch `main`) through `run`, and checks it out below `out`
+/// when given (a user other than root cannot: the sample tree holds device nodes).
+fn run_read_commands(repo: &Path, src: &Path, out: Option<&Path>, run: &dyn Fn(&mut std::process::Command) -> String) {
+    let as_text = |args: &[&str]| run(osdeploy(repo).args(args));
+    assert!(json(&as_text(&["refs", "--json"]))["main"].is_string());
+    for args in [&["log", "main"][..], &["show", "main"], &["ls", "-R", "main"], &["diff", "main", "main"]] {
+        as_text(args);
+    }
+    assert_eq!(as_text(&["cat", "main", "/etc/os-release"]), fs::read_to_string(src.join("etc/os-release")).unwrap());
+    assert!(as_text(&["fsck"]).contains(" 0 errors"));
+    let Some(out) = out else { return };
+    let checkout = out.join(repo.file_name().unwrap());
+    run(osdeploy(repo).args(["checkout", "main"]).arg(&checkout));
+    assert_same_tree(src, &checkout);
+}
+
+/// Read commands need read access only: on a read-only mount (an immutable OS's sysroot, a mirror
+/// served read-only), for a user who may not write the repository, and on a full disk, where a
+/// write fails naming the lack of space and a rerun after freeing space completes.
+#[test]
+fn read_commands_work_read_only_for_other_users_and_on_a_full_disk() {
+    let disk = LoopFs::new("ext4", 64);
+    let tmp = tempfile::tempdir().unwrap();
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let src = tmp.path().join("src");
+    make_sample_tree(&src);
+    let repos: Vec<_> = ["bare", "archive"].map(|mode| disk.mount.join(mode)).into();
+    for repo in &repos {
+        ok(osdeploy(repo).args(["init", "--mode", repo.file_name().unwrap().to_str().unwrap()]));
+        commit(repo, "main", &src, "1");
+    }
+    let listing = || sh("find", &[&disk.mount.display().to_string(), "-printf", "%p %s %T@\n"]).stdout;
+    let before = listing();
+
+    sh("mount", &["-o", "remount,ro", &disk.mount.display().to_string()]);
+    let out = tmp.path().join("read-only");
+    fs::create_dir(&out).unwrap();
+    for repo in &repos {
+        run_read_commands(repo, &src, Some(&out), &|cmd| ok(cmd));
+    }
+    sh("mount", &["-o", "remount,rw", &disk.mount.display().to_string()]);
+    assert_eq!(before, listing(), "a read command changed the repository");
+
+    // Another user (nobody), who may read but not write the repositories.
+    let binary = tmp.path().join("osdeploy");
+    fs::copy(env!("CARGO_BIN_EXE_osdeploy"), &binary).unwrap();
+    let as_nobody = |cmd: &mut std::process::Command| {
+        let mut wrapped = std::process::Command::new("setpriv");
+        wrapped.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(&binary).args(cmd.get_args());
+        ok(&mut wrapped)
+    };
+    for repo in &repos {
+        run_read_commands(repo, &src, None, &as_nobody);
+    }
+    let err = fails(
+        std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&binary)
+            .arg("--repo")
+            .arg(&repos[0])
+            .args(["commit", "-b", "other"])
+            .arg(&src),
+    );
+    assert!(err.contains("Permission denied") && err.contains(&repos[0].display().to_string()), "{err}");
+
+    // A full disk: reads work; a write names the lack of space and loses nothing.
+    let filler = disk.mount.join("filler");
+    let _ = std::process::Command::new("dd")
+        .args(["if=/dev/zero", "bs=1M", &format!("of={}", filler.display())])
+        .stderr(std::process::Stdio::null())
+        .status();
+    let out = tmp.path().join("full-disk");
+    fs::create_dir(&out).unwrap();
+    let bigger = tmp.path().join("bigger");
+    sh("cp", &["-a", &src.display().to_string(), &bigger.display().to_string()]);
+    write_random(&bigger.join("usr/new.so"), 4 << 20, 3);
+    for repo in &repos {
+        run_read_commands(repo, &src, Some(&out), &|cmd| ok(cmd));
+        let err = fails(osdeploy(repo).args(["commit", "-b", "main"]).arg(&bigger));
+        assert!(err.contains("No space left on device") && !err.contains("damaged"), "{err}");
+    }
+    fs::remove_file(&filler).unwrap();
+    for repo in &repos {
+        assert!(ok(osdeploy(repo).arg("fsck")).contains(" 0 errors"));
+        commit(repo, "main", &bigger, "2");
+        assert!(ok(osdeploy(repo).arg("fsck")).contains(" 0 errors"));
+    }
 }

@@ -63,40 +63,76 @@ pub struct BareStore {
 }
 
 fn sql<T>(path: &Path, r: rusqlite::Result<T>) -> Result<T> {
-    r.map_err(|error| StoreError::Sqlite { path: path.into(), error })
+    r.map_err(|error| {
+        if out_of_space(path, &error) {
+            StoreError::Io { path: path.into(), error: rustix::io::Errno::NOSPC.into() }
+        } else {
+            StoreError::Sqlite { path: path.into(), error }
+        }
+    })
+}
+
+/// True when `error` comes from the index's filesystem being full: SQLite says "database or disk is
+/// full" for some writes, but "unable to open database file" or an I/O error for others.
+fn out_of_space(path: &Path, error: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode::{CannotOpen, DiskFull, SystemIoFailure};
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let full = || rustix::fs::statvfs(dir).is_ok_and(|fs| fs.f_bavail == 0 || fs.f_favail == 0);
+    match error.sqlite_error_code() {
+        Some(DiskFull) => true,
+        Some(CannotOpen | SystemIoFailure) => full(),
+        _ => false,
+    }
+}
+
+/// What a command may do with a bare repository's index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IndexAccess {
+    /// Create it (init).
+    Create,
+    /// Read and write it.
+    Write,
+    /// Read it only; read commands work on a read-only mount, on a full disk and for users who may
+    /// not write the repository.
+    Read,
 }
 
 impl BareStore {
-    /// Opens (creating when `create`) the index and object directory of the repo at `repo`.
-    pub fn open(repo: &Path, create: bool) -> Result<Self> {
+    /// Opens the index and object directory of the repo at `repo`.
+    pub fn open(repo: &Path, access: IndexAccess) -> Result<Self> {
         let objects_dir = repo.join(layout::OBJECTS);
         let db_path = repo.join(layout::BARE_INDEX);
-        if !create && !db_path.exists() {
+        if access != IndexAccess::Create && !db_path.exists() {
             return Err(StoreError::NotARepository {
                 path: repo.into(),
                 reason: "bare repository without index.sqlite".into(),
             });
         }
-        if create {
+        if access == IndexAccess::Create {
             fs::create_dir_all(&objects_dir).at(&objects_dir)?;
         }
-        let db = sql(&db_path, Connection::open(&db_path))?;
+        let db = match access {
+            IndexAccess::Read => open_for_reading(&db_path)?,
+            IndexAccess::Create | IndexAccess::Write => {
+                let db = sql(&db_path, Connection::open(&db_path))?;
+                sql(&db_path, db.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"))?;
+                sql(&db_path, db.execute_batch(SCHEMA))?;
+                db
+            }
+        };
         sql(
             &db_path,
-            db.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=10000; PRAGMA mmap_size=268435456; PRAGMA cache_size=-65536;"),
+            db.execute_batch("PRAGMA busy_timeout=10000; PRAGMA mmap_size=268435456; PRAGMA cache_size=-65536;"),
         )?;
-        sql(&db_path, db.execute_batch(SCHEMA))?;
-        let version: Option<String> =
-            sql(&db_path, db.query_row("SELECT value FROM info WHERE key='schema'", [], |r| r.get(0)).optional())?;
-        match version {
-            None => {
+        match (schema_version(&db, &db_path)?, access) {
+            (None, IndexAccess::Create) => {
                 sql(&db_path, db.execute("INSERT INTO info VALUES ('schema', ?1)", [SCHEMA_VERSION.to_string()]))?;
             }
-            Some(v) if v == SCHEMA_VERSION.to_string() => {}
-            Some(v) => {
+            (Some(v), _) if v == SCHEMA_VERSION.to_string() => {}
+            (v, _) => {
                 return Err(StoreError::UnsupportedVersion {
                     what: format!("index {}", db_path.display()),
-                    found: v.parse().unwrap_or(0),
+                    found: v.and_then(|v| v.parse().ok()).unwrap_or(0),
                     supported: SCHEMA_VERSION,
                 });
             }
@@ -251,6 +287,56 @@ impl BareStore {
     pub fn objects_dir(&self) -> &Path {
         &self.objects_dir
     }
+}
+
+fn schema_version(db: &Connection, db_path: &Path) -> Result<Option<String>> {
+    sql(db_path, db.query_row("SELECT value FROM info WHERE key='schema'", [], |r| r.get(0)).optional())
+}
+
+/// Opens the index for reading. Reading a WAL database needs its `-shm` file, which SQLite creates
+/// when missing and removes when the last connection that may write closes. Where the directory is
+/// writable, the reader's connection may write, so that it cleans up after itself as a writer
+/// does; elsewhere it is read-only. Where the `-shm` file cannot be created at all (a read-only
+/// mount, a full disk, a directory the user may not write), the index is read as immutable, which
+/// it is on a read-only mount. Elsewhere a writer could run meanwhile; the reader then sees the
+/// index as the last writer left it, and what it reads of a writer's checkpoint can only fail by
+/// name, never yield wrong content: every object read is verified.
+fn open_for_reading(db_path: &Path) -> Result<Connection> {
+    use rusqlite::OpenFlags;
+    let dir = db_path.parent().unwrap_or(Path::new("."));
+    let writable = rustix::fs::access(dir, rustix::fs::Access::WRITE_OK).is_ok();
+    let mode = if writable { OpenFlags::SQLITE_OPEN_READ_WRITE } else { OpenFlags::SQLITE_OPEN_READ_ONLY };
+    let flags = OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+    let shared = sql(db_path, Connection::open_with_flags(db_path, mode | flags))?;
+    match shared.query_row("SELECT count(*) FROM info", [], |r| r.get::<_, i64>(0)) {
+        Ok(_) => Ok(shared),
+        Err(e) if cannot_share(&e) => {
+            tracing::debug!("{}: {e}; reading it as immutable", db_path.display());
+            drop(shared);
+            sql(db_path, Connection::open_with_flags(immutable_uri(db_path), OpenFlags::SQLITE_OPEN_READ_ONLY | flags))
+        }
+        Err(error) => Err(StoreError::Sqlite { path: db_path.into(), error }),
+    }
+}
+
+/// True when SQLite could not set up the shared memory a WAL reader needs.
+fn cannot_share(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode::{CannotOpen, ReadOnly};
+    matches!(e.sqlite_error_code(), Some(CannotOpen | ReadOnly))
+}
+
+/// `file:PATH?immutable=1`, with the path's bytes percent-encoded as RFC 3986 asks.
+fn immutable_uri(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut uri = String::from("file:");
+    for &b in path.as_os_str().as_bytes() {
+        if b.is_ascii_alphanumeric() || b"/-._~".contains(&b) {
+            uri.push(char::from(b));
+        } else {
+            uri.push_str(&format!("%{b:02X}"));
+        }
+    }
+    uri + "?immutable=1"
 }
 
 fn insert_chunk_rows(tx: &Connection, db_path: &Path, file: &FileObject, id: &FileId) -> Result<()> {

@@ -8,6 +8,8 @@ use crate::{CommitId, ObjectId};
 pub const CONFIG: &str = "config";
 /// The lock file writers hold.
 pub const LOCK: &str = "lock";
+/// The lock file prune holds alone, and readers and writers share.
+pub const GC_LOCK: &str = "gc.lock";
 /// Temporary files, on the repository's filesystem so that renames publish them atomically.
 pub const TMP: &str = "tmp";
 /// Local branches: one file per branch holding a commit id.

@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::archive::ArchiveStore;
 use crate::archive::ArchiveWriter;
-use crate::bare::BareStore;
 use crate::bare::BareWriter;
+use crate::bare::{BareStore, IndexAccess};
 use crate::chunker::ChunkerParams;
 use crate::delta::published::PublishedDeltas;
 use crate::error::{IoContext, Result, StoreError};
@@ -108,6 +108,26 @@ pub struct Repo {
 
 fn lock(path: &Path, op: FlockOperation) -> Result<FlockGuard> {
     let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(path).at(path)?;
+    take(path, file, op)
+}
+
+/// A reader's shared hold on `gc.lock`, which needs only read access to the file (flock(2) does not
+/// need write access): readers work on a read-only mount and for users who may not write the
+/// repository. When the file cannot be read (a repository whose owner keeps it private), the reader
+/// goes on without the lock: a prune running meanwhile makes its reads fail by name, and every
+/// object it reads is still verified, so it can never report wrong content.
+fn reader_lock(path: &Path) -> Result<Option<FlockGuard>> {
+    match fs::File::open(path) {
+        Ok(file) => take(path, file, FlockOperation::NonBlockingLockShared).map(Some),
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied) => {
+            tracing::debug!("{}: {e}; reading without the prune lock", path.display());
+            Ok(None)
+        }
+        Err(e) => Err(e).at(path),
+    }
+}
+
+fn take(path: &Path, file: fs::File, op: FlockOperation) -> Result<FlockGuard> {
     match FlockGuard::lock(file, op) {
         Ok(guard) => Ok(guard),
         Err(rustix::io::Errno::WOULDBLOCK) => Err(StoreError::Locked { path: path.into() }),
@@ -137,7 +157,7 @@ impl Repo {
         }
         match mode {
             RepoMode::Archive => fs::create_dir_all(path.join(layout::PACKS)).at(path.join(layout::PACKS))?,
-            RepoMode::Bare => drop(BareStore::open(path, true)?),
+            RepoMode::Bare => drop(BareStore::open(path, IndexAccess::Create)?),
         }
         let config = RepoConfig { format_version: REPO_FORMAT_VERSION, mode, compression_level, chunker };
         let text = serde_json::to_string_pretty(&config).expect("config serializes") + "\n";
@@ -170,20 +190,24 @@ impl Repo {
         }
         let config: RepoConfig = serde_json::from_str(&text).map_err(|e| not_repo(format!("config: {e}")))?;
         let mut locks = Vec::new();
-        let (main, gc) = match access {
-            Access::Read => (None, FlockOperation::NonBlockingLockShared),
-            Access::Write => (Some(FlockOperation::NonBlockingLockExclusive), FlockOperation::NonBlockingLockShared),
-            Access::Prune => (Some(FlockOperation::NonBlockingLockExclusive), FlockOperation::NonBlockingLockExclusive),
-        };
-        if let Some(op) = main {
-            locks.push(lock(&path.join(layout::LOCK), op)?);
-            // Only a writer may clear what an interrupted writer left behind.
-            clear_dir_at(&path.join(layout::TMP))?;
+        let gc_lock = path.join(layout::GC_LOCK);
+        match access {
+            Access::Read => locks.extend(reader_lock(&gc_lock)?),
+            Access::Write | Access::Prune => {
+                locks.push(lock(&path.join(layout::LOCK), FlockOperation::NonBlockingLockExclusive)?);
+                // Only a writer may clear what an interrupted writer left behind.
+                clear_dir_at(&path.join(layout::TMP))?;
+                let gc = match access {
+                    Access::Prune => FlockOperation::NonBlockingLockExclusive,
+                    _ => FlockOperation::NonBlockingLockShared,
+                };
+                locks.push(lock(&gc_lock, gc)?);
+            }
         }
-        locks.push(lock(&path.join("gc.lock"), gc)?);
+        let index = if access == Access::Read { IndexAccess::Read } else { IndexAccess::Write };
         let store = match config.mode {
             RepoMode::Archive => Store::Archive(ArchiveStore::load(&path.join(layout::PACKS))?),
-            RepoMode::Bare => Store::Bare(BareStore::open(path, false)?),
+            RepoMode::Bare => Store::Bare(BareStore::open(path, index)?),
         };
         Ok(Repo { path: path.into(), config, store, _locks: locks })
     }
