@@ -325,3 +325,56 @@ fn read_commands_work_read_only_for_other_users_and_on_a_full_disk() {
         assert!(ok(osdeploy(repo).arg("fsck")).contains(" 0 errors"));
     }
 }
+
+/// Names that are not UTF-8 (and names with a newline or a backslash) print escaped — two names
+/// that lossy UTF-8 would print alike print differently — carry through JSON losslessly, and are
+/// accepted as arguments, raw or as printed.
+#[test]
+fn names_that_are_not_utf8_print_escaped_and_can_be_named() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, repo) = (tmp.path().join("src"), tmp.path().join("repo"));
+    let dir = src.join("d");
+    fs::create_dir_all(&dir).unwrap();
+    let names: [&[u8]; 5] = [b"\xff", b"\xfe", b"line\nbreak", b"back\\slash", b"caf\xc3\xa9"];
+    for (i, name) in names.iter().enumerate() {
+        fs::write(dir.join(OsStr::from_bytes(name)), format!("file {i}\n")).unwrap();
+    }
+    ok(osdeploy(&repo).args(["init", "--mode", "archive"]));
+    let first = commit(&repo, "main", &src, "1");
+    let printed = [r"/d/\xff", r"/d/\xfe", r"/d/line\nbreak", r"/d/back\\slash", "/d/café"];
+
+    let listing = ok(osdeploy(&repo).args(["ls", "main", "/d"]));
+    let shown: Vec<&str> = listing.lines().map(|l| l.rsplit(' ').next().unwrap()).collect();
+    let mut expected: Vec<&str> = printed.iter().map(|p| &p[1..]).collect();
+    expected.sort_by_key(|p| osdeploy_store::name::unescape(p.as_bytes()).unwrap());
+    assert_eq!(shown, expected, "{listing}");
+
+    let entries = json(&ok(osdeploy(&repo).args(["ls", "--json", "-R", "main", "/d"])));
+    let mut carried: Vec<Vec<u8>> = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| osdeploy_store::name::unescape(e["path"].as_str().unwrap().as_bytes()).unwrap())
+        .collect();
+    carried.sort();
+    let mut originals: Vec<Vec<u8>> = names.iter().map(|n| [&b"d/"[..], n].concat()).collect();
+    originals.sort();
+    assert_eq!(carried, originals);
+
+    for (i, (name, shown)) in names.iter().zip(printed).enumerate() {
+        let raw = [&b"/d/"[..], name].concat();
+        assert_eq!(ok(osdeploy(&repo).args(["cat", "main"]).arg(OsStr::from_bytes(&raw))), format!("file {i}\n"));
+        assert_eq!(ok(osdeploy(&repo).args(["cat", "main", shown])), format!("file {i}\n"), "{shown}");
+    }
+    let err = fails(osdeploy(&repo).args(["cat", "main"]).arg(OsStr::from_bytes(b"/d/\xfd")));
+    assert!(err.contains(r"d/\xfd"), "{err}");
+
+    fs::write(dir.join(OsStr::from_bytes(b"\xfe")), "changed\n").unwrap();
+    let second = commit(&repo, "main", &src, "2");
+    let diff = ok(osdeploy(&repo).args(["diff", &first, &second]));
+    assert!(diff.trim().starts_with(r"M  /d/\xfe  (content"), "{diff}");
+    let changes = json(&ok(osdeploy(&repo).args(["diff", "--json", &first, &second])));
+    assert_eq!(changes["changes"][0]["path"], r"d/\xfe");
+}

@@ -151,9 +151,10 @@ pub enum Command {
     Ls {
         /// Branch, commit id or unique prefix.
         commit: String,
-        /// Path inside the commit (default: the root).
+        /// Path inside the commit (default: the root): as the shell gives it, or as `ls` prints it (`\xff` for a
+        /// byte that is not UTF-8, `\\` for a backslash).
         #[arg(default_value = "/")]
-        path: String,
+        path: std::ffi::OsString,
         /// List subdirectories recursively.
         #[arg(long, short = 'R')]
         recursive: bool,
@@ -165,8 +166,8 @@ pub enum Command {
     Cat {
         /// Branch, commit id or unique prefix.
         commit: String,
-        /// Path of a regular file inside the commit.
-        path: String,
+        /// Path of a regular file inside the commit: as the shell gives it, or as `ls` prints it.
+        path: std::ffi::OsString,
     },
     /// List the paths added, removed or modified from commit A to commit B.
     Diff {

@@ -1,7 +1,9 @@
 //! The repository commands: init, commit, log, show, ls, cat, diff, checkout, fsck, prune, refs.
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::io::{IsTerminal, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -11,9 +13,10 @@ use osdeploy_store::checkout::{CheckoutMethod, CheckoutOptions, checkout as stor
 use osdeploy_store::chunker::ChunkerParams;
 use osdeploy_store::commit::{CommitOptions, CommitProgress, commit as store_commit};
 use osdeploy_store::history::{Ancestor, ancestry};
+use osdeploy_store::name::{escaped, escaped_path, unescape};
 use osdeploy_store::object::{Commit, Entry, EntryKind, Meta};
 use osdeploy_store::repo::RepoMode;
-use osdeploy_store::{Access, CommitId, Repo};
+use osdeploy_store::{Access, CommitId, Repo, tree};
 
 use crate::delta_cmds;
 use crate::output::{self, print_json};
@@ -254,7 +257,7 @@ fn entry_line(repo: &Repo, path: &str, kind: &EntryKind, meta: &Meta) -> Result<
         _ => "0".into(),
     };
     let target = match kind {
-        EntryKind::Symlink(t) => format!(" -> {}", String::from_utf8_lossy(t)),
+        EntryKind::Symlink(t) => format!(" -> {}", escaped(t)),
         _ => String::new(),
     };
     Ok(format!(
@@ -267,51 +270,67 @@ fn entry_line(repo: &Repo, path: &str, kind: &EntryKind, meta: &Meta) -> Result<
     ))
 }
 
+/// The path `arg` names in a commit: the argument's bytes as the shell gave them, or, when no such
+/// path exists, the bytes of the escaped form `ls` prints (so that a printed name can be pasted).
+fn named_path(repo: &Repo, id: &CommitId, commit: &Commit, arg: &OsStr) -> Vec<u8> {
+    let given = arg.as_bytes();
+    match unescape(given) {
+        Some(unescaped)
+            if unescaped != given
+                && tree::lookup(repo, id, commit, given).is_err()
+                && tree::lookup(repo, id, commit, &unescaped).is_ok() =>
+        {
+            unescaped
+        }
+        _ => given.to_vec(),
+    }
+}
+
 /// `ls`.
-pub fn ls(repo: &Path, spec: &str, path: &str, recursive: bool, json: bool) -> Result<()> {
+pub fn ls(repo: &Path, spec: &str, path: &OsStr, recursive: bool, json: bool) -> Result<()> {
     let repo = open(repo, Access::Read)?;
     let id = repo.resolve(spec)?;
     let c = repo.commit_object(&id)?;
-    let (meta, kind) = osdeploy_store::tree::lookup(&repo, &id, &c, path)?;
-    let base = osdeploy_store::tree::components(path).join("/");
-    let mut rows: Vec<(String, EntryKind, Meta)> = Vec::new();
+    let path = named_path(&repo, &id, &c, path);
+    let (meta, kind) = tree::lookup(&repo, &id, &c, &path)?;
+    let base: PathBuf = tree::components(&path).into_iter().map(OsStr::from_bytes).collect();
+    let mut rows: Vec<(PathBuf, EntryKind, Meta)> = Vec::new();
     match &kind {
-        EntryKind::Dir(tree) if recursive => {
-            osdeploy_store::tree::walk(&repo, tree, &mut |rel, e: &Entry| {
-                let p = Path::new(&base).join(rel).to_string_lossy().into_owned();
-                rows.push((p, e.kind.clone(), e.meta.clone()));
+        EntryKind::Dir(dir) if recursive => {
+            tree::walk(&repo, dir, &mut |rel, e: &Entry| {
+                rows.push((base.join(rel), e.kind.clone(), e.meta.clone()));
                 Ok(())
             })?;
         }
-        EntryKind::Dir(tree) => {
-            for e in repo.tree(tree)?.entries {
-                let p = Path::new(&base).join(String::from_utf8_lossy(&e.name).as_ref()).to_string_lossy().into_owned();
-                rows.push((p, e.kind, e.meta));
+        EntryKind::Dir(dir) => {
+            for e in repo.tree(dir)?.entries {
+                rows.push((base.join(OsStr::from_bytes(&e.name)), e.kind, e.meta));
             }
         }
-        _ => rows.push((base.clone(), kind.clone(), meta)),
+        _ => rows.push((base, kind.clone(), meta)),
     }
     if json {
         let views = rows
             .into_iter()
-            .map(|(path, kind, meta)| EntryView::new(&repo, path, &kind, &meta))
+            .map(|(path, kind, meta)| EntryView::new(&repo, escaped_path(&path), &kind, &meta))
             .collect::<Result<Vec<_>, _>>()?;
         return print_json(&views);
     }
     let mut out = std::io::stdout().lock();
     for (p, k, m) in &rows {
-        writeln!(out, "{}", entry_line(&repo, p, k, m)?)?;
+        writeln!(out, "{}", entry_line(&repo, &escaped_path(p), k, m)?)?;
     }
     Ok(())
 }
 
 /// `cat`.
-pub fn cat(repo: &Path, spec: &str, path: &str) -> Result<()> {
+pub fn cat(repo: &Path, spec: &str, path: &OsStr) -> Result<()> {
     let repo = open(repo, Access::Read)?;
     let id = repo.resolve(spec)?;
     let c = repo.commit_object(&id)?;
+    let path = named_path(&repo, &id, &c, path);
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    osdeploy_store::tree::write_file(&repo, &id, &c, path, &mut out)?;
+    tree::write_file(&repo, &id, &c, &path, &mut out)?;
     out.flush()?;
     Ok(())
 }

@@ -7,6 +7,7 @@ use std::path::Path;
 use osdeploy_store::checkout::CheckoutStats;
 use osdeploy_store::delta::generate::GenerateStats;
 use osdeploy_store::diff::Change;
+use osdeploy_store::name::escaped;
 use osdeploy_store::object::{Commit, EntryKind, Meta, TreeStats};
 use osdeploy_store::write::WriteStats;
 use osdeploy_store::{CommitId, FileId, Repo, TreeId};
@@ -121,7 +122,7 @@ impl EntryView {
             xattrs: meta
                 .xattrs
                 .iter()
-                .map(|(n, v)| (String::from_utf8_lossy(n).into_owned(), v.iter().map(|b| format!("{b:02x}")).collect()))
+                .map(|(n, v)| (escaped(n), v.iter().map(|b| format!("{b:02x}")).collect()))
                 .collect(),
             size: None,
             file: None,
@@ -137,7 +138,7 @@ impl EntryView {
                 view.hardlink_group = (*hardlink != 0).then_some(*hardlink);
             }
             EntryKind::Dir(tree) => view.tree = Some(*tree),
-            EntryKind::Symlink(t) => view.target = Some(String::from_utf8_lossy(t).into_owned()),
+            EntryKind::Symlink(t) => view.target = Some(escaped(t)),
             EntryKind::CharDevice(d) | EntryKind::BlockDevice(d) => view.rdev = Some(*d),
             EntryKind::Fifo | EntryKind::Socket => {}
         }

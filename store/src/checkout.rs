@@ -28,6 +28,7 @@ use crate::archive::ArchiveStore;
 use crate::error::{IoContext, Result, StoreError};
 use crate::fsutil::{open_dir_beneath, syncfs};
 use crate::id::{CommitId, FileId, TreeId};
+use crate::name::escaped;
 use crate::object::{Entry, EntryKind, FileObject, Meta, ObjectKind};
 use crate::reflink::{CopyMethod, clone_or_copy};
 use crate::repo::{Objects, Repo};
@@ -433,9 +434,6 @@ fn verify_content(src: &File, path: &Path, f: &PlanFile) -> Result<()> {
 fn xattr_error(path: &Path, name: &[u8], e: rustix::io::Errno) -> StoreError {
     StoreError::Io {
         path: path.into(),
-        error: std::io::Error::new(
-            std::io::Error::from(e).kind(),
-            format!("setting xattr {}: {e}", String::from_utf8_lossy(name)),
-        ),
+        error: std::io::Error::new(std::io::Error::from(e).kind(), format!("setting xattr {}: {e}", escaped(name))),
     }
 }

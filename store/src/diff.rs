@@ -1,6 +1,8 @@
 //! `diff`: the paths added, removed or modified between two commits.
 
 use std::cmp::Ordering;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use serde::Serialize;
@@ -26,7 +28,7 @@ pub enum ChangeKind {
 /// One changed path.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Change {
-    /// Path relative to the root, without a leading '/'.
+    /// Path relative to the root, without a leading '/', escaped as [`crate::name::escaped`] says.
     pub path: String,
     /// Added, removed or modified.
     pub change: ChangeKind,
@@ -47,7 +49,7 @@ pub fn diff_commits(repo: &Repo, old: &Commit, new: &Commit) -> Result<Vec<Chang
 }
 
 fn path_string(p: &Path) -> String {
-    p.to_string_lossy().into_owned()
+    crate::name::escaped_path(p)
 }
 
 fn push_all(repo: &Repo, entry: &Entry, path: &Path, change: ChangeKind, out: &mut Vec<Change>) -> Result<()> {
@@ -76,17 +78,17 @@ fn diff_trees(repo: &Repo, old: &TreeId, new: &TreeId, prefix: &Path, out: &mut 
         match order {
             Ordering::Less => {
                 let e = &a.entries[i];
-                push_all(repo, e, &prefix.join(String::from_utf8_lossy(&e.name).as_ref()), ChangeKind::Removed, out)?;
+                push_all(repo, e, &prefix.join(OsStr::from_bytes(&e.name)), ChangeKind::Removed, out)?;
                 i += 1;
             }
             Ordering::Greater => {
                 let e = &b.entries[j];
-                push_all(repo, e, &prefix.join(String::from_utf8_lossy(&e.name).as_ref()), ChangeKind::Added, out)?;
+                push_all(repo, e, &prefix.join(OsStr::from_bytes(&e.name)), ChangeKind::Added, out)?;
                 j += 1;
             }
             Ordering::Equal => {
                 let (x, y) = (&a.entries[i], &b.entries[j]);
-                let path = prefix.join(String::from_utf8_lossy(&x.name).as_ref());
+                let path = prefix.join(OsStr::from_bytes(&x.name));
                 let mut what = Vec::new();
                 match (&x.kind, &y.kind) {
                     (EntryKind::File { file: f1, .. }, EntryKind::File { file: f2, .. }) if f1 != f2 => {

@@ -11,7 +11,7 @@ use std::fmt;
 use crate::codec::{DecodeResult, Decoder, Encoder};
 use crate::error::{Result, StoreError};
 use crate::id::{ChunkId, CommitId, FileId, ObjectId, TreeId};
-use crate::name::check_entry_name;
+use crate::name::{check_entry_name, escaped};
 
 /// Magic bytes that open every encoded metadata object.
 pub const OBJECT_MAGIC: &[u8; 4] = b"osdo";
@@ -302,7 +302,7 @@ fn decode_meta(d: &mut Decoder) -> DecodeResult<Meta> {
     for _ in 0..count {
         let name = d.bytes16()?.to_vec();
         if name.is_empty() || name.len() > 255 || name.contains(&0) {
-            return Err(format!("invalid xattr name {:?}", String::from_utf8_lossy(&name)));
+            return Err(format!("invalid xattr name \"{}\"", escaped(&name)));
         }
         if xattrs.last().is_some_and(|(prev, _)| *prev >= name) {
             return Err("xattrs not sorted by name or not unique".into());
@@ -383,10 +383,9 @@ impl DirTree {
             let mut entries: Vec<Entry> = Vec::with_capacity((count as usize).min(data.len() / 40));
             for _ in 0..count {
                 let name = d.bytes16()?.to_vec();
-                check_entry_name(&name)
-                    .map_err(|reason| format!("entry name {:?}: {reason}", String::from_utf8_lossy(&name)))?;
+                check_entry_name(&name).map_err(|reason| format!("entry name \"{}\": {reason}", escaped(&name)))?;
                 if entries.last().is_some_and(|prev| prev.name >= name) {
-                    return Err(format!("entry {:?} is out of order or duplicated", String::from_utf8_lossy(&name)));
+                    return Err(format!("entry \"{}\" is out of order or duplicated", escaped(&name)));
                 }
                 let tag = d.u8()?;
                 let meta = decode_meta(d)?;
@@ -396,7 +395,7 @@ impl DirTree {
                     3 => {
                         let target = d.bytes16()?.to_vec();
                         if target.is_empty() || target.len() > MAX_SYMLINK_TARGET || target.contains(&0) {
-                            return Err(format!("symlink {:?} has an invalid target", String::from_utf8_lossy(&name)));
+                            return Err(format!("symlink \"{}\" has an invalid target", escaped(&name)));
                         }
                         EntryKind::Symlink(target)
                     }

@@ -7,7 +7,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::{IoContext, Result, StoreError};
-use crate::name::check_entry_name;
+use crate::name::{check_entry_name, escaped};
 use crate::object::{MAX_SYMLINK_TARGET, MAX_XATTR_VALUE, Meta, Mtime};
 
 /// A scanned directory: its own metadata and its entries sorted by name.
@@ -160,7 +160,7 @@ pub fn read_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
                 Err(e) => {
                     return Err(StoreError::BadSource {
                         path: path.into(),
-                        reason: format!("reading xattr {}: {e}", String::from_utf8_lossy(name)),
+                        reason: format!("reading xattr {}: {e}", escaped(name)),
                     });
                 }
             }
