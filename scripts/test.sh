@@ -2,7 +2,8 @@
 # Every check osdeploy has: installs the system packages the tests need, then a self-containment
 # guard, formatting, lints and all tests (unit tests; integration tests on loop-mounted
 # btrfs/xfs/ext4 images; a real Debian rootfs round trip, its pair built by
-# benches/harness/make-os-pair.sh), and a check that a build without debug assertions ignores crash points.
+# benches/harness/make-os-pair.sh), a short fuzzing run of every decoder, and a check that a
+# build without debug assertions ignores crash points.
 # Runs as root (loop devices, device nodes, ownership).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +24,8 @@ fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
+# Every decoder fuzzed for a short while from the committed corpora (tests/fuzz, libFuzzer).
+FUZZ_SECONDS=${FUZZ_SECONDS:-45} scripts/fuzz.sh
 # Crash points act in debug builds only (the tests'): a build without debug assertions, as the
 # release build is, must ignore the variable (profile no-assertions: the release's flags, unoptimised).
 cargo build --profile no-assertions -q -p osdeploy

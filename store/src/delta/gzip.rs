@@ -33,6 +33,14 @@ use crate::id::FileId;
 /// Largest plain text a gzip delta inflates (of its base or target): applying holds both.
 pub const MAX_INFLATED: u64 = 256 << 20;
 
+/// Most bytes one byte of a deflate stream can inflate to: a 258-byte match coded in two bits.
+const MAX_DEFLATE_RATIO: u64 = 1032;
+
+/// Most plain bytes a gzip file of `size` bytes can hold.
+fn inflated_bound(size: u64) -> u64 {
+    size.saturating_add(1).saturating_mul(MAX_DEFLATE_RATIO).min(MAX_INFLATED)
+}
+
 /// Largest number of bytes after the deflate stream kept as they are (the 8-byte trailer, and
 /// padding some tools add); a file with more, such as a second gzip member, is not a candidate.
 const MAX_TRAILER: usize = 4096;
@@ -185,8 +193,15 @@ fn rebuild(
     }
     let plain_size = take_u64(&mut rest, "plain size")?;
     let base_size = take_u64(&mut rest, "base size")?;
-    if plain_size > MAX_INFLATED || base_size > MAX_INFLATED {
-        return Err(format!("gzip delta declares {plain_size} and {base_size} inflated bytes, over {MAX_INFLATED}"));
+    // A delta's sizes are checked against what its base and target can hold before anything is
+    // allocated: a 4 KiB target cannot inflate to 256 MiB (found by the delta_codec fuzz target).
+    let (plain_limit, base_limit) = (inflated_bound(target_size), inflated_bound(old.len() as u64));
+    if plain_size > plain_limit || base_size > base_limit {
+        return Err(format!(
+            "gzip delta declares {plain_size} and {base_size} inflated bytes, over the {plain_limit} and {base_limit} \
+             its target of {target_size} bytes and its base of {} bytes can hold",
+            old.len()
+        ));
     }
     let header = take_part(&mut rest, "gzip header")?;
     let trailer = take_part(&mut rest, "trailer")?;
@@ -312,6 +327,21 @@ mod tests {
             flipped[at] ^= 0x55;
         }
         assert!(decode(DeltaCodec::Gzip, &old, &payload, size + 1, &no_files).unwrap_err().contains("instead of"));
+    }
+
+    /// Found by the delta_codec fuzz target: a 4 KiB gzip-tree target declaring a plain text of
+    /// 256 MiB took 2 GiB of memory before failing.
+    #[test]
+    fn declared_sizes_are_bounded_by_what_the_target_and_base_can_inflate_to() {
+        let mut payload = vec![0];
+        payload.extend_from_slice(&(200u64 << 20).to_le_bytes());
+        payload.extend_from_slice(&0u64.to_le_bytes());
+        let err = decode(DeltaCodec::GzipTree, b"", &payload, 4098, &no_files).unwrap_err();
+        assert!(err.contains("its target of 4098 bytes"), "{err}");
+        let mut payload = vec![BASE_INFLATED];
+        payload.extend_from_slice(&0u64.to_le_bytes());
+        payload.extend_from_slice(&(2u64 << 20).to_le_bytes());
+        assert!(decode(DeltaCodec::Gzip, &[0; 100], &payload, 4098, &no_files).unwrap_err().contains("base of 100"));
     }
 
     #[test]

@@ -90,8 +90,10 @@ pub fn parse_env(bytes: &[u8], size: usize, path: &Path) -> Result<Vec<(String, 
             bytes.len()
         )));
     }
-    let stored = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes"));
-    let data = &bytes[4..];
+    let Some((header, data)) = bytes.split_first_chunk::<4>() else {
+        return Err(corrupt(format!("{} bytes cannot hold the 4-byte CRC32 header", bytes.len())));
+    };
+    let stored = u32::from_le_bytes(*header);
     let computed = crc32(data);
     if stored != computed {
         return Err(corrupt(format!(
@@ -280,6 +282,15 @@ mod tests {
             let err = uboot.state().unwrap_err().to_string();
             assert!(err.contains(&uboot.location().display().to_string()), "{err}");
             assert!(err.contains(what), "{err}");
+        }
+    }
+
+    /// Found by the node_files fuzz target: an image shorter than its CRC header panicked.
+    #[test]
+    fn an_image_shorter_than_its_header_is_refused() {
+        for size in 0..4 {
+            let err = parse_env(&vec![0xef; size], size, Path::new("uboot.env")).unwrap_err().to_string();
+            assert!(err.contains("cannot hold the 4-byte CRC32 header"), "{err}");
         }
     }
 

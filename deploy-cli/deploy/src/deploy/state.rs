@@ -221,8 +221,13 @@ impl State {
             }
             Err(e) => return Err(e).at(&path),
         };
-        let corrupt = |reason: String| DeployError::StateCorrupt { path: path.clone(), reason };
-        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        State::parse(&bytes, &path)
+    }
+
+    /// Decodes a state file's bytes; `path` names it in errors.
+    pub fn parse(bytes: &[u8], path: &Path) -> Result<State> {
+        let corrupt = |reason: String| DeployError::StateCorrupt { path: path.to_owned(), reason };
+        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
         let format = value.get("format").and_then(|f| f.as_u64()).unwrap_or(0);
         if format != u64::from(STATE_FORMAT) {
             return Err(corrupt(format!("format {format} is not the supported format {STATE_FORMAT}")));
