@@ -73,9 +73,24 @@ pub fn atomic_write(path: &Path, tmp_dir: &Path, bytes: &[u8]) -> Result<()> {
     file.sync_all().at(&tmp)?;
     drop(file);
     let parent = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(parent).at(parent)?;
+    create_dir_all_durably(parent)?;
     fs::rename(&tmp, path).at(path)?;
     fsync_dir(parent)
+}
+
+/// Creates `dir` and its missing ancestors, syncing each new directory's entry in its parent, so
+/// that a name published below survives a power cut with the directories that lead to it.
+pub fn create_dir_all_durably(dir: &Path) -> Result<()> {
+    if dir.as_os_str().is_empty() || dir.is_dir() {
+        return Ok(());
+    }
+    let parent = dir.parent().unwrap_or(Path::new("/"));
+    create_dir_all_durably(parent)?;
+    match fs::create_dir(dir) {
+        Ok(()) => fsync_dir(if parent.as_os_str().is_empty() { Path::new(".") } else { parent }),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) => Err(e).at(dir),
+    }
 }
 
 /// In debug builds (the tests'), aborts the process when the environment variable

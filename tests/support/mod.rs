@@ -15,6 +15,7 @@ use serde_json::Value;
 
 pub mod etcd;
 pub mod fault_proxy;
+pub mod fsync_order;
 
 /// The `osdeploy` binary under test with `--sysroot SYSROOT --config-dir CONFIG` (no `--repo`: the
 /// sysroot's repository).
