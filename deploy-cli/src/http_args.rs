@@ -42,6 +42,7 @@ impl HttpArgs {
             speed_time: seconds(self.speed_time, defaults.speed_time),
             deadline: seconds(self.deadline, defaults.deadline),
             max_metadata: defaults.max_metadata,
+            backoff: defaults.backoff,
         }
     }
 }

@@ -23,6 +23,7 @@ seq 1 2100 | gzip -n > "$work/v2/usr/lib/changelog.gz"
 "$osd" --repo "$work/repo" init --mode archive > /dev/null
 "$osd" --repo "$work/repo" commit -b stable --version 1 "$work/v1" > /dev/null
 "$osd" --repo "$work/repo" commit -b stable --version 2 --deltas 1 "$work/v2" > /dev/null
+"$osd" --repo "$work/repo" commit -b base --version 1 "$work/v1" > /dev/null
 "$osd" key generate "$work/key" > /dev/null
 "$osd" --repo "$work/repo" sign --key "$work/key" > /dev/null
 
@@ -42,7 +43,22 @@ fstype = "ext4"
 options = "noatime"
 TOML
 
+# The pull target's remote: the repository as served (it signs it again at start).
+rm -rf tests/fuzz/remote
+cp -a "$work/repo" tests/fuzz/remote
+rm -rf tests/fuzz/remote/tmp tests/fuzz/remote/lock tests/fuzz/remote/gc.lock tests/fuzz/remote/summary.sig \
+  tests/fuzz/remote/signatures
+
 rm -rf tests/fuzz/corpus
+mkdir -p tests/fuzz/corpus/pull
+for flags in 0 1 2 3; do printf "\\x0$flags" > "tests/fuzz/corpus/pull/plain-$flags"; done
+# One edit of each served file: a byte overwritten at offset 100, or the file cut at 10 bytes
+# (flags, file, operation, offset as 4 bytes little-endian, length, bytes).
+for file in $(seq 0 15); do
+  hex=$(printf '%02x' "$file")
+  printf "\\x00\\x$hex\\x00\\x64\\x00\\x00\\x00\\x01\\xff" > "tests/fuzz/corpus/pull/flip-$file"
+  printf "\\x01\\x$hex\\x01\\x0a\\x00\\x00\\x00\\x00" > "tests/fuzz/corpus/pull/cut-$file"
+done
 cargo run -q --manifest-path tests/fuzz/Cargo.toml --example seed_corpus -- tests/fuzz/corpus "$work/repo" \
   state="$work/node-grub/osdeploy/state" config="$work/config.toml" \
   grub="$work/node-grub/boot/grub/grubenv" uboot="$work/node-uboot/boot/uboot.env"

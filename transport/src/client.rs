@@ -44,6 +44,8 @@ pub struct HttpOptions {
     pub deadline: Duration,
     /// The most bytes a file whose size nothing declares may have (the summary, pack indexes).
     pub max_metadata: u64,
+    /// The pause before the second round of attempts at a file; it doubles for the third.
+    pub backoff: Duration,
 }
 
 impl Default for HttpOptions {
@@ -55,6 +57,7 @@ impl Default for HttpOptions {
             speed_time: Duration::from_secs(30),
             deadline: Duration::from_secs(3600),
             max_metadata: 64 << 20,
+            backoff: Duration::from_millis(500),
         }
     }
 }
@@ -329,7 +332,7 @@ impl Client {
     /// Streams `span` of `path` into `sink`, trying the remote's URLs in order, for [`ROUNDS`]
     /// rounds, until one delivers data the sink accepts.
     pub async fn stream(&self, path: &str, span: Span, sink: &mut impl BodySink) -> Result<(), TransportError> {
-        let mut urls = Failover::new(&self.remote, path);
+        let mut urls = Failover::new(&self.remote, path, self.options.backoff);
         while let Some(url) = urls.next().await {
             sink.reset()?;
             match self.try_stream(&url, span, sink).await {
@@ -381,7 +384,7 @@ impl Client {
     pub async fn download(&self, path: &str, dest: &Path, size: u64) -> Result<u64, TransportError> {
         let io = |error| TransportError::Store(StoreError::Io { path: dest.into(), error });
         let mut file = OpenOptions::new().create(true).append(true).open(dest).map_err(io)?;
-        let mut urls = Failover::new(&self.remote, path);
+        let mut urls = Failover::new(&self.remote, path, self.options.backoff);
         while let Some(url) = urls.next().await {
             match self.try_download(&url, &mut file, dest, size).await {
                 Ok(len) => return Ok(len),
@@ -483,6 +486,7 @@ impl HttpOptions {
 struct Failover<'r> {
     remote: &'r Remote,
     path: &'r str,
+    backoff: Duration,
     round: u32,
     next_url: usize,
     all_absent: bool,
@@ -490,8 +494,8 @@ struct Failover<'r> {
 }
 
 impl<'r> Failover<'r> {
-    fn new(remote: &'r Remote, path: &'r str) -> Self {
-        Failover { remote, path, round: 0, next_url: 0, all_absent: true, last: None }
+    fn new(remote: &'r Remote, path: &'r str, backoff: Duration) -> Self {
+        Failover { remote, path, backoff, round: 0, next_url: 0, all_absent: true, last: None }
     }
 
     /// The next URL to try (after a pause when a new round starts), or None when all is tried.
@@ -503,7 +507,7 @@ impl<'r> Failover<'r> {
             }
             self.next_url = 0;
             self.all_absent = true;
-            tokio::time::sleep(Duration::from_millis(250 << self.round)).await;
+            tokio::time::sleep(self.backoff * (1 << (self.round - 1))).await;
         }
         let base = &self.remote.urls[self.next_url];
         self.next_url += 1;

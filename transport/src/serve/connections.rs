@@ -128,6 +128,10 @@ fn is_connection_error(e: &io::Error) -> bool {
 }
 
 async fn serve_connection(stream: TcpStream, app: Router, slot: Slot, limits: ServeLimits) {
+    // A response's last segment goes out at once instead of waiting for the client's delayed ACK.
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!("cannot set TCP_NODELAY: {e}");
+    }
     let connection = slot.connection.clone();
     let service = hyper::service::service_fn(move |request| {
         let busy = Busy::start(connection.clone());

@@ -59,6 +59,7 @@ pub fn http_defaults(config: &Config) -> HttpOptions {
         speed_time: Duration::from_secs(config.pull_speed_time),
         deadline: Duration::from_secs(config.pull_deadline),
         max_metadata: config.pull_max_metadata,
+        ..HttpOptions::default()
     }
 }
 
