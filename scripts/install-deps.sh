@@ -2,12 +2,14 @@
 # Installs the Debian packages osdeploy's tests and demo use (idempotent; mmdebstrap builds the
 # real OS pair of tests/real_rootfs.rs, git runs the self-containment guard, cpio builds the
 # initramfs images of tests/deltas.rs, QEMU, OVMF, mtools, sfdisk and the EFI boot loaders the
-# VM boots of tests/vm_boot.rs, etcd for tests/fleet.rs), and kubernetes-validate from PyPI (the
-# Kubernetes API schemas the DaemonSet manifest is checked against). Needs root or sudo.
+# VM boots of tests/vm_boot.rs, etcd for tests/fleet.rs, g++ builds libFuzzer for scripts/fuzz.sh,
+# strace records tests/durability.rs), and kubernetes-validate from PyPI (the Kubernetes API
+# schemas the DaemonSet manifest is checked against). Needs root or sudo.
 set -euo pipefail
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
 pkgs=(btrfs-progs xfsprogs e2fsprogs util-linux rsync attr libcap2-bin mmdebstrap openssl grub2-common nginx-light libubootenv-tool systemd git cpio \
-  qemu-system-x86 ovmf mtools dosfstools fdisk binutils grub-efi-amd64-bin systemd-boot-efi etcd-server etcd-client protobuf-compiler libprotobuf-dev python3 python3-venv)
+  qemu-system-x86 ovmf mtools dosfstools fdisk binutils grub-efi-amd64-bin systemd-boot-efi etcd-server etcd-client protobuf-compiler libprotobuf-dev python3 python3-venv \
+  g++ strace)
 missing=()
 for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
