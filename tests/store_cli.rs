@@ -302,12 +302,19 @@ fn read_commands_work_read_only_for_other_users_and_on_a_full_disk() {
     );
     assert!(err.contains("Permission denied") && err.contains(&repos[0].display().to_string()), "{err}");
 
-    // A full disk: reads work; a write names the lack of space and loses nothing.
-    let filler = disk.mount.join("filler");
-    let _ = std::process::Command::new("dd")
-        .args(["if=/dev/zero", "bs=1M", &format!("of={}", filler.display())])
-        .stderr(std::process::Stdio::null())
-        .status();
+    // A full disk: reads work; a write names the lack of space and loses nothing. No `-shm` is
+    // left from before, so a reader must set up its own, which the full disk refuses.
+    for repo in &repos {
+        assert!(!repo.join("index.sqlite-shm").exists(), "a -shm file was left in {}", repo.display());
+    }
+    for (block, name) in [("1M", "filler"), ("4k", "filler-4k"), ("1", "filler-1")] {
+        let _ = std::process::Command::new("dd")
+            .args(["if=/dev/zero", &format!("bs={block}"), &format!("of={}", disk.mount.join(name).display())])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+    let free = sh("df", &["--output=avail", &disk.mount.display().to_string()]).stdout;
+    assert_eq!(String::from_utf8_lossy(&free).lines().nth(1).map(str::trim), Some("0"), "the disk is not full");
     let out = tmp.path().join("full-disk");
     fs::create_dir(&out).unwrap();
     let bigger = tmp.path().join("bigger");
@@ -318,7 +325,9 @@ fn read_commands_work_read_only_for_other_users_and_on_a_full_disk() {
         let err = fails(osdeploy(repo).args(["commit", "-b", "main"]).arg(&bigger));
         assert!(err.contains("No space left on device") && !err.contains("damaged"), "{err}");
     }
-    fs::remove_file(&filler).unwrap();
+    for name in ["filler", "filler-4k", "filler-1"] {
+        fs::remove_file(disk.mount.join(name)).unwrap();
+    }
     for repo in &repos {
         assert!(ok(osdeploy(repo).arg("fsck")).contains(" 0 errors"));
         commit(repo, "main", &bigger, "2");

@@ -319,10 +319,11 @@ fn open_for_reading(db_path: &Path) -> Result<Connection> {
     }
 }
 
-/// True when SQLite could not set up the shared memory a WAL reader needs.
+/// True when SQLite could not set up the shared memory a WAL reader needs: it cannot create the
+/// `-shm` file (CannotOpen, ReadOnly) or cannot extend it on a full disk (an I/O error).
 fn cannot_share(e: &rusqlite::Error) -> bool {
-    use rusqlite::ErrorCode::{CannotOpen, ReadOnly};
-    matches!(e.sqlite_error_code(), Some(CannotOpen | ReadOnly))
+    use rusqlite::ErrorCode::{CannotOpen, DiskFull, ReadOnly, SystemIoFailure};
+    matches!(e.sqlite_error_code(), Some(CannotOpen | ReadOnly | SystemIoFailure | DiskFull))
 }
 
 /// `file:PATH?immutable=1`, with the path's bytes percent-encoded as RFC 3986 asks.
