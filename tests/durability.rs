@@ -76,3 +76,34 @@ fn commands_put_data_on_disk_before_they_publish_a_name_that_reaches_it() {
     ok(osdeploy(&origin).arg("fsck"));
     eprintln!("{}", figures.join("\n"));
 }
+
+/// The checker itself, on hand-written logs: it sees a ref published before its data is synced,
+/// a new directory whose entry is not, and a sync split by another thread; it accepts the order
+/// the store uses.
+#[test]
+fn the_checker_sees_names_published_before_their_data() {
+    use std::collections::HashSet;
+    use support::fsync_order::check;
+    let root = Path::new("/r");
+    let existing: HashSet<String> = ["/r", "/r/refs", "/r/refs/heads", "/r/tmp"].map(String::from).into();
+    let write = "1  openat(AT_FDCWD</>, \"/r/tmp/w\", O_WRONLY|O_CREAT|O_CLOEXEC, 0666) = 3</r/tmp/w>\n\
+                 1  write(3</r/tmp/w>, \"c0ffee\\n\", 7) = 7\n";
+    let publish = "1  rename(\"/r/tmp/w\", \"/r/refs/heads/main\") = 0\n";
+    let sync_file = "1  fsync(3</r/tmp/w>) = 0\n";
+    let sync_dir = "1  fsync(4</r/refs/heads>) = 0\n";
+
+    let unsynced = check(&format!("{write}{publish}{sync_dir}"), root, existing.clone()).1;
+    assert!(format!("{unsynced:?}").contains("data of /r/tmp/w"), "{unsynced:?}");
+    let never_synced_name = check(&format!("{write}{sync_file}{publish}"), root, existing.clone()).1;
+    assert!(format!("{never_synced_name:?}").contains("/r/refs/heads/main itself"), "{never_synced_name:?}");
+    let new_dir = "1  mkdir(\"/r/refs/heads/origin\", 0777) = 0\n";
+    let publish_below = "1  rename(\"/r/tmp/w\", \"/r/refs/heads/origin/main\") = 0\n\
+                         1  fsync(5</r/refs/heads/origin>) = 0\n";
+    let unsynced_dir = check(&format!("{write}{sync_file}{new_dir}{publish_below}"), root, existing.clone()).1;
+    assert!(format!("{unsynced_dir:?}").contains("entry /r/refs/heads/origin in /r/refs/heads"), "{unsynced_dir:?}");
+
+    assert!(check(&format!("{write}{sync_file}{publish}{sync_dir}"), root, existing.clone()).1.is_empty());
+    let split_syncfs =
+        "2  syncfs(6</r> <unfinished ...>\n1  write(7</r/log>, \"x\", 1) = 1\n2  <... syncfs resumed>) = 0\n";
+    assert!(check(&format!("{write}{split_syncfs}{publish}{sync_dir}"), root, existing).1.is_empty());
+}

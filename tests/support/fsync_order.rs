@@ -141,10 +141,25 @@ pub fn check(log: &str, root: &Path, mut existing: HashSet<String>) -> (Summary,
         }
     };
 
-    for line in log.lines() {
+    // A call another thread interrupts is split in two lines: its arguments ("<unfinished ...>"),
+    // later its result ("<... NAME resumed>"); it is joined and takes effect when it returns.
+    let mut interrupted: HashMap<String, String> = HashMap::new();
+    for raw in log.lines() {
+        let pid = raw.split_whitespace().next().unwrap_or_default().to_string();
+        let joined;
+        let line = if let Some(head) = raw.strip_suffix(" <unfinished ...>") {
+            interrupted.insert(pid, head.to_string());
+            continue;
+        } else if let Some((_, result)) = raw.split_once(" resumed>") {
+            let Some(head) = interrupted.remove(&pid) else { continue };
+            joined = format!("{head}{result}");
+            joined.as_str()
+        } else {
+            raw
+        };
         let call = line.split_whitespace().nth(1).unwrap_or_default();
         let name = call.split('(').next().unwrap_or_default();
-        if line.contains("= -1 ") || line.contains("<unfinished") || line.contains("resumed>") {
+        if line.contains("= -1 ") {
             continue;
         }
         let paths = fd_paths(line);
