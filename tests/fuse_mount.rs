@@ -54,15 +54,26 @@ fn inode_and_links(path: &Path) -> (u64, u64) {
     (meta.ino(), meta.nlink())
 }
 
+/// The sample tree made at `tree`, committed to an archive and a bare repository beside it, each
+/// with an empty mount point.
+fn sample_repos(tree: &Path) -> Vec<(&'static str, PathBuf, PathBuf)> {
+    make_sample_tree(tree);
+    let dir = tree.parent().unwrap();
+    ["archive", "bare"]
+        .into_iter()
+        .map(|mode| {
+            let point = dir.join(format!("mnt-{mode}"));
+            fs::create_dir(&point).unwrap();
+            (mode, repo_with(dir, mode, tree), point)
+        })
+        .collect()
+}
+
 #[test]
 fn a_mounted_commit_is_the_committed_tree_from_archive_and_bare_repositories() {
     let tmp = tempfile::tempdir().unwrap();
     let tree = tmp.path().join("tree");
-    make_sample_tree(&tree);
-    for mode in ["archive", "bare"] {
-        let repo = repo_with(tmp.path(), mode, &tree);
-        let point = tmp.path().join(format!("mnt-{mode}"));
-        fs::create_dir(&point).unwrap();
+    for (mode, repo, point) in sample_repos(&tree) {
         let mount = Mount::new(&repo, "main", &point);
         assert_same_tree(&tree, &point);
         // Hardlinks share one inode and count their names; devices keep their numbers.
@@ -157,15 +168,22 @@ fn sixteen_concurrent_readers_read_correct_bytes() {
     }
 }
 
+/// A tree of one random file `payload` of `len` bytes, committed to a repository of `mode`, and
+/// an empty mount point.
+fn payload_repo(dir: &Path, mode: &str, len: usize) -> (PathBuf, PathBuf, PathBuf) {
+    let tree = dir.join("tree");
+    fs::create_dir_all(&tree).unwrap();
+    write_random(&tree.join("payload"), len, 11);
+    let repo = repo_with(dir, mode, &tree);
+    let point = dir.join("mnt");
+    fs::create_dir(&point).unwrap();
+    (tree, repo, point)
+}
+
 #[test]
 fn a_corrupt_chunk_gives_eio_never_wrong_bytes() {
     let tmp = tempfile::tempdir().unwrap();
-    let tree = tmp.path().join("tree");
-    fs::create_dir_all(&tree).unwrap();
-    write_random(&tree.join("payload"), 4 << 20, 11);
-    let repo = repo_with(tmp.path(), "archive", &tree);
-    let point = tmp.path().join("mnt");
-    fs::create_dir(&point).unwrap();
+    let (tree, repo, point) = payload_repo(tmp.path(), "archive", 4 << 20);
     // Mounted first: the metadata is read at mount time, the content only when read.
     let _mount = Mount::new(&repo, "main", &point);
     // The largest pack holds the chunks (metadata has packs of its own).
@@ -181,6 +199,121 @@ fn a_corrupt_chunk_gives_eio_never_wrong_bytes() {
     assert_eq!(error.raw_os_error(), Some(rustix::io::Errno::IO.raw_os_error()), "{error}");
     let expected = fs::read(tree.join("payload")).unwrap();
     assert!(expected.starts_with(&seen), "what was read before the error is the file's own bytes");
+}
+
+#[test]
+fn a_bare_object_of_the_wrong_size_gives_eio_and_the_log_names_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, repo, point) = payload_repo(tmp.path(), "bare", 1 << 20);
+    let log = tmp.path().join("mount.log");
+    let _mount = ForegroundMount::new(&repo, &point, &log, &[]);
+    let object = files_below(&repo.join("objects"))
+        .into_iter()
+        .find(|p| fs::metadata(p).unwrap().len() == 1 << 20)
+        .expect("the payload's object");
+    fs::OpenOptions::new().write(true).open(&object).unwrap().set_len(1 << 19).unwrap();
+    let error = fs::read(point.join("payload")).unwrap_err();
+    assert_eq!(error.raw_os_error(), Some(rustix::io::Errno::IO.raw_os_error()), "{error}");
+    let logged = fs::read_to_string(&log).unwrap();
+    let name = object.display().to_string();
+    assert!(logged.contains(&name) && logged.contains("524288 bytes, the file has 1048576"), "{logged}");
+}
+
+/// Every file below `dir`, recursively.
+fn files_below(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() { files.extend(files_below(&path)) } else { files.push(path) }
+    }
+    files
+}
+
+/// `osdeploy mount --foreground` of branch `main`, its log (with `env`) in a file; killed and
+/// unmounted on drop.
+struct ForegroundMount {
+    child: std::process::Child,
+    _point: UnmountOnDrop,
+}
+
+impl ForegroundMount {
+    fn new(repo: &Path, point: &Path, log: &Path, env: &[(&str, &str)]) -> ForegroundMount {
+        let mut child = osdeploy(repo)
+            .args(["mount", "--foreground", "main"])
+            .arg(point)
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap();
+        let guard = UnmountOnDrop(point.to_owned());
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+        assert!(first.starts_with("mounted commit "), "{first}{}", fs::read_to_string(log).unwrap_or_default());
+        ForegroundMount { child, _point: guard }
+    }
+}
+
+impl Drop for ForegroundMount {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads every entry below `dir` as `tar` would: its metadata, a file's bytes, a symlink's target.
+fn read_everything(dir: &Path) -> u64 {
+    let mut bytes = 0;
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let meta = fs::symlink_metadata(&path).unwrap();
+        if meta.is_dir() {
+            bytes += read_everything(&path);
+        } else if meta.is_symlink() {
+            bytes += fs::read_link(&path).unwrap().as_os_str().len() as u64;
+        } else if meta.is_file() {
+            bytes += fs::read(&path).unwrap().len() as u64;
+        }
+    }
+    bytes
+}
+
+/// The kinds of the FUSE requests in fuser's debug log (`FUSE(n) ino 0x... KIND ...`).
+fn requests(log: &str) -> Vec<String> {
+    log.lines()
+        .filter_map(|line| {
+            let mut words = line.split_once(" FUSE(")?.1.split_whitespace().skip(1);
+            match words.next()? {
+                "ino" => words.nth(1),
+                kind => Some(kind),
+            }
+            .map(str::to_owned)
+        })
+        .collect()
+}
+
+#[test]
+fn a_second_pass_over_a_mounted_tree_asks_the_mount_process_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (mode, repo, point) in sample_repos(&tmp.path().join("tree")) {
+        let log = tmp.path().join(format!("{mode}.log"));
+        let mount = ForegroundMount::new(&repo, &point, &log, &[("OSDEPLOY_LOG", "fuser=debug")]);
+        let first_bytes = read_everything(&point);
+        let first = requests(&fs::read_to_string(&log).unwrap());
+        // Listings carry the entries' attributes: no lookup or getattr per entry.
+        for kind in ["READDIRPLUS", "READ", "READLINK"] {
+            assert!(first.iter().any(|k| k == kind), "{mode}: no {kind} in the first pass: {first:?}");
+        }
+        for kind in ["LOOKUP", "READDIR"] {
+            assert!(!first.iter().any(|k| k == kind), "{mode}: {kind} in the first pass: {first:?}");
+        }
+        // The root's attributes are the only ones asked for on their own.
+        assert!(first.iter().filter(|k| *k == "GETATTR").count() <= 1, "{mode}: {first:?}");
+        assert_eq!(read_everything(&point), first_bytes);
+        let all = requests(&fs::read_to_string(&log).unwrap());
+        assert_eq!(all[first.len()..], [] as [String; 0], "{mode}: the second pass asked the mount process");
+        drop(mount);
+    }
 }
 
 /// The pack files of an archive repository.
@@ -322,7 +455,13 @@ fn a_remote_mount_fetches_only_what_is_read_verified_and_cached() {
         Mount { point: UnmountOnDrop(point.clone()), pid: served_by(&out) }
     };
 
+    // What a mount killed in the middle of a fetch leaves (its process has ended: no process has
+    // this id) is removed by the next mount.
+    let left = cache.join("staging/mount-chunks-4294967295-18b2c3d4e5f60718-3");
+    fs::create_dir_all(&left).unwrap();
+    fs::write(left.join("0.range"), b"half a range").unwrap();
     let mount = mount_remote();
+    assert!(!left.exists(), "a dead mount's staging area is left");
     let at_mount = served(&log);
     assert!(at_mount.iter().all(|(_, status, _)| *status == 200 || *status == 206), "{at_mount:?}");
     let metadata_bytes: u64 = at_mount.iter().map(|r| r.2).sum();

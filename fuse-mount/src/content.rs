@@ -1,7 +1,8 @@
 //! File content for reads through the mount.
 //!
 //! A bare repository holds every file's content whole (the object checkouts reflink), so a read is
-//! a `pread` of that file, through a descriptor opened by the first read of an open file. An
+//! a `pread` of that file, through a descriptor opened by its first read and kept open while it
+//! is among the most recently read ([`OPEN_OBJECTS`]). An
 //! archive repository holds zstd-compressed chunks in packs: a read decompresses and verifies
 //! only the chunks it covers and keeps them in a cache bounded in bytes, so that the kernel's
 //! successive reads of one chunk decompress it once. A remote's reads are
@@ -15,7 +16,7 @@ use std::sync::Arc;
 use osdeploy_store::archive::ArchiveStore;
 use osdeploy_store::bare::content_path;
 use osdeploy_store::object::ObjectKind;
-use osdeploy_store::{ChunkId, Repo, StoreError};
+use osdeploy_store::{ChunkId, FileId, Repo, StoreError};
 use osdeploy_transport::lazy::LazyRemote;
 use quick_cache::Weighter;
 use quick_cache::sync::Cache;
@@ -23,6 +24,9 @@ use quick_cache::sync::Cache;
 use crate::disk_cache::DiskCache;
 use crate::inodes::FileContent;
 use crate::remote_content::RemoteContent;
+
+/// How many of a bare repository's objects stay open for reads.
+const OPEN_OBJECTS: usize = 256;
 
 /// Weighs a cached chunk by its length.
 #[derive(Clone)]
@@ -40,6 +44,8 @@ pub enum Content {
     Bare {
         /// The directory.
         objects_dir: PathBuf,
+        /// The most recently read objects, open.
+        open: Cache<FileId, Arc<File>>,
     },
     /// An archive repository's packs, with the decoded-chunk cache.
     Archive {
@@ -61,7 +67,9 @@ impl Content {
     /// `cache_bytes` of decoded chunks.
     pub fn new(repo: &Repo, cache_bytes: u64) -> osdeploy_store::Result<Content> {
         Ok(match (repo.bare(), repo.archive()) {
-            (Some(bare), _) => Content::Bare { objects_dir: bare.objects_dir().to_owned() },
+            (Some(bare), _) => {
+                Content::Bare { objects_dir: bare.objects_dir().to_owned(), open: Cache::new(OPEN_OBJECTS) }
+            }
             (None, Some(archive)) => Content::Archive {
                 store: ArchiveStore::load(archive.packs_dir())?,
                 cache: Cache::with_weighter((cache_bytes / (64 << 10)).max(16) as usize, cache_bytes, ChunkBytes),
@@ -75,36 +83,17 @@ impl Content {
         Ok(Content::Remote(RemoteContent::new(remote, DiskCache::open(cache_dir, cache_bytes)?)))
     }
 
-    /// Opens what reads of `file` need: its object's content in a bare repository, nothing
-    /// otherwise.
-    pub fn open(&self, file: &FileContent) -> osdeploy_store::Result<Option<File>> {
-        match self {
-            Content::Bare { objects_dir } => {
-                let path = content_path(objects_dir, &file.id);
-                File::open(&path).map(Some).map_err(|e| io_error(&path, e))
-            }
-            Content::Archive { .. } | Content::Remote(_) => Ok(None),
-        }
-    }
-
-    /// Reads up to `size` bytes of `file` at `offset` (fewer only at its end); `opened` is what
-    /// [`Content::open`] returned for it.
-    pub fn read(
-        &self,
-        file: &Arc<FileContent>,
-        opened: Option<&File>,
-        offset: u64,
-        size: u32,
-    ) -> osdeploy_store::Result<Vec<u8>> {
+    /// Reads up to `size` bytes of `file` at `offset` (fewer only at its end).
+    pub fn read(&self, file: &Arc<FileContent>, offset: u64, size: u32) -> osdeploy_store::Result<Vec<u8>> {
         let end = file.object.size.min(offset.saturating_add(u64::from(size)));
         if offset >= end {
             return Ok(Vec::new());
         }
         let mut out = vec![0u8; (end - offset) as usize];
-        match (self, opened) {
-            (Content::Bare { objects_dir }, opened) => {
-                let handle = opened.expect("reads of a bare repository's files come with what Content::open opened");
-                handle.read_exact_at(&mut out, offset).map_err(|e| {
+        match self {
+            Content::Bare { objects_dir, open } => {
+                let object = open.get_or_insert_with(&file.id, || open_object(objects_dir, file).map(Arc::new))?;
+                object.read_exact_at(&mut out, offset).map_err(|e| {
                     let path = content_path(objects_dir, &file.id);
                     match e.kind() {
                         std::io::ErrorKind::UnexpectedEof => StoreError::Corrupt {
@@ -115,8 +104,8 @@ impl Content {
                     }
                 })?;
             }
-            (Content::Remote(remote), _) => remote.read(file, offset, end, &mut out)?,
-            (Content::Archive { store, cache }, _) => {
+            Content::Remote(remote) => remote.read(file, offset, end, &mut out)?,
+            Content::Archive { store, cache } => {
                 assemble(file, offset, end, &mut out, |chunk| {
                     cache.get_or_insert_with(chunk, || store.get(ObjectKind::Chunk, &chunk.0).map(Arc::new))
                 })?;
@@ -124,6 +113,20 @@ impl Content {
         }
         Ok(out)
     }
+}
+
+/// Opens the object of `file` in `objects_dir`, refused when its size is not the file's.
+fn open_object(objects_dir: &Path, file: &FileContent) -> osdeploy_store::Result<File> {
+    let path = content_path(objects_dir, &file.id);
+    let object = File::open(&path).map_err(|e| io_error(&path, e))?;
+    let size = object.metadata().map_err(|e| io_error(&path, e))?.len();
+    if size != file.object.size {
+        return Err(StoreError::Corrupt {
+            what: format!("file object {} ({})", file.id, path.display()),
+            reason: format!("{size} bytes, the file has {}", file.object.size),
+        });
+    }
+    Ok(object)
 }
 
 /// The index of the chunk of `file` holding byte `at`.

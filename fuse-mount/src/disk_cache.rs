@@ -3,14 +3,24 @@
 //! its id whenever it is read back, so a damaged cache file costs a fetch, never a wrong byte.
 //! The cache outlives the mount: a second mount of the same release reads what the first
 //! fetched.
+//!
+//! Mounts may share one cache directory. A file's modification time is its last use (set on
+//! every write and read back), so every process sees the same order. Each process looks at the
+//! whole directory again whenever it has added a tenth of the limit, or thinks the limit is passed,
+//! and then removes the least recently used chunks of all processes down to nine tenths of the
+//! limit: the directory stays within the limit plus a tenth of it per mount writing to it.
 
-use std::collections::HashMap;
-use std::fs;
+use std::collections::HashSet;
+use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::SystemTime;
 
-use osdeploy_store::fsutil::unique_tmp_name;
+use osdeploy_store::fsutil::{remove_orphaned_tmp, unique_tmp_name};
 use osdeploy_store::{ChunkId, ObjectId, StoreError};
+
+/// What the names of chunks being written start with.
+const TMP_PREFIX: &str = "tmp-chunk";
 
 /// A bounded directory of verified chunks.
 pub struct DiskCache {
@@ -21,45 +31,30 @@ pub struct DiskCache {
 
 #[derive(Default)]
 struct State {
-    /// Size and last use of every cached chunk.
-    entries: HashMap<ChunkId, (u64, u64)>,
+    /// The chunks in the directory, as last seen (another mount may have removed some since).
+    present: HashSet<ChunkId>,
+    /// Their bytes at the last look, plus what this process has added since.
     total: u64,
-    clock: u64,
+    /// Bytes this process has added since it last looked.
+    added: u64,
 }
 
 fn io(path: &Path, error: std::io::Error) -> StoreError {
     StoreError::Io { path: path.to_owned(), error }
 }
 
+/// Marks the file at `path` as used now.
+fn touch(path: &Path) -> std::io::Result<()> {
+    File::options().write(true).open(path)?.set_modified(SystemTime::now())
+}
+
 impl DiskCache {
-    /// Opens (creating) the cache in `dir`, holding at most `limit` bytes; what an earlier mount
-    /// left is kept, oldest first out.
+    /// Opens (creating) the cache in `dir`, holding at most `limit` bytes; what earlier mounts
+    /// left is kept, least recently used first out.
     pub fn open(dir: &Path, limit: u64) -> Result<DiskCache, StoreError> {
         fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
-        let mut found = Vec::new();
-        for entry in fs::read_dir(dir).map_err(|e| io(dir, e))? {
-            let entry = entry.map_err(|e| io(dir, e))?;
-            let meta = entry.metadata().map_err(|e| io(&entry.path(), e))?;
-            let id = entry.file_name().to_str().and_then(ObjectId::from_hex);
-            match id {
-                Some(id) if meta.is_file() => found.push((meta.modified().ok(), ChunkId(id), meta.len())),
-                // A write that was cut short, or anything else: not ours to keep.
-                _ if meta.is_file() => fs::remove_file(entry.path()).map_err(|e| io(&entry.path(), e))?,
-                _ => {}
-            }
-        }
-        found.sort();
         let cache = DiskCache { dir: dir.to_owned(), limit, state: Mutex::new(State::default()) };
-        {
-            let mut state = cache.state.lock().expect("no panics hold this lock");
-            for (_, id, len) in found {
-                state.clock += 1;
-                let clock = state.clock;
-                state.entries.insert(id, (len, clock));
-                state.total += len;
-            }
-            cache.evict(&mut state, None)?;
-        }
+        cache.look(&mut cache.state.lock().expect("no panics hold this lock"), None)?;
         Ok(cache)
     }
 
@@ -69,63 +64,94 @@ impl DiskCache {
 
     /// Whether the chunk is cached.
     pub fn contains(&self, id: &ChunkId) -> bool {
-        self.state.lock().expect("no panics hold this lock").entries.contains_key(id)
+        self.state.lock().expect("no panics hold this lock").present.contains(id)
     }
 
     /// The chunk's bytes, if cached and intact (a damaged file is dropped).
     pub fn get(&self, id: &ChunkId) -> Option<Vec<u8>> {
-        {
-            let mut state = self.state.lock().expect("no panics hold this lock");
-            state.clock += 1;
-            let clock = state.clock;
-            state.entries.get_mut(id)?.1 = clock;
-        }
         let path = self.path(id);
         match fs::read(&path) {
-            Ok(bytes) if ObjectId::of(&bytes) == id.0 => Some(bytes),
-            _ => {
-                tracing::warn!("cached chunk {} is damaged or gone; it is fetched again", path.display());
-                let _ = fs::remove_file(&path);
-                let mut state = self.state.lock().expect("no panics hold this lock");
-                if let Some((len, _)) = state.entries.remove(id) {
-                    state.total -= len;
+            Ok(bytes) if ObjectId::of(&bytes) == id.0 => {
+                if let Err(e) = touch(&path) {
+                    tracing::debug!("cached chunk {}: {e}", path.display());
                 }
+                Some(bytes)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Another mount sharing the directory made room.
+                self.state.lock().expect("no panics hold this lock").present.remove(id);
+                None
+            }
+            _ => {
+                tracing::warn!("cached chunk {} is damaged; it is fetched again", path.display());
+                let _ = fs::remove_file(&path);
+                self.state.lock().expect("no panics hold this lock").present.remove(id);
                 None
             }
         }
     }
 
-    /// Stores a verified chunk, then drops the least recently used ones beyond the limit.
+    /// Stores a verified chunk, then makes room if the cache holds too much.
     pub fn put(&self, id: &ChunkId, bytes: &[u8]) -> Result<(), StoreError> {
         let path = self.path(id);
-        let tmp = self.dir.join(unique_tmp_name("chunk"));
-        fs::write(&tmp, bytes).and_then(|()| fs::rename(&tmp, &path)).map_err(|e| {
+        let tmp = self.dir.join(unique_tmp_name(TMP_PREFIX));
+        let written = fs::write(&tmp, bytes)
+            .and_then(|()| File::options().write(true).open(&tmp)?.set_modified(SystemTime::now()))
+            .and_then(|()| fs::rename(&tmp, &path));
+        written.map_err(|e| {
             let _ = fs::remove_file(&tmp);
             io(&path, e)
         })?;
         let mut state = self.state.lock().expect("no panics hold this lock");
-        state.clock += 1;
-        let clock = state.clock;
-        if let Some((old, _)) = state.entries.insert(*id, (bytes.len() as u64, clock)) {
-            state.total -= old;
+        if state.present.insert(*id) {
+            state.total += bytes.len() as u64;
+            state.added += bytes.len() as u64;
         }
-        state.total += bytes.len() as u64;
-        self.evict(&mut state, Some(id))
+        if state.total > self.limit || state.added > self.limit / 10 {
+            self.look(&mut state, Some(id))?;
+        }
+        Ok(())
     }
 
-    /// Drops least recently used chunks, never `keep`, until the total is within the limit.
-    fn evict(&self, state: &mut State, keep: Option<&ChunkId>) -> Result<(), StoreError> {
-        while state.total > self.limit {
-            let oldest = state.entries.iter().filter(|(id, _)| Some(*id) != keep).min_by_key(|(_, (_, used))| *used);
-            let Some((&id, &(len, _))) = oldest else { break };
-            let path = self.path(&id);
-            match fs::remove_file(&path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&path, e)),
-                _ => {}
+    /// Looks at the whole directory (what ended processes left half-written goes); when it holds
+    /// more than the limit, removes the least recently used chunks, never `keep`, down to nine
+    /// tenths of it.
+    fn look(&self, state: &mut State, keep: Option<&ChunkId>) -> Result<(), StoreError> {
+        remove_orphaned_tmp(&self.dir, TMP_PREFIX)?;
+        let mut found = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(|e| io(&self.dir, e))? {
+            let entry = entry.map_err(|e| io(&self.dir, e))?;
+            let Some(id) = entry.file_name().to_str().and_then(ObjectId::from_hex) else { continue };
+            match entry.metadata() {
+                Ok(meta) if meta.is_file() => found.push((meta.modified().ok(), ChunkId(id), meta.len())),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(&entry.path(), e)),
             }
-            state.entries.remove(&id);
-            state.total -= len;
         }
+        let mut total: u64 = found.iter().map(|(_, _, len)| len).sum();
+        if total > self.limit {
+            found.sort();
+            let target = self.limit / 10 * 9;
+            found.retain(|&(_, id, len)| {
+                if total <= target || Some(&id) == keep {
+                    return true;
+                }
+                match fs::remove_file(self.path(&id)) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        tracing::warn!("cannot remove cached chunk {}: {e}", self.path(&id).display());
+                        true
+                    }
+                    _ => {
+                        total -= len;
+                        false
+                    }
+                }
+            });
+        }
+        state.present = found.into_iter().map(|(_, id, _)| id).collect();
+        state.total = total;
+        state.added = 0;
         Ok(())
     }
 }
@@ -153,11 +179,41 @@ mod tests {
         // Kept across opens; a damaged file is not returned.
         drop(cache);
         fs::write(dir.path().join(c.0.0.to_hex()), b"damaged").unwrap();
-        fs::write(dir.path().join("tmp-chunk-left-by-a-crash"), b"x").unwrap();
+        // Half a chunk written by a process that has ended (no process has this id).
+        let left = dir.path().join("tmp-chunk-4294967295-18b2c3d4e5f60718-0");
+        fs::write(&left, b"x").unwrap();
         let cache = DiskCache::open(dir.path(), 2500).unwrap();
         assert!(cache.contains(&a.0));
         assert_eq!(cache.get(&c.0), None);
         assert!(!cache.contains(&c.0));
-        assert!(!dir.path().join("tmp-chunk-left-by-a-crash").exists());
+        assert!(!left.exists());
+    }
+
+    fn bytes_in(dir: &Path) -> u64 {
+        fs::read_dir(dir).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum()
+    }
+
+    #[test]
+    fn mounts_sharing_a_directory_keep_it_within_the_limit_and_leave_each_others_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let limit = 10_000;
+        let (first, second) =
+            (DiskCache::open(dir.path(), limit).unwrap(), DiskCache::open(dir.path(), limit).unwrap());
+        // A chunk this (running) process is writing is no other mount's to remove.
+        let writing = dir.path().join(unique_tmp_name(TMP_PREFIX));
+        fs::write(&writing, b"half").unwrap();
+        let chunks: Vec<_> = (0..40).map(chunk).collect();
+        for (n, (id, bytes)) in chunks.iter().enumerate() {
+            let cache = if n % 2 == 0 { &first } else { &second };
+            cache.put(id, bytes).unwrap();
+            // The limit, plus a tenth of it and a chunk for each of the two mounts.
+            assert!(bytes_in(dir.path()) <= limit + 2 * (limit / 10 + 1000) + 4, "after chunk {n}");
+        }
+        assert!(writing.exists());
+        // The most recent chunks stayed; the first ones went, whichever mount wrote them.
+        let (last, oldest) = (&chunks[39], &chunks[0]);
+        assert_eq!(first.get(&last.0).as_deref(), Some(last.1.as_slice()));
+        assert_eq!(second.get(&oldest.0), None);
+        assert!(!first.contains(&oldest.0) && !second.contains(&oldest.0));
     }
 }

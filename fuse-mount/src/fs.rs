@@ -1,23 +1,20 @@
 //! The FUSE filesystem: answers the kernel from the inode table and the content source.
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
-    OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyXattr, Request,
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 use osdeploy_store::object::Mtime;
 use osdeploy_store::{CommitId, Repo};
 
 use crate::content::Content;
-use crate::inodes::{Body, FileContent, Inodes, Node};
+use crate::inodes::{Body, Inodes, Node};
 
 /// How long the kernel may keep names and attributes: a commit never changes.
 const TTL: Duration = Duration::from_secs(24 * 3600);
@@ -27,9 +24,10 @@ pub struct CommitFs {
     commit: CommitId,
     inodes: Inodes,
     content: Content,
-    /// Open files' descriptors (bare repositories), by file handle.
-    open_files: Mutex<HashMap<u64, Arc<File>>>,
-    next_handle: AtomicU64,
+    /// Whether the kernel opens files and directories without asking this process (and then
+    /// keeps their pages and listings cached).
+    opens_alone: bool,
+    opens_directories_alone: bool,
     /// Held for its read lock: no prune while mounted.
     _repo: Mutex<Repo>,
 }
@@ -41,21 +39,10 @@ impl CommitFs {
             commit,
             inodes,
             content,
-            open_files: Mutex::new(HashMap::new()),
-            next_handle: AtomicU64::new(1),
+            opens_alone: false,
+            opens_directories_alone: false,
             _repo: Mutex::new(repo),
         }
-    }
-
-    /// What reads through handle `fh` of `file` need (see [`Content::open`]), opened once.
-    fn opened(&self, fh: FileHandle, file: &FileContent) -> osdeploy_store::Result<Option<Arc<File>>> {
-        if let Some(opened) = self.open_files.lock().expect("no panics hold this lock").get(&fh.0) {
-            return Ok(Some(opened.clone()));
-        }
-        let Some(opened) = self.content.open(file)? else { return Ok(None) };
-        let opened = Arc::new(opened);
-        self.open_files.lock().expect("no panics hold this lock").insert(fh.0, opened.clone());
-        Ok(Some(opened))
     }
 
     fn node(&self, ino: INodeNo) -> Result<&Node, Errno> {
@@ -85,6 +72,20 @@ impl CommitFs {
             blksize: 4096,
             flags: 0,
         }
+    }
+}
+
+impl CommitFs {
+    /// The entries of directory `ino` from `offset` on, "." and ".." first, each with the offset of
+    /// the next.
+    fn listing(&self, ino: INodeNo, offset: u64) -> Result<impl Iterator<Item = (u64, &[u8], u64)>, Errno> {
+        let node = self.node(ino)?;
+        let Body::Dir(entries) = &node.body else {
+            return Err(Errno::ENOTDIR);
+        };
+        let dots = [(b".".as_slice(), ino.0), (b"..".as_slice(), node.parent)];
+        let all = dots.into_iter().chain(entries.iter().map(|(name, ino)| (name.as_slice(), *ino)));
+        Ok(all.enumerate().skip(offset as usize).map(|(index, (name, child))| (index as u64 + 1, name, child)))
     }
 }
 
@@ -128,6 +129,25 @@ fn reply_sized(reply: ReplyXattr, size: u32, value: &[u8]) {
 }
 
 impl Filesystem for CommitFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // A commit never changes: the kernel may open files and directories without asking and
+        // keep what it read of them, keep symlink targets, and take every entry's attributes
+        // with its directory's listing (`ls -l`, `find`, `tar`: a request per directory, not
+        // three more per entry). Each is used where the kernel offers it.
+        let mut offered = |flag: InitFlags| config.add_capabilities(flag).is_ok();
+        self.opens_alone = offered(InitFlags::FUSE_NO_OPEN_SUPPORT);
+        self.opens_directories_alone = offered(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
+        let symlinks_cached = offered(InitFlags::FUSE_CACHE_SYMLINKS);
+        let listings_with_attributes = offered(InitFlags::FUSE_DO_READDIRPLUS);
+        tracing::debug!(
+            "kernel: opens alone {}, opens directories alone {}, caches symlinks {symlinks_cached}, \
+             lists with attributes {listings_with_attributes}",
+            self.opens_alone,
+            self.opens_directories_alone
+        );
+        Ok(())
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.inodes.lookup(parent.0, name.as_bytes()) {
             Some(ino) => {
@@ -160,13 +180,18 @@ impl Filesystem for CommitFs {
         if !matches!(self.node(ino).map(|n| &n.body), Ok(Body::File(_))) {
             return reply.error(Errno::EINVAL);
         }
-        // What reads need is opened by the first read: a file the kernel has cached is read
-        // without any, and opening it costs nothing then.
-        reply.opened(FileHandle(self.next_handle.fetch_add(1, Ordering::Relaxed)), FopenFlags::FOPEN_KEEP_CACHE);
+        if self.opens_alone {
+            // The kernel then opens every file itself from now on, keeping its pages.
+            return reply.error(Errno::ENOSYS);
+        }
+        // Reads need no handle: what they read is found by the inode.
+        reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
     }
 
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        // The kernel may keep directory listings too.
+        if self.opens_directories_alone {
+            return reply.error(Errno::ENOSYS);
+        }
         reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR);
     }
 
@@ -174,7 +199,7 @@ impl Filesystem for CommitFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         size: u32,
         _flags: OpenFlags,
@@ -184,14 +209,7 @@ impl Filesystem for CommitFs {
         let Ok(Body::File(file)) = self.node(ino).map(|n| &n.body) else {
             return reply.error(Errno::EINVAL);
         };
-        let opened = match self.opened(fh, file) {
-            Ok(opened) => opened,
-            Err(error) => {
-                tracing::error!("commit {}: opening inode {}: {error}", self.commit, ino.0);
-                return reply.error(Errno::EIO);
-            }
-        };
-        match self.content.read(file, opened.as_deref(), offset, size) {
+        match self.content.read(file, offset, size) {
             Ok(bytes) => reply.data(&bytes),
             Err(error) => {
                 tracing::error!("commit {}: reading inode {} at {offset}: {error}", self.commit, ino.0);
@@ -200,33 +218,29 @@ impl Filesystem for CommitFs {
         }
     }
 
-    fn release(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        _flush: bool,
-        reply: ReplyEmpty,
-    ) {
-        self.open_files.lock().expect("no panics hold this lock").remove(&fh.0);
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let listing = match self.listing(ino, offset) {
+            Ok(listing) => listing,
+            Err(errno) => return reply.error(errno),
+        };
+        for (next, name, child) in listing {
+            let kind = self.inodes.get(child).map_or(FileType::Directory, |n| file_type(&n.body));
+            if reply.add(INodeNo(child), next, kind, OsStr::from_bytes(name)) {
+                break;
+            }
+        }
         reply.ok();
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let node = match self.node(ino) {
-            Ok(node) => node,
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let listing = match self.listing(ino, offset) {
+            Ok(listing) => listing,
             Err(errno) => return reply.error(errno),
         };
-        let Body::Dir(entries) = &node.body else {
-            return reply.error(Errno::ENOTDIR);
-        };
-        let dots = [(b".".as_slice(), ino.0), (b"..".as_slice(), node.parent)];
-        let all = dots.into_iter().chain(entries.iter().map(|(name, ino)| (name.as_slice(), *ino)));
-        for (index, (name, child)) in all.enumerate().skip(offset as usize) {
-            let kind = self.inodes.get(child).map_or(FileType::Directory, |n| file_type(&n.body));
-            if reply.add(INodeNo(child), index as u64 + 1, kind, OsStr::from_bytes(name)) {
+        for (next, name, child) in listing {
+            let node = self.inodes.get(child).expect("entries name existing inodes");
+            let attr = self.attr(child, node);
+            if reply.add(INodeNo(child), next, OsStr::from_bytes(name), &TTL, &attr, Generation(0)) {
                 break;
             }
         }

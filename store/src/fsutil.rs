@@ -23,6 +23,42 @@ pub fn unique_tmp_name(prefix: &str) -> String {
     format!("{prefix}-{}-{nanos:x}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
+/// The process that made `name` with [`unique_tmp_name`], if it is such a name.
+pub fn tmp_name_owner(name: &OsStr) -> Option<u32> {
+    let mut parts = name.to_str()?.rsplitn(4, '-');
+    let (_counter, _nanos, pid, _prefix) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    pid.parse().ok()
+}
+
+/// Removes what processes that have ended left in `dir` under names from [`unique_tmp_name`]
+/// starting with `prefix` (files, or directories with what they hold). A name whose process still
+/// runs is kept: another process may be writing it.
+pub fn remove_orphaned_tmp(dir: &Path, prefix: &str) -> Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        entries => entries.at(dir)?,
+    };
+    for entry in entries {
+        let entry = entry.at(dir)?;
+        let name = entry.file_name();
+        if !name.as_bytes().starts_with(prefix.as_bytes()) {
+            continue;
+        }
+        let Some(owner) = tmp_name_owner(&name) else { continue };
+        if Path::new(&format!("/proc/{owner}")).exists() {
+            continue;
+        }
+        let path = entry.path();
+        let removed =
+            if entry.file_type().at(&path)?.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+        match removed {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).at(&path),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// A `flock(2)` lock that is released explicitly when dropped.
 ///
 /// Closing the descriptor is not enough: a child process spawned by another thread holds a copy of
@@ -203,6 +239,25 @@ pub fn dev_of(dir: BorrowedFd<'_>, path: &Path) -> Result<u64> {
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
+
+    #[test]
+    fn only_what_ended_processes_left_is_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mine = tmp.path().join(unique_tmp_name("mount-chunks"));
+        // No process has this id: Linux's pids end far below.
+        let dead = tmp.path().join("mount-chunks-4294967295-18b2c3d4e5f60718-0");
+        for dir in [&mine, &dead] {
+            fs::create_dir(dir).unwrap();
+            fs::write(dir.join("0.range"), b"staged").unwrap();
+        }
+        let other_prefix = tmp.path().join("chunk-4294967295-18b2c3d4e5f60718-1");
+        fs::write(&other_prefix, b"x").unwrap();
+        fs::write(tmp.path().join("mount-notes"), b"x").unwrap();
+        remove_orphaned_tmp(tmp.path(), "mount-").unwrap();
+        assert!(mine.exists() && !dead.exists() && other_prefix.exists() && tmp.path().join("mount-notes").exists());
+        assert_eq!(tmp_name_owner(OsStr::new(&unique_tmp_name("a-b"))), Some(std::process::id()));
+        remove_orphaned_tmp(&tmp.path().join("missing"), "mount-").unwrap();
+    }
 
     #[test]
     fn a_dropped_lock_is_free_while_a_copy_of_its_descriptor_lives() {

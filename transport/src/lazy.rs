@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use osdeploy_store::fsutil::unique_tmp_name;
+use osdeploy_store::fsutil::{remove_orphaned_tmp, unique_tmp_name};
 use osdeploy_store::object::ObjectKind;
 use osdeploy_store::{ChunkId, CommitId, ObjectId, StoreError};
 
@@ -51,6 +51,8 @@ impl LazyRemote {
         http: HttpOptions,
         scratch: &Path,
     ) -> Result<Connected, TransportError> {
+        // What mounts killed in the middle of a fetch left behind.
+        remove_orphaned_tmp(scratch, "mount-")?;
         let runtime = crate::pull::runtime()?;
         let client = Client::new(remote, http, Arc::new(Progress::default()))?;
         let metadata_dir = scratch.join(unique_tmp_name("mount-metadata"));
