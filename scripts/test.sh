@@ -13,7 +13,13 @@ scripts/install-deps.sh
 free_space() { df -h --output=avail,target . | tail -1 | awk -v when="$1" '{print "test.sh: " $1 " free on " $2 " " when}'; }
 free_space "at the start"
 scratch=""
-trap 'free_space "at the end"; [ -z "$scratch" ] || rm -rf "$scratch"' EXIT
+vm_job=""
+finish() {
+  if [ -n "$vm_job" ] && kill -0 "$vm_job" 2> /dev/null; then kill -- -"$vm_job" 2> /dev/null || true; fi
+  free_space "at the end"
+  [ -z "$scratch" ] || rm -rf "$scratch"
+}
+trap finish EXIT
 # A clone must pass on its own: no tracked file may use a folder beside the repository (the
 # pattern is built from pieces so that this line does not match itself).
 outside="\.\./""shared"
@@ -23,13 +29,33 @@ if git rev-parse --is-inside-work-tree > /dev/null 2>&1 && git grep -n -e "$outs
 fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
-cargo test --workspace
+cargo test --workspace --no-run
+# The VM boots (tests/vm_boot.rs) are emulated and take about 12 minutes, most of it one busy core:
+# they run beside the other tests and the fuzzing, in a process group of their own (set -m), from
+# the package directory as cargo runs them; the other tests skip them by their exact names.
+scratch=$(mktemp -d)
+vm_test=$(cargo test -p osdeploy --test vm_boot --no-run --message-format=json | grep '"name":"vm_boot"' |
+  sed -n 's/.*"executable":"\([^"]*\)".*/\1/p')
+[ -x "$vm_test" ] || { echo "test.sh: the VM test's executable was not found" >&2; exit 1; }
+vm_skips=()
+while read -r name; do vm_skips+=(--skip "$name"); done < <("$vm_test" --list | sed -n 's/: test$//p')
+[ ${#vm_skips[@]} -gt 0 ] || { echo "test.sh: the VM test lists no test" >&2; exit 1; }
+set -m
+(cd deploy-cli && exec "$vm_test") > "$scratch/vm_boot.log" 2>&1 &
+vm_job=$!
+set +m
+cargo test --workspace -- --exact "${vm_skips[@]}"
 # Every decoder fuzzed for a short while from the committed corpora (tests/fuzz, libFuzzer).
 FUZZ_SECONDS=${FUZZ_SECONDS:-45} scripts/fuzz.sh
+vm_status=0
+wait "$vm_job" || vm_status=$?
+vm_job=""
+echo "test.sh: the VM tests (tests/vm_boot.rs), run beside the others:"
+cat "$scratch/vm_boot.log"
+[ "$vm_status" = 0 ] || { echo "test.sh: the VM tests failed (exit $vm_status)" >&2; exit 1; }
 # Crash points act in debug builds only (the tests'): a build without debug assertions, as the
 # release build is, must ignore the variable (profile no-assertions: the release's flags, unoptimised).
 cargo build --profile no-assertions -q -p osdeploy
-scratch=$(mktemp -d)
 mkdir "$scratch/tree"; echo release > "$scratch/tree/file"
 target/no-assertions/osdeploy --repo "$scratch/repo" init --mode archive > /dev/null
 OSDEPLOY_CRASH_AT=commit:before-ref target/no-assertions/osdeploy --repo "$scratch/repo" commit -b main "$scratch/tree" > /dev/null
