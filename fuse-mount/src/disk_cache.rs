@@ -2,7 +2,8 @@
 //! total bounded in bytes. The least recently used chunks go first; a chunk is checked against
 //! its id whenever it is read back, so a damaged cache file costs a fetch, never a wrong byte.
 //! The cache outlives the mount: a second mount of the same release reads what the first
-//! fetched.
+//! fetched. The most recently stored or read chunks are also kept in memory ([`IN_MEMORY`]
+//! bytes), so that what a read-ahead fetched reaches its reader without a file read and a hash.
 //!
 //! Mounts may share one cache directory. A file's modification time is its last use (set on
 //! every write and read back), so every process sees the same order. Each process looks at the
@@ -11,13 +12,20 @@
 //! limit: the directory stays within the limit plus a tenth of it per mount writing to it.
 
 use std::collections::HashSet;
-use std::fs::{self, File};
+use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use osdeploy_store::fsutil::{remove_orphaned_tmp, unique_tmp_name};
 use osdeploy_store::{ChunkId, ObjectId, StoreError};
+use quick_cache::sync::Cache;
+use rustix::fs::{AtFlags, Timespec, Timestamps};
+
+use crate::content::ChunkBytes;
+
+/// Bytes of recent chunks kept in memory: two read-aheads.
+const IN_MEMORY: u64 = 2 * crate::remote_content::READ_AHEAD;
 
 /// What the names of chunks being written start with.
 const TMP_PREFIX: &str = "tmp-chunk";
@@ -27,6 +35,8 @@ pub struct DiskCache {
     dir: PathBuf,
     limit: u64,
     state: Mutex<State>,
+    /// The most recent chunks, verified.
+    recent: Cache<ChunkId, Arc<Vec<u8>>, ChunkBytes>,
 }
 
 #[derive(Default)]
@@ -43,9 +53,13 @@ fn io(path: &Path, error: std::io::Error) -> StoreError {
     StoreError::Io { path: path.to_owned(), error }
 }
 
-/// Marks the file at `path` as used now.
+/// Marks the file at `path` as used now (to the nanosecond: the kernel's own clock for file times
+/// may be coarser).
 fn touch(path: &Path) -> std::io::Result<()> {
-    File::options().write(true).open(path)?.set_modified(SystemTime::now())
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let now = Timespec { tv_sec: now.as_secs() as i64, tv_nsec: now.subsec_nanos().into() };
+    let times = Timestamps { last_access: now, last_modification: now };
+    Ok(rustix::fs::utimensat(rustix::fs::CWD, path, &times, AtFlags::empty())?)
 }
 
 impl DiskCache {
@@ -53,7 +67,8 @@ impl DiskCache {
     /// left is kept, least recently used first out.
     pub fn open(dir: &Path, limit: u64) -> Result<DiskCache, StoreError> {
         fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
-        let cache = DiskCache { dir: dir.to_owned(), limit, state: Mutex::new(State::default()) };
+        let recent = Cache::with_weighter((IN_MEMORY / (64 << 10)) as usize, IN_MEMORY, ChunkBytes);
+        let cache = DiskCache { dir: dir.to_owned(), limit, state: Mutex::new(State::default()), recent };
         cache.look(&mut cache.state.lock().expect("no panics hold this lock"), None)?;
         Ok(cache)
     }
@@ -68,13 +83,21 @@ impl DiskCache {
     }
 
     /// The chunk's bytes, if cached and intact (a damaged file is dropped).
-    pub fn get(&self, id: &ChunkId) -> Option<Vec<u8>> {
+    pub fn get(&self, id: &ChunkId) -> Option<Arc<Vec<u8>>> {
         let path = self.path(id);
+        if let Some(bytes) = self.recent.get(id) {
+            if let Err(e) = touch(&path) {
+                tracing::debug!("cached chunk {}: {e}", path.display());
+            }
+            return Some(bytes);
+        }
         match fs::read(&path) {
             Ok(bytes) if ObjectId::of(&bytes) == id.0 => {
                 if let Err(e) = touch(&path) {
                     tracing::debug!("cached chunk {}: {e}", path.display());
                 }
+                let bytes = Arc::new(bytes);
+                self.recent.insert(*id, bytes.clone());
                 Some(bytes)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -92,20 +115,21 @@ impl DiskCache {
     }
 
     /// Stores a verified chunk, then makes room if the cache holds too much.
-    pub fn put(&self, id: &ChunkId, bytes: &[u8]) -> Result<(), StoreError> {
+    pub fn put(&self, id: &ChunkId, bytes: Arc<Vec<u8>>) -> Result<(), StoreError> {
         let path = self.path(id);
         let tmp = self.dir.join(unique_tmp_name(TMP_PREFIX));
-        let written = fs::write(&tmp, bytes)
-            .and_then(|()| File::options().write(true).open(&tmp)?.set_modified(SystemTime::now()))
-            .and_then(|()| fs::rename(&tmp, &path));
+        let written =
+            fs::write(&tmp, bytes.as_slice()).and_then(|()| touch(&tmp)).and_then(|()| fs::rename(&tmp, &path));
         written.map_err(|e| {
             let _ = fs::remove_file(&tmp);
             io(&path, e)
         })?;
+        let len = bytes.len() as u64;
+        self.recent.insert(*id, bytes);
         let mut state = self.state.lock().expect("no panics hold this lock");
         if state.present.insert(*id) {
-            state.total += bytes.len() as u64;
-            state.added += bytes.len() as u64;
+            state.total += len;
+            state.added += len;
         }
         if state.total > self.limit || state.added > self.limit / 10 {
             self.look(&mut state, Some(id))?;
@@ -137,6 +161,7 @@ impl DiskCache {
                 if total <= target || Some(&id) == keep {
                     return true;
                 }
+                self.recent.remove(&id);
                 match fs::remove_file(self.path(&id)) {
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                         tracing::warn!("cannot remove cached chunk {}: {e}", self.path(&id).display());
@@ -170,10 +195,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = DiskCache::open(dir.path(), 2500).unwrap();
         let (a, b, c) = (chunk(1), chunk(2), chunk(3));
-        cache.put(&a.0, &a.1).unwrap();
-        cache.put(&b.0, &b.1).unwrap();
-        assert_eq!(cache.get(&a.0).as_deref(), Some(a.1.as_slice()));
-        cache.put(&c.0, &c.1).unwrap();
+        cache.put(&a.0, Arc::new(a.1.clone())).unwrap();
+        cache.put(&b.0, Arc::new(b.1.clone())).unwrap();
+        assert_eq!(cache.get(&a.0).as_deref(), Some(&a.1));
+        cache.put(&c.0, Arc::new(c.1.clone())).unwrap();
         assert!(cache.contains(&a.0) && cache.contains(&c.0) && !cache.contains(&b.0), "b was used least recently");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 2, "b's file went with it");
         // Kept across opens; a damaged file is not returned.
@@ -205,14 +230,14 @@ mod tests {
         let chunks: Vec<_> = (0..40).map(chunk).collect();
         for (n, (id, bytes)) in chunks.iter().enumerate() {
             let cache = if n % 2 == 0 { &first } else { &second };
-            cache.put(id, bytes).unwrap();
+            cache.put(id, Arc::new(bytes.clone())).unwrap();
             // The limit, plus a tenth of it and a chunk for each of the two mounts.
             assert!(bytes_in(dir.path()) <= limit + 2 * (limit / 10 + 1000) + 4, "after chunk {n}");
         }
         assert!(writing.exists());
         // The most recent chunks stayed; the first ones went, whichever mount wrote them.
         let (last, oldest) = (&chunks[39], &chunks[0]);
-        assert_eq!(first.get(&last.0).as_deref(), Some(last.1.as_slice()));
+        assert_eq!(first.get(&last.0).as_deref(), Some(&last.1));
         assert_eq!(second.get(&oldest.0), None);
         assert!(!first.contains(&oldest.0) && !second.contains(&oldest.0));
     }

@@ -55,13 +55,14 @@ fn fetch_into(
     file: &FileContent,
     from: usize,
     to: usize,
-) -> Result<HashMap<ChunkId, Vec<u8>>, StoreError> {
+) -> Result<HashMap<ChunkId, Arc<Vec<u8>>>, StoreError> {
     let missing: Vec<ChunkId> =
         file.object.chunks[from..to].iter().map(|(c, _)| *c).filter(|c| !cache.contains(c)).collect();
     let mut fetched = HashMap::new();
     if !missing.is_empty() {
         for (chunk, bytes) in missing.iter().zip(remote.fetch_chunks(&missing).map_err(remote_error)?) {
-            cache.put(chunk, &bytes)?;
+            let bytes = Arc::new(bytes);
+            cache.put(chunk, bytes.clone())?;
             fetched.insert(*chunk, bytes);
         }
     }
@@ -110,7 +111,7 @@ impl RemoteContent {
         }
         assemble(file, offset, end, out, |chunk| match fetched.remove(chunk).or_else(|| self.cache.get(chunk)) {
             Some(bytes) => Ok(bytes),
-            None => Ok(self.remote.fetch_chunks(&[*chunk]).map_err(remote_error)?.remove(0)),
+            None => Ok(Arc::new(self.remote.fetch_chunks(&[*chunk]).map_err(remote_error)?.remove(0))),
         })
     }
 }
