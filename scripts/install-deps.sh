@@ -2,7 +2,8 @@
 # Installs the Debian packages osdeploy's tests and demo use (idempotent; mmdebstrap builds the
 # real OS pair of tests/real_rootfs.rs, git runs the self-containment guard, cpio builds the
 # initramfs images of tests/deltas.rs, QEMU, OVMF, mtools, sfdisk and the EFI boot loaders the
-# VM boots of tests/vm_boot.rs, etcd for tests/fleet.rs, g++ builds libFuzzer for scripts/fuzz.sh,
+# VM boots of tests/vm_boot.rs, QEMU, objcopy and cpio the power-cut guest of tests/power_cuts.rs
+# (whose kernel and busybox come from `apt-get download`), etcd for tests/fleet.rs, g++ builds libFuzzer for scripts/fuzz.sh,
 # strace records tests/durability.rs), and kubernetes-validate from PyPI (the Kubernetes API
 # schemas the DaemonSet manifest is checked against). Needs root or sudo.
 set -euo pipefail
