@@ -283,23 +283,16 @@ fn read_commands_work_read_only_for_other_users_and_on_a_full_disk() {
     // Another user (nobody), who may read but not write the repositories.
     let binary = tmp.path().join("osdeploy");
     fs::copy(env!("CARGO_BIN_EXE_osdeploy"), &binary).unwrap();
-    let as_nobody = |cmd: &mut std::process::Command| {
+    let nobody = |cmd: &mut std::process::Command| {
         let mut wrapped = std::process::Command::new("setpriv");
         wrapped.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(&binary).args(cmd.get_args());
-        ok(&mut wrapped)
+        wrapped
     };
+    let as_nobody = |cmd: &mut std::process::Command| ok(&mut nobody(cmd));
     for repo in &repos {
         run_read_commands(repo, &src, None, &as_nobody);
     }
-    let err = fails(
-        std::process::Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(&binary)
-            .arg("--repo")
-            .arg(&repos[0])
-            .args(["commit", "-b", "other"])
-            .arg(&src),
-    );
+    let err = fails(&mut nobody(osdeploy(&repos[0]).args(["commit", "-b", "other"]).arg(&src)));
     assert!(err.contains("Permission denied") && err.contains(&repos[0].display().to_string()), "{err}");
 
     // A full disk: reads work; a write names the lack of space and loses nothing. No `-shm` is

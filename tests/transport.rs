@@ -298,6 +298,18 @@ fn serve_answers_ranges_conditionals_and_cache_headers() {
     assert_eq!(status, 206, "{head}");
     assert_eq!(body, fs::read(&pack).unwrap()[8..50]);
     assert!(head.to_lowercase().contains("cache-control: public, max-age=31536000, immutable"), "{head}");
+    // Delta packs and indexes are named by their content too.
+    ok(osdeploy(&o.repo).args(["commit", "-b", "stable", "--version", "2", "--deltas", "1"]).arg(&o.v2));
+    let delta_file = fs::read_dir(o.repo.join("deltas")).unwrap().next().expect("a delta file").unwrap().path();
+    let name = format!("/deltas/{}", delta_file.file_name().unwrap().to_string_lossy());
+    let (status, head, _) = http_get(&server.url, &name, &[]);
+    assert_eq!(status, 200, "{head}");
+    assert!(head.to_lowercase().contains("cache-control: public, max-age=31536000, immutable"), "{head}");
+    // A miss is no content: a cache must ask again (the pack may be published later).
+    let missing = format!("/packs/{}.pack", "0".repeat(64));
+    let (status, head, _) = http_get(&server.url, &missing, &[]);
+    assert_eq!(status, 404, "{head}");
+    assert!(head.to_lowercase().contains("cache-control: no-cache"), "{head}");
     let (status, head, _) = http_get(&server.url, "/summary", &[]);
     assert_eq!(status, 200);
     assert!(head.to_lowercase().contains("cache-control: no-cache"), "{head}");

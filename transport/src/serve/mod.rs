@@ -1,6 +1,7 @@
 //! `osdeploy serve`: an archive repository over HTTP, as any static server would serve it, with
 //! Range requests, conditional requests (Last-Modified / If-Modified-Since) and cache headers:
-//! packs and indexes are immutable (named by their hash), everything else must be revalidated.
+//! packs, delta packs and their indexes are immutable (named by their hash), everything else —
+//! and any miss — must be revalidated.
 //! Clients are bounded in time and number (see [`connections`]).
 
 mod connections;
@@ -12,8 +13,8 @@ use std::path::PathBuf;
 
 use axum::Router;
 use axum::extract::Request;
-use axum::http::HeaderValue;
 use axum::http::header::CACHE_CONTROL;
+use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use tower_http::services::ServeDir;
@@ -23,10 +24,16 @@ use osdeploy_store::layout;
 use crate::error::TransportError;
 use crate::sign::{now, signed_until};
 
+/// Marks what is named by its content (packs, their indexes, delta packs and indexes) immutable,
+/// when it is found; everything else, a miss included, must be revalidated.
 async fn cache_headers(request: Request, next: Next) -> Response {
-    let immutable = request.uri().path().starts_with("/packs/");
+    let path = request.uri().path();
+    let content_named = [layout::PACKS, layout::DELTAS]
+        .iter()
+        .any(|dir| path.strip_prefix('/').and_then(|p| p.strip_prefix(dir)).is_some_and(|rest| rest.starts_with('/')));
     let mut response = next.run(request).await;
-    let value = if immutable { "public, max-age=31536000, immutable" } else { "no-cache" };
+    let found = response.status().is_success() || response.status() == StatusCode::NOT_MODIFIED;
+    let value = if content_named && found { "public, max-age=31536000, immutable" } else { "no-cache" };
     response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static(value));
     response
 }
