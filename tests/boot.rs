@@ -227,6 +227,15 @@ fn prepare_root_makes_the_booted_slot_the_root_filesystem() {
     let images = LoopFs::labelled("ext4", 64, Some(&label));
     fs::write(images.mount.join("image-blob"), "a cached container image layer\n").unwrap();
     images.unmount();
+    // A user-data partition named by its UUID.
+    let user_data = LoopFs::new("ext4", 64);
+    fs::write(user_data.mount.join("owned-by-the-user"), "user data partition\n").unwrap();
+    let uuid = String::from_utf8(sh("findmnt", &["-n", "-o", "UUID", &user_data.mount.display().to_string()]).stdout)
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert!(!uuid.is_empty(), "the user-data partition has a UUID");
+    user_data.unmount();
     let tmp = tempfile::tempdir().unwrap();
     let node =
         Node { sysroot: sysroot_fs.mount.clone(), config: tmp.path().join("config"), tmp: tmp.path().to_owned() };
@@ -242,6 +251,7 @@ fn prepare_root_makes_the_booted_slot_the_root_filesystem() {
         format!(
             "[[data_partition]]\nsource = \"LABEL={label}\"\ntarget = \"/var/lib/containerd\"\nfstype = \"ext4\"\n\
              options = \"noatime,nodev\"\n\
+             [[data_partition]]\nsource = \"UUID={uuid}\"\ntarget = \"/srv/data\"\nfstype = \"ext4\"\n\
              [[data_partition]]\nsource = \"/dev/osdeploy-test-absent\"\ntarget = \"/srv/scratch\"\nfstype = \"ext4\"\n\
              options = \"nofail\"\n"
         ),
@@ -276,7 +286,11 @@ fn prepare_root_makes_the_booted_slot_the_root_filesystem() {
     let plan = json(&ok(run("b").args(["--dry-run", "--json"])));
     assert_eq!(ours(), mounts_before, "a dry run mounts nothing");
     let kinds: Vec<&str> = plan["steps"].as_array().unwrap().iter().map(|s| s["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["private", "move", "bind", "bind", "bind", "bind", "partition", "partition", "move"], "{plan}");
+    assert_eq!(
+        kinds,
+        ["private", "move", "bind", "bind", "bind", "bind", "partition", "partition", "partition", "move"],
+        "{plan}"
+    );
     assert_eq!((plan["slot"].as_str(), plan["state"].as_str()), (Some("b"), Some("trial")), "{plan}");
     assert_eq!(plan["steps"][3]["read_only"], true, "/usr: {plan}");
 
@@ -288,7 +302,8 @@ fn prepare_root_makes_the_booted_slot_the_root_filesystem() {
         mount --make-rshared /
         "$osd" prepare-root --root "$root" --cmdline "$cmdline" --scratch "$scratch" > "$out/report" 2> "$out/stderr"
         findmnt -rn -o TARGET,FSTYPE,OPTIONS -R "$root" > "$out/mounts"
-        cat "$root/etc/marker" "$root/var/log/app.log" "$root/home/notes" "$root/var/lib/containerd/image-blob" > "$out/seen"
+        cat "$root/etc/marker" "$root/var/log/app.log" "$root/home/notes" "$root/var/lib/containerd/image-blob" \
+            "$root/srv/data/owned-by-the-user" > "$out/seen"
         if touch "$root/usr/new-file" 2> "$out/usr-error"; then echo writable; else echo read-only; fi > "$out/usr"
         echo "written at boot" > "$root/etc/boot-note"
         test -f "$root/sysroot/osdeploy/state" && echo present > "$out/sysroot"
@@ -301,8 +316,8 @@ fn prepare_root_makes_the_booted_slot_the_root_filesystem() {
     assert!(read("report").contains("slot b (trial, version 1) is the root filesystem"), "{}", read("report"));
     assert_eq!(
         read("seen"),
-        "release 1\nkept across releases\nuser data\na cached container image layer\n",
-        "the slot's /etc, the sysroot's var and home, the image partition"
+        "release 1\nkept across releases\nuser data\na cached container image layer\nuser data partition\n",
+        "the slot's /etc, the sysroot's var and home, the image partition (by label), the user-data partition (by UUID)"
     );
     assert_eq!(read("usr"), "read-only\n", "{}", read("usr-error"));
     assert!(read("usr-error").contains("Read-only file system"), "{}", read("usr-error"));
@@ -334,6 +349,12 @@ fn prepare_root_makes_the_booted_slot_the_root_filesystem() {
     // Slots that cannot be a root are refused before any mount, naming why.
     let err = fails(&mut run("a"));
     assert!(err.contains("slot a is empty"), "{err}");
+    // A slot whose tree lost its /usr (an interrupted copy by hand, say) is no root either.
+    let usr = node.sysroot.join("osdeploy/slots/b/usr");
+    fs::rename(&usr, usr.with_file_name("usr.moved")).unwrap();
+    let err = fails(&mut run("b"));
+    assert!(err.contains("holds no usr/ directory"), "{err}");
+    fs::rename(usr.with_file_name("usr.moved"), &usr).unwrap();
     // The trial of b fails (boot_tries = 1: one boot, no mark-good), so boot-check marks it bad.
     ok(node.osd().arg("boot-check"));
     ok(node.osd().arg("boot-check"));
