@@ -15,7 +15,9 @@
 //!
 //! The story repeats with a new release each round; the first round runs every command to its end
 //! in the guest, which proves the commands work there and tells how long each takes, so that the
-//! cuts fall within them. `OSDEPLOY_POWER_CUTS` sets the number of cuts (default 15).
+//! cuts fall within them — or up to a quarter of their time after they ended, where what the
+//! command reported done must have survived. `OSDEPLOY_POWER_CUTS` sets the number of cuts
+//! (default 15).
 
 mod support;
 
@@ -440,7 +442,8 @@ fn power_cuts_leave_repositories_slots_and_user_data_consistent_and_a_rerun_comp
                 seed ^= seed << 13;
                 seed ^= seed >> 7;
                 seed ^= seed << 17;
-                whole.mul_f64((seed % 1000) as f64 / 1000.0)
+                // Within the command, or up to a quarter of its time after it ended.
+                whole.mul_f64((seed % 1250) as f64 / 1000.0)
             });
             if cut.is_some() && made >= cuts {
                 machine.run_on_host(step, round);
@@ -491,6 +494,19 @@ fn power_cuts_leave_repositories_slots_and_user_data_consistent_and_a_rerun_comp
                         "{context}: {name} moved from {old:?} to {new:?}"
                     );
                 }
+            }
+            // What a command reported done before the cut has survived it.
+            if cut.is_some() && status == Some(0) {
+                let booted = after.status["booted"].as_str().unwrap_or("-").to_owned();
+                let standby = if booted == "a" { "b" } else { "a" };
+                let done = match step {
+                    "commit" => after.origin_ref != before.origin_ref,
+                    "pull" => after.node_ref != before.node_ref,
+                    "switch" => after.status["slots"][standby]["state"] == "trial",
+                    "boot" => after.status["slots"][booted.as_str()]["state"] == "good",
+                    _ => true,
+                };
+                assert!(done, "{context}: the command ended well, but the cut undid it: {:#}", after.status);
             }
             // The rerun completes (for a step the guest finished, it is a no-op or a repeat).
             if status != Some(0) {

@@ -222,6 +222,11 @@ impl<P: FnMut(&[u8]) -> Result<T, TransportError> + Send, T: Send> BodySink for 
     }
 }
 
+/// How far the rate limiter's schedule may lag behind the clock: the time a wait oversleeps (the
+/// timer counts whole milliseconds, while a piece of a fast transfer takes a fraction of one) is
+/// made up by the pieces after it, and after a pause at most this much is sent at once.
+const RATE_SLACK: Duration = Duration::from_millis(20);
+
 /// Shares a byte rate among all requests: each piece is given the next free slot of the
 /// schedule and its reader waits until the slot has passed.
 #[derive(Debug)]
@@ -234,11 +239,14 @@ impl RateLimit {
     async fn take(&self, bytes: usize) {
         let until = {
             let mut next = self.next_free.lock().await;
-            let start = (*next).max(Instant::now());
+            let now = Instant::now();
+            let start = (*next).max(now.checked_sub(RATE_SLACK).unwrap_or(now));
             *next = start + Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec as f64);
             *next
         };
-        tokio::time::sleep_until(until).await;
+        if until > Instant::now() {
+            tokio::time::sleep_until(until).await;
+        }
     }
 }
 
@@ -574,6 +582,26 @@ mod tests {
             ..HttpOptions::default()
         };
         Watch::new(options)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_rate_limit_holds_the_rate_though_each_piece_takes_less_than_a_timer_tick() {
+        // 100 MiB/s in 16 KiB pieces: 0.16 ms a piece, where each wait lasts a whole millisecond.
+        let limit = RateLimit { bytes_per_sec: 100 << 20, next_free: Mutex::new(Instant::now()) };
+        let started = Instant::now();
+        for _ in 0..640 {
+            limit.take(16 << 10).await;
+        }
+        // 10 MiB: 100 ms at the rate; the first 20 ms of slack may go at once.
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(80) && took <= Duration::from_millis(105), "{took:?}");
+        // After a pause, no more than the slack goes at once.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let resumed = Instant::now();
+        for _ in 0..640 {
+            limit.take(16 << 10).await;
+        }
+        assert!(resumed.elapsed() >= Duration::from_millis(80), "{:?}", resumed.elapsed());
     }
 
     #[tokio::test(start_paused = true)]
