@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reads through `osdeploy mount` against a copy of the same files on the same disk, cold and warm,
 # from a bare and from an archive repository; and a remote mount's cold read of a 100 MiB file
-# against curl of the same bytes from the same nginx, unlimited and both held to 40 MiB/s.
+# against curl of the same bytes from the same nginx, unlimited and both held to 120 and 40 MiB/s.
 # Usage (root): benches/harness/mount-bench.sh TREE WORK [RUNS]
 #   TREE: a rootfs directory (e.g. PAIR/new from benches/harness/make-os-pair.sh)
 #   WORK: scratch directory on a local disk (an 8 GiB btrfs loop image is created inside it)
@@ -84,10 +84,10 @@ cp "$M/native/r100/file" "$W/www/r100"
 "$osd" --repo "$M/local" remote add origin "http://127.0.0.1:$PORT/repo" --insecure > /dev/null
 point=$M/view-remote
 mkdir -p "$point"
-# Unlimited (loopback's own rate), and both held to 40 MiB/s (curl's and osdeploy's own limiters),
-# as on a link of that rate.
+# Unlimited (loopback's own rate), and both held to 120 MiB/s (about 1 Gbit/s) and to 40 MiB/s
+# (curl's and osdeploy's own limiters), as on links of those rates.
 for run in $(seq "$runs"); do
-  for limit in none 40M; do
+  for limit in none 120M 40M; do
     case=remote-cold-100MiB; curl_limit=(); osd_limit=()
     if [ "$limit" != none ]; then case=remote-cold-100MiB-at-$limit; curl_limit=(--limit-rate "$limit"); osd_limit=(--limit-rate "$limit"); fi
     drop; timed "$case" curl cold "$run" 100 curl -sf "${curl_limit[@]}" -o /dev/null "http://127.0.0.1:$PORT/r100"
