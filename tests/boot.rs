@@ -66,17 +66,33 @@ impl Node {
     }
 }
 
+/// A node on a btrfs sysroot whose `boot/` is a small ext4 boot partition, initialised for
+/// systemd-boot; unmounted in order on drop.
+struct SystemdBootNode {
+    node: Node,
+    _esp_at_boot: BindMount,
+    _esp: LoopFs,
+    _sysroot: LoopFs,
+}
+
+impl SystemdBootNode {
+    fn new(tmp: &Path) -> SystemdBootNode {
+        let sysroot = LoopFs::new("btrfs", 300);
+        let esp = LoopFs::new("ext4", 40);
+        let node = Node { sysroot: sysroot.mount.clone(), config: tmp.join("config"), tmp: tmp.to_owned() };
+        fs::create_dir_all(node.config.join("health.d")).unwrap();
+        fs::create_dir_all(node.sysroot.join("boot")).unwrap();
+        let esp_at_boot = BindMount::new(&esp.mount, &node.sysroot.join("boot"));
+        ok(node.osd().args(["init-sysroot", "--bootloader", "systemd-boot"]));
+        SystemdBootNode { node, _esp_at_boot: esp_at_boot, _esp: esp, _sysroot: sysroot }
+    }
+}
+
 #[test]
 fn systemd_boot_nodes_get_one_kernel_per_slot_on_their_boot_partition() {
-    let sysroot_fs = LoopFs::new("btrfs", 300);
-    let esp = LoopFs::new("ext4", 40);
     let tmp = tempfile::tempdir().unwrap();
-    let node =
-        Node { sysroot: sysroot_fs.mount.clone(), config: tmp.path().join("config"), tmp: tmp.path().to_owned() };
-    fs::create_dir_all(node.config.join("health.d")).unwrap();
-    fs::create_dir_all(node.sysroot.join("boot")).unwrap();
-    let _esp = BindMount::new(&esp.mount, &node.sysroot.join("boot"));
-    ok(node.osd().args(["init-sysroot", "--bootloader", "systemd-boot"]));
+    let machine = SystemdBootNode::new(tmp.path());
+    let node = &machine.node;
 
     // Without a kernel command line the node could not boot what it deploys: switch says so first.
     let r1 = tmp.path().join("r1");
@@ -162,6 +178,54 @@ fn systemd_boot_nodes_get_one_kernel_per_slot_on_their_boot_partition() {
     let err = fails(node.osd().args(["switch", "release"]));
     assert!(err.contains("has no kernel") && err.contains("systemd-boot"), "{err}");
     assert_eq!(names(&kernels), [a2.as_str()]);
+}
+
+#[test]
+fn a_kernel_install_aborted_at_each_step_leaves_the_booted_slots_kernel_and_a_rerun_completes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let machine = SystemdBootNode::new(tmp.path());
+    let node = &machine.node;
+    fs::write(node.config.join("config.toml"), "kernel_cmdline = \"root=LABEL=sysroot rw\"\n").unwrap();
+    let r1 = tmp.path().join("r1");
+    kernel_tree(&r1, "6.1.0-50-amd64", 2 << 20, 1);
+    let c1 = node.commit(&r1, "1");
+    ok(node.osd().args(["switch", "release"]));
+    node.boot_and_mark_good("b");
+    let (kernels, entries) = (node.sysroot.join("boot/osdeploy"), node.sysroot.join("boot/loader/entries"));
+    // (booted slot, its kernel directory), then each round installs into the other slot.
+    let mut booted = ("b", format!("b-{}", &c1[..12]));
+    for (n, point) in KERNEL_CRASH_POINTS.iter().enumerate() {
+        let (slot, standby) = (booted.0, if booted.0 == "a" { "b" } else { "a" });
+        let booted_entry = fs::read_to_string(entries.join(format!("osdeploy-{slot}.conf"))).unwrap();
+        let booted_kernel = fs::read(kernels.join(&booted.1).join("vmlinuz")).unwrap();
+        let tree = tmp.path().join(format!("r{}", n + 2));
+        kernel_tree(&tree, &format!("6.1.0-5{}-amd64", n + 1), 2 << 20, n as u64 + 2);
+        let commit = node.commit(&tree, &(n + 2).to_string());
+        let out = node.osd().env("OSDEPLOY_CRASH_AT", point).args(["switch", "release"]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(point), "{point}: {stderr}");
+        // The booted slot's kernel and entry are untouched; the next boot is the booted slot.
+        assert_eq!(fs::read_to_string(entries.join(format!("osdeploy-{slot}.conf"))).unwrap(), booted_entry);
+        assert_eq!(fs::read(kernels.join(&booted.1).join("vmlinuz")).unwrap(), booted_kernel, "{point}");
+        let st = node.status();
+        assert_eq!(st["next_boot"], slot, "{point}: {st}");
+        // The standby slot has no trial entry; its entry, if any, sorts after the booted slot's.
+        let trial = format!("osdeploy-{standby}+");
+        assert_eq!(names(&entries).iter().filter(|e| e.starts_with(&trial)).count(), 0, "{point}");
+        if let Ok(entry) = fs::read_to_string(entries.join(format!("osdeploy-{standby}.conf"))) {
+            assert!(entry.lines().any(|l| l == "sort-key osdeploy-3-other"), "{point}: {entry}");
+        }
+        // The rerun completes: the standby slot's kernel, and nothing half-written beside it.
+        ok(node.osd().args(["switch", "release"]));
+        let installed = format!("{standby}-{}", &commit[..12]);
+        let mut expected = [installed.clone(), booted.1.clone()];
+        expected.sort();
+        assert_eq!(names(&kernels), expected, "{point}");
+        let entry = fs::read_to_string(entries.join(format!("osdeploy-{standby}+3.conf"))).unwrap();
+        assert!(entry.contains(&format!("linux /osdeploy/{installed}/vmlinuz")), "{point}: {entry}");
+        node.boot_and_mark_good(standby);
+        booted = (standby, installed);
+    }
 }
 
 #[test]

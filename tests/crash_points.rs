@@ -393,7 +393,8 @@ fn archive_prune_aborted_before_delete() {
 }
 
 /// Every crash point in the source of every crate is exercised by a test (above, where
-/// [`TRANSPORT_POINTS`] says, in tests/deploy.rs for [`SWITCH_CRASH_POINTS`], in tests/deltas.rs
+/// [`TRANSPORT_POINTS`] says, in tests/deploy.rs for [`SWITCH_CRASH_POINTS`], in tests/boot.rs for
+/// [`KERNEL_CRASH_POINTS`], in tests/deltas.rs
 /// for [`DELTA_CRASH_POINTS`]).
 #[test]
 fn every_crash_point_is_tested() {
@@ -423,6 +424,7 @@ fn every_crash_point_is_tested() {
         .chain(&PRUNE_POINTS)
         .chain(&TRANSPORT_POINTS)
         .chain(&SWITCH_CRASH_POINTS)
+        .chain(&KERNEL_CRASH_POINTS)
         .chain(&DELTA_CRASH_POINTS)
         .map(|s| s.to_string())
         .collect();

@@ -178,6 +178,9 @@ pub const DELTA_CRASH_POINTS: [&str; 3] = ["delta:before-publish", "delta:publis
 pub const SWITCH_CRASH_POINTS: [&str; 5] =
     ["switch:before-empty", "switch:emptied", "switch:checked-out", "switch:merged", "switch:recorded"];
 
+/// The crash points of a switch's kernel installation, in order; tests/boot.rs aborts at each.
+pub const KERNEL_CRASH_POINTS: [&str; 2] = ["switch:kernel-partial", "switch:kernel-installed"];
+
 /// One sorted line per entry below `root`: path, type, mode, owner, group, mtime (ns) and size
 /// (directory sizes are left out: they depend on the filesystem, not on the tree).
 pub fn stat_listing(root: &Path) -> Vec<String> {

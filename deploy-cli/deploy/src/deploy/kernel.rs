@@ -25,6 +25,7 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use osdeploy_store::fsutil::crash_point;
 use osdeploy_store::id::FileId;
 use osdeploy_store::object::{Commit, Entry, EntryKind};
 use osdeploy_store::{CommitId, Repo, StoreError};
@@ -238,6 +239,7 @@ pub fn install(
     let copied = (|| {
         fs::create_dir_all(&partial).at(&partial)?;
         copy_content(repo, &plan.release.kernel_file, &partial.join("vmlinuz"))?;
+        crash_point("switch:kernel-partial");
         if let Some(initrd) = &plan.release.initrd_file {
             copy_content(repo, initrd, &partial.join("initrd.img"))?;
         }
@@ -250,6 +252,7 @@ pub fn install(
         return Err(error);
     }
     osdeploy_store::fsutil::fsync_dir(&dir)?;
+    crash_point("switch:kernel-installed");
     let entry = BlsEntry {
         title: title.to_owned(),
         version: Some(plan.release.version.clone()),
