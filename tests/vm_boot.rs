@@ -6,21 +6,22 @@
 //! check; each in two variants, with initramfs-tools' initramfs (branches r1–r3, booted by GRUB)
 //! and with dracut's, systemd inside (d1–d3, booted by systemd-boot). The host installs
 //! a node as an installer would: a GPT disk with a FAT ESP, a btrfs sysroot and an ext4
-//! container-image partition; init-sysroot, release 1 pulled, switched and marked good (its
-//! first boot played on the host), release 2 pulled and switched in. Then the VM boots, and
-//! nothing outside the guest touches the disk:
+//! container-image partition; init-sysroot, release 1 pulled and switched into slot b, on trial.
+//! Then the VM boots, and nothing outside the guest touches the disk; each update is the guest's
+//! own, from a second disk (the origin, served by `osdeploy serve` on its loopback):
 //!
-//! 1. release 2 on trial from slot a: prepare-root makes the slot the root filesystem, mark-good
-//!    passes, slot a becomes the default; the guest then pulls release 3 from a second disk
-//!    (served by `osdeploy serve` on its loopback) and switches it into slot b, installing its
-//!    kernel on the ESP itself;
-//! 2. release 3 on trial from slot b: its health check fails, it is not marked good;
-//! 3. the bootloader's own counting brings slot a back; boot-check marks slot b bad.
+//! 1. release 1 on trial from slot b: prepare-root makes the slot the root filesystem, mark-good
+//!    passes, slot b becomes the default; the guest pulls release 2 and switches it into slot a,
+//!    installing its kernel on the ESP itself;
+//! 2. release 2 on trial from slot a, marked good; the guest pulls release 3 into slot b;
+//! 3. release 3 on trial from slot b: its health check fails, it is not marked good;
+//! 4. the bootloader's own counting brings slot a back; boot-check marks slot b bad;
+//! 5. and slot a boots again.
 //!
 //! Each boot reports on the serial console (`tests/vm/osdeploy-vmtest`): the user-data file on
 //! /var and the image on the container partition read the same at every boot, /usr is
 //! read-only, `osdeploy status` names the booted slot, and the container partition's bytes are
-//! the same before and after the guest's pull and switch. The test prints the boot timeline.
+//! the same before and after each pull and switch. The test prints the boot timeline.
 //!
 //! Acceleration: nested KVM on the machines this project is built on stops in the firmware's
 //! first FPU instruction (a KVM emulation failure), so QEMU emulates (TCG) unless
@@ -260,6 +261,8 @@ struct Node {
     ctl: PathBuf,
     vars: PathBuf,
     dir: tempfile::TempDir,
+    /// The port the origin is served on, in the guest as on the host.
+    port: String,
 }
 
 /// The user data the installer leaves on /var; every boot must read it back.
@@ -303,17 +306,11 @@ fn install_node(bootloader: &str, initramfs: Initramfs, releases: &Releases) -> 
     let node = || osd_at(&root, &config);
     ok(node().args(["init-sysroot", "--bootloader", bootloader]));
     ok(node().args(["remote", "add", "origin", &server.url, "--insecure"]));
-    let (r1, r2, r3) = (initramfs.branch(1), initramfs.branch(2), initramfs.branch(3));
+    let (r1, r2) = (initramfs.branch(1), initramfs.branch(2));
     ok(node().args(["pull", "origin", &r1]));
-    ok(node().args(["switch", &format!("origin/{r1}")]));
-    // Release 1's first boot, played by the installer: it lands in slot b and is marked good.
-    let cmdline = dir.path().join("cmdline");
-    fs::write(&cmdline, "osdeploy.slot=b\n").unwrap();
-    ok(node().args(["boot-check", "--cmdline"]).arg(&cmdline));
-    ok(node().arg("mark-good"));
-    ok(node().args(["pull", "origin", &r2]));
-    let switched = json(&ok(node().args(["switch", "--json", &format!("origin/{r2}")])));
-    assert_eq!((switched["slot"].as_str(), switched["kernel"].as_str()), (Some("a"), Some(releases.kernel.as_str())));
+    // Release 1 goes into slot b, on trial: its first boot is the VM's.
+    let switched = json(&ok(node().args(["switch", "--json", &format!("origin/{r1}")])));
+    assert_eq!((switched["slot"].as_str(), switched["kernel"].as_str()), (Some("b"), Some(releases.kernel.as_str())));
     fs::create_dir_all(root.join("var/lib")).unwrap();
     fs::write(root.join("var/lib/osd-data"), USER_DATA).unwrap();
     let staged = dir.path().join("esp");
@@ -348,36 +345,53 @@ fn install_node(bootloader: &str, initramfs: Initramfs, releases: &Releases) -> 
     sh("mkfs.vfat", &["-F", "32", "-n", "OSDESP", &esp.0]);
     shell(&format!("cd {} && MTOOLS_SKIP_CHECK=1 mcopy -s -i {} * ::/", q(&staged), esp.0));
 
-    // The second disk: the origin, and the step the first boot runs.
+    // The second disk: the origin, and the step the next boot runs (set by `Node::set_step`).
     let ctl = dir.path().join("ctl.img");
     fs::File::create(&ctl).unwrap().set_len(1 << 30).unwrap();
     sh("mkfs.ext4", &["-q", "-L", "osd-ctl", &ctl.display().to_string()]);
     let port = server.url.rsplit(':').next().unwrap().trim_end_matches('/').to_owned();
     let ctl_mount = Mounted::new(&[&ctl.display().to_string()], &dir.path().join("ctl"));
     shell(&format!("cp -a {} {}", q(&releases.origin), q(&ctl_mount.0.join("origin"))));
-    fs::write(
-        ctl_mount.0.join("step.sh"),
-        format!(
-            "set -e
+    drop(ctl_mount);
+    let vars = dir.path().join("vars.fd");
+    fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).expect("ovmf is installed");
+    let node = Node { disk, ctl, vars, dir, port };
+    node.set_step(Some(&r2));
+    node
+}
+
+impl Node {
+    /// What the next boot runs once it has reported: pull `branch` from the origin on the second
+    /// disk and switch to it, with the container partition's sha256 and sectors-written counter
+    /// before and after; nothing with `None`.
+    fn set_step(&self, branch: Option<&str>) {
+        let ctl = Mounted::new(&[&self.ctl.display().to_string()], &self.dir.path().join("ctl"));
+        let step = ctl.0.join("step.sh");
+        let Some(branch) = branch else {
+            let _ = fs::remove_file(&step);
+            return;
+        };
+        fs::write(
+            step,
+            format!(
+                "set -e
 osdeploy serve /run/ctl/origin --listen 127.0.0.1:{port} > /dev/null 2>&1 &
 server=$!
 sleep 2
 images=/dev/disk/by-label/osd-images
 state() {{ sync; set -- $(sha256sum < $images); echo $1/$(awk '{{print $7}}' /sys/class/block/$(basename $(readlink -f $images))/stat); }}
 before=$(state)
-osdeploy --sysroot /sysroot pull origin {r3}
-osdeploy --sysroot /sysroot switch origin/{r3}
+osdeploy --sysroot /sysroot pull origin {branch}
+osdeploy --sysroot /sysroot switch origin/{branch}
 after=$(state)
 echo \"images-partition before=$before after=$after\"
 kill $server
-"
-        ),
-    )
-    .unwrap();
-    drop(ctl_mount);
-    let vars = dir.path().join("vars.fd");
-    fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).expect("ovmf is installed");
-    Node { disk, ctl, vars, dir }
+",
+                port = self.port
+            ),
+        )
+        .unwrap();
+    }
 }
 
 /// What one boot reported.
@@ -496,28 +510,34 @@ fn a_to_b_and_back(bootloader: &str, initramfs: Initramfs) {
         boot
     };
 
-    let first = check(1, "a", "2", "active");
-    assert_eq!(first.status["default"], "a", "{:?}", first.lines);
-    let step: Vec<&String> = first.lines.iter().filter(|l| l.starts_with("step: ")).collect();
-    let installed = format!("kernel {} installed", releases.kernel);
-    assert!(step.iter().any(|l| l.contains(&installed)), "{step:?}");
-    let images = step
-        .iter()
-        .find_map(|l| l.strip_prefix("step: images-partition before="))
-        .unwrap_or_else(|| panic!("the step did not finish: {step:?}"));
-    let (before, after) = images.split_once(" after=").unwrap();
-    assert_eq!(
-        before, after,
-        "the guest's pull and switch left the container partition's bytes alone (sha256/sectors written)"
-    );
-    {
-        let ctl = Mounted::new(&[&node.ctl.display().to_string()], &node.dir.path().join("ctl"));
-        fs::remove_file(ctl.0.join("step.sh")).unwrap();
+    // Each update (the guest's pull and switch) installs the release's kernel and leaves the
+    // container partition's bytes alone.
+    let updated = |boot: &Boot| {
+        let step: Vec<&String> = boot.lines.iter().filter(|l| l.starts_with("step: ")).collect();
+        let installed = format!("kernel {} installed", releases.kernel);
+        assert!(step.iter().any(|l| l.contains(&installed)), "{step:?}");
+        let images = step
+            .iter()
+            .find_map(|l| l.strip_prefix("step: images-partition before="))
+            .unwrap_or_else(|| panic!("the step did not finish: {step:?}"));
+        let (before, after) = images.split_once(" after=").unwrap();
+        assert_eq!(before, after, "the pull and switch left the container partition's bytes alone (sha256/sectors)");
+    };
+    let first = check(1, "b", "1", "active");
+    assert_eq!(first.status["default"], "b", "{:?}", first.lines);
+    updated(&first);
+    node.set_step(Some(&initramfs.branch(3)));
+    let second = check(2, "a", "2", "active");
+    assert_eq!(second.status["default"], "a", "{:?}", second.lines);
+    updated(&second);
+    node.set_step(None);
+    let third = check(3, "b", "3", "failed");
+    assert_eq!((third.status["default"].as_str(), third.status["next_boot"].as_str()), (Some("a"), Some("a")));
+    // The bootloader's own counting brings slot a back, and keeps it.
+    for n in [4, 5] {
+        let back = check(n, "a", "2", "active");
+        assert_eq!(back.status["slots"]["b"]["state"], "bad", "{:?}", back.lines);
     }
-    let second = check(2, "b", "3", "failed");
-    assert_eq!((second.status["default"].as_str(), second.status["next_boot"].as_str()), (Some("a"), Some("a")));
-    let third = check(3, "a", "2", "active");
-    assert_eq!(third.status["slots"]["b"]["state"], "bad", "{:?}", third.lines);
     println!("{}", timeline.join("\n"));
 }
 
