@@ -7,7 +7,7 @@
 mod support;
 
 use std::fs;
-use std::os::unix::fs::symlink;
+use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -426,6 +426,38 @@ fn prepare_root_makes_the_booted_slot_the_root_filesystem() {
     assert_eq!(st["slots"]["b"]["state"], "bad", "{st}");
     let err = fails(&mut run("b"));
     assert!(err.contains("slot b is bad") && err.contains("fall back"), "{err}");
+    // In the initramfs, initramfs-tools' script says so on the console and reboots, so that the
+    // bootloader falls back. Here its /usr/bin/osdeploy and `reboot` are stand-ins overlaid on
+    // /usr/bin, and the console and the sysrq trigger are files: nothing can reboot this machine.
+    let stand_ins = tmp.path().join("stand-ins");
+    fs::create_dir_all(&stand_ins).unwrap();
+    fs::copy(env!("CARGO_BIN_EXE_osdeploy"), stand_ins.join("osdeploy")).unwrap();
+    let rebooted = out.join("rebooted");
+    fs::write(
+        stand_ins.join("reboot"),
+        format!("#!/bin/sh\n# stand-in\necho \"reboot $*\" >> '{}'\n", rebooted.display()),
+    )
+    .unwrap();
+    fs::set_permissions(stand_ins.join("reboot"), fs::Permissions::from_mode(0o755)).unwrap();
+    let (console, sysrq) = (out.join("console"), out.join("sysrq"));
+    fs::write(&console, "").unwrap();
+    fs::write(&sysrq, "").unwrap();
+    let local_bottom = Path::new(env!("CARGO_MANIFEST_DIR")).join("dist/initramfs-tools/scripts/local-bottom/osdeploy");
+    let script = r#"
+        stand_ins=$1 script=$2 cmdline=$3 console=$4 sysrq=$5 root=$6
+        if [ -e /proc/sysrq-trigger ]; then mount --bind "$sysrq" /proc/sysrq-trigger; fi
+        mount -t overlay overlay -o lowerdir="$stand_ins":/usr/bin /usr/bin
+        grep -q stand-in /usr/bin/reboot
+        mount --bind "$cmdline" /proc/cmdline
+        mount --bind "$console" /dev/console
+        [ "$(PATH=/usr/bin command -v reboot)" = /usr/bin/reboot ]
+        PATH=/usr/bin rootmnt="$root" sh "$script"
+    "#;
+    let paths = [&stand_ins, &local_bottom, &cmdline, &console, &sysrq].map(|p| p.display().to_string());
+    in_mount_namespace(script, &[&paths[0], &paths[1], &paths[2], &paths[3], &paths[4], &root]);
+    let said = fs::read_to_string(&console).unwrap();
+    assert!(said.contains("osdeploy: this slot cannot be the root filesystem; rebooting"), "console: {said}");
+    assert_eq!(fs::read_to_string(&rebooted).unwrap(), "reboot -f\n");
     fs::write(&cmdline, "quiet\n").unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_osdeploy"));
     let err = fails(cmd.args(["prepare-root", "--root", &root, "--scratch", &scratch, "--cmdline"]).arg(&cmdline));
