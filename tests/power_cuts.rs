@@ -36,22 +36,6 @@ fn cache_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("power-cuts")
 }
 
-/// Runs a shell script, asserting success; returns stdout.
-fn shell(script: &str) -> String {
-    let out = Command::new("sh").args(["-ec", script]).output().expect("sh");
-    assert!(
-        out.status.success(),
-        "{script}\nfailed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn q(path: &Path) -> String {
-    format!("'{}'", path.display().to_string().replace('\'', r"'\''"))
-}
-
 /// The guest's kernel and initramfs, built once per run.
 struct Guest {
     kernel: PathBuf,

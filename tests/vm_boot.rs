@@ -50,23 +50,6 @@ fn source(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
 }
 
-/// Runs a shell command line, asserting success; returns stdout.
-fn shell(script: &str) -> String {
-    let out = Command::new("sh").args(["-ec", script]).output().expect("sh");
-    assert!(
-        out.status.success(),
-        "{script}\nfailed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Quotes a path for [`shell`].
-fn q(path: &Path) -> String {
-    format!("'{}'", path.display().to_string().replace('\'', r"'\''"))
-}
-
 /// The node configuration every release carries (and the installer uses).
 const NODE_CONFIG: &str = r#"boot_tries = 1
 kernel_cmdline = "root=PARTLABEL=osd-sysroot rw console=ttyS0 panic=5 loglevel=1 systemd.show_status=0"

@@ -73,9 +73,7 @@ impl CommitFs {
             flags: 0,
         }
     }
-}
 
-impl CommitFs {
     /// The entries of directory `ino` from `offset` on, "." and ".." first, each with the offset of
     /// the next.
     fn listing(&self, ino: INodeNo, offset: u64) -> Result<impl Iterator<Item = (u64, &[u8], u64)>, Errno> {

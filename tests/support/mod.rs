@@ -65,6 +65,23 @@ pub fn sh(program: &str, args: &[&str]) -> Output {
     out
 }
 
+/// Runs a shell script (`sh -ec`), asserting success; returns stdout.
+pub fn shell(script: &str) -> String {
+    let out = Command::new("sh").args(["-ec", script]).output().expect("sh");
+    assert!(
+        out.status.success(),
+        "{script}\nfailed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Quotes a path for [`shell`].
+pub fn q(path: &Path) -> String {
+    format!("'{}'", path.display().to_string().replace('\'', r"'\''"))
+}
+
 /// Asserts that the tests run as root (loop devices, devices nodes, ownership need it).
 pub fn require_root() {
     assert!(rustix::process::geteuid().is_root(), "this test needs root (CI runs as root)");
