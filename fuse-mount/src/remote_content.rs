@@ -77,7 +77,7 @@ impl RemoteContent {
 
     /// Reads bytes `offset..end` of `file` into `out`.
     pub fn read(&self, file: &Arc<FileContent>, offset: u64, end: u64, out: &mut [u8]) -> Result<(), StoreError> {
-        let (ahead, fetching) = {
+        let (ahead, fetching, planned_to) = {
             let mut readers = self.readers.lock().expect("no panics hold this lock");
             let reader = readers.entry(file.id).or_default();
             // The kernel's own read-ahead sends neighbouring reads out of order.
@@ -89,7 +89,9 @@ impl RemoteContent {
                 reader.fetched_to = (end + READ_AHEAD).min(file.object.size);
                 ahead = Some((from, reader.fetched_to));
             }
-            (ahead, reader.fetching.clone())
+            // How far fetches planned for a sequential reader reach.
+            let planned_to = if sequential { reader.fetched_to.max(end) } else { end };
+            (ahead, reader.fetching.clone(), planned_to)
         };
         if let Some((from, to)) = ahead.filter(|(from, to)| from < to) {
             let (remote, cache, fetching, file) =
@@ -107,7 +109,11 @@ impl RemoteContent {
         let mut fetched = HashMap::new();
         if !(first..last).all(|i| self.cache.contains(&file.object.chunks[i].0)) {
             let _turn = fetching.lock().expect("no panics hold this lock");
-            fetched = fetch_into(&self.remote, &self.cache, file, first, last)?;
+            // Whoever gets the turn first fetches what is planned, not only its own range: the
+            // kernel's concurrent reads may come before the read-ahead thread's turn, and each
+            // would otherwise fetch its few chunks alone.
+            let planned = file.starts.partition_point(|&start| start < planned_to).max(last);
+            fetched = fetch_into(&self.remote, &self.cache, file, first, planned)?;
         }
         assemble(file, offset, end, out, |chunk| match fetched.remove(chunk).or_else(|| self.cache.get(chunk)) {
             Some(bytes) => Ok(bytes),
