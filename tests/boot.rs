@@ -4,15 +4,13 @@
 //! `grub-script-check` reads), and `prepare-root` making a slot the root filesystem inside a private mount namespace,
 //! with the sysroot on btrfs and a container-image partition on ext4 found by its label.
 
-mod support;
-
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::support::*;
 use serde_json::Value;
-use support::*;
 
 /// A release tree with one kernel (and its initrd) under boot/, as Debian installs them.
 fn kernel_tree(dir: &Path, version: &str, kernel_bytes: usize, seed: u64) {
@@ -25,14 +23,6 @@ fn kernel_tree(dir: &Path, version: &str, kernel_bytes: usize, seed: u64) {
     write_random(&dir.join(format!("boot/initrd.img-{version}")), 300_000, seed + 1);
     // Debian's convenience links are never followed.
     symlink(format!("boot/vmlinuz-{version}"), dir.join("vmlinuz")).unwrap();
-}
-
-/// The names in a directory, sorted.
-fn names(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> =
-        fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    names.sort();
-    names
 }
 
 /// A node's sysroot with its config dir.

@@ -3,8 +3,6 @@
 //! arbitrary instants. After each interruption fsck must be clean, refs unchanged, the old commit
 //! must still check out, and the rerun must complete with the same result a clean run gives.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::FileExt;
@@ -13,8 +11,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use serde_json::Value;
-use support::*;
 
 const SIGKILL: i32 = 9;
 const SIGABRT: i32 = 6;

@@ -3,14 +3,12 @@
 //! delta's base uses chunks; generation is deterministic; killed at any step, a generation or a
 //! pull finishes on rerun.
 
-mod support;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::support::*;
 use serde_json::Value;
-use support::*;
 
 /// A text-like "library" of `lines` lines; `release` changes every 400th line, so that every
 /// chunk of it differs between releases while a delta stays small.
@@ -431,4 +429,98 @@ fn the_report_compares_updates_from_each_earlier_release() {
     assert!(text.contains("chunks only") && text.lines().count() == 4, "{text}");
     let err = fails(osdeploy(&o.repo).args(["delta", "report", &o.commits[0]]));
     assert!(err.contains("no earlier release"), "{err}");
+}
+
+/// Children deflating received deltas are shared by the process: the tests that count and kill
+/// them take turns.
+static DEFLATE_CHILDREN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A changelog of `entries` entries and of one more, as `gzip -9n` makes them, and the gzip delta
+/// between them.
+fn changelog_delta(entries: u64) -> (Vec<u8>, Vec<u8>, osdeploy_store::delta::gzip::Encoded) {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (dir.path().join("old.gz"), dir.path().join("new.gz"));
+    changelog_gz(&old, entries);
+    changelog_gz(&new, entries + 1);
+    let (old, new) = (fs::read(old).unwrap(), fs::read(new).unwrap());
+    let options = osdeploy_store::delta::codec::EncodeOptions::default();
+    let delta = osdeploy_store::delta::gzip::encode(&old, &new, &options, None).unwrap().expect("a gzip delta");
+    (old, new, delta)
+}
+
+/// The fuzzer's input that makes preflate rebuild deflate blocks without end (a codec byte, the
+/// target size in 3 bytes, the base's length in 2, the base, the payload: tests/fuzz's
+/// `delta_codec` format) fails within its budget of CPU time and memory when `osdeploy` deflates it
+/// again in its child, as a pull does; the child is gone afterwards, and a real gzip delta applies
+/// through a new one, then through the same one again, and through another once that one is killed.
+#[test]
+fn a_delta_that_makes_preflate_deflate_without_end_fails_within_its_budget() {
+    use osdeploy_store::delta::codec::{DeltaCodec, decode};
+    let _turn = DEFLATE_CHILDREN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let known = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fuzz/known/delta_codec-preflate-endless-blocks");
+    let input = fs::read(&known).unwrap();
+    let (header, rest) = input.split_first_chunk::<6>().unwrap();
+    assert_eq!(header[0] % 4, 3, "the reproducer is a gzip-tree delta");
+    let target_size = u64::from(u32::from_le_bytes([header[1], header[2], header[3], 0]));
+    let (base, payload) = rest.split_at(usize::from(u16::from_le_bytes([header[4], header[5]])));
+    let files = |_: &osdeploy_store::FileId, size: u64| Ok(vec![b'r'; size as usize]);
+    osdeploy_store::delta::deflate::isolate_in(env!("CARGO_BIN_EXE_osdeploy"), &["rebuild-deflate"]);
+    let started = std::time::Instant::now();
+    let err = decode(DeltaCodec::GzipTree, base, payload, target_size, &files).unwrap_err();
+    assert!(err.contains("more than its budget of"), "the budget is named: {err}");
+    eprintln!("the rebuild failed after {:?}: {err}", started.elapsed());
+    let children = || fs::read_to_string("/proc/thread-self/children").unwrap().split_whitespace().count();
+    assert_eq!(children(), 0, "the child that failed is gone");
+
+    let (old, new, delta) = changelog_delta(300);
+    for _ in 0..2 {
+        let rebuilt = decode(delta.codec, &old, &delta.payload, new.len() as u64, &files).unwrap();
+        assert!(rebuilt == new, "the gzip file is rebuilt exactly");
+        assert_eq!(children(), 1, "one child, kept for the next rebuild");
+    }
+    // An idle child killed by someone else is replaced, not sent the next request.
+    let idle = fs::read_to_string("/proc/thread-self/children").unwrap();
+    ok(Command::new("kill").args(["-KILL", idle.trim()]));
+    while fs::read_to_string(format!("/proc/{}/stat", idle.trim())).is_ok_and(|stat| !stat.contains(") Z ")) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let rebuilt = decode(delta.codec, &old, &delta.payload, new.len() as u64, &files).unwrap();
+    assert!(rebuilt == new, "rebuilt by a new child");
+    let now = fs::read_to_string("/proc/thread-self/children").unwrap();
+    assert_ne!(now.trim(), idle.trim(), "a new child");
+}
+
+/// A child whose rebuilds keep panicking (preflate on corrupt corrections: debug assertions are on
+/// in test builds) keeps answering: each panic is an error, and nothing it says on stderr, which
+/// nobody reads while it lives, can fill the pipe and stall it (about 300 panic messages would).
+#[test]
+fn a_deflate_child_answers_after_hundreds_of_panics() {
+    use osdeploy_store::delta::codec::{DeltaCodec, decode};
+    let _turn = DEFLATE_CHILDREN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    osdeploy_store::delta::deflate::isolate_in(env!("CARGO_BIN_EXE_osdeploy"), &["rebuild-deflate"]);
+    let (old, new, delta) = changelog_delta(200);
+    assert_eq!(delta.codec, DeltaCodec::Gzip);
+    let files = |_: &osdeploy_store::FileId, _: u64| Err("no release files".to_owned());
+    let rebuild = move |payload: &[u8]| decode(DeltaCodec::Gzip, &old, payload, new.len() as u64, &files);
+    // A corruption of the payload that makes preflate panic.
+    let panicking = (17..delta.payload.len())
+        .flat_map(|at| [0x01u8, 0x80].map(|flip| (at, flip)))
+        .map(|(at, flip)| {
+            let mut bad = delta.payload.clone();
+            bad[at] ^= flip;
+            bad
+        })
+        .find(|bad| rebuild(bad).is_err_and(|e| e.contains("panicked")))
+        .expect("a corruption that makes preflate panic");
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for _ in 0..500 {
+            let err = rebuild(&panicking).unwrap_err();
+            assert!(err.contains("panicked"), "{err}");
+        }
+        done.send(()).unwrap();
+    });
+    finished
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("500 panicking rebuilds answered within 2 minutes");
 }

@@ -5,8 +5,6 @@
 //! the sysroot lock, bad input. User data (var/, home/, var/lib/containerd/) is proven untouched by a manifest of
 //! every path's type, mode, owner, size, mtime, ctime and content hash.
 
-mod support;
-
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::os::unix::process::ExitStatusExt;
@@ -14,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use serde_json::Value;
-use support::*;
 
 /// A node: a sysroot on a loop-mounted filesystem (state-file bootloader, remote `origin` added), an origin archive
 /// repository served over HTTP, a config dir. Fields drop in order: server, then the filesystem, then the temp dir.

@@ -5,13 +5,11 @@
 //! reachable must be on disk, and what is published must be synced before the command ends
 //! (tests/support/fsync_order.rs says how it is checked).
 
-mod support;
-
 use std::fs;
 use std::path::Path;
 
-use support::fsync_order::assert_durable_order;
-use support::*;
+use crate::support::fsync_order::assert_durable_order;
+use crate::support::*;
 
 fn release(dir: &Path, version: u64) {
     make_sample_tree(dir);
@@ -82,8 +80,8 @@ fn commands_put_data_on_disk_before_they_publish_a_name_that_reaches_it() {
 /// the store uses.
 #[test]
 fn the_checker_sees_names_published_before_their_data() {
+    use crate::support::fsync_order::check;
     use std::collections::HashSet;
-    use support::fsync_order::check;
     let root = Path::new("/r");
     let existing: HashSet<String> = ["/r", "/r/refs", "/r/refs/heads", "/r/tmp"].map(String::from).into();
     let write = "1  openat(AT_FDCWD</>, \"/r/tmp/w\", O_WRONLY|O_CREAT|O_CLOEXEC, 0666) = 3</r/tmp/w>\n\

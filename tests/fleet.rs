@@ -9,17 +9,15 @@
 //! fleet; the other nodes stay on release 2 until `osdeploy rollout resume`, after which a fixed
 //! release 4 reaches every node. The merged timeline of the agents is printed and checked.
 
-mod support;
-
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::etcd::EtcdCluster;
+use crate::support::*;
 use serde_json::Value;
-use support::etcd::EtcdCluster;
-use support::*;
 
 const NODES: usize = 5;
 

@@ -5,15 +5,13 @@
 //! and unmount cleanly by `osdeploy umount`, by SIGTERM, and after its process was killed.
 //! Every test unmounts what it mounted, also when it fails.
 
-mod support;
-
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use support::*;
+use crate::support::*;
 
 /// A mount made by `osdeploy mount`; lazily unmounted on drop, also when the test fails.
 struct Mount {

@@ -2,8 +2,6 @@
 //! keep-alive connections, clients that stop reading, and a crowd of them at once next to real
 //! pulls, against a server allowed few file descriptors.
 
-mod support;
-
 use std::fs;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -14,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
 /// The first half of a request head: the blank line that ends it never comes.
 const HALF_A_HEAD: &[u8] = b"GET /summary HTTP/1.1\r\nHost: osdeploy\r\n";

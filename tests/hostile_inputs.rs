@@ -5,20 +5,19 @@
 //! else was lost (refs unmoved, untouched objects still readable, fsck clean once the damage is
 //! undone, nothing written outside the destination or the repository).
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::support::*;
 use osdeploy_store::compress::{self, Codec};
 use osdeploy_store::object::{Commit, DirTree, Entry, EntryKind, FileObject, MAX_CHUNK_LEN, Meta, ObjectKind};
 use osdeploy_store::pack::{self, ENTRY_HEADER_LEN, IndexEntry, PACK_MAGIC, PACK_VERSION};
-use osdeploy_store::{Access, ChunkId, CommitId, FileId, ObjectId, Repo, TreeId};
+use osdeploy_store::write::ObjectWriter;
+use osdeploy_store::{Access, ChunkId, CommitId, FileId, ObjectId, Repo, StoreError, TreeId};
 use serde_json::Value;
-use support::*;
 
 const MODES: [&str; 2] = ["archive", "bare"];
 
@@ -179,7 +178,7 @@ impl Setup {
 fn open_repo(repo: &Path, access: Access) -> Repo {
     for _ in 0..500 {
         match Repo::open(repo, access) {
-            Err(osdeploy_store::StoreError::Locked { .. }) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            Err(StoreError::Locked { .. }) => std::thread::sleep(std::time::Duration::from_millis(10)),
             other => return other.unwrap(),
         }
     }
@@ -190,11 +189,10 @@ fn open_repo(repo: &Path, access: Access) -> Repo {
 /// hashes what it is given and validates nothing); returns their ids.
 fn store_raw(repo: &Path, objects: &[(ObjectKind, Vec<u8>)]) -> Vec<ObjectId> {
     let mut repo = open_repo(repo, Access::Write);
-    let mut writer = repo.writer();
-    let ids = objects.iter().map(|(kind, bytes)| writer.add_metadata(*kind, bytes).unwrap()).collect();
-    let (_, packs) = writer.finish(repo.path()).unwrap();
-    repo.register_packs(packs);
-    ids
+    let store = |writer: &mut ObjectWriter, _: &Repo| {
+        objects.iter().map(|(kind, bytes)| writer.add_metadata(*kind, bytes)).collect::<Result<Vec<_>, StoreError>>()
+    };
+    repo.transaction(store).unwrap().0
 }
 
 /// Commits the tree `root` (already stored) on `branch` through the library; returns the commit id.
@@ -207,12 +205,12 @@ fn commit_tree(repo: &Path, branch: &str, root: ObjectId) -> String {
         ..Default::default()
     };
     let id = store_raw(repo, &[(ObjectKind::Commit, commit.encode())])[0];
-    open_repo(repo, Access::Write).write_ref(branch, &CommitId(id)).unwrap();
+    open_repo(repo, Access::Write).write_ref(&branch.parse().unwrap(), &CommitId(id)).unwrap();
     id.to_hex()
 }
 
 fn delete_branch(repo: &Path, name: &str) {
-    open_repo(repo, Access::Write).delete_ref(name).unwrap();
+    open_repo(repo, Access::Write).delete_ref(&name.parse().unwrap()).unwrap();
 }
 
 fn meta(mode: u32) -> Meta {

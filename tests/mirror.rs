@@ -4,8 +4,6 @@
 //! signs a summary of its own; tampered packs and bad signatures publish nothing; a mirror killed
 //! at any step (or mid-download) stays consistent and a rerun completes.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::process::ExitStatusExt;
@@ -13,9 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::fault_proxy::{Fault, FaultProxy, Rule};
+use crate::support::*;
 use serde_json::Value;
-use support::fault_proxy::{Fault, FaultProxy, Rule};
-use support::*;
 
 const SIGABRT: i32 = 6;
 

@@ -7,13 +7,11 @@
 //! The pair is built once into `OSDEPLOY_OS_PAIR` (default: target/os-pair) and reused: the script
 //! keeps a finished tree whose marker records the current recipe and rebuilds any other.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use crate::support::*;
 use serde_json::Value;
-use support::*;
 
 /// The pair, built (or found finished) once per test run: the tests run in parallel and must not
 /// build it into the same directory at once.

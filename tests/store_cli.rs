@@ -2,14 +2,12 @@
 //! metadata (archive and bare repositories; btrfs and xfs with reflinks, ext4 with copies), the
 //! read commands and their JSON, commit id resolution, prune.
 
-mod support;
-
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
+use crate::support::*;
 use serde_json::Value;
-use support::*;
 
 fn json(out: &str) -> Value {
     serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))

@@ -2,13 +2,11 @@
 //! whole, then release 2 moving only what changed in a handful of requests; a crashed pull
 //! resumes without refetching; a bit flipped on the server is refused by name.
 
-mod support;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use crate::support::*;
 use serde_json::Value;
-use support::*;
 
 struct Origin {
     _tmp: tempfile::TempDir,

@@ -8,8 +8,6 @@
 //! rerun succeeds with a tree identical to the source. A killed pull resumes without fetching
 //! what it had already verified.
 
-mod support;
-
 use std::collections::HashMap;
 use std::fs;
 use std::os::unix::process::ExitStatusExt;
@@ -17,9 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::support::fault_proxy::{Fault, FaultProxy, Record, Rule};
+use crate::support::*;
 use serde_json::Value;
-use support::fault_proxy::{Fault, FaultProxy, Record, Rule};
-use support::*;
 
 /// Rounds over all of a remote's URLs before a request is given up (transport/src/client.rs).
 const ROUNDS: usize = 3;

@@ -27,8 +27,6 @@
 //! first FPU instruction (a KVM emulation failure), so QEMU emulates (TCG) unless
 //! `OSDEPLOY_VM_ACCEL=kvm`. A boot takes about a minute that way.
 
-mod support;
-
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
@@ -37,8 +35,8 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use serde_json::Value;
-use support::*;
 
 /// Where the root filesystem and the releases are kept between runs (large, rebuilt as needed).
 fn work_dir() -> PathBuf {

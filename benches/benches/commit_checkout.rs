@@ -21,7 +21,11 @@ const FILES: usize = 3000;
 const OPTIONS: CheckoutOptions = CheckoutOptions { preserve_owner: false, reflink: true, sync: false, verify: false };
 
 fn commit_options() -> CommitOptions {
-    CommitOptions { branch: "bench".into(), version: "1".into(), timestamp: Some(0), ..Default::default() }
+    CommitOptions {
+        version: "1".into(),
+        timestamp: Some(0),
+        ..CommitOptions::on("bench".parse().expect("a valid branch"))
+    }
 }
 
 /// A new repository of `mode` in a new temporary directory.

@@ -386,6 +386,10 @@ pub enum Command {
         /// The directory to write them into.
         dir: PathBuf,
     },
+    /// Deflate a gzip delta's plain text again, a request on stdin, the stream on stdout: osdeploy runs itself so to
+    /// rebuild a received delta within limits of CPU time and memory.
+    #[command(hide = true)]
+    RebuildDeflate,
     /// Show a commit as a read-only filesystem at MOUNTPOINT (FUSE), with its exact metadata; file content is read
     /// from the repository, or with --remote fetched from the remote, as it is needed. Returns once mounted, leaving
     /// a background process to serve it; `osdeploy umount MOUNTPOINT` unmounts it.
@@ -486,7 +490,7 @@ pub fn run(cli: Cli) -> Result<()> {
             match (on_sysroot, remote.zip(branch)) {
                 (true, args) => deploy_cmds::pull(&sysroot, args, options, dry_run, json),
                 (false, Some((remote, branch))) => {
-                    transport_cmds::pull(&repo, &remote, &branch, options, dry_run, json)
+                    transport_cmds::pull(&repo, &remote, &branch.parse()?, options, dry_run, json)
                 }
                 (false, None) => {
                     bail!(
@@ -526,6 +530,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Umount { mountpoint } => mount_cmds::umount(&mountpoint),
         Command::Completions { shell } => dist_cmds::completions(shell),
         Command::ManPages { dir } => dist_cmds::man_pages(&dir),
+        Command::RebuildDeflate => Ok(osdeploy_store::delta::deflate::serve_child(
+            &mut std::io::stdin().lock(),
+            &mut std::io::stdout().lock(),
+        )?),
         Command::Serve { dir, listen, max_connections, header_timeout, idle_timeout } => {
             transport_cmds::serve(dir, listen, max_connections, header_timeout, idle_timeout)
         }

@@ -51,7 +51,10 @@ pub fn remote_plan(
 ) -> Result<()> {
     let repo = Repo::open(repo, Access::Read)?;
     let remote = remote::get(&repo, remote_name)?;
-    let delta = osdeploy_transport::remote_plan::plan_remote(&remote, from, to, &std::env::temp_dir(), options)
+    let scratch = std::env::temp_dir();
+    let planned = osdeploy_transport::remote_plan::plan_remote(&remote, from, to, &scratch, options);
+    let delta = osdeploy_transport::runtime()?
+        .block_on(planned)
         .with_context(|| format!("planning {from} → {to} on remote {remote_name}"))?;
     if json {
         return print_json(&delta);

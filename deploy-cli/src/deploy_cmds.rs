@@ -29,12 +29,14 @@ pub fn pull(
     json: bool,
 ) -> Result<()> {
     let target = match args {
-        Some((remote, branch)) => PullTarget::branch(sysroot, remote, branch),
+        Some((remote, branch)) => PullTarget::branch(sysroot, remote, branch.parse()?),
         None => PullTarget::followed(sysroot)?,
     };
     let context = || format!("pulling {} from {}", target.branch, target.remote);
     if dry_run {
-        let plan = plan_sysroot_pull(sysroot, &target, options, &std::env::temp_dir()).with_context(context)?;
+        let scratch = std::env::temp_dir();
+        let planned = plan_sysroot_pull(sysroot, &target, options, &scratch);
+        let plan = osdeploy_transport::runtime()?.block_on(planned).with_context(context)?;
         if json {
             return print_json(&plan);
         }
@@ -43,7 +45,9 @@ pub fn pull(
     }
     let progress = Arc::new(Progress::default());
     let bar = TransferBar::start(progress.clone());
-    let done = pull_into_sysroot(sysroot, &target, options, progress).with_context(context)?;
+    let done = osdeploy_transport::runtime()?
+        .block_on(pull_into_sysroot(sysroot, &target, options, progress))
+        .with_context(context)?;
     drop(bar);
     if json {
         return print_json(&done);
@@ -258,7 +262,7 @@ pub fn status(sysroot: &Sysroot, json: bool) -> Result<()> {
     println!("booted: {booted}   default: {}   next boot: {}", status.default, status.next_boot);
     println!("bootloader: {} ({})", status.bootloader.kind.as_str(), status.bootloader.location.display());
     match &status.follows {
-        Some(f) => println!("follows: {}", f.local_ref()),
+        Some(f) => println!("follows: {f}"),
         None => println!("follows: nothing yet (the first `osdeploy pull REMOTE BRANCH` sets it)"),
     }
     for slot in Slot::ALL {

@@ -127,8 +127,7 @@ pub enum RolloutAction {
 
 /// `osdeploy agent`.
 pub fn agent(sysroot: Sysroot, config_dir: PathBuf, machine_id: PathBuf) -> Result<()> {
-    let runtime = tokio::runtime::Runtime::new().context("starting the agent's runtime")?;
-    runtime.block_on(async move {
+    osdeploy_transport::runtime()?.block_on(async move {
         // Handlers first: SIGHUP's default action would end an agent still connecting to etcd.
         let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -191,8 +190,7 @@ pub fn rollout(action: RolloutAction, repo: &Path, config_dir: &Path) -> Result<
     if let RolloutAction::Publish { commit, policy, key } = &action {
         return publish(repo, commit, policy, key);
     }
-    let runtime = tokio::runtime::Runtime::new().context("starting a runtime")?;
-    runtime.block_on(async {
+    osdeploy_transport::runtime()?.block_on(async {
         match action {
             RolloutAction::Publish { .. } => unreachable!("handled above"),
             RolloutAction::Status { commit, etcd, json } => {

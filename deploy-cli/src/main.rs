@@ -21,6 +21,9 @@ use clap::Parser;
 
 fn main() {
     let cli = cli::Cli::parse();
+    // A received gzip delta is deflated again by this same program in a child with limits (this file, not whatever
+    // the path names now: an update may have replaced it).
+    osdeploy_store::delta::deflate::isolate_in("/proc/self/exe", &["rebuild-deflate"]);
     // The agent is a daemon: its steps are its log (the journal's).
     let level = if matches!(cli.command, cli::Command::Agent { .. }) { "info" } else { "warn" };
     // Colour only on a terminal: a pipe, a file or the journal gets plain text (NO_COLOR: never).

@@ -53,13 +53,14 @@ pub fn mirror(args: MirrorArgs) -> Result<()> {
         args.keys.iter().map(|f| sign::load_public(f).map(|k| sign::public_hex(&k))).collect::<Result<Vec<_>, _>>()?;
     let remote = Remote { name: args.url.clone(), urls: vec![args.url.clone()], keys, insecure: args.insecure };
     let options = MirrorOptions {
-        branches: args.branches,
+        branches: args.branches.iter().map(|b| b.parse()).collect::<Result<_, _>>()?,
         sign_key: args.sign_key.as_deref().map(sign::load_secret).transpose()?,
         http: args.http.options(),
     };
     let progress = Arc::new(Progress::default());
     let bar = TransferBar::start(progress.clone());
-    let stats = transport_mirror(&args.dir, &remote, &options, progress)
+    let stats = osdeploy_transport::runtime()?
+        .block_on(transport_mirror(&args.dir, &remote, &options, progress))
         .with_context(|| format!("mirroring {} into {}", args.url, args.dir.display()))?;
     drop(bar);
     if args.json {

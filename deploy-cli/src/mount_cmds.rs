@@ -71,8 +71,7 @@ fn start_daemon(mountpoint: &Path) -> Result<()> {
 fn serve_until_unmounted(mounted: Mounted) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mountpoint = mounted.mountpoint.clone();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(async move {
+    osdeploy_transport::runtime()?.block_on(async move {
         let mut terminate = signal(SignalKind::terminate())?;
         let mut interrupt = signal(SignalKind::interrupt())?;
         let mut served = tokio::task::spawn_blocking(move || mounted.wait());

@@ -16,7 +16,7 @@ use osdeploy_store::history::{Ancestor, ancestry};
 use osdeploy_store::name::{escaped, escaped_path, unescape};
 use osdeploy_store::object::{Commit, Entry, EntryKind, Meta};
 use osdeploy_store::repo::RepoMode;
-use osdeploy_store::{Access, CommitId, Repo, tree};
+use osdeploy_store::{Access, CommitId, RefName, Repo, tree};
 
 use crate::delta_cmds;
 use crate::output::{self, print_json};
@@ -128,6 +128,7 @@ pub struct CommitArgs {
 /// `commit`.
 pub fn commit(repo: &Path, args: CommitArgs) -> Result<()> {
     let CommitArgs { branch, subject, body, release_version: version, metadata, timestamp, deltas, json, dir } = args;
+    let branch = RefName::new(branch)?;
     let mut meta = BTreeMap::new();
     for item in &metadata {
         let (k, v) = item.split_once('=').with_context(|| format!("--add-metadata {item:?}: expected KEY=VALUE"))?;

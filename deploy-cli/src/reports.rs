@@ -1,9 +1,9 @@
 //! Human reports of plans and transfers: pull plans (`delta`, `pull --dry-run`), pulls, switch plans.
 
 use osdeploy_deploy::deploy::ops::{EtcPlan, SwitchPlan};
-use osdeploy_store::CommitId;
 use osdeploy_store::checkout::CheckoutMethod;
 use osdeploy_store::delta::generate::GenerateStats;
+use osdeploy_store::{CommitId, RefName};
 use osdeploy_transport::plan::PullPlan;
 use osdeploy_transport::pull::PullStats;
 use osdeploy_transport::report::UpdateCost;
@@ -139,7 +139,7 @@ pub fn print_generate(stats: &GenerateStats) {
 }
 
 /// The lines `pull` prints: the commit on stdout, what it cost on stderr.
-pub fn print_pull(branch: &str, stats: &PullStats) {
+pub fn print_pull(branch: &RefName, stats: &PullStats) {
     println!("{}", stats.commit);
     eprintln!(
         "pulled {} as {} in {:.1}s: {} in {} requests, {} metadata objects and {} chunks fetched ({} reused), {} new files ({} from deltas{})",

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use osdeploy_store::{Access, Repo};
+use osdeploy_store::{Access, RefName, Repo};
 use osdeploy_transport::client::Progress;
 use osdeploy_transport::pull::{PullOptions, plan_pull, pull as transport_pull};
 use osdeploy_transport::remote::{self, Remote};
@@ -91,7 +91,7 @@ pub fn remote_list(repo: &Path, json: bool) -> Result<()> {
 pub fn pull(
     repo: &Path,
     remote_name: &str,
-    branch: &str,
+    branch: &RefName,
     options: PullOptions,
     dry_run: bool,
     json: bool,
@@ -99,7 +99,8 @@ pub fn pull(
     if dry_run {
         let repo = Repo::open(repo, Access::Read)?;
         let remote = remote::get(&repo, remote_name)?;
-        let plan = plan_pull(&repo, &remote, branch, options, &std::env::temp_dir())
+        let plan = osdeploy_transport::runtime()?
+            .block_on(plan_pull(&repo, &remote, branch, options, &std::env::temp_dir()))
             .with_context(|| format!("planning a pull of {branch} from {remote_name}"))?;
         if json {
             return print_json(&plan);
@@ -111,7 +112,8 @@ pub fn pull(
     let remote = remote::get(&repo, remote_name)?;
     let progress = Arc::new(Progress::default());
     let bar = TransferBar::start(progress.clone());
-    let stats = transport_pull(&mut repo, &remote, branch, options, progress)
+    let stats = osdeploy_transport::runtime()?
+        .block_on(transport_pull(&mut repo, &remote, branch, options, progress))
         .with_context(|| format!("pulling {branch} from {remote_name}"))?;
     drop(bar);
     if json {
@@ -136,8 +138,7 @@ pub fn serve(
         header_timeout: Duration::from_secs(header_timeout),
         idle_timeout: Duration::from_secs(idle_timeout),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    runtime.block_on(serve::serve(dir.clone(), listen, limits, |addr| {
+    osdeploy_transport::runtime()?.block_on(serve::serve(dir.clone(), listen, limits, |addr| {
         eprintln!("serving {} on http://{addr}/", dir.display());
     }))?;
     Ok(())

@@ -10,7 +10,7 @@ use osdeploy_store::diff::Change;
 use osdeploy_store::name::escaped;
 use osdeploy_store::object::{Commit, EntryKind, Meta, TreeStats};
 use osdeploy_store::write::WriteStats;
-use osdeploy_store::{CommitId, FileId, Repo, TreeId};
+use osdeploy_store::{CommitId, FileId, RefName, Repo, TreeId};
 use serde::Serialize;
 
 /// Counts over a committed tree.
@@ -66,7 +66,7 @@ pub struct CommitReport<'a> {
     /// The new commit.
     pub commit: CommitId,
     /// Its branch.
-    pub branch: &'a str,
+    pub branch: &'a RefName,
     /// Its parent.
     pub parent: Option<CommitId>,
     /// Counts over its tree.

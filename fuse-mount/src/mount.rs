@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use fuser::{BackgroundSession, Config, MountOption, SessionACL};
 use osdeploy_store::object::{Commit, ObjectKind};
-use osdeploy_store::{Access, CommitId, Repo, layout};
+use osdeploy_store::{Access, CommitId, RefName, Repo, layout};
 use osdeploy_transport::client::HttpOptions;
 use osdeploy_transport::lazy::LazyRemote;
 
@@ -125,7 +125,8 @@ pub fn mount(repo_path: &Path, spec: &str, mountpoint: &Path, options: &MountOpt
         Some(name) => {
             let remote = osdeploy_transport::remote::get(&repo, name)?;
             let cache_dir = options.cache_dir.clone().unwrap_or_else(|| repo.path().join(layout::MOUNT_CACHE));
-            let connected = LazyRemote::connect(&remote, spec, options.http, &cache_dir.join("staging"))?;
+            let branch = RefName::new(spec)?;
+            let connected = LazyRemote::connect(&remote, &branch, options.http, &cache_dir.join("staging"))?;
             let commit_id = connected.commit;
             let commit = Commit::decode(commit_id.0, &connected.metadata.get(ObjectKind::Commit, &commit_id.0)?)?;
             let inodes = Inodes::build(&connected.metadata, &commit)?;

@@ -9,19 +9,20 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use crate::chunker::Chunker;
-use crate::error::Result;
+use crate::error::{Result, StoreError};
 use crate::fsutil::crash_point;
 use crate::id::{CommitId, FileId, TreeId};
+use crate::name::RefName;
 use crate::object::{Commit, DirTree, Entry, EntryKind, ObjectKind, TreeStats};
 use crate::repo::Repo;
 use crate::scan::{ScanDir, ScanKind, ScanTotals, scan};
 use crate::write::{ObjectWriter, WriteStats};
 
 /// What the commit records besides the tree.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct CommitOptions {
     /// Branch to commit on; its current commit becomes the parent.
-    pub branch: String,
+    pub branch: RefName,
     /// Version string (e.g. "2026.11.1").
     pub version: String,
     /// One-line subject.
@@ -32,6 +33,20 @@ pub struct CommitOptions {
     pub metadata: BTreeMap<String, String>,
     /// Timestamp; the current time when `None`.
     pub timestamp: Option<i64>,
+}
+
+impl CommitOptions {
+    /// A commit on `branch` with an empty version, subject, body and metadata, at the current time.
+    pub fn on(branch: RefName) -> CommitOptions {
+        CommitOptions {
+            branch,
+            version: String::new(),
+            subject: String::new(),
+            body: String::new(),
+            metadata: BTreeMap::new(),
+            timestamp: None,
+        }
+    }
 }
 
 /// Progress of a running commit, reported after every file.
@@ -140,33 +155,33 @@ pub fn commit(
     let mut links = HashMap::new();
     let root = scan(source, &mut totals, &mut links)?;
     let chunker = Chunker::new(repo.config().chunker);
-    let mut writer = repo.writer();
-    let mut builder = Builder {
-        writer: &mut writer,
-        chunker,
-        links,
-        groups: HashMap::new(),
-        next_group: 0,
-        stats: TreeStats::default(),
-        progress: CommitProgress { totals, ..Default::default() },
-        report,
-    };
-    let root_tree = builder.store_dir(&root)?;
-    let commit = Commit {
-        root: root_tree,
-        root_meta: root.meta.clone(),
-        parent,
-        timestamp: options.timestamp.unwrap_or_else(now),
-        version: options.version.clone(),
-        subject: options.subject.clone(),
-        body: options.body.clone(),
-        metadata: options.metadata.clone(),
-        stats: builder.stats,
-    };
-    let id = CommitId(writer.add_metadata(ObjectKind::Commit, &commit.encode())?);
-    crash_point("commit:before-finish");
-    let (stats, packs) = writer.finish(repo.path())?;
-    repo.register_packs(packs);
+    let ((id, commit), stats) = repo.transaction(|writer, _| {
+        let mut builder = Builder {
+            writer: &mut *writer,
+            chunker,
+            links,
+            groups: HashMap::new(),
+            next_group: 0,
+            stats: TreeStats::default(),
+            progress: CommitProgress { totals, ..Default::default() },
+            report,
+        };
+        let root_tree = builder.store_dir(&root)?;
+        let commit = Commit {
+            root: root_tree,
+            root_meta: root.meta.clone(),
+            parent,
+            timestamp: options.timestamp.unwrap_or_else(now),
+            version: options.version.clone(),
+            subject: options.subject.clone(),
+            body: options.body.clone(),
+            metadata: options.metadata.clone(),
+            stats: builder.stats,
+        };
+        let id = CommitId(writer.add_metadata(ObjectKind::Commit, &commit.encode())?);
+        crash_point("commit:before-finish");
+        Ok::<_, StoreError>((id, commit))
+    })?;
     crash_point("commit:before-ref");
     repo.write_ref(&options.branch, &id)?;
     Ok(CommitOutcome { id, commit, stats })
@@ -193,7 +208,7 @@ mod tests {
         std::fs::write(src.join("b/c"), pseudo_random(500_000, 20)).unwrap();
         std::fs::write(src.join("d"), pseudo_random(300_000, 30)).unwrap();
         let mut repo = Repo::init(&tmp.path().join("repo"), RepoMode::Archive, 3, ChunkerParams::default()).unwrap();
-        let options = CommitOptions { branch: "main".into(), ..Default::default() };
+        let options = CommitOptions::on("main".parse().unwrap());
         let outcome = commit(&mut repo, &src, &options, &mut |_| {}).unwrap();
         let archive = repo.archive().unwrap();
         let root = repo.tree(&outcome.commit.root).unwrap();

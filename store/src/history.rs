@@ -77,7 +77,7 @@ mod tests {
         let mut ids = Vec::new();
         for version in ["1", "2", "3"] {
             std::fs::write(src.join("v"), version).unwrap();
-            let options = CommitOptions { branch: "main".into(), version: version.into(), ..Default::default() };
+            let options = CommitOptions { version: version.into(), ..CommitOptions::on("main".parse().unwrap()) };
             ids.push(commit(&mut repo, &src, &options, &mut |_| {}).unwrap().id);
         }
         let seen: Vec<CommitId> = ancestry(&repo, ids[2]).map(|a| a.unwrap().id()).collect();

@@ -45,4 +45,5 @@ pub mod write;
 
 pub use error::{Result, StoreError};
 pub use id::{ChunkId, CommitId, FileId, ObjectId, TreeId};
+pub use name::RefName;
 pub use repo::{Access, Repo, RepoConfig, RepoMode};

@@ -1,6 +1,13 @@
 //! Validated names: one path component of a tree, and ref (branch) names.
 
+use std::borrow::Borrow;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
 use crate::error::StoreError;
+use crate::layout::RESERVED_REF_PREFIX;
 
 /// Longest name accepted for one directory entry, as on Linux filesystems.
 pub const MAX_NAME_LEN: usize = 255;
@@ -18,25 +25,91 @@ pub fn check_entry_name(name: &[u8]) -> Result<(), &'static str> {
     }
 }
 
-/// Checks a ref name such as `stable/x86_64`: components of `[A-Za-z0-9._+-]`, separated by single
-/// `/`, none empty, none starting with `.`, at most 200 bytes in all.
-pub fn check_ref_name(name: &str) -> Result<(), StoreError> {
-    let bad = |reason| StoreError::InvalidRef { name: name.to_string(), reason };
+/// A validated ref (branch) name such as `stable/x86_64`: components of `[A-Za-z0-9._+-]`,
+/// separated by single `/`, none empty, none starting with `.`, at most 200 bytes in all. Safe to
+/// join below `refs/heads/`; serialized as the plain string, and checked again when deserialized.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(try_from = "String")]
+pub struct RefName(String);
+
+impl RefName {
+    /// Checks `name`; the error names it and says what is wrong.
+    pub fn new(name: impl Into<String>) -> Result<RefName, StoreError> {
+        let name = name.into();
+        match ref_name_problem(&name) {
+            None => Ok(RefName(name)),
+            Some(reason) => Err(StoreError::InvalidRef { name, reason }),
+        }
+    }
+
+    /// `REMOTE/BRANCH`: where a pull of `branch` from the remote called `remote` lands.
+    pub fn remote(remote: &str, branch: &RefName) -> Result<RefName, StoreError> {
+        RefName::new(format!("{remote}/{branch}"))
+    }
+
+    /// `osdeploy/NAME`: a ref osdeploy keeps for itself (a deployment's pin), below
+    /// [`RESERVED_REF_PREFIX`], which no remote may take as its name.
+    pub fn reserved(name: &str) -> Result<RefName, StoreError> {
+        RefName::new(format!("{RESERVED_REF_PREFIX}/{name}"))
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Why `name` is not a ref name, or `None` when it is one.
+fn ref_name_problem(name: &str) -> Option<&'static str> {
     if name.is_empty() || name.len() > 200 {
-        return Err(bad("must be 1 to 200 bytes long"));
+        return Some("must be 1 to 200 bytes long");
     }
-    for part in name.split('/') {
+    name.split('/').find_map(|part| {
         if part.is_empty() {
-            return Err(bad("empty path component"));
+            Some("empty path component")
+        } else if part.starts_with('.') {
+            Some("a component starts with '.'")
+        } else if !part.bytes().all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b)) {
+            Some("only letters, digits, '.', '_', '+', '-' and '/' are allowed")
+        } else {
+            None
         }
-        if part.starts_with('.') {
-            return Err(bad("a component starts with '.'"));
-        }
-        if !part.bytes().all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b)) {
-            return Err(bad("only letters, digits, '.', '_', '+', '-' and '/' are allowed"));
-        }
+    })
+}
+
+impl fmt::Display for RefName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
     }
-    Ok(())
+}
+
+impl FromStr for RefName {
+    type Err = StoreError;
+
+    fn from_str(name: &str) -> Result<RefName, StoreError> {
+        RefName::new(name)
+    }
+}
+
+impl TryFrom<String> for RefName {
+    type Error = StoreError;
+
+    fn try_from(name: String) -> Result<RefName, StoreError> {
+        RefName::new(name)
+    }
+}
+
+/// Lets a map keyed by ref names be searched with a plain string.
+impl Borrow<str> for RefName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Serialize for RefName {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
 }
 
 /// A tree's path or name as text, losslessly and unambiguously: UTF-8 prints as itself, but a
@@ -138,11 +211,56 @@ mod tests {
 
     #[test]
     fn ref_names() {
-        for bad in ["", "a//b", "/a", "a/", "../x", "a/.git", "a b", "a:b"] {
-            assert!(check_ref_name(bad).is_err(), "{bad}");
+        for (bad, reason) in [
+            ("", "must be 1 to 200 bytes long"),
+            (&"x".repeat(201), "must be 1 to 200 bytes long"),
+            ("a//b", "empty path component"),
+            ("/a", "empty path component"),
+            ("/etc/passwd", "empty path component"),
+            ("a/", "empty path component"),
+            (".", "a component starts with '.'"),
+            ("..", "a component starts with '.'"),
+            ("../x", "a component starts with '.'"),
+            ("a/./b", "a component starts with '.'"),
+            ("a/../b", "a component starts with '.'"),
+            ("a/.git", "a component starts with '.'"),
+            ("a b", "only letters"),
+            ("a:b", "only letters"),
+            ("a\0b", "only letters"),
+        ] {
+            let err = RefName::new(bad).unwrap_err();
+            assert!(matches!(&err, StoreError::InvalidRef { name, .. } if name == bad), "{bad}: {err:?}");
+            let text = err.to_string();
+            assert!(text.starts_with(&format!("invalid ref name {bad:?}: {reason}")), "{text}");
         }
-        for good in ["stable", "stable/x86_64", "v1.2+build-3"] {
-            assert!(check_ref_name(good).is_ok(), "{good}");
+        for good in ["stable", "stable/x86_64", "v1.2+build-3", "a..b", &"x".repeat(200)] {
+            let name: RefName = good.parse().unwrap();
+            assert_eq!((name.as_str(), name.to_string()), (good, good.to_string()));
+            assert_eq!(RefName::try_from(good.to_string()).unwrap(), name);
         }
+    }
+
+    #[test]
+    fn ref_names_compose() {
+        let branch = RefName::new("stable/x86_64").unwrap();
+        assert_eq!(RefName::remote("origin", &branch).unwrap().as_str(), "origin/stable/x86_64");
+        assert!(RefName::remote(".hidden", &branch).is_err());
+        assert!(RefName::remote(&"r".repeat(190), &branch).is_err(), "the whole name is at most 200 bytes");
+        assert_eq!(RefName::reserved("slot-a").unwrap().as_str(), "osdeploy/slot-a");
+        assert!(RefName::reserved("../slot-a").is_err());
+    }
+
+    #[test]
+    fn ref_names_serialize_as_strings_and_are_checked_when_read() {
+        let map = std::collections::BTreeMap::from([(RefName::new("a/b").unwrap(), RefName::new("c").unwrap())]);
+        let text = serde_json::to_string(&map).unwrap();
+        assert_eq!(text, r#"{"a/b":"c"}"#);
+        assert_eq!(serde_json::from_str::<std::collections::BTreeMap<RefName, RefName>>(&text).unwrap(), map);
+        for bad in [r#""../evil""#, r#""""#, r#""a//b""#] {
+            let err = serde_json::from_str::<RefName>(bad).unwrap_err().to_string();
+            assert!(err.contains("invalid ref name"), "{bad}: {err}");
+        }
+        let err = serde_json::from_str::<std::collections::BTreeMap<RefName, u32>>(r#"{"/abs": 1}"#).unwrap_err();
+        assert!(err.to_string().contains("invalid ref name \"/abs\""), "{err}");
     }
 }

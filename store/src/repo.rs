@@ -27,11 +27,11 @@ use crate::error::{IoContext, Result, StoreError};
 use crate::fsutil::{FlockGuard, atomic_write, clear_dir_at, fsync_dir};
 use crate::id::{CommitId, FileId, ObjectId, TreeId};
 use crate::layout;
-use crate::name::check_ref_name;
+use crate::name::RefName;
 use crate::object::{Commit, DirTree, FileObject, ObjectKind};
 use crate::pack::FinishedPack;
 use crate::summary::{SUMMARY_FORMAT_VERSION, Summary, SummaryPack, SummaryRef};
-use crate::write::ObjectWriter;
+use crate::write::{ObjectWriter, WriteStats};
 
 /// The repository format version this build reads and writes.
 pub const REPO_FORMAT_VERSION: u32 = 1;
@@ -312,8 +312,34 @@ impl Repo {
         }
     }
 
-    /// Starts a write transaction (needs [`Access::Write`]).
-    pub fn writer(&self) -> ObjectWriter<'_> {
+    /// Runs one write transaction (needs [`Access::Write`]): `work` adds objects through the
+    /// writer and may read the repository meanwhile; then everything it added is made durable and
+    /// readable through this handle, at once. Nothing is reachable before a ref names it, and an
+    /// error from `work` publishes nothing.
+    pub fn transaction<T, E: From<StoreError>>(
+        &mut self,
+        work: impl FnOnce(&mut ObjectWriter<'_>, &Repo) -> std::result::Result<T, E>,
+    ) -> std::result::Result<(T, WriteStats), E> {
+        let mut writer = self.writer();
+        let value = work(&mut writer, self)?;
+        let (stats, packs) = writer.finish(&self.path)?;
+        self.register_packs(packs);
+        Ok((value, stats))
+    }
+
+    /// [`Self::transaction`] for work that waits (a pull writes what it fetches).
+    pub async fn transaction_async<T, E: From<StoreError>>(
+        &mut self,
+        work: impl AsyncFnOnce(&mut ObjectWriter<'_>, &Repo) -> std::result::Result<T, E>,
+    ) -> std::result::Result<(T, WriteStats), E> {
+        let mut writer = self.writer();
+        let value = work(&mut writer, self).await?;
+        let (stats, packs) = writer.finish(&self.path)?;
+        self.register_packs(packs);
+        Ok((value, stats))
+    }
+
+    fn writer(&self) -> ObjectWriter<'_> {
         let tmp = self.path.join(layout::TMP);
         match &self.store {
             Store::Archive(a) => {
@@ -323,20 +349,20 @@ impl Repo {
         }
     }
 
-    /// Makes packs published by a finished transaction readable through this handle.
+    /// Makes packs published in the repository readable through this handle: those of a
+    /// transaction, and those a mirror copies whole.
     pub fn register_packs(&mut self, packs: Vec<FinishedPack>) {
         if let Store::Archive(a) = &mut self.store {
             a.add_published(packs);
         }
     }
 
-    fn ref_path(&self, name: &str) -> PathBuf {
-        self.path.join(layout::HEADS).join(name)
+    fn ref_path(&self, name: &RefName) -> PathBuf {
+        self.path.join(layout::HEADS).join(name.as_str())
     }
 
     /// The commit a branch points to, if the branch exists.
-    pub fn read_ref(&self, name: &str) -> Result<Option<CommitId>> {
-        check_ref_name(name)?;
+    pub fn read_ref(&self, name: &RefName) -> Result<Option<CommitId>> {
         let path = self.ref_path(name);
         let text = match fs::read_to_string(&path) {
             Ok(t) => t,
@@ -353,20 +379,19 @@ impl Repo {
     }
 
     /// Points a branch at a commit, atomically and durably; in archive mode the summary follows.
-    pub fn write_ref(&self, name: &str, id: &CommitId) -> Result<()> {
+    pub fn write_ref(&self, name: &RefName, id: &CommitId) -> Result<()> {
         self.write_ref_without_summary(name, id)?;
         self.write_summary()
     }
 
     /// Points a branch at a commit, atomically and durably, leaving the summary alone: for a caller
     /// that moves several refs and then publishes a summary of its own (a mirror).
-    pub fn write_ref_without_summary(&self, name: &str, id: &CommitId) -> Result<()> {
-        check_ref_name(name)?;
+    pub fn write_ref_without_summary(&self, name: &RefName, id: &CommitId) -> Result<()> {
         atomic_write(&self.ref_path(name), &self.path.join(layout::TMP), format!("{}\n", id.0).as_bytes())
     }
 
     /// Every branch, sorted by name.
-    pub fn refs(&self) -> Result<BTreeMap<String, CommitId>> {
+    pub fn refs(&self) -> Result<BTreeMap<RefName, CommitId>> {
         let mut out = BTreeMap::new();
         let root = self.path.join(layout::HEADS);
         let mut stack = vec![root.clone()];
@@ -377,7 +402,7 @@ impl Repo {
                     stack.push(path);
                     continue;
                 }
-                let name = path.strip_prefix(&root).expect("below refs/heads").to_string_lossy().into_owned();
+                let name = RefName::new(path.strip_prefix(&root).expect("below refs/heads").to_string_lossy())?;
                 if let Some(id) = self.read_ref(&name)? {
                     out.insert(name, id);
                 }
@@ -388,8 +413,8 @@ impl Repo {
 
     /// Resolves a branch name, a full commit id or a unique prefix of one.
     pub fn resolve(&self, spec: &str) -> Result<CommitId> {
-        if check_ref_name(spec).is_ok()
-            && let Some(id) = self.read_ref(spec)?
+        if let Ok(name) = RefName::new(spec)
+            && let Some(id) = self.read_ref(&name)?
         {
             return Ok(id);
         }
@@ -446,14 +471,13 @@ impl Repo {
     }
 
     /// Deletes a branch.
-    pub fn delete_ref(&self, name: &str) -> Result<()> {
+    pub fn delete_ref(&self, name: &RefName) -> Result<()> {
         self.delete_ref_without_summary(name)?;
         self.write_summary()
     }
 
     /// Deletes a branch, leaving the summary alone (see [`Repo::write_ref_without_summary`]).
-    pub fn delete_ref_without_summary(&self, name: &str) -> Result<()> {
-        check_ref_name(name)?;
+    pub fn delete_ref_without_summary(&self, name: &RefName) -> Result<()> {
         let path = self.ref_path(name);
         fs::remove_file(&path).at(&path)?;
         fsync_dir(path.parent().expect("ref has a parent"))

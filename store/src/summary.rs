@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{CommitId, ObjectId, Result, StoreError};
+use crate::{CommitId, ObjectId, RefName, Result, StoreError};
 
 /// The summary format this osdeploy writes and reads.
 pub const SUMMARY_FORMAT_VERSION: u32 = 1;
@@ -62,7 +62,7 @@ pub struct Summary {
     /// Every pack, sorted by id.
     pub packs: Vec<SummaryPack>,
     /// Branch → commit.
-    pub refs: BTreeMap<String, SummaryRef>,
+    pub refs: BTreeMap<RefName, SummaryRef>,
 }
 
 #[derive(Deserialize)]
@@ -110,7 +110,7 @@ mod tests {
             format_version: SUMMARY_FORMAT_VERSION,
             packs: vec![SummaryPack { id, index: ObjectId::of(b"i"), objects: 3, size: 100 }],
             refs: BTreeMap::from([(
-                "stable".to_string(),
+                RefName::new("stable").unwrap(),
                 SummaryRef { commit: CommitId(id), timestamp: 7, version: "1".into() },
             )]),
         }
@@ -137,5 +137,8 @@ mod tests {
         let bad = String::from_utf8(sample().to_bytes()).unwrap().replace(&ObjectId::of(b"x").to_hex(), "xyz");
         let err = Summary::parse(bad.as_bytes(), "s").unwrap_err().to_string();
         assert!(err.contains("the summary s is corrupt") && err.contains("\"xyz\" is not an object id"), "{err}");
+        let bad = String::from_utf8(sample().to_bytes()).unwrap().replace("\"stable\"", "\"../stable\"");
+        let err = Summary::parse(bad.as_bytes(), "s").unwrap_err().to_string();
+        assert!(err.contains("the summary s is corrupt") && err.contains("invalid ref name \"../stable\""), "{err}");
     }
 }

@@ -29,8 +29,9 @@ pub struct WriteStats {
     pub metadata_new: u64,
 }
 
-/// A write transaction: objects are added, then [`ObjectWriter::finish`] makes them durable and
-/// visible at once. Nothing a transaction wrote is reachable before a ref points to it.
+/// The writer of a transaction ([`crate::Repo::transaction`]): objects are added, then the
+/// transaction makes them durable and visible at once. Nothing a transaction wrote is reachable
+/// before a ref points to it.
 pub enum ObjectWriter<'s> {
     /// Into packs.
     Archive(Box<ArchiveWriter<'s>>),
@@ -76,7 +77,7 @@ impl ObjectWriter<'_> {
 
     /// Makes everything durable and visible (see the writers' `finish`). Returns the counters and,
     /// for an archive repository, the packs to register with [`crate::Repo::register_packs`].
-    pub fn finish(self, repo_path: &Path) -> Result<(WriteStats, Vec<crate::pack::FinishedPack>)> {
+    pub(crate) fn finish(self, repo_path: &Path) -> Result<(WriteStats, Vec<crate::pack::FinishedPack>)> {
         match self {
             ObjectWriter::Archive(w) => {
                 let (packs, stats) = (*w).finish(repo_path)?;

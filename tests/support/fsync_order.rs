@@ -21,6 +21,12 @@ pub struct Violation {
     pub unsynced: Vec<String>,
 }
 
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "at {}: not on disk: {}", self.at, self.unsynced.join(", "))
+    }
+}
+
 /// What the check saw, for the report.
 #[derive(Debug, Default)]
 pub struct Summary {
@@ -282,7 +288,8 @@ pub fn assert_durable_order(command: &mut std::process::Command, what: &str, roo
     assert!(out.status.success(), "{what} failed: {}", String::from_utf8_lossy(&out.stderr));
     let log = std::fs::read_to_string(log_path).unwrap();
     let (summary, violations) = check(&log, root, existing);
-    assert!(violations.is_empty(), "{what}: names published before their data was on disk:\n{violations:#?}");
+    let listed: Vec<String> = violations.iter().map(Violation::to_string).collect();
+    assert!(violations.is_empty(), "{what}: names published before their data was on disk:\n{}", listed.join("\n"));
     assert!(summary.publications > 0, "{what}: no publication seen in {}", log_path.display());
     summary
 }

@@ -2,7 +2,6 @@
 //! trees with every kind of entry and metadata, comparing trees with rsync, loop-mounted
 //! filesystems, nginx, and a fault-injecting HTTP proxy (`fault_proxy`). A missing tool or
 //! privilege fails the test loudly; nothing is skipped silently.
-#![allow(dead_code)]
 
 use std::collections::HashSet;
 use std::fs;
@@ -320,6 +319,15 @@ impl Drop for LoopFs {
         let _ = Command::new("umount").arg(&self.mount).stderr(Stdio::null()).status();
         let _ = Command::new("losetup").arg("-d").arg(&self.device).status();
     }
+}
+
+/// The names in a directory, sorted; none when it does not exist.
+pub fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .map(|entries| entries.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    names.sort();
+    names
 }
 
 /// Parses a command's JSON output, showing it when it is not JSON.

@@ -171,9 +171,11 @@ pub trait BodySink: Send {
     /// as a full disk) ends the request; any other error rejects this URL's data and the next
     /// URL is tried.
     fn data(&mut self, piece: &[u8]) -> Result<(), TransportError>;
-    /// Called after each piece to hand on what [`Self::data`] produced; a sink may wait here,
-    /// which slows the transfer down to the pace of its consumer.
-    fn deliver(&mut self) -> impl Future<Output = Result<(), TransportError>> + Send {
+    /// Called after each piece (`end` false) and once after the whole body (`end` true) to hand on
+    /// what [`Self::data`] produced; a sink may wait here, which slows the transfer down to the pace
+    /// of its consumer, and may hold back what it has until it is worth handing on.
+    fn deliver(&mut self, end: bool) -> impl Future<Output = Result<(), TransportError>> + Send {
+        let _ = end;
         std::future::ready(Ok(()))
     }
     /// Called once the whole body has arrived; an error rejects this URL's data.
@@ -466,8 +468,9 @@ impl Client {
             }
             self.progress.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
             sink.data(&bytes).map_err(|e| within(url, e))?;
-            sink.deliver().await?;
+            sink.deliver(false).await.map_err(|e| within(url, e))?;
         }
+        sink.deliver(true).await.map_err(|e| within(url, e))?;
         Ok(received)
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use osdeploy_store::object::ObjectKind;
-use osdeploy_store::pack::{self, ENTRY_HEADER_LEN};
+use osdeploy_store::pack::{self, ENTRY_HEADER_LEN, IndexEntry};
 use osdeploy_store::{ObjectId, StoreError};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -20,6 +20,11 @@ use crate::staging::Staging;
 
 /// Raw bytes staged between two calls of `on_staged`.
 const SETTLE_EVERY: usize = 8 << 20;
+
+/// Compressed bytes of whole entries a Range task gathers before it has them decoded: a hand-off
+/// per piece of a body (16 KiB or so) cost a full pull 15 % of its speed, 1 MiB batches 15 MiB of
+/// memory (docs/benchmarks.md §4).
+const DECODE_BATCH: usize = 256 << 10;
 
 /// A verified object on its way from a request to the staging area.
 type Verified = (ObjectId, ObjectKind, Vec<u8>);
@@ -74,7 +79,7 @@ pub async fn fetch(
                 staged.put(kind, id, &raw);
                 arrived.push((id, kind));
             }
-            return on_staged(staged, arrived);
+            return tokio::task::block_in_place(|| on_staged(staged, arrived));
         }
         tokio::select! {
             biased;
@@ -84,7 +89,9 @@ pub async fn fetch(
                 staged.put(kind, id, &raw);
                 arrived.push((id, kind));
                 if arrived_bytes >= SETTLE_EVERY {
-                    on_staged(staged, std::mem::take(&mut arrived))?;
+                    // Writing files (and rebuilding them from deltas) leaves this worker to the
+                    // other tasks meanwhile.
+                    tokio::task::block_in_place(|| on_staged(staged, std::mem::take(&mut arrived)))?;
                     arrived_bytes = 0;
                 }
             }
@@ -96,14 +103,16 @@ pub async fn fetch(
 }
 
 /// Splits one range's body into pack entries as it streams in, and sends the wanted ones on once
-/// they verify.
+/// they verify. Decompressing and hashing run on rayon's pool, not on the runtime's workers.
 struct RangeSink {
     read: PackRead,
     entries: Arc<PackEntries>,
     wanted: Arc<HashSet<(ObjectId, ObjectKind)>>,
     sender: mpsc::Sender<Verified>,
-    /// Verified objects not yet sent.
-    verified: Vec<Verified>,
+    /// Wanted entries, whole, not yet decoded and sent.
+    complete: Vec<(IndexEntry, Vec<u8>)>,
+    /// Their compressed bytes.
+    complete_bytes: usize,
     /// Bytes received but not yet consumed (at most one entry).
     pending: Vec<u8>,
     /// The pack offset of `pending[0]`.
@@ -118,16 +127,45 @@ impl RangeSink {
         sender: mpsc::Sender<Verified>,
     ) -> Self {
         let offset = read.offset;
-        RangeSink { read, entries, wanted, sender, verified: Vec::new(), pending: Vec::new(), offset }
+        RangeSink {
+            read,
+            entries,
+            wanted,
+            sender,
+            complete: Vec::new(),
+            complete_bytes: 0,
+            pending: Vec::new(),
+            offset,
+        }
     }
 
     fn invalid(&self, reason: String) -> TransportError {
-        TransportError::Invalid {
-            what: format!("pack {} bytes {}+{}", self.read.pack, self.read.offset, self.read.len),
-            url: String::new(),
-            reason,
-        }
+        invalid(&self.read, reason)
     }
+}
+
+/// An error in the range `read` of a pack.
+fn invalid(read: &PackRead, reason: String) -> TransportError {
+    TransportError::Invalid {
+        what: format!("pack {} bytes {}+{}", read.pack, read.offset, read.len),
+        url: String::new(),
+        reason,
+    }
+}
+
+/// Decompresses and verifies whole entries of the range `read`.
+fn decode(read: &PackRead, complete: Vec<(IndexEntry, Vec<u8>)>) -> Result<Vec<Verified>, TransportError> {
+    let pack = read.pack.to_hex();
+    complete
+        .into_iter()
+        .map(|(entry, bytes)| match pack::decode_entry(&bytes, &entry, &pack) {
+            Ok(raw) => Ok((entry.id, entry.kind, raw)),
+            Err(StoreError::HashMismatch { actual, .. }) => {
+                Err(invalid(read, format!("{} object {} hashes to {actual}: corrupt data", entry.kind, entry.id)))
+            }
+            Err(e) => Err(invalid(read, e.to_string())),
+        })
+        .collect()
 }
 
 impl BodySink for RangeSink {
@@ -135,7 +173,8 @@ impl BodySink for RangeSink {
     /// the objects it sends again.
     fn reset(&mut self) -> Result<(), TransportError> {
         self.pending.clear();
-        self.verified.clear();
+        self.complete.clear();
+        self.complete_bytes = 0;
         self.offset = self.read.offset;
         Ok(())
     }
@@ -155,14 +194,8 @@ impl BodySink for RangeSink {
             let span = entry.span() as usize;
             let Some(bytes) = self.pending.get(start..start + span) else { break };
             if self.wanted.contains(&(id, kind)) {
-                let raw = match pack::decode_entry(bytes, entry, &self.read.pack.to_hex()) {
-                    Ok(raw) => raw,
-                    Err(StoreError::HashMismatch { actual, .. }) => {
-                        return Err(self.invalid(format!("{kind} object {id} hashes to {actual}: corrupt data")));
-                    }
-                    Err(e) => return Err(self.invalid(e.to_string())),
-                };
-                self.verified.push((id, kind, raw));
+                self.complete.push((*entry, bytes.to_vec()));
+                self.complete_bytes += bytes.len();
             }
             start += span;
             self.offset += span as u64;
@@ -171,10 +204,27 @@ impl BodySink for RangeSink {
         Ok(())
     }
 
-    fn deliver(&mut self) -> impl Future<Output = Result<(), TransportError>> + Send {
-        let verified = std::mem::take(&mut self.verified);
-        let sender = self.sender.clone();
+    fn deliver(&mut self, end: bool) -> impl Future<Output = Result<(), TransportError>> + Send {
+        let complete = if end || self.complete_bytes >= DECODE_BATCH {
+            self.complete_bytes = 0;
+            std::mem::take(&mut self.complete)
+        } else {
+            Vec::new()
+        };
+        let (read, sender) = (self.read.clone(), self.sender.clone());
         async move {
+            if complete.is_empty() {
+                return Ok(());
+            }
+            // On rayon's pool: its few threads keep the decoded buffers in few malloc arenas
+            // (tokio's blocking pool, a thread per waiting call, cost a full pull 20–30 MiB more).
+            let (decoded, receive) = tokio::sync::oneshot::channel();
+            rayon::spawn(move || {
+                let _ = decoded.send(decode(&read, complete));
+            });
+            let verified = receive
+                .await
+                .map_err(|_| TransportError::Task { what: "decoding a range", reason: "it panicked".into() })??;
             for object in verified {
                 // The receiver is gone only when the fetch has already failed.
                 sender.send(object).await.map_err(|_| TransportError::Abandoned)?;

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 
 use osdeploy_store::fsutil::{remove_orphaned_tmp, unique_tmp_name};
 use osdeploy_store::object::ObjectKind;
-use osdeploy_store::{ChunkId, CommitId, ObjectId, StoreError};
+use osdeploy_store::{ChunkId, CommitId, ObjectId, RefName, StoreError};
 
 use crate::client::{Client, HttpOptions, Progress};
 use crate::error::TransportError;
@@ -24,7 +24,7 @@ use crate::survey;
 
 /// A remote, connected for reads on demand.
 pub struct LazyRemote {
-    runtime: tokio::runtime::Runtime,
+    runtime: &'static tokio::runtime::Runtime,
     client: Client,
     index: RemoteIndex,
     /// Where fetches stage their objects for a moment.
@@ -47,13 +47,13 @@ impl LazyRemote {
     /// `scratch` (created) holds staged objects meanwhile.
     pub fn connect(
         remote: &Remote,
-        branch: &str,
+        branch: &RefName,
         http: HttpOptions,
         scratch: &Path,
     ) -> Result<Connected, TransportError> {
         // What mounts killed in the middle of a fetch left behind.
         remove_orphaned_tmp(scratch, "mount-")?;
-        let runtime = crate::pull::runtime()?;
+        let runtime = crate::runtime()?;
         let client = Client::new(remote, http, Arc::new(Progress::default()))?;
         let metadata_dir = scratch.join(unique_tmp_name("mount-metadata"));
         let (commit, index, metadata) = runtime.block_on(async {

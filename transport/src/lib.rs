@@ -31,6 +31,7 @@ mod rebuild;
 pub mod remote;
 pub mod remote_plan;
 pub mod report;
+mod runtime;
 pub mod serve;
 pub mod sign;
 pub mod staging;
@@ -38,3 +39,4 @@ pub mod summary;
 pub mod survey;
 
 pub use error::TransportError;
+pub use runtime::runtime;

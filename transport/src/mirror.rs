@@ -32,12 +32,11 @@ use osdeploy_store::delta::index::DeltaIndex;
 use osdeploy_store::delta::published::PublishedDeltas;
 use osdeploy_store::fsutil::{atomic_write, crash_point, fsync_dir};
 use osdeploy_store::layout;
-use osdeploy_store::name::check_ref_name;
 use osdeploy_store::object::{Commit, DirTree, EntryKind, FileObject, ObjectKind};
 use osdeploy_store::pack::{self, FinishedPack, PackIndex};
 use osdeploy_store::repo::{DEFAULT_COMPRESSION_LEVEL, RepoMode};
 use osdeploy_store::summary::Summary;
-use osdeploy_store::{Access, CommitId, ObjectId, Repo, StoreError};
+use osdeploy_store::{Access, CommitId, ObjectId, RefName, Repo, StoreError};
 use serde::Serialize;
 
 use crate::client::{Client, HttpOptions, Progress};
@@ -51,7 +50,7 @@ use crate::summary::{self, fetch_summary, verify_commit};
 #[derive(Default)]
 pub struct MirrorOptions {
     /// The branches to mirror; empty for all of them (a full mirror).
-    pub branches: Vec<String>,
+    pub branches: Vec<RefName>,
     /// Signs the summary of a partial mirror (a full mirror passes the origin's signature on).
     pub sign_key: Option<SigningKey>,
     /// Timeouts and rate limit.
@@ -76,10 +75,10 @@ pub struct MirrorStats {
     /// False for a partial mirror (chosen branches).
     pub full: bool,
     /// The mirrored branches and their commits.
-    pub refs: BTreeMap<String, String>,
+    pub refs: BTreeMap<RefName, String>,
     /// Branches this mirror had written that the upstream no longer offers (or that were not
     /// chosen this time), now deleted.
-    pub refs_deleted: Vec<String>,
+    pub refs_deleted: Vec<RefName>,
     /// Packs downloaded.
     pub packs_fetched: u64,
     /// Packs the upstream lists that the mirror already held.
@@ -96,17 +95,6 @@ pub struct MirrorStats {
     pub summary_signed_by: SummarySigner,
     /// Seconds taken.
     pub seconds: f64,
-}
-
-/// Mirrors `remote` into the archive repository at `dir` (created when absent), counting into
-/// `progress`.
-pub fn mirror(
-    dir: &Path,
-    remote: &Remote,
-    options: &MirrorOptions,
-    progress: Arc<Progress>,
-) -> Result<MirrorStats, TransportError> {
-    crate::pull::runtime()?.block_on(mirror_async(dir, remote, options, progress))
 }
 
 fn io(path: &Path, error: std::io::Error) -> TransportError {
@@ -129,7 +117,9 @@ fn open_or_init(dir: &Path) -> Result<Repo, TransportError> {
     Ok(repo)
 }
 
-async fn mirror_async(
+/// Mirrors `remote` into the archive repository at `dir` (created when absent), counting into
+/// `progress`.
+pub async fn mirror(
     dir: &Path,
     remote: &Remote,
     options: &MirrorOptions,
@@ -155,11 +145,10 @@ async fn mirror_async(
         Some(s) => Some(s),
         None => unverified_signatures(&client, &fetched.bytes).await,
     };
-    let names: Vec<String> =
+    let names: Vec<RefName> =
         if full { fetched.summary.refs.keys().cloned().collect() } else { options.branches.clone() };
     let mut wanted = BTreeMap::new();
     for name in names {
-        check_ref_name(&name)?;
         let (commit, _) = summary::branch(&fetched.summary, remote, &name)?;
         wanted.insert(name, commit);
     }
@@ -205,7 +194,7 @@ async fn mirror_async(
     let mut targets = Vec::new();
     for (name, commit) in &wanted {
         if repo.read_ref(name)? != Some(*commit) {
-            targets.push((name.as_str(), *commit));
+            targets.push((name, *commit));
         }
     }
     // Walk the new commits; fetch the packs holding what is missing; again until nothing is. In a
@@ -495,8 +484,8 @@ fn verify_pack(path: &Path, id: &ObjectId, index: &PackIndex) -> Result<(), Stor
 /// present, so each round of fetching reveals the next level.
 fn missing_objects(
     repo: &Repo,
-    targets: &[(&str, CommitId)],
-) -> Result<BTreeMap<(ObjectId, ObjectKind), String>, TransportError> {
+    targets: &[(&RefName, CommitId)],
+) -> Result<BTreeMap<(ObjectId, ObjectKind), RefName>, TransportError> {
     let mut missing = BTreeMap::new();
     let mut seen = HashSet::new();
     for (branch, commit) in targets {
@@ -506,7 +495,7 @@ fn missing_objects(
                 continue;
             }
             if !repo.has(kind, &id)? {
-                missing.insert((id, kind), branch.to_string());
+                missing.insert((id, kind), (*branch).clone());
                 continue;
             }
             match kind {
@@ -537,10 +526,10 @@ fn missing_objects(
 /// that are not mirrored any more; returns those. `DIR/mirror/refs.json` lists the branches the
 /// mirror owns: written with the union before any ref moves, so a crash never leaves a branch the
 /// mirror wrote unrecorded.
-fn write_refs(repo: &Repo, wanted: &BTreeMap<String, CommitId>) -> Result<Vec<String>, TransportError> {
+fn write_refs(repo: &Repo, wanted: &BTreeMap<RefName, CommitId>) -> Result<Vec<RefName>, TransportError> {
     let path = repo.path().join(layout::MIRROR_REFS);
     let tmp = repo.path().join(layout::TMP);
-    let owned: BTreeSet<String> = match fs::read(&path) {
+    let owned: BTreeSet<RefName> = match fs::read(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| TransportError::LocalFile {
             path: path.clone(),
             reason: format!("{e} (delete it to start over)"),
@@ -548,8 +537,8 @@ fn write_refs(repo: &Repo, wanted: &BTreeMap<String, CommitId>) -> Result<Vec<St
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeSet::new(),
         Err(e) => return Err(io(&path, e)),
     };
-    let names: BTreeSet<String> = wanted.keys().cloned().collect();
-    let record = |set: &BTreeSet<String>| {
+    let names: BTreeSet<RefName> = wanted.keys().cloned().collect();
+    let record = |set: &BTreeSet<RefName>| {
         atomic_write(&path, &tmp, (serde_json::to_string_pretty(set).expect("names serialize") + "\n").as_bytes())
     };
     if !names.is_subset(&owned) {

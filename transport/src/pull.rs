@@ -21,7 +21,7 @@ use osdeploy_store::fsutil::{crash_point, unique_tmp_name};
 use osdeploy_store::history::is_ancestor;
 use osdeploy_store::object::ObjectKind;
 use osdeploy_store::write::ObjectWriter;
-use osdeploy_store::{ObjectId, Repo};
+use osdeploy_store::{CommitId, ObjectId, RefName, Repo};
 use serde::Serialize;
 
 use crate::assemble::Assembler;
@@ -65,12 +65,12 @@ impl Default for PullOptions {
 }
 
 /// What a pull did.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct PullStats {
     /// The commit now held.
-    pub commit: String,
+    pub commit: CommitId,
     /// The local ref written (`REMOTE/BRANCH`).
-    pub r#ref: String,
+    pub r#ref: RefName,
     /// HTTP requests sent.
     pub requests: u64,
     /// Body bytes received.
@@ -92,77 +92,66 @@ pub struct PullStats {
 }
 
 /// Pulls `branch` of `remote` into `repo` (opened for writing), counting into `progress`.
-pub fn pull(
+pub async fn pull(
     repo: &mut Repo,
     remote: &Remote,
-    branch: &str,
+    branch: &RefName,
     options: PullOptions,
     progress: Arc<Progress>,
 ) -> Result<PullStats, TransportError> {
-    runtime()?.block_on(async {
-        let started = Instant::now();
-        let client = Client::new(remote, options.http, progress.clone())?;
-        let mut staged = Staging::open(staging(repo))?;
-        let surveyed = make_plan(repo, &client, remote, branch, &mut staged, options, CacheWrites::Allowed).await?;
-        tracing::debug!(
-            "survey done after {:.2}s: {} new files",
-            started.elapsed().as_secs_f64(),
-            surveyed.plan.files_new
-        );
-        let plan = &surveyed.plan;
-        let mut stats = PullStats {
-            commit: plan.to.to_string(),
-            r#ref: surveyed.local_ref.clone(),
-            metadata_fetched: plan.metadata_objects,
-            chunks_fetched: plan.chunks,
-            chunks_reused: plan.chunks_reused,
-            files_new: plan.files_new,
-            files_from_deltas: plan.files_from_deltas,
-            ..Default::default()
-        };
-        stats.delta_fallbacks = execute(repo, &client, surveyed, staged, options).await?;
-        stats.files_from_deltas -= stats.delta_fallbacks;
-        stats.requests = progress.requests.load(Ordering::Relaxed);
-        stats.bytes_fetched = progress.bytes.load(Ordering::Relaxed);
-        stats.seconds = started.elapsed().as_secs_f64();
-        Ok(stats)
-    })
+    let started = Instant::now();
+    let client = Client::new(remote, options.http, progress.clone())?;
+    let mut staged = Staging::open(staging(repo))?;
+    let surveyed = make_plan(repo, &client, remote, branch, &mut staged, options, CacheWrites::Allowed).await?;
+    tracing::debug!("survey done after {:.2}s: {} new files", started.elapsed().as_secs_f64(), surveyed.plan.files_new);
+    let plan = &surveyed.plan;
+    let mut stats = PullStats {
+        commit: plan.to,
+        r#ref: surveyed.local_ref.clone(),
+        metadata_fetched: plan.metadata_objects,
+        chunks_fetched: plan.chunks,
+        chunks_reused: plan.chunks_reused,
+        files_new: plan.files_new,
+        files_from_deltas: plan.files_from_deltas,
+        delta_fallbacks: 0,
+        requests: 0,
+        bytes_fetched: 0,
+        seconds: 0.0,
+    };
+    stats.delta_fallbacks = execute(repo, &client, surveyed, staged, options).await?;
+    stats.files_from_deltas -= stats.delta_fallbacks;
+    stats.requests = progress.requests.load(Ordering::Relaxed);
+    stats.bytes_fetched = progress.bytes.load(Ordering::Relaxed);
+    stats.seconds = started.elapsed().as_secs_f64();
+    Ok(stats)
 }
 
 /// `pull --dry-run`: the plan a pull of `branch` would execute now. Nothing is written: indexes
 /// not in the cache and the new metadata are fetched into memory and `scratch` (a directory
 /// removed afterwards). A staging area an interrupted pull left is not consulted.
-pub fn plan_pull(
+pub async fn plan_pull(
     repo: &Repo,
     remote: &Remote,
-    branch: &str,
+    branch: &RefName,
     options: PullOptions,
     scratch: &Path,
 ) -> Result<PullPlan, TransportError> {
     let dir = scratch.join(unique_tmp_name("pull-plan"));
-    let result = runtime()?.block_on(async {
+    let result = async {
         let client = Client::new(remote, options.http, Arc::new(Progress::default()))?;
         let mut staged = Staging::open(dir.clone())?;
         Ok(make_plan(repo, &client, remote, branch, &mut staged, options, CacheWrites::Forbidden).await?.plan)
-    });
+    }
+    .await;
     let _ = std::fs::remove_dir_all(&dir);
     result
-}
-
-/// The async runtime transport commands run on.
-pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, TransportError> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| TransportError::Setup { what: "the async runtime", reason: e.to_string() })
 }
 
 /// A surveyed pull: its plan, and what executing it needs.
 struct Surveyed {
     plan: PullPlan,
     index: RemoteIndex,
-    local_ref: String,
+    local_ref: RefName,
 }
 
 /// Everything a pull does before it fetches a chunk: the summary and signatures, the downgrade
@@ -171,7 +160,7 @@ async fn make_plan(
     repo: &Repo,
     client: &Client,
     remote: &Remote,
-    branch: &str,
+    branch: &RefName,
     staged: &mut Staging,
     options: PullOptions,
     writes: CacheWrites,
@@ -180,7 +169,7 @@ async fn make_plan(
     let (commit, offered_time) = summary::branch(&fetched.summary, remote, branch)?;
     let signature = verify_commit(client, remote, &commit).await?;
     let whole_files = fetched.whole_files(&commit, signature.as_deref());
-    let local_ref = format!("{}/{branch}", remote.name);
+    let local_ref = RefName::remote(&remote.name, branch)?;
     let held = repo.read_ref(&local_ref)?;
     if let Some(held) = held
         && held != commit
@@ -190,7 +179,7 @@ async fn make_plan(
         if offered_time < held_time || is_ancestor(repo, &commit, &held)? {
             return Err(TransportError::Downgrade {
                 remote: remote.name.clone(),
-                branch: branch.into(),
+                branch: branch.to_string(),
                 offered: commit.to_string(),
                 offered_time,
                 held: held.to_string(),
@@ -261,49 +250,52 @@ async fn execute(
     // Files are written while the fetch goes on, each as soon as its delta or its last chunk is
     // staged; then one write transaction records them with the trees and the commit, and the
     // ref goes last.
-    let mut writer = repo.writer();
-    let mut phases = Phases { repo, client, index: &index, writer: &mut writer, staged: &mut staged, options };
-    let mut builder = DeltaBuilder::new(&plan.files, phases.staged);
-    phases.deltas(&mut builder, &plan).await?;
-    let fallback = builder.take_unbuilt();
-    crash_point("pull:deltas-applied");
-    let adopted = plan.files.iter().filter(|f| f.source == FileSource::Adopted);
-    let built: Vec<_> =
-        plan.files.iter().filter(|f| f.source == FileSource::Chunks).chain(fallback.iter().copied()).collect();
-    let mut missing: Vec<_> = plan.missing_chunks.iter().map(|id| (*id, ObjectKind::Chunk)).collect();
-    let mut reads = plan.chunk_reads().to_vec();
-    if !fallback.is_empty() {
-        let extra = fallback_chunks(repo, phases.staged, &fallback, &plan.missing_chunks)?;
-        reads.extend(plan_reads(&index, &extra, options.coalesce)?);
-        missing.extend(extra);
-    }
-    phases.chunks(&built, &missing, &reads).await?;
-    // Deltas that read other files of the release go last; a failed one is fetched as chunks.
-    let late = builder.build_deferred(phases.writer, repo)?;
-    if !late.is_empty() {
-        let missing = fallback_chunks(repo, phases.staged, &late, &[])?;
-        let reads = plan_reads(&index, &missing, options.coalesce)?;
-        phases.chunks(&late, &missing, &reads).await?;
-    }
-    crash_point("pull:before-store");
-    for file in adopted {
-        writer.adopt_file_object(file.id, &file.object);
-    }
-    for (id, kind) in &plan.new_metadata {
-        writer.add_metadata(*kind, &staged.get(*kind, id)?)?;
-    }
-    // In a bare repository the staged chunks are in the new files now; dropped before the sync,
-    // their pages need never reach the disk (killed from here on, a rerun adopts the files).
-    if repo.bare().is_some() {
-        staged.clear_chunks()?;
-    }
-    crash_point("pull:after-assembly");
-    let (_, packs) = writer.finish(repo.path())?;
-    repo.register_packs(packs);
+    let (fallbacks, _) = repo
+        .transaction_async(async |writer, repo| {
+            let mut phases = Phases { repo, client, index: &index, writer, staged: &mut staged, options };
+            let mut builder = DeltaBuilder::new(&plan.files, phases.staged);
+            phases.deltas(&mut builder, &plan).await?;
+            let fallback = builder.take_unbuilt();
+            crash_point("pull:deltas-applied");
+            let adopted = plan.files.iter().filter(|f| f.source == FileSource::Adopted);
+            let built: Vec<_> =
+                plan.files.iter().filter(|f| f.source == FileSource::Chunks).chain(fallback.iter().copied()).collect();
+            let mut missing: Vec<_> = plan.missing_chunks.iter().map(|id| (*id, ObjectKind::Chunk)).collect();
+            let mut reads = plan.chunk_reads().to_vec();
+            if !fallback.is_empty() {
+                let extra = fallback_chunks(repo, phases.staged, &fallback, &plan.missing_chunks)?;
+                reads.extend(plan_reads(&index, &extra, options.coalesce)?);
+                missing.extend(extra);
+            }
+            phases.chunks(&built, &missing, &reads).await?;
+            // Deltas that read other files of the release go last; a failed one is fetched as chunks.
+            let late = builder.build_deferred(phases.writer, repo)?;
+            if !late.is_empty() {
+                let missing = fallback_chunks(repo, phases.staged, &late, &[])?;
+                let reads = plan_reads(&index, &missing, options.coalesce)?;
+                phases.chunks(&late, &missing, &reads).await?;
+            }
+            crash_point("pull:before-store");
+            for file in adopted {
+                writer.adopt_file_object(file.id, &file.object);
+            }
+            for (id, kind) in &plan.new_metadata {
+                writer.add_metadata(*kind, &staged.get(*kind, id)?)?;
+            }
+            // In a bare repository the staged chunks are in the new files now; dropped before the
+            // sync, their pages need never reach the disk (killed from here on, a rerun adopts the
+            // files).
+            if repo.bare().is_some() {
+                staged.clear_chunks()?;
+            }
+            crash_point("pull:after-assembly");
+            Ok::<_, TransportError>((fallback.len() + late.len()) as u64)
+        })
+        .await?;
     crash_point("pull:before-ref");
     repo.write_ref(&local_ref, &plan.to)?;
     staged.clear()?;
-    Ok((fallback.len() + late.len()) as u64)
+    Ok(fallbacks)
 }
 
 /// What the fetching phases of a pull share: where objects come from, where files go.

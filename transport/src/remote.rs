@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use osdeploy_store::fsutil::atomic_write;
-use osdeploy_store::{Repo, layout};
+use osdeploy_store::{RefName, Repo, layout};
 use serde::{Deserialize, Serialize};
 
 use crate::error::TransportError;
@@ -78,7 +78,8 @@ pub fn redacted(url: &str) -> String {
 
 /// Adds or replaces a remote.
 pub fn add(repo: &Repo, remote: Remote) -> Result<(), TransportError> {
-    osdeploy_store::name::check_ref_name(&remote.name)?;
+    // Its name is the first component of the refs its branches are pulled to.
+    RefName::new(remote.name.as_str())?;
     if remote.name == layout::RESERVED_REF_PREFIX {
         return Err(TransportError::Remote(format!(
             "the remote name {:?} is reserved: osdeploy keeps its deployments' pins under refs {}/…",

@@ -20,7 +20,7 @@ use crate::deltas::{self, ChunksOnly, DeltaUse};
 use crate::error::TransportError;
 use crate::index::{CacheWrites, RemoteIndex};
 use crate::plan::{Indexes, PullPlan, WholeFile};
-use crate::pull::{PullOptions, runtime};
+use crate::pull::PullOptions;
 use crate::remote::Remote;
 use crate::staging::Staging;
 use crate::summary::{self, fetch_summary, verify_commit};
@@ -41,7 +41,7 @@ pub struct RemoteDelta {
 /// Plans what a node holding `from` ("none": nothing) must fetch from `remote` for `to`; each
 /// names a branch of the remote or a full commit id. `scratch` is a directory for the metadata
 /// fetched meanwhile (removed afterwards); pack indexes go to an in-memory index only.
-pub fn plan_remote(
+pub async fn plan_remote(
     remote: &Remote,
     from: &str,
     to: &str,
@@ -49,7 +49,7 @@ pub fn plan_remote(
     options: PullOptions,
 ) -> Result<RemoteDelta, TransportError> {
     let dirs = [scratch.join(unique_tmp_name("delta-from")), scratch.join(unique_tmp_name("delta-to"))];
-    let result = runtime()?.block_on(plan_async(remote, from, to, &dirs, options));
+    let result = plan_async(remote, from, to, &dirs, options).await;
     for dir in dirs {
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -128,18 +128,15 @@ async fn plan_async(
 
 /// A branch of the remote or a full commit id it holds.
 fn resolve(remote: &Remote, summary: &Summary, index: &RemoteIndex, name: &str) -> Result<CommitId, TransportError> {
-    if summary.refs.contains_key(name) {
-        return Ok(summary::branch(summary, remote, name)?.0);
+    if let Some(offered) = summary.refs.get(name) {
+        return Ok(offered.commit);
     }
     match ObjectId::from_hex(name) {
         Some(id) if index.locate(ObjectKind::Commit, &id).is_some() => Ok(CommitId(id)),
         _ => Err(TransportError::NoSuchBranch {
             remote: remote.name.clone(),
             branch: name.into(),
-            available: format!(
-                "{} (or a full commit id the remote holds)",
-                summary.refs.keys().cloned().collect::<Vec<_>>().join(", ")
-            ),
+            available: format!("{} (or a full commit id the remote holds)", summary::available(summary)),
         }),
     }
 }

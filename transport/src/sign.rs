@@ -21,7 +21,7 @@ use std::path::Path;
 use data_encoding::HEXLOWER_PERMISSIVE as HEX;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use osdeploy_store::fsutil::atomic_write;
-use osdeploy_store::{CommitId, Repo, StoreError, layout};
+use osdeploy_store::{CommitId, RefName, Repo, StoreError, layout};
 
 use crate::error::TransportError;
 
@@ -120,7 +120,7 @@ pub fn sign_file(
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct SignedRepository {
     /// Every branch and its commit, each commit now signed.
-    pub commits: Vec<(String, CommitId)>,
+    pub commits: Vec<(RefName, CommitId)>,
     /// The public key that signed (hex).
     pub key: String,
     /// When the summary's signature expires (seconds since the epoch).

@@ -2,7 +2,7 @@
 
 use osdeploy_store::layout;
 use osdeploy_store::summary::Summary;
-use osdeploy_store::{CommitId, ObjectId};
+use osdeploy_store::{CommitId, ObjectId, RefName};
 
 use crate::client::Client;
 use crate::error::TransportError;
@@ -40,13 +40,18 @@ pub fn packs(summary: &Summary) -> Vec<(ObjectId, ObjectId)> {
 }
 
 /// The commit `branch` names and its timestamp, or an error listing the branches there are.
-pub fn branch(summary: &Summary, remote: &Remote, branch: &str) -> Result<(CommitId, i64), TransportError> {
+pub fn branch(summary: &Summary, remote: &Remote, branch: &RefName) -> Result<(CommitId, i64), TransportError> {
     let offered = summary.refs.get(branch).ok_or_else(|| TransportError::NoSuchBranch {
         remote: remote.name.clone(),
-        branch: branch.into(),
-        available: summary.refs.keys().cloned().collect::<Vec<_>>().join(", "),
+        branch: branch.to_string(),
+        available: available(summary),
     })?;
     Ok((offered.commit, offered.timestamp))
+}
+
+/// The summary's branches, for an error that lists them: "a, b, c".
+pub fn available(summary: &Summary) -> String {
+    summary.refs.keys().map(RefName::as_str).collect::<Vec<_>>().join(", ")
 }
 
 /// The public keys `remote` trusts, parsed.

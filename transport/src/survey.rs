@@ -169,15 +169,16 @@ pub fn walk_local(
     let source = AtHand { locations: archive, read: |kind, id: &ObjectId| repo.read(kind, id), fetched: prefetched };
     let walked = walk(source, holdings, commit, coalesce);
     // Nothing in a local walk waits: polled once, the future is done.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .map_err(|error| StoreError::Io { path: repo.path().into(), error })?;
-    runtime.block_on(walked).map_err(|e| match e {
-        TransportError::Store(e) => e,
-        other => {
-            StoreError::Corrupt { what: format!("repository {}", repo.path().display()), reason: other.to_string() }
-        }
-    })
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    let corrupt =
+        |reason: String| StoreError::Corrupt { what: format!("repository {}", repo.path().display()), reason };
+    match std::pin::pin!(walked).poll(&mut context) {
+        std::task::Poll::Ready(walked) => walked.map_err(|e| match e {
+            TransportError::Store(e) => e,
+            other => corrupt(other.to_string()),
+        }),
+        std::task::Poll::Pending => Err(corrupt("a local walk waited for something".into())),
+    }
 }
 
 /// Walks `commit`, fetching from `source` the metadata that neither `holdings` nor the source

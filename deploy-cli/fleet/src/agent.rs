@@ -23,7 +23,7 @@ use osdeploy_deploy::deploy::pull::{PullTarget, http_defaults, pull_into_sysroot
 use osdeploy_deploy::deploy::state::SlotState;
 use osdeploy_deploy::deploy::{Config, DeployError, State, Sysroot, ops};
 use osdeploy_store::fsutil::crash_point;
-use osdeploy_store::{Access, CommitId, Repo};
+use osdeploy_store::{Access, CommitId, Repo, StoreError};
 use osdeploy_transport::client::{Client, Progress};
 use osdeploy_transport::pull::PullOptions;
 use osdeploy_transport::remote;
@@ -200,7 +200,7 @@ impl Agent {
             }
         };
         let node_state = State::load(&self.sysroot)?;
-        let branch = node_state.follows.as_ref().map(|f| f.local_ref()).unwrap_or_default();
+        let branch = node_state.follows.as_ref().map(|f| f.to_string()).unwrap_or_default();
         let booted = node_state.booted.and_then(|slot| node_state.slots.get(slot).commit);
         if let Some(slot) = node_state.booted {
             let record = node_state.slots.get(slot);
@@ -247,20 +247,17 @@ impl Agent {
     /// Pulls the followed branch; decides whether to take its commit.
     async fn poll(&mut self) -> Result<Next> {
         self.register("idle").await?;
-        let sysroot = self.sysroot.clone();
-        let target = PullTarget::followed(&sysroot)?;
+        let target = PullTarget::followed(&self.sysroot)?;
         let options = PullOptions { http: http_defaults(&self.config), ..PullOptions::default() };
-        let pull_target = target.clone();
-        let pulled = blocking(move || {
-            pull_into_sysroot(&sysroot, &pull_target, options, Arc::new(Progress::default())).map_err(FleetError::from)
-        })
-        .await?;
+        // On this runtime: the pull's decoding and writing leave the workers (see osdeploy_transport::runtime).
+        let pulled = pull_into_sysroot(&self.sysroot, &target, options, Arc::new(Progress::default())).await?;
         self.metrics.last_poll.set(now());
         self.metrics.pull_bytes.set(pulled.stats.bytes_fetched as i64);
         self.metrics.pull_requests.set(pulled.stats.requests as i64);
-        let local_ref = format!("{}/{}", target.remote, target.branch);
+        let local_ref = &pulled.stats.r#ref;
         let repo = Repo::open(&self.sysroot.repo(), Access::Read)?;
-        let commit = repo.resolve(&local_ref)?;
+        let commit =
+            repo.read_ref(local_ref)?.ok_or_else(|| StoreError::CommitNotFound { spec: local_ref.to_string() })?;
         let node_state = State::load(&self.sysroot)?;
         let deployed = [node_state.slots.a.clone(), node_state.slots.b.clone()];
         let booted = node_state.booted.and_then(|slot| node_state.slots.get(slot).commit);
@@ -284,7 +281,7 @@ impl Agent {
         if view.started.is_none() {
             self.cluster.mark_started(&policy).await?;
         }
-        match decide(&policy, &self.node, &format!("{}/{}", target.remote, target.branch), &view, now()) {
+        match decide(&policy, &self.node, local_ref.as_str(), &view, now()) {
             Decision::Go { wave } => {
                 self.state.in_flight = Some(InFlight {
                     commit,

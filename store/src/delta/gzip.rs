@@ -19,14 +19,15 @@
 //! referenced ranges) against the base's.
 //!
 //! preflate's reconstruction is not hardened against hostile corrections as our own decoders are:
-//! panics are caught and become errors, and delta objects reach a decoder only after their id was
-//! checked against the delta index that the signed summary names, so only the origin can craft one.
+//! panics are caught and become errors, and a received delta is deflated again in a child process
+//! within a budget of CPU time and memory ([`super::deflate`]).
 
 use std::io::{self, Read};
 
-use preflate_rs::{PreflateConfig, preflate_whole_deflate_stream, recreate_whole_deflate_stream};
+use preflate_rs::{PreflateConfig, preflate_whole_deflate_stream};
 
 use crate::delta::codec::{self, DeltaCodec, EncodeOptions, FileReader, ReleaseLookup};
+use crate::delta::deflate::{self, Corrections};
 use crate::delta::tree_refs::{self, REF_LEN, TreeRef};
 use crate::id::FileId;
 
@@ -143,8 +144,8 @@ pub fn encode(
         let r = refs.iter().find(|r| r.file == *id && r.len == len).ok_or("not a referenced file")?;
         Ok(plain[r.offset as usize..(r.offset + r.len) as usize].to_vec())
     };
-    let exact =
-        rebuild(codec, old, base.as_deref(), &payload, new.len() as u64, &files).is_ok_and(|rebuilt| rebuilt == new);
+    let exact = rebuild(codec, old, base.as_deref(), &payload, new.len() as u64, &files, Corrections::Own)
+        .is_ok_and(|rebuilt| rebuilt == new);
     Ok(exact.then_some(Encoded { codec, payload }))
 }
 
@@ -174,10 +175,10 @@ pub fn decode(
     target_size: u64,
     files: &FileReader<'_>,
 ) -> Result<Vec<u8>, String> {
-    rebuild(codec, old, None, payload, target_size, files)
+    rebuild(codec, old, None, payload, target_size, files, Corrections::Received)
 }
 
-/// [`decode`], given `old` already inflated when the caller has it.
+/// [`decode`], given `old` already inflated when the caller has it, and where the payload came from.
 fn rebuild(
     codec: DeltaCodec,
     old: &[u8],
@@ -185,6 +186,7 @@ fn rebuild(
     payload: &[u8],
     target_size: u64,
     files: &FileReader<'_>,
+    source: Corrections,
 ) -> Result<Vec<u8>, String> {
     let mut rest = payload;
     let flags = take(&mut rest, 1, "flags")?[0];
@@ -235,13 +237,7 @@ fn rebuild(
     let literals = codec::decode(inner, base, rest, literal_size, &codec::no_files)?;
     drop(inflated);
     let plain = if refs.is_empty() { literals } else { tree_refs::splice(&literals, &refs, plain_size, files)? };
-    let deflated = std::panic::catch_unwind(|| recreate_whole_deflate_stream(&plain, corrections))
-        .map_err(|_| "deflating again failed (preflate panicked)".to_owned())?
-        .map_err(|e| format!("deflating again failed: {e}"))?;
-    let size = framing + deflated.len() as u64;
-    if size != target_size {
-        return Err(format!("gzip delta rebuilds {size} bytes instead of {target_size}"));
-    }
+    let deflated = deflate::recreate(&plain, corrections, target_size - framing, source)?;
     Ok([header, &deflated, trailer].concat())
 }
 

@@ -2,6 +2,7 @@
 //! content the node holds, keyed by the two contents, not by commits.
 
 pub mod codec;
+pub mod deflate;
 pub mod generate;
 pub mod gzip;
 pub mod index;

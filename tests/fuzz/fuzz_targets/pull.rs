@@ -20,6 +20,7 @@ use osdeploy_store::{Access, Repo, RepoMode};
 use osdeploy_transport::client::{HttpOptions, Progress};
 use osdeploy_transport::pull::{PullOptions, pull};
 use osdeploy_transport::remote::Remote;
+use osdeploy_transport::runtime;
 use osdeploy_transport::sign::{public_hex, sign_repository};
 
 /// What every input starts from.
@@ -95,7 +96,8 @@ fn world() -> &'static World {
         let signing = SigningKey::from_bytes(&[9; 32]);
         let origin = Repo::open(&served, Access::Write).unwrap();
         sign_repository(&origin, &signing, Duration::from_secs(7 * 86_400)).unwrap();
-        let release = origin.read_ref("stable").unwrap().expect("the fixture has a stable branch").to_string();
+        let release =
+            origin.read_ref(&"stable".parse().unwrap()).unwrap().expect("the fixture has a stable branch").to_string();
         drop(origin);
         let mut originals = BTreeMap::new();
         files(&served, &served, &mut originals);
@@ -125,7 +127,9 @@ fn world() -> &'static World {
         };
         for (node, mode) in world.nodes.iter().zip([RepoMode::Bare, RepoMode::Archive]) {
             let mut repo = Repo::init(node, mode, 3, ChunkerParams::default()).unwrap();
-            pull(&mut repo, &remote(&world, true), "base", options(), Arc::new(Progress::default())).unwrap();
+            let (remote, branch) = (remote(&world, true), "base".parse().unwrap());
+            let first = pull(&mut repo, &remote, &branch, options(), Arc::new(Progress::default()));
+            runtime().unwrap().block_on(first).unwrap();
         }
         world
     })
@@ -176,10 +180,16 @@ fuzz_target!(|data: &[u8]| {
     copy_dir(&world.nodes[usize::from(flags & 1)], node);
     edit(world, edits);
     let mut repo = Repo::open(node, Access::Write).unwrap();
-    let outcome = pull(&mut repo, &remote(world, flags & 2 == 0), "stable", options(), Arc::new(Progress::default()));
+    let outcome = runtime().unwrap().block_on(pull(
+        &mut repo,
+        &remote(world, flags & 2 == 0),
+        &"stable".parse().unwrap(),
+        options(),
+        Arc::new(Progress::default()),
+    ));
     restore(world);
     if let Ok(stats) = &outcome {
-        assert_eq!(stats.commit, world.release, "a pull accepted a release the publisher did not make");
+        assert_eq!(stats.commit.to_string(), world.release, "a pull accepted a release the publisher did not make");
     }
     drop(repo);
     let repo = Repo::open(node, Access::Read).unwrap();

@@ -497,17 +497,41 @@ pub(crate) fn apply_core(env: &mut Vec<(String, String)>, core: &Core) {
     set_var(env, vars::TRIES, core.trial.map(|t| t.tries_left.to_string()));
 }
 
-/// Replaces `path` atomically and durably with `bytes` (the temporary file lives next to it).
+/// Replaces `path` atomically and durably with `bytes`: a temporary file next to it, synced, renamed over it, then
+/// synced again with its directory ([`sync_renamed`]).
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    std::fs::create_dir_all(parent).at(parent)?;
-    osdeploy_store::fsutil::atomic_write(path, parent, bytes).map_err(|e| match e {
+    osdeploy_store::fsutil::create_dir_all_durably(parent).map_err(|e| match e {
         osdeploy_store::StoreError::Io { path, error } => BootloaderError::Io { path, error },
-        other => BootloaderError::Io { path: path.to_owned(), error: std::io::Error::other(other.to_string()) },
-    })
+        other => BootloaderError::Io { path: parent.to_owned(), error: std::io::Error::other(other.to_string()) },
+    })?;
+    let tmp = parent.join(osdeploy_store::fsutil::unique_tmp_name("write"));
+    let written = std::fs::File::create(&tmp)
+        .and_then(|mut file| file.write_all(bytes).and_then(|()| file.sync_all()))
+        .at(&tmp)
+        .and_then(|()| std::fs::rename(&tmp, path).at(path));
+    if written.is_err() {
+        // What failed to take the name's place is not left beside it (on an ESP, space is short).
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
+    sync_renamed(path)
+}
+
+/// Makes a rename to `path` durable: syncs `path` itself, then its directory. On vfat (an ESP) a rename writes the new
+/// directory entry without the file's first cluster and size, which only the renamed file's (or directory's) own
+/// write-back fills in: with the directory synced alone, a power cut left the name on an empty file (found by
+/// tests/power_cuts.rs).
+pub(crate) fn sync_renamed(path: &Path) -> Result<()> {
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    for synced in [path, parent] {
+        std::fs::File::open(synced).and_then(|f| f.sync_all()).at(synced)?;
+    }
+    Ok(())
 }
 
 /// Reads a whole file; `Ok(None)` when it does not exist.
@@ -522,6 +546,18 @@ pub(crate) fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_write_that_cannot_take_its_name_leaves_nothing_beside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let taken = dir.path().join("grubenv");
+        std::fs::create_dir(&taken).unwrap();
+        std::fs::write(taken.join("inside"), b"x").unwrap();
+        let err = write_atomic(&taken, b"new").unwrap_err();
+        assert!(err.to_string().contains("grubenv"), "the error names the path: {err}");
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["grubenv"], "no temporary file is left");
+    }
 
     #[test]
     fn slot_basics() {

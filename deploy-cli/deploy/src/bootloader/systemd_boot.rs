@@ -37,7 +37,7 @@ use std::path::{Path, PathBuf};
 
 use super::{
     BootState, Bootloader, BootloaderError, Core, IoContext, Result, Slot, Trial, check_tries, read_optional,
-    write_atomic,
+    sync_renamed, write_atomic,
 };
 
 /// The entry file name prefix.
@@ -313,7 +313,7 @@ impl SystemdBoot {
     fn rename(&self, from: &str, to: &str) -> Result<()> {
         let (from, to) = (self.entries.join(from), self.entries.join(to));
         fs::rename(&from, &to).at(&to)?;
-        fs::File::open(&self.entries).and_then(|d| d.sync_all()).at(&self.entries)
+        sync_renamed(&to)
     }
 
     /// Brings the entries in line with `core`: counters in the names and sort keys by role; the entry that boots next

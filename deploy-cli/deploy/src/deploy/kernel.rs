@@ -17,7 +17,8 @@
 //!
 //! Each slot has at most one such directory: installing for a slot first removes that slot's old
 //! one (the slot was emptied, and nothing boots it while `switch` runs), then copies into
-//! `BOOT/osdeploy/.SLOT-new`, syncs it, renames it into place, and rewrites the slot's entry last.
+//! `BOOT/osdeploy/.SLOT-new`, syncs it, renames it into place (syncing the renamed directory, then its parent: on
+//! vfat the new name gets its first cluster only from the former), and rewrites the slot's entry last.
 //! The other slot's kernel is never touched, so the boot partition holds two kernels at most and
 //! an interrupted switch leaves nothing a rerun does not clean.
 
@@ -251,6 +252,9 @@ pub fn install(
         let _ = fs::remove_dir_all(&partial);
         return Err(error);
     }
+    // The directory itself first: on vfat, the renamed entry gets its first cluster from the directory's own
+    // write-back (see `bootloader::sync_renamed`).
+    osdeploy_store::fsutil::fsync_dir(&plan.install_dir)?;
     osdeploy_store::fsutil::fsync_dir(&dir)?;
     crash_point("switch:kernel-installed");
     let entry = BlsEntry {

@@ -18,7 +18,7 @@ use osdeploy_store::chunker::ChunkerParams;
 use osdeploy_store::fsutil::crash_point;
 use osdeploy_store::object::ObjectKind;
 use osdeploy_store::repo::{DEFAULT_COMPRESSION_LEVEL, RepoMode};
-use osdeploy_store::{Access, CommitId, Repo, StoreError};
+use osdeploy_store::{Access, CommitId, RefName, Repo, StoreError};
 use rustix::fs::{FileType, Mode};
 use serde::Serialize;
 
@@ -32,8 +32,8 @@ use crate::bootloader::{BackendConfig, BlsEntry, Bootloader, GrubEnv, Slot, Syst
 use osdeploy_store::fsutil::{clear_dir, dev_of, open_dir, open_dir_beneath, type_at};
 
 /// The ref that pins the commit deployed in `slot`, so that `prune` keeps it.
-pub fn slot_ref(slot: Slot) -> String {
-    format!("{}/slot-{slot}", osdeploy_store::layout::RESERVED_REF_PREFIX)
+pub fn slot_ref(slot: Slot) -> RefName {
+    RefName::reserved(&format!("slot-{slot}")).expect("a slot's pin is a valid ref name")
 }
 
 fn bootloader(sysroot: &Sysroot, kind: BootloaderKind) -> Result<Box<dyn Bootloader>> {
@@ -200,19 +200,18 @@ fn empty_slot(sysroot: &Sysroot, slot: Slot) -> Result<()> {
 
 /// Resolves what to switch to: `target`, or the followed branch.
 fn resolve_target(repo: &Repo, state: &State, sysroot: &Sysroot, target: Option<&str>) -> Result<CommitId> {
-    let spec = match target {
-        Some(t) => t.to_owned(),
-        None => state
+    let not_in_repo = |spec: String| DeployError::CommitNotInRepo { spec, repo: repo.path().to_owned() };
+    let Some(spec) = target else {
+        let follows = state
             .follows
             .as_ref()
-            .ok_or_else(|| DeployError::NothingFollowed { sysroot: sysroot.root().to_owned() })?
-            .local_ref(),
+            .ok_or_else(|| DeployError::NothingFollowed { sysroot: sysroot.root().to_owned() })?;
+        let name = follows.local_ref()?;
+        return repo.read_ref(&name)?.ok_or_else(|| not_in_repo(name.to_string()));
     };
-    match repo.resolve(&spec) {
+    match repo.resolve(spec) {
         Ok(id) => Ok(id),
-        Err(StoreError::CommitNotFound { .. } | StoreError::InvalidRef { .. }) => {
-            Err(DeployError::CommitNotInRepo { spec, repo: repo.path().to_owned() })
-        }
+        Err(StoreError::CommitNotFound { .. }) => Err(not_in_repo(spec.to_owned())),
         Err(e) => Err(e.into()),
     }
 }
@@ -640,14 +639,14 @@ pub fn followed(sysroot: &Sysroot) -> Result<Follows> {
 }
 
 /// Records `remote`/`branch` as followed unless the sysroot already follows a branch; returns whether it did.
-pub fn follow_if_unset(sysroot: &Sysroot, remote: &str, branch: &str) -> Result<bool> {
+pub fn follow_if_unset(sysroot: &Sysroot, remote: &str, branch: &RefName) -> Result<bool> {
     let _lock = SysrootLock::acquire(sysroot)?;
     let mut state = State::load(sysroot)?;
     if state.follows.is_some() {
         return Ok(false);
     }
-    let follows = Follows { remote: remote.to_owned(), branch: branch.to_owned() };
-    state.log("follow", None, None, format!("following {}", follows.local_ref()));
+    let follows = Follows { remote: remote.to_owned(), branch: branch.clone() };
+    state.log("follow", None, None, format!("following {follows}"));
     state.follows = Some(follows);
     state.save(sysroot)?;
     Ok(true)
@@ -690,8 +689,8 @@ mod tests {
         assert!(matches!(mark_good(&sysroot, dir.path(), &Config::default()), Err(DeployError::NotBooted { .. })));
         let status = status(&sysroot).unwrap();
         assert_eq!((status.default, status.next_boot, status.booted), (Slot::A, Slot::A, None));
-        assert!(follow_if_unset(&sysroot, "origin", "stable").unwrap());
-        assert!(!follow_if_unset(&sysroot, "other", "x").unwrap());
-        assert_eq!(followed(&sysroot).unwrap().local_ref(), "origin/stable");
+        assert!(follow_if_unset(&sysroot, "origin", &"stable".parse().unwrap()).unwrap());
+        assert!(!follow_if_unset(&sysroot, "other", &"x".parse().unwrap()).unwrap());
+        assert_eq!(followed(&sysroot).unwrap().local_ref().unwrap().as_str(), "origin/stable");
     }
 }

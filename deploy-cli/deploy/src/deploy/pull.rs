@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use osdeploy_store::{Access, Repo};
+use osdeploy_store::{Access, RefName, Repo};
 use osdeploy_transport::client::{HttpOptions, Progress};
 use osdeploy_transport::plan::PullPlan;
 use osdeploy_transport::pull::{PullOptions, PullStats, plan_pull, pull};
@@ -22,14 +22,14 @@ pub struct PullTarget {
     /// The remote.
     pub remote: String,
     /// Its branch (stored locally as `REMOTE/BRANCH`).
-    pub branch: String,
+    pub branch: RefName,
     /// The sysroot follows this branch once it is pulled, unless it follows one already.
     follow: bool,
 }
 
 impl PullTarget {
     /// `pull REMOTE BRANCH`: the first such pull into an initialised sysroot makes it follow the branch.
-    pub fn branch(sysroot: &Sysroot, remote: String, branch: String) -> PullTarget {
+    pub fn branch(sysroot: &Sysroot, remote: String, branch: RefName) -> PullTarget {
         PullTarget { remote, branch, follow: sysroot.state_path().exists() }
     }
 
@@ -65,7 +65,7 @@ pub fn http_defaults(config: &Config) -> HttpOptions {
 
 /// Pulls `target` into the sysroot's repository and records the branch as followed when it is
 /// the sysroot's first.
-pub fn pull_into_sysroot(
+pub async fn pull_into_sysroot(
     sysroot: &Sysroot,
     target: &PullTarget,
     options: PullOptions,
@@ -73,13 +73,13 @@ pub fn pull_into_sysroot(
 ) -> Result<NodePull> {
     let mut repo = Repo::open(&sysroot.repo(), Access::Write)?;
     let remote = remote::get(&repo, &target.remote)?;
-    let stats = pull(&mut repo, &remote, &target.branch, options, progress)?;
+    let stats = pull(&mut repo, &remote, &target.branch, options, progress).await?;
     let now_follows = target.follow && follow_if_unset(sysroot, &target.remote, &target.branch)?;
     Ok(NodePull { stats, now_follows })
 }
 
 /// The plan a pull of `target` would execute now (`pull --dry-run`); nothing is written.
-pub fn plan_sysroot_pull(
+pub async fn plan_sysroot_pull(
     sysroot: &Sysroot,
     target: &PullTarget,
     options: PullOptions,
@@ -87,5 +87,5 @@ pub fn plan_sysroot_pull(
 ) -> Result<PullPlan> {
     let repo = Repo::open(&sysroot.repo(), Access::Read)?;
     let remote = remote::get(&repo, &target.remote)?;
-    Ok(plan_pull(&repo, &remote, &target.branch, options, scratch)?)
+    Ok(plan_pull(&repo, &remote, &target.branch, options, scratch).await?)
 }

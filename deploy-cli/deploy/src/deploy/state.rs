@@ -5,7 +5,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use osdeploy_store::CommitId;
+use osdeploy_store::{CommitId, RefName, StoreError};
 use serde::{Deserialize, Serialize};
 
 use super::{DeployError, IoContext, Result, Sysroot};
@@ -142,13 +142,20 @@ pub struct Follows {
     /// The remote.
     pub remote: String,
     /// The branch on the remote.
-    pub branch: String,
+    pub branch: RefName,
 }
 
 impl Follows {
     /// The local ref a pull of it writes, `REMOTE/BRANCH`.
-    pub fn local_ref(&self) -> String {
-        format!("{}/{}", self.remote, self.branch)
+    pub fn local_ref(&self) -> Result<RefName, StoreError> {
+        RefName::remote(&self.remote, &self.branch)
+    }
+}
+
+/// `REMOTE/BRANCH`, for people.
+impl fmt::Display for Follows {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.remote, self.branch)
     }
 }
 
