@@ -189,7 +189,7 @@ fn a_pull_rebuilds_changed_files_from_deltas_and_moves_what_its_plan_says() {
     let remote = json(&ok(osdeploy(&node).args(["delta", "--remote", "origin", "--json", &v1, "stable"])));
     let planned = json(&ok(osdeploy(&node).args(["pull", "--dry-run", "--json", "origin", "stable"])));
     let keys = ["transfer_bytes", "requests", "reads", "deltas", "delta_bytes", "files_from_deltas", "without_deltas"];
-    for key in keys.into_iter().chain(["metadata_objects", "metadata_delta_bytes"]) {
+    for key in keys.into_iter().chain(["metadata_objects", "metadata_delta_bytes", "index_files", "index_bytes"]) {
         assert_eq!(local[key], remote[key], "{key}: local {local} remote {remote}");
         assert_eq!(planned[key], remote[key], "{key}: dry run {planned} remote {remote}");
     }
@@ -198,6 +198,8 @@ fn a_pull_rebuilds_changed_files_from_deltas_and_moves_what_its_plan_says() {
     assert_eq!(local["metadata_objects"], 0, "{local}");
     assert!(local["metadata_delta_bytes"].as_u64().unwrap() > 0, "{local}");
     assert_eq!(generated["metadata_deltas"], 1, "{generated}");
+    // It also says where the new chunks lie: no pack index is fetched.
+    assert_eq!((&local["index_files"], &local["index_bytes"]), (&0.into(), &0.into()), "{local}");
     let chunks_only = local["without_deltas"]["transfer_bytes"].as_u64().unwrap();
     let with_deltas = local["transfer_bytes"].as_u64().unwrap();
     assert!(with_deltas * 4 < chunks_only, "deltas must make the update far smaller: {with_deltas} vs {chunks_only}");
@@ -207,12 +209,32 @@ fn a_pull_rebuilds_changed_files_from_deltas_and_moves_what_its_plan_says() {
     let pulled = pull(&node);
     assert_eq!(pulled["bytes_fetched"], planned["transfer_bytes"], "{pulled} {planned}");
     assert_eq!(pulled["requests"], planned["requests"], "{pulled} {planned}");
+    assert_eq!(pulled["index_bytes"], 0, "{pulled}");
     assert_eq!((&pulled["files_from_deltas"], &pulled["delta_fallbacks"]), (&CHANGED.into(), &0.into()), "{pulled}");
     checkout_equals(&node, &o.tree(2), &o.tmp.path().join("co"));
     // `--no-deltas` plans chunks only.
     let plain = json(&ok(osdeploy(&o.repo).args(["delta", "--no-deltas", "--json", &v1, "stable"])));
     assert_eq!(plain["transfer_bytes"].as_u64().unwrap(), chunks_only, "{plain}");
     assert_eq!(plain["deltas"], 0, "{plain}");
+}
+
+/// A node that lacks objects of the release it holds (here every file object, as if lost) cannot
+/// rely on the metadata delta's chunk locations alone: it loads the pack indexes and fetches
+/// what it lacks, and the tree is exact.
+#[test]
+fn a_node_lacking_objects_of_its_release_loads_the_pack_indexes() {
+    let (o, _server, node) = node_behind();
+    ok(osdeploy(&o.repo).args(["delta", "generate", "--to", "stable"]));
+    let db = rusqlite::Connection::open(node.join("index.sqlite")).unwrap();
+    let lost = db.execute("DELETE FROM objects WHERE kind = 1", []).unwrap();
+    assert!(lost > 0, "the node held file objects");
+    drop(db);
+    let pulled = pull(&node);
+    assert!(pulled["index_bytes"].as_u64().unwrap() > 0, "{pulled}");
+    assert!(pulled["metadata_fetched"].as_u64().unwrap() > 0, "the lost objects are fetched: {pulled}");
+    let out = o.tmp.path().join("co");
+    ok(osdeploy(&node).args(["checkout", "origin/stable"]).arg(&out));
+    assert_same_tree(&o.tree(2), &out);
 }
 
 #[test]

@@ -30,7 +30,8 @@ pub const PACK_HEADER_LEN: u64 = 8;
 /// Size of the header before each entry's stored bytes.
 pub const ENTRY_HEADER_LEN: u64 = 42;
 const INDEX_HEADER_LEN: usize = 8 + 32 + 4 + 8;
-const INDEX_ENTRY_LEN: usize = 50;
+/// The size of one pack index entry.
+pub const INDEX_ENTRY_LEN: usize = 50;
 
 /// Where one object lies in a pack, and how it is stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

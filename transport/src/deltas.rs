@@ -24,7 +24,7 @@ use crate::client::Client;
 use crate::error::TransportError;
 use crate::fetch::fetch;
 use crate::index::{CacheWrites, PackEntries, RemoteIndex, download};
-use crate::plan::{FileSource, ObjectLocations, PackRead, PullPlan, Survey, WholeFile};
+use crate::plan::{Cost, FileSource, ObjectLocations, PackRead, PullPlan, Survey, WholeFile};
 use crate::remote::index_cache;
 use crate::staging::Staging;
 use crate::survey::Holdings;
@@ -99,16 +99,29 @@ pub fn metadata_read(entry: &MetadataEntry) -> PackRead {
     PackRead { pack: entry.pack, offset: entry.entry.offset, len: entry.entry.span(), objects: 1 }
 }
 
+/// What a metadata delta brought before the walk.
+pub struct PrefetchedMetadata {
+    /// The read that fetched it.
+    pub read: PackRead,
+    /// The objects it staged.
+    pub objects: Vec<(ObjectId, ObjectKind)>,
+    /// Where the chunks lie that a node holding its starting release can lack, by pack (empty
+    /// when the delta does not list them: the pull then loads the pack indexes).
+    pub chunk_locations: Vec<Arc<PackEntries>>,
+}
+
 /// Fetches the metadata delta `entry` into `staged` and stages every object it rebuilds, so that
 /// the walk finds the release's new metadata fetched already. `read_base` returns the objects of
-/// the release the delta starts from. Returns the read it took and the objects it staged.
+/// the release the delta starts from; `packs` are the remote's packs (id, size), which the chunk
+/// locations it lists must name.
 pub async fn prefetch_metadata(
     client: &Client,
     index: &RemoteIndex,
     staged: &mut Staging,
     entry: &MetadataEntry,
+    packs: &[(ObjectId, u64)],
     read_base: impl Fn(ObjectKind, &ObjectId) -> Result<Vec<u8>, StoreError>,
-) -> Result<(PackRead, Vec<(ObjectId, ObjectKind)>), TransportError> {
+) -> Result<PrefetchedMetadata, TransportError> {
     let read = metadata_read(entry);
     let id = entry.entry.id;
     // An interrupted pull may have staged it already.
@@ -118,21 +131,46 @@ pub async fn prefetch_metadata(
         fetch(client, index, std::slice::from_ref(&read), wanted, staged, 1, keep).await?;
     }
     let delta = MetadataDelta::decode(id, &staged.get(ObjectKind::MetadataDelta, &id)?)?;
+    let invalid = |reason: String| TransportError::Invalid {
+        what: format!("metadata delta {id}"),
+        url: client.remote_name().into(),
+        reason,
+    };
     if delta.from != entry.from {
-        return Err(TransportError::Invalid {
-            what: format!("metadata delta {id}"),
-            url: client.remote_name().into(),
-            reason: format!("it starts from {}, the delta index says {}", delta.from, entry.from),
-        });
+        return Err(invalid(format!("it starts from {}, the delta index says {}", delta.from, entry.from)));
     }
     let from = Commit::decode(entry.from.0, &read_base(ObjectKind::Commit, &entry.from.0)?)?;
+    let rebuilt = delta.apply(&base_stream(&from, &read_base)?.bytes)?;
+    let mut chunk_locations = Vec::new();
+    for located in rebuilt.chunk_locations {
+        match packs.iter().find(|(pack, _)| *pack == located.pack) {
+            Some((_, size)) if *size == located.pack_size => {}
+            Some((_, size)) => {
+                let pack = located.pack;
+                return Err(invalid(format!(
+                    "it says pack {pack} has {} bytes, the summary {size}",
+                    located.pack_size
+                )));
+            }
+            None => {
+                return Err(invalid(format!("it locates chunks in pack {}, which the summary lacks", located.pack)));
+            }
+        }
+        let path = layout::pack_file(&located.pack);
+        chunk_locations.push(Arc::new(PackEntries {
+            pack: located.pack,
+            path,
+            index_bytes: 0,
+            entries: located.entries,
+        }));
+    }
     let mut objects = Vec::new();
-    for (kind, id, bytes) in delta.apply(&base_stream(&from, &read_base)?.bytes)? {
+    for (kind, id, bytes) in rebuilt.objects {
         staged.put(kind, id, &bytes);
         objects.push((id, kind));
     }
     staged.settle(|_, _| true)?;
-    Ok((read, objects))
+    Ok(PrefetchedMetadata { read, objects, chunk_locations })
 }
 
 /// The delta index of release `to` from a local archive repository, if it has one.
@@ -185,22 +223,13 @@ pub async fn remote_catalog(
     Ok(Some((DeltaCatalog::new(index), fetched)))
 }
 
-/// What a plan says about the same pull with chunks only (and no metadata delta).
-pub enum ChunksOnly {
-    /// Nothing: a pull that executes its plan does not print it.
-    Skip,
-    /// The survey used no metadata delta: the same survey, without the deltas chosen.
-    Same,
-    /// The survey of a walk that used no metadata delta.
-    Walked(Survey),
-}
-
 /// The plan `build` makes of `survey` once deltas from `catalog` (if any: with the download of its
-/// delta index, when not cached) are chosen, with what the plan of chunks only would cost (see
-/// [`ChunksOnly`]). `build` is given the files to fetch whole besides its own.
+/// delta index, when not cached) are chosen, with `without_deltas`, what the same pull would cost
+/// with chunks only (when the caller planned it). `build` is given the files to fetch whole
+/// besides its own.
 pub fn choose_and_plan(
     mut survey: Survey,
-    chunks_only: ChunksOnly,
+    without_deltas: Option<Cost>,
     catalog: Option<(&DeltaCatalog, Option<WholeFile>)>,
     holdings: &impl Holdings,
     staged: impl Fn(&ObjectId) -> bool,
@@ -208,14 +237,9 @@ pub fn choose_and_plan(
     build: impl Fn(Survey, Option<WholeFile>) -> Result<PullPlan, StoreError>,
 ) -> Result<PullPlan, TransportError> {
     let Some((catalog, index_download)) = catalog else { return Ok(build(survey, None)?) };
-    let chunks_only = match chunks_only {
-        ChunksOnly::Skip => None,
-        ChunksOnly::Same => Some(build(survey.clone(), None)?.cost()),
-        ChunksOnly::Walked(plain) => Some(build(plain, None)?.cost()),
-    };
     choose(&mut survey, catalog, holdings, staged, locations)?;
     let mut plan = build(survey, index_download)?;
-    plan.without_deltas = chunks_only;
+    plan.without_deltas = without_deltas;
     Ok(plan)
 }
 

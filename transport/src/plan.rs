@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use osdeploy_store::archive::ArchiveStore;
 use osdeploy_store::delta::index::DeltaEntry;
-use osdeploy_store::delta::metadata::{base_stream, new_metadata};
+use osdeploy_store::delta::metadata::base_stream;
 use osdeploy_store::delta::published::PublishedDeltas;
 use osdeploy_store::layout;
 use osdeploy_store::object::{FileObject, ObjectKind};
@@ -20,7 +20,7 @@ use osdeploy_store::pack::IndexEntry;
 use osdeploy_store::{CommitId, FileId, ObjectId, Repo, StoreError};
 use serde::Serialize;
 
-use crate::deltas::{ChunksOnly, DeltaCatalog, DeltaUse};
+use crate::deltas::{DeltaCatalog, DeltaUse};
 use crate::error::TransportError;
 
 /// How ranges are merged into requests.
@@ -234,6 +234,8 @@ pub enum Indexes {
     /// Those of the packs the plan reads: what a node lacks when the indexes it holds are
     /// exactly those of the packs it needs nothing from (a plan between two commits).
     OfReads,
+    /// None: the metadata delta said where every chunk the node can lack lies.
+    None,
 }
 
 impl PullPlan {
@@ -288,6 +290,7 @@ impl PullPlan {
         // (the metadata delta's read comes first).
         let indexes = match indexes {
             Indexes::Fetched(fetches) => fetches,
+            Indexes::None => IndexFetches::default(),
             Indexes::OfReads => {
                 let object_reads = &plan.reads[usize::from(survey.metadata_delta_bytes > 0)..];
                 let packs = object_reads.iter().chain(&chunk_reads).map(|r| r.pack);
@@ -410,10 +413,10 @@ pub fn plan(
         path: repo.path().into(),
         reason: "delta plans are computed on an archive repository (what nodes pull from)".into(),
     })?;
-    let survey =
+    let survey_of =
         |commit, holdings, prefetched| crate::survey::walk_local(repo, archive, &holdings, prefetched, commit, options);
     let have = match from {
-        Some(f) => survey(f, HashSet::new(), HashSet::new())?.objects(),
+        Some(f) => survey_of(f, HashSet::new(), HashSet::new())?.objects(),
         None => HashSet::new(),
     };
     // The files every pull fetches whole: the summary and, from a signed repository, its
@@ -424,46 +427,52 @@ pub fn plan(
         .filter_map(|name| std::fs::metadata(repo.path().join(&name)).ok().map(|m| WholeFile { name, bytes: m.len() }))
         .collect();
     // A node that holds a release fetches the wanted release's delta index, and may use it.
+    let published = PublishedDeltas::load(repo.path())?;
     let mut catalog = None;
     if deltas == DeltaUse::WhereCheaper
         && from.is_some()
-        && let Some(published) = PublishedDeltas::load(repo.path())?.indexes.remove(&to)
+        && let Some(index) = published.index_of(&to)
     {
-        let download = WholeFile { name: layout::delta_index_file(&published.hash), bytes: published.size };
-        catalog = Some((DeltaCatalog::new(published.index), Some(download)));
+        let download = WholeFile { name: layout::delta_index_file(&index.hash), bytes: index.size };
+        catalog = Some((DeltaCatalog::new(index.index.clone()), Some(download)));
     }
-    // The metadata delta from FROM, if any, brings the new metadata before the walk.
-    let (mut prefetched, mut metadata_read) = (HashSet::new(), None::<PackRead>);
+    // The metadata delta from FROM, if any, brings the new metadata before the walk, and where
+    // the chunks lie (then the node fetches no pack index).
+    let (mut prefetched, mut metadata_read, mut indexes) = (HashSet::new(), None::<PackRead>, Indexes::OfReads);
     if let (Some((catalog, _)), Some(from)) = (&catalog, from)
         && let Some(entry) = catalog.metadata_from(|c| Ok(*c == from))?
     {
         let read = |kind, id: &ObjectId| repo.read(kind, id);
-        let held = base_stream(&repo.commit_object(&from)?, read)?.objects;
-        for (kind, bytes) in new_metadata(&held, to, read)? {
-            prefetched.insert((ObjectId::of(&bytes), kind));
+        let delta = published.read_metadata(entry)?;
+        let rebuilt = delta.apply(&base_stream(&repo.commit_object(&from)?, read)?.bytes)?;
+        prefetched.extend(rebuilt.objects.iter().map(|(kind, id, _)| (*id, *kind)));
+        if !rebuilt.chunk_locations.is_empty() {
+            indexes = Indexes::None;
         }
         metadata_read = Some(crate::deltas::metadata_read(entry));
     }
-    // What a node fetching chunks only (and no metadata delta) would walk.
-    let chunks_only = match prefetched.is_empty() {
-        true => ChunksOnly::Same,
-        false => ChunksOnly::Walked(survey(to, have.clone(), HashSet::new())?),
-    };
-    let mut survey = survey(to, have.clone(), prefetched.clone())?;
-    survey.add_metadata_delta(metadata_read, prefetched, archive);
-    let build = |survey, extra: Option<WholeFile>| {
+    let build = |survey, indexes, extra: Option<WholeFile>| {
         let files = whole_files.iter().cloned().chain(extra).collect();
-        PullPlan::new(from, to, survey, archive, Indexes::OfReads, files, options)
+        PullPlan::new(from, to, survey, archive, indexes, files, options)
     };
+    // What a node fetching chunks only (and no metadata delta) would walk.
+    let mut survey = survey_of(to, have.clone(), prefetched.clone())?;
+    let without_deltas = match (&catalog, prefetched.is_empty()) {
+        (None, _) => None,
+        (Some(_), true) => Some(build(survey.clone(), Indexes::OfReads, None)?.cost()),
+        (Some(_), false) => Some(build(survey_of(to, have.clone(), HashSet::new())?, Indexes::OfReads, None)?.cost()),
+    };
+    survey.add_metadata_delta(metadata_read, prefetched, archive);
     let catalog = catalog.as_ref().map(|(c, d)| (c, d.clone()));
-    crate::deltas::choose_and_plan(survey, chunks_only, catalog, &have, |_| false, archive, build).map_err(
-        |e| match e {
+    let build = |survey, extra| build(survey, indexes, extra);
+    crate::deltas::choose_and_plan(survey, without_deltas, catalog, &have, |_| false, archive, build).map_err(|e| {
+        match e {
             TransportError::Store(e) => e,
             other => {
                 StoreError::Corrupt { what: format!("repository {}", repo.path().display()), reason: other.to_string() }
             }
-        },
-    )
+        }
+    })
 }
 
 /// Merges sorted `(offset, len)` spans of one pack into reads (see [`CoalesceOptions`]).

@@ -21,16 +21,18 @@ use osdeploy_store::fsutil::{crash_point, unique_tmp_name};
 use osdeploy_store::history::is_ancestor;
 use osdeploy_store::object::ObjectKind;
 use osdeploy_store::write::ObjectWriter;
-use osdeploy_store::{CommitId, ObjectId, RefName, Repo};
+use osdeploy_store::{CommitId, ObjectId, RefName, Repo, StoreError};
 use serde::Serialize;
 
 use crate::assemble::Assembler;
 use crate::client::{Client, HttpOptions, Progress};
-use crate::deltas::{self, ChunksOnly, DeltaUse};
+use crate::deltas::{self, DeltaUse};
 use crate::error::TransportError;
 use crate::fetch::fetch;
 use crate::index::{CacheWrites, RemoteIndex};
-use crate::plan::{CoalesceOptions, FileSource, Indexes, PackRead, PlannedFile, PullPlan, WholeFile, plan_reads};
+use crate::plan::{
+    CoalesceOptions, FileSource, IndexFetches, Indexes, PackRead, PlannedFile, PullPlan, WholeFile, plan_reads,
+};
 use crate::rebuild::DeltaBuilder;
 use crate::remote::{Remote, staging};
 use crate::staging::Staging;
@@ -77,6 +79,10 @@ pub struct PullStats {
     pub bytes_fetched: u64,
     /// Metadata objects fetched.
     pub metadata_fetched: u64,
+    /// Pack index files downloaded (none when a metadata delta said where the chunks lie).
+    pub index_files: u64,
+    /// Their bytes.
+    pub index_bytes: u64,
     /// Chunks fetched.
     pub chunks_fetched: u64,
     /// Files rebuilt from deltas.
@@ -109,6 +115,8 @@ pub async fn pull(
         commit: plan.to,
         r#ref: surveyed.local_ref.clone(),
         metadata_fetched: plan.metadata_objects,
+        index_files: plan.index_files,
+        index_bytes: plan.index_bytes,
         chunks_fetched: plan.chunks,
         chunks_reused: plan.chunks_reused,
         files_new: plan.files_new,
@@ -187,50 +195,85 @@ async fn make_plan(
             });
         }
     }
-    let (mut index, fetches) = crate::index::load(repo, client, &summary::packs(&fetched.summary), writes).await?;
     // Deltas start from contents the node holds: a node without any release fetches no delta index.
     let mut catalog = None;
     if options.deltas == DeltaUse::WhereCheaper && !repo.commit_ids()?.is_empty() {
         catalog = deltas::remote_catalog(client, &fetched.summary, &commit, Some(repo), writes).await?;
     }
-    if let Some((catalog, _)) = &catalog {
-        index.packs.extend(catalog.pack_entries());
-    }
+    let delta_packs = catalog.as_ref().map(|(c, _)| c.pack_entries()).unwrap_or_default();
     // Tens of thousands of lookups follow: one read snapshot instead of a lock for each.
     let snapshot = repo.bare().map(|bare| bare.batch_reads()).transpose()?;
-    // The release's new metadata in one delta, when the node holds a release it starts from.
+    // The release's new metadata in one delta, when the node holds a release it starts from. It
+    // also says where the chunks lie that such a node can lack: then no pack index is needed.
     let mut metadata_delta = None;
     if let Some((catalog, _)) = &catalog
         && let Some(entry) = catalog.metadata_from(|from| repo.has(ObjectKind::Commit, &from.0))?
     {
         let read_base = |kind, id: &ObjectId| repo.read(kind, id);
-        match deltas::prefetch_metadata(client, &index, staged, entry, read_base).await {
-            Ok(read) => metadata_delta = Some(read),
+        let delta_index = RemoteIndex { packs: delta_packs.clone() };
+        let packs = summary::pack_sizes(&fetched.summary);
+        match deltas::prefetch_metadata(client, &delta_index, staged, entry, &packs, read_base).await {
+            Ok(prefetched) => metadata_delta = Some(prefetched),
             Err(e) => tracing::warn!("the metadata delta is unusable, metadata is fetched as objects: {e}"),
         }
     }
+    let with_delta_packs = |(mut index, fetches): (RemoteIndex, IndexFetches)| {
+        index.packs.extend(delta_packs.iter().cloned());
+        (index, fetches)
+    };
+    let load_indexes = async |writes| {
+        let packs = summary::packs(&fetched.summary);
+        crate::index::load(repo, client, &packs, writes).await.map(with_delta_packs)
+    };
+    let located = metadata_delta.as_ref().map(|m| m.chunk_locations.clone()).filter(|l| !l.is_empty());
+    let (mut index, mut fetches) = match &located {
+        Some(locations) => with_delta_packs((RemoteIndex { packs: locations.clone() }, IndexFetches::default())),
+        None => load_indexes(writes).await?,
+    };
     let source = survey::Remote { client, index: &index, staged: &mut *staged, in_flight: options.in_flight };
-    let mut surveyed = survey::walk(source, repo, commit, options.coalesce).await?;
+    let mut surveyed = match (survey::walk(source, repo, commit, options.coalesce).await, &located) {
+        (Ok(walked), None) => walked,
+        (Ok(walked), Some(_)) if walked.missing_chunks.iter().all(|c| index.locate(ObjectKind::Chunk, c).is_some()) => {
+            walked
+        }
+        // The node lacks more than the release the metadata delta starts from (objects lost
+        // since): the pack indexes say where the rest lies.
+        (Ok(_) | Err(TransportError::Store(StoreError::ObjectMissing { .. })), Some(_)) => {
+            tracing::info!("this repository lacks objects of the release it holds: loading the pack indexes");
+            (index, fetches) = load_indexes(writes).await?;
+            let source = survey::Remote { client, index: &index, staged: &mut *staged, in_flight: options.in_flight };
+            survey::walk(source, repo, commit, options.coalesce).await?
+        }
+        (Err(e), _) => return Err(e),
+    };
+    let build = |survey, locations: &RemoteIndex, fetches, extra: Option<WholeFile>| {
+        let files = whole_files.iter().cloned().chain(extra).collect();
+        PullPlan::new(held, commit, survey, locations, Indexes::Fetched(fetches), files, options.coalesce)
+    };
     // A dry run (the only caller that may not write the cache) also says what chunks only would
-    // cost; a node fetching them would walk the same metadata, planned as objects.
-    let chunks_only = match (writes, metadata_delta.is_some()) {
-        (CacheWrites::Allowed, _) => ChunksOnly::Skip,
-        (CacheWrites::Forbidden, false) => ChunksOnly::Same,
-        (CacheWrites::Forbidden, true) => {
+    // cost: a node fetching them would load the pack indexes and walk the same metadata, fetched
+    // as objects.
+    let without_deltas = match (writes, &metadata_delta) {
+        _ if catalog.is_none() => None,
+        (CacheWrites::Allowed, _) => None,
+        (CacheWrites::Forbidden, None) => Some(build(surveyed.clone(), &index, fetches, None)?.cost()),
+        (CacheWrites::Forbidden, Some(_)) => {
+            let (full, full_fetches) = match located {
+                Some(_) => load_indexes(writes).await?,
+                None => (RemoteIndex { packs: index.packs.clone() }, fetches),
+            };
             let read = |kind, id: &ObjectId| staged.get(kind, id);
-            let source = survey::AtHand { locations: &index, read, fetched: HashSet::new() };
-            ChunksOnly::Walked(survey::walk(source, repo, commit, options.coalesce).await?)
+            let source = survey::AtHand { locations: &full, read, fetched: HashSet::new() };
+            let walked = survey::walk(source, repo, commit, options.coalesce).await?;
+            Some(build(walked, &full, full_fetches, None)?.cost())
         }
     };
-    let (read, objects) = metadata_delta.unzip();
+    let (read, objects) = metadata_delta.map(|m| (m.read, m.objects)).unzip();
     surveyed.add_metadata_delta(read, objects.into_iter().flatten(), &index);
-    let build = |survey, extra: Option<WholeFile>| {
-        let files = whole_files.iter().cloned().chain(extra).collect();
-        PullPlan::new(held, commit, survey, &index, Indexes::Fetched(fetches), files, options.coalesce)
-    };
     let staged_delta = |id: &ObjectId| staged.has(ObjectKind::Delta, id);
     let catalog = catalog.as_ref().map(|(c, d)| (c, d.clone()));
-    let plan = deltas::choose_and_plan(surveyed, chunks_only, catalog, repo, staged_delta, &index, build)?;
+    let build = |survey, extra| build(survey, &index, fetches, extra);
+    let plan = deltas::choose_and_plan(surveyed, without_deltas, catalog, repo, staged_delta, &index, build)?;
     drop(snapshot);
     Ok(Surveyed { plan, index, local_ref })
 }

@@ -16,7 +16,7 @@ use osdeploy_store::{CommitId, ObjectId};
 use serde::Serialize;
 
 use crate::client::{Client, Progress};
-use crate::deltas::{self, ChunksOnly, DeltaUse};
+use crate::deltas::{self, DeltaUse};
 use crate::error::TransportError;
 use crate::index::{CacheWrites, RemoteIndex};
 use crate::plan::{Indexes, PullPlan, WholeFile};
@@ -98,27 +98,36 @@ async fn plan_async(
         && let Some(entry) = catalog.metadata_from(|c| Ok(*c == from))?
     {
         let read_base = |kind, id: &ObjectId| staged_from.get(kind, id);
-        metadata_delta = Some(deltas::prefetch_metadata(&client, &index, &mut staged_to, entry, read_base).await?);
+        let packs = summary::pack_sizes(&fetched.summary);
+        metadata_delta =
+            Some(deltas::prefetch_metadata(&client, &index, &mut staged_to, entry, &packs, read_base).await?);
     }
     let source = survey::Remote { client: &client, index: &index, staged: &mut staged_to, in_flight };
     let mut survey = survey::walk(source, &have, to, options.coalesce).await?;
+    let build = |survey, indexes, extra: Option<WholeFile>| {
+        let files = whole_files.iter().cloned().chain(extra).collect();
+        PullPlan::new(from, to, survey, &index, indexes, files, options.coalesce)
+    };
     // What a node fetching chunks only (and no metadata delta) would walk.
-    let chunks_only = match metadata_delta.is_some() {
-        false => ChunksOnly::Same,
-        true => {
+    let without_deltas = match (&catalog, &metadata_delta) {
+        (None, _) => None,
+        (Some(_), None) => Some(build(survey.clone(), Indexes::OfReads, None)?.cost()),
+        (Some(_), Some(_)) => {
             let read = |kind, id: &ObjectId| staged_to.get(kind, id);
             let source = survey::AtHand { locations: &index, read, fetched: HashSet::new() };
-            ChunksOnly::Walked(survey::walk(source, &have, to, options.coalesce).await?)
+            Some(build(survey::walk(source, &have, to, options.coalesce).await?, Indexes::OfReads, None)?.cost())
         }
     };
-    let (read, objects) = metadata_delta.unzip();
-    survey.add_metadata_delta(read, objects.into_iter().flatten(), &index);
-    let build = |survey, extra: Option<WholeFile>| {
-        let files = whole_files.iter().cloned().chain(extra).collect();
-        PullPlan::new(from, to, survey, &index, Indexes::OfReads, files, options.coalesce)
+    // A metadata delta that says where the chunks lie spares the node every pack index.
+    let indexes = match &metadata_delta {
+        Some(m) if !m.chunk_locations.is_empty() => Indexes::None,
+        _ => Indexes::OfReads,
     };
+    let (read, objects) = metadata_delta.map(|m| (m.read, m.objects)).unzip();
+    survey.add_metadata_delta(read, objects.into_iter().flatten(), &index);
     let catalog = catalog.as_ref().map(|(c, d)| (c, d.clone()));
-    let plan = deltas::choose_and_plan(survey, chunks_only, catalog, &have, |_| false, &index, build)?;
+    let build = |survey, extra| build(survey, indexes, extra);
+    let plan = deltas::choose_and_plan(survey, without_deltas, catalog, &have, |_| false, &index, build)?;
     Ok(RemoteDelta {
         plan,
         survey_requests: progress.requests.load(Ordering::Relaxed),

@@ -39,6 +39,11 @@ pub fn packs(summary: &Summary) -> Vec<(ObjectId, ObjectId)> {
     summary.packs.iter().map(|p| (p.id, p.index)).collect()
 }
 
+/// The summary's packs: (pack id, size).
+pub fn pack_sizes(summary: &Summary) -> Vec<(ObjectId, u64)> {
+    summary.packs.iter().map(|p| (p.id, p.size)).collect()
+}
+
 /// The commit `branch` names and its timestamp, or an error listing the branches there are.
 pub fn branch(summary: &Summary, remote: &Remote, branch: &RefName) -> Result<(CommitId, i64), TransportError> {
     let offered = summary.refs.get(branch).ok_or_else(|| TransportError::NoSuchBranch {

@@ -34,7 +34,7 @@ use crate::fsutil::{crash_point, fsync_dir, syncfs, unique_tmp_name};
 use crate::id::{ChunkId, CommitId, FileId, ObjectId};
 use crate::layout;
 use crate::object::{EntryKind, FileObject, ObjectKind};
-use crate::pack::{ENTRY_HEADER_LEN, FinishedPack, PackWriter};
+use crate::pack::{ENTRY_HEADER_LEN, FinishedPack, INDEX_ENTRY_LEN, PackIndex, PackWriter};
 use crate::repo::Repo;
 use crate::tree::walk;
 
@@ -242,7 +242,8 @@ fn encode_files(
     Ok(new_deltas)
 }
 
-/// The metadata delta from `old` to `to`, when smaller than the metadata objects it replaces.
+/// The metadata delta from `old` to `to`, when smaller than the metadata objects and the pack
+/// index entries it replaces.
 fn encode_metadata(
     repo: &Repo,
     archive: &ArchiveStore,
@@ -257,9 +258,11 @@ fn encode_metadata(
     for (kind, bytes) in &objects {
         let id = ObjectId::of(bytes);
         let (_, entry) = archive.locate(*kind, &id).ok_or(StoreError::ObjectMissing { kind: *kind, id })?;
-        replaced += entry.span();
+        replaced += entry.span() + INDEX_ENTRY_LEN as u64;
     }
-    let delta = MetadataDelta::new(*old, to, &base.bytes, &objects)?;
+    let locations = new_chunk_locations(repo, archive, &base.objects, &objects)?;
+    replaced += locations.iter().map(|index| (index.entries.len() * INDEX_ENTRY_LEN) as u64).sum::<u64>();
+    let delta = MetadataDelta::new(*old, to, &base.bytes, &objects, &locations)?;
     let bytes = delta.encode();
     let span = ENTRY_HEADER_LEN + bytes.len() as u64;
     if span >= replaced || bytes.len() as u64 > u64::from(crate::pack::raw_limit(ObjectKind::MetadataDelta)) {
@@ -273,6 +276,43 @@ fn encode_metadata(
         bytes,
         listing: Listing::Metadata { from: *old },
     }))
+}
+
+/// Where the chunks of the new file objects among `objects` lie that no file object of `held`
+/// names: every chunk a node holding that release can lack, by pack.
+fn new_chunk_locations(
+    repo: &Repo,
+    archive: &ArchiveStore,
+    held: &HashSet<(ObjectId, ObjectKind)>,
+    objects: &[(ObjectKind, Vec<u8>)],
+) -> Result<Vec<PackIndex>> {
+    let mut held_chunks = HashSet::new();
+    for (id, _) in held.iter().filter(|(_, kind)| *kind == ObjectKind::File) {
+        let file = FileObject::decode(*id, &repo.read(ObjectKind::File, id)?)?;
+        held_chunks.extend(file.chunks.into_iter().map(|(chunk, _)| chunk));
+    }
+    let mut by_pack: BTreeMap<ObjectId, PackIndex> = BTreeMap::new();
+    for (_, bytes) in objects.iter().filter(|(kind, _)| *kind == ObjectKind::File) {
+        let file = FileObject::decode(ObjectId::of(bytes), bytes)?;
+        for (chunk, _) in file.chunks {
+            if !held_chunks.insert(chunk) {
+                continue;
+            }
+            let (pack, entry) = archive
+                .locate(ObjectKind::Chunk, &chunk.0)
+                .ok_or(StoreError::ObjectMissing { kind: ObjectKind::Chunk, id: chunk.0 })?;
+            by_pack
+                .entry(pack.id)
+                .or_insert_with(|| PackIndex { pack: pack.id, pack_size: pack.size, entries: Vec::new() })
+                .entries
+                .push(*entry);
+        }
+    }
+    let mut indexes: Vec<PackIndex> = by_pack.into_values().collect();
+    for index in &mut indexes {
+        index.entries.sort_by_key(|e| (e.id, e.kind));
+    }
+    Ok(indexes)
 }
 
 /// What a new delta object is listed as in the release's delta index.

@@ -24,7 +24,7 @@
 
 use std::io::{self, Read};
 
-use preflate_rs::{PreflateConfig, preflate_whole_deflate_stream};
+use preflate_rs::{PreflateConfig, PreflateStreamChunkResult, preflate_whole_deflate_stream};
 
 use crate::delta::codec::{self, DeltaCodec, EncodeOptions, FileReader, ReleaseLookup};
 use crate::delta::deflate::{self, Corrections};
@@ -113,7 +113,10 @@ pub fn encode(
     else {
         return Ok(None);
     };
-    let trailer = &new[header + analysis.compressed_size..];
+    // The parsed blocks (hundreds of MB for a large image) are not needed past the analysis.
+    let PreflateStreamChunkResult { corrections, compressed_size, blocks, .. } = analysis;
+    drop(blocks);
+    let trailer = &new[header + compressed_size..];
     if trailer.len() > MAX_TRAILER {
         return Ok(None);
     }
@@ -129,7 +132,7 @@ pub fn encode(
     let mut payload = vec![flags];
     payload.extend_from_slice(&(plain.len() as u64).to_le_bytes());
     payload.extend_from_slice(&(base_size as u64).to_le_bytes());
-    for part in [&new[..header], trailer, &analysis.corrections] {
+    for part in [&new[..header], trailer, &corrections] {
         payload.extend_from_slice(&(part.len() as u32).to_le_bytes());
         payload.extend_from_slice(part);
     }

@@ -8,6 +8,12 @@
 //! encoded with zstd against the *base stream*, the earlier release's dirtrees and file objects
 //! in tree order ([`base_stream`]), which a node that holds the release rebuilds from its
 //! repository. Every object rebuilt is verified by its id.
+//!
+//! After the objects, the target lists where the new release's chunks that the earlier release
+//! lacks lie: one record per pack, a pack index of those chunks alone (`[LOCATIONS][length u32
+//! LE][pack index]`). A node holding the earlier release then needs no pack index at all: every
+//! chunk it can lack is listed. Their ids cost little, as zstd finds each in the file object that
+//! names it a few bytes earlier in the same stream.
 
 use std::collections::HashSet;
 
@@ -16,6 +22,10 @@ use crate::delta::codec::{self, DeltaCodec, EncodeOptions};
 use crate::error::{Result, StoreError};
 use crate::id::{CommitId, ObjectId};
 use crate::object::{Commit, DirTree, EntryKind, MAX_METADATA_LEN, ObjectKind, decode, header};
+use crate::pack::{self, PackIndex};
+
+/// The record tag of a pack index of chunks, after the objects.
+const LOCATIONS: u8 = 0x80;
 
 /// Largest metadata stream a delta may rebuild.
 pub const MAX_METADATA_STREAM: u64 = 1 << 30;
@@ -34,13 +44,26 @@ pub struct MetadataDelta {
 }
 
 impl MetadataDelta {
-    /// Encodes `objects` (kind, encoding) against `base` (a [`base_stream`]).
-    pub fn new(from: CommitId, to: CommitId, base: &[u8], objects: &[(ObjectKind, Vec<u8>)]) -> Result<Self> {
+    /// Encodes `objects` (kind, encoding) and `locations` (the chunks of `to` that `from` lacks,
+    /// by pack) against `base` (a [`base_stream`]).
+    pub fn new(
+        from: CommitId,
+        to: CommitId,
+        base: &[u8],
+        objects: &[(ObjectKind, Vec<u8>)],
+        locations: &[PackIndex],
+    ) -> Result<Self> {
         let mut target = Vec::new();
-        for (kind, bytes) in objects {
-            target.push(*kind as u8);
+        let mut record = |tag: u8, bytes: &[u8]| {
+            target.push(tag);
             target.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
             target.extend_from_slice(bytes);
+        };
+        for (kind, bytes) in objects {
+            record(*kind as u8, bytes);
+        }
+        for index in locations {
+            record(LOCATIONS, &pack::encode_index(index.pack, index.pack_size, &index.entries));
         }
         // Metadata is mostly ids: the highest level finds the most of them in the base.
         let options = EncodeOptions { large_input: usize::MAX, ..EncodeOptions::default() };
@@ -73,31 +96,50 @@ impl MetadataDelta {
         })
     }
 
-    /// Rebuilds the objects from `base` (the base stream of `from`): each returned with its kind
-    /// and id, the blake3 of its bytes. Any malformed record is an error naming the delta.
-    pub fn apply(&self, base: &[u8]) -> Result<Vec<(ObjectKind, ObjectId, Vec<u8>)>> {
-        let corrupt = |reason: String| StoreError::Corrupt {
-            what: format!("metadata delta {} → {}", self.from, self.to),
-            reason,
-        };
+    /// Rebuilds the objects and chunk locations from `base` (the base stream of `from`): each
+    /// object with its kind and id, the blake3 of its bytes. Any malformed record is an error
+    /// naming the delta.
+    pub fn apply(&self, base: &[u8]) -> Result<RebuiltMetadata> {
+        let what = format!("metadata delta {} → {}", self.from, self.to);
+        let corrupt = |reason: String| StoreError::Corrupt { what: what.clone(), reason };
         let stream = codec::decode(DeltaCodec::ZstdPatch, base, &self.payload, self.target_size, &codec::no_files)
             .map_err(corrupt)?;
-        let mut objects = Vec::new();
+        let mut rebuilt = RebuiltMetadata::default();
         let mut rest = &stream[..];
         while !rest.is_empty() {
-            let (Some(&kind), Some(len)) = (rest.first(), rest.get(1..5)) else {
+            let (Some(&tag), Some(len)) = (rest.first(), rest.get(1..5)) else {
                 return Err(corrupt(format!("a record is cut off at byte {}", stream.len() - rest.len())));
             };
             let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
-            let kind = ObjectKind::from_u8(kind)
-                .filter(|k| matches!(k, ObjectKind::Commit | ObjectKind::DirTree | ObjectKind::File))
-                .ok_or_else(|| corrupt(format!("a record of kind {kind} is not metadata")))?;
-            let bytes = rest.get(5..5 + len).ok_or_else(|| corrupt(format!("the {kind} record is cut off")))?;
-            objects.push((kind, ObjectId::of(bytes), bytes.to_vec()));
+            let bytes = rest.get(5..5 + len).ok_or_else(|| corrupt(format!("a record of tag {tag} is cut off")))?;
             rest = &rest[5 + len..];
+            if tag == LOCATIONS {
+                let index = pack::decode_index(bytes, &format!("in {what}"))?;
+                if let Some(e) = index.entries.iter().find(|e| e.kind != ObjectKind::Chunk) {
+                    return Err(corrupt(format!("its locations list {} {}, not a chunk", e.kind, e.id)));
+                }
+                rebuilt.chunk_locations.push(index);
+                continue;
+            }
+            if !rebuilt.chunk_locations.is_empty() {
+                return Err(corrupt("an object record follows the chunk locations".into()));
+            }
+            let kind = ObjectKind::from_u8(tag)
+                .filter(|k| matches!(k, ObjectKind::Commit | ObjectKind::DirTree | ObjectKind::File))
+                .ok_or_else(|| corrupt(format!("a record of kind {tag} is not metadata")))?;
+            rebuilt.objects.push((kind, ObjectId::of(bytes), bytes.to_vec()));
         }
-        Ok(objects)
+        Ok(rebuilt)
     }
+}
+
+/// What a metadata delta rebuilds.
+#[derive(Debug, Default)]
+pub struct RebuiltMetadata {
+    /// The new metadata objects: kind, id (the blake3 of the bytes) and bytes.
+    pub objects: Vec<(ObjectKind, ObjectId, Vec<u8>)>,
+    /// Where the new chunks lie, by pack (empty in a delta made before locations were listed).
+    pub chunk_locations: Vec<PackIndex>,
 }
 
 /// A release's metadata as a metadata delta's base.
@@ -172,4 +214,58 @@ pub fn new_metadata(
         level = next.into_iter().filter(|child| seen.insert(*child)).collect();
     }
     Ok(objects)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compress::Codec;
+    use crate::pack::IndexEntry;
+
+    fn locations(kind: ObjectKind) -> Vec<PackIndex> {
+        let entry = |n: u8, offset| IndexEntry {
+            id: ObjectId::of(&[n]),
+            kind,
+            codec: Codec::Zstd,
+            offset,
+            stored_len: 100,
+            raw_len: 300,
+        };
+        let mut entries = vec![entry(1, 8), entry(2, 150)];
+        entries.sort_by_key(|e| (e.id, e.kind));
+        vec![PackIndex { pack: ObjectId::of(b"pack"), pack_size: 1000, entries }]
+    }
+
+    #[test]
+    fn rebuilds_objects_and_chunk_locations() {
+        let (from, to) = (CommitId(ObjectId::of(b"from")), CommitId(ObjectId::of(b"to")));
+        let objects = vec![(ObjectKind::DirTree, b"tree".to_vec()), (ObjectKind::File, b"file".to_vec())];
+        let located = locations(ObjectKind::Chunk);
+        let delta = MetadataDelta::new(from, to, b"base stream", &objects, &located).unwrap();
+        let encoded = delta.encode();
+        let decoded = MetadataDelta::decode(ObjectId::of(&encoded), &encoded).unwrap();
+        let rebuilt = decoded.apply(b"base stream").unwrap();
+        let ids: Vec<_> = rebuilt.objects.iter().map(|(kind, id, bytes)| (*kind, *id, bytes.clone())).collect();
+        assert_eq!(
+            ids,
+            vec![
+                (ObjectKind::DirTree, ObjectId::of(b"tree"), b"tree".to_vec()),
+                (ObjectKind::File, ObjectId::of(b"file"), b"file".to_vec())
+            ]
+        );
+        assert_eq!(rebuilt.chunk_locations.len(), 1);
+        assert_eq!(rebuilt.chunk_locations[0].entries, located[0].entries);
+        // Made before locations were listed: still valid, with none.
+        let plain = MetadataDelta::new(from, to, b"base stream", &objects, &[]).unwrap();
+        assert!(plain.apply(b"base stream").unwrap().chunk_locations.is_empty());
+    }
+
+    #[test]
+    fn locations_of_anything_but_chunks_are_refused() {
+        let (from, to) = (CommitId(ObjectId::of(b"from")), CommitId(ObjectId::of(b"to")));
+        let objects = vec![(ObjectKind::File, b"file".to_vec())];
+        let delta = MetadataDelta::new(from, to, b"", &objects, &locations(ObjectKind::File)).unwrap();
+        let error = delta.apply(b"").unwrap_err().to_string();
+        assert!(error.contains("not a chunk") && error.contains(&from.to_string()), "{error}");
+    }
 }

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
-use crate::delta::index::{DeltaEntry, DeltaIndex};
+use crate::delta::index::{DeltaEntry, DeltaIndex, MetadataEntry};
+use crate::delta::metadata::MetadataDelta;
 use crate::delta::object::DeltaObject;
 use crate::error::{IoContext, Result, StoreError};
 use crate::id::{CommitId, ObjectId};
@@ -110,6 +111,14 @@ impl PublishedDeltas {
         let file = File::open(&path).at(&path)?;
         let bytes = pack::read_entry(&file, &delta.entry, &path)?;
         DeltaObject::decode(delta.entry.id, &bytes)
+    }
+
+    /// Reads and verifies a metadata delta.
+    pub fn read_metadata(&self, delta: &MetadataEntry) -> Result<MetadataDelta> {
+        let path = self.dir.join(layout::pack_name(&delta.pack));
+        let file = File::open(&path).at(&path)?;
+        let bytes = pack::read_entry(&file, &delta.entry, &path)?;
+        MetadataDelta::decode(delta.entry.id, &bytes)
     }
 
     /// What the summary lists: the delta indexes and the delta packs.
