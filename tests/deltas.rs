@@ -198,8 +198,12 @@ fn a_pull_rebuilds_changed_files_from_deltas_and_moves_what_its_plan_says() {
     assert_eq!(local["metadata_objects"], 0, "{local}");
     assert!(local["metadata_delta_bytes"].as_u64().unwrap() > 0, "{local}");
     assert_eq!(generated["metadata_deltas"], 1, "{generated}");
-    // It also says where the new chunks lie: no pack index is fetched.
+    // It also says where the new chunks lie: no pack index is fetched; and it carries the chunk
+    // of the small file without a delta (os-release): no chunk read either.
     assert_eq!((&local["index_files"], &local["index_bytes"]), (&0.into(), &0.into()), "{local}");
+    assert_eq!(generated["chunks_in_metadata_deltas"], 1, "{generated}");
+    assert_eq!(local["chunks"], 0, "{local}");
+    assert_eq!(local["reads"].as_array().unwrap().len(), 2, "the metadata delta and the file deltas: {local}");
     let chunks_only = local["without_deltas"]["transfer_bytes"].as_u64().unwrap();
     let with_deltas = local["transfer_bytes"].as_u64().unwrap();
     assert!(with_deltas * 4 < chunks_only, "deltas must make the update far smaller: {with_deltas} vs {chunks_only}");
@@ -209,7 +213,7 @@ fn a_pull_rebuilds_changed_files_from_deltas_and_moves_what_its_plan_says() {
     let pulled = pull(&node);
     assert_eq!(pulled["bytes_fetched"], planned["transfer_bytes"], "{pulled} {planned}");
     assert_eq!(pulled["requests"], planned["requests"], "{pulled} {planned}");
-    assert_eq!(pulled["index_bytes"], 0, "{pulled}");
+    assert_eq!((&pulled["index_bytes"], &pulled["chunks_fetched"]), (&0.into(), &0.into()), "{pulled}");
     assert_eq!((&pulled["files_from_deltas"], &pulled["delta_fallbacks"]), (&CHANGED.into(), &0.into()), "{pulled}");
     checkout_equals(&node, &o.tree(2), &o.tmp.path().join("co"));
     // `--no-deltas` plans chunks only.

@@ -103,7 +103,7 @@ pub fn metadata_read(entry: &MetadataEntry) -> PackRead {
 pub struct PrefetchedMetadata {
     /// The read that fetched it.
     pub read: PackRead,
-    /// The objects it staged.
+    /// The objects it staged: metadata, and the chunks it carries.
     pub objects: Vec<(ObjectId, ObjectKind)>,
     /// Where the chunks lie that a node holding its starting release can lack, by pack (empty
     /// when the delta does not list them: the pull then loads the pack indexes).
@@ -168,6 +168,10 @@ pub async fn prefetch_metadata(
     for (kind, id, bytes) in rebuilt.objects {
         staged.put(kind, id, &bytes);
         objects.push((id, kind));
+    }
+    for (id, bytes) in rebuilt.chunks {
+        staged.put(ObjectKind::Chunk, id, &bytes);
+        objects.push((id, ObjectKind::Chunk));
     }
     staged.settle(|_, _| true)?;
     Ok(PrefetchedMetadata { read, objects, chunk_locations })

@@ -446,6 +446,7 @@ pub fn plan(
         let delta = published.read_metadata(entry)?;
         let rebuilt = delta.apply(&base_stream(&repo.commit_object(&from)?, read)?.bytes)?;
         prefetched.extend(rebuilt.objects.iter().map(|(kind, id, _)| (*id, *kind)));
+        prefetched.extend(rebuilt.chunks.iter().map(|(id, _)| (*id, ObjectKind::Chunk)));
         if !rebuilt.chunk_locations.is_empty() {
             indexes = Indexes::None;
         }

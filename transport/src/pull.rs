@@ -89,7 +89,8 @@ pub struct PullStats {
     pub files_from_deltas: u64,
     /// Files whose delta failed to apply or verify, fetched as chunks instead.
     pub delta_fallbacks: u64,
-    /// Chunks of new files found in the repository (or staged by an interrupted pull).
+    /// Chunks of new files found in the repository (or staged by an interrupted pull, or carried
+    /// by the metadata delta).
     pub chunks_reused: u64,
     /// New files assembled.
     pub files_new: u64,

@@ -25,7 +25,7 @@ use crate::chunker::Chunker;
 use crate::compress::Codec;
 use crate::delta::codec::{DeltaCodec, EncodeOptions, encode_best};
 use crate::delta::index::{DeltaEntry, DeltaIndex, MetadataEntry};
-use crate::delta::metadata::{MetadataDelta, base_stream, new_metadata};
+use crate::delta::metadata::{MAX_INLINE_CHUNKS, MetadataDelta, base_stream, new_metadata};
 use crate::delta::object::{DeltaObject, MAX_DELTA_TARGET};
 use crate::delta::pairing::{PairRule, TreeFile, pair};
 use crate::delta::published::PublishedDeltas;
@@ -77,8 +77,10 @@ pub struct GenerateStats {
     pub metadata_deltas: u64,
     /// Stored bytes of the metadata deltas this run encoded.
     pub metadata_delta_bytes: u64,
-    /// What the metadata objects they replace cost.
+    /// What the metadata objects, index entries and chunk reads they replace cost.
     pub metadata_bytes: u64,
+    /// Chunks of small files without a delta that the metadata deltas carry.
+    pub chunks_in_metadata_deltas: u64,
     /// What the same files cost as chunks, from the release that costs the most.
     pub chunk_bytes: u64,
     /// Size of the release's delta index.
@@ -124,11 +126,16 @@ pub fn generate(
     let mut listed = previous.map(|p| p.entries.clone()).unwrap_or_default();
     let mut new_deltas = encode_files(&encoder, &published, &jobs, progress, &mut stats, &mut listed)?;
     let mut metadata = previous.map(|p| p.metadata.clone()).unwrap_or_default();
+    let mut pairs: HashSet<(FileId, FileId)> = listed.iter().map(|e| (e.target, e.base)).collect();
+    pairs.extend(new_deltas.iter().filter_map(|d| match d.listing {
+        Listing::File { target, base } => Some((target, base)),
+        Listing::Metadata { .. } => None,
+    }));
     for old in &from {
         if metadata.iter().any(|m| m.from == *old) {
             continue;
         }
-        if let Some(delta) = encode_metadata(repo, archive, old, to, &mut stats)? {
+        if let Some(delta) = encode_metadata(repo, archive, old, to, &pairs, &mut stats)? {
             new_deltas.push(delta);
         }
     }
@@ -242,13 +249,15 @@ fn encode_files(
     Ok(new_deltas)
 }
 
-/// The metadata delta from `old` to `to`, when smaller than the metadata objects and the pack
-/// index entries it replaces.
+/// The metadata delta from `old` to `to`, when smaller than the metadata objects, pack index
+/// entries and chunk reads it replaces. `pairs` are the (target, base) contents of every file delta
+/// leading to `to`.
 fn encode_metadata(
     repo: &Repo,
     archive: &ArchiveStore,
     old: &CommitId,
     to: CommitId,
+    pairs: &HashSet<(FileId, FileId)>,
     stats: &mut GenerateStats,
 ) -> Result<Option<NewDelta>> {
     let read = |kind, id: &ObjectId| repo.read(kind, id);
@@ -260,9 +269,35 @@ fn encode_metadata(
         let (_, entry) = archive.locate(*kind, &id).ok_or(StoreError::ObjectMissing { kind: *kind, id })?;
         replaced += entry.span() + INDEX_ENTRY_LEN as u64;
     }
-    let locations = new_chunk_locations(repo, archive, &base.objects, &objects)?;
+    let mut held_chunks = HashSet::new();
+    for (id, _) in base.objects.iter().filter(|(_, kind)| *kind == ObjectKind::File) {
+        held_chunks.extend(FileObject::decode(*id, &repo.read(ObjectKind::File, id)?)?.chunks.into_iter().map(|c| c.0));
+    }
+    let new_files = objects
+        .iter()
+        .filter(|(kind, _)| *kind == ObjectKind::File)
+        .map(|(_, bytes)| {
+            let id = ObjectId::of(bytes);
+            Ok((FileId(id), FileObject::decode(id, bytes)?))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let locations = new_chunk_locations(archive, &held_chunks, &new_files)?;
     replaced += locations.iter().map(|index| (index.entries.len() * INDEX_ENTRY_LEN) as u64).sum::<u64>();
-    let delta = MetadataDelta::new(*old, to, &base.bytes, &objects, &locations)?;
+    let held = &base.objects;
+    let with_delta: HashSet<FileId> = pairs
+        .iter()
+        .filter(|(_, from_file)| held.contains(&(from_file.0, ObjectKind::File)))
+        .map(|(target, _)| *target)
+        .collect();
+    let mut chunks = Vec::new();
+    for chunk in inline_chunks(&held_chunks, &new_files, &with_delta) {
+        let (_, entry) = archive
+            .locate(ObjectKind::Chunk, &chunk.0)
+            .ok_or(StoreError::ObjectMissing { kind: ObjectKind::Chunk, id: chunk.0 })?;
+        replaced += entry.span();
+        chunks.push(repo.read(ObjectKind::Chunk, &chunk.0)?);
+    }
+    let delta = MetadataDelta::new(*old, to, &base.bytes, &objects, &chunks, &locations)?;
     let bytes = delta.encode();
     let span = ENTRY_HEADER_LEN + bytes.len() as u64;
     if span >= replaced || bytes.len() as u64 > u64::from(crate::pack::raw_limit(ObjectKind::MetadataDelta)) {
@@ -270,6 +305,7 @@ fn encode_metadata(
     }
     stats.metadata_delta_bytes += span;
     stats.metadata_bytes += replaced;
+    stats.chunks_in_metadata_deltas += chunks.len() as u64;
     Ok(Some(NewDelta {
         kind: ObjectKind::MetadataDelta,
         id: ObjectId::of(&bytes),
@@ -278,41 +314,62 @@ fn encode_metadata(
     }))
 }
 
-/// Where the chunks of the new file objects among `objects` lie that no file object of `held`
-/// names: every chunk a node holding that release can lack, by pack.
+/// Where the chunks of `new_files` lie that are not in `held_chunks`: every chunk a node holding
+/// that release can lack, by pack.
 fn new_chunk_locations(
-    repo: &Repo,
     archive: &ArchiveStore,
-    held: &HashSet<(ObjectId, ObjectKind)>,
-    objects: &[(ObjectKind, Vec<u8>)],
+    held_chunks: &HashSet<ChunkId>,
+    new_files: &[(FileId, FileObject)],
 ) -> Result<Vec<PackIndex>> {
-    let mut held_chunks = HashSet::new();
-    for (id, _) in held.iter().filter(|(_, kind)| *kind == ObjectKind::File) {
-        let file = FileObject::decode(*id, &repo.read(ObjectKind::File, id)?)?;
-        held_chunks.extend(file.chunks.into_iter().map(|(chunk, _)| chunk));
-    }
     let mut by_pack: BTreeMap<ObjectId, PackIndex> = BTreeMap::new();
-    for (_, bytes) in objects.iter().filter(|(kind, _)| *kind == ObjectKind::File) {
-        let file = FileObject::decode(ObjectId::of(bytes), bytes)?;
-        for (chunk, _) in file.chunks {
-            if !held_chunks.insert(chunk) {
-                continue;
-            }
-            let (pack, entry) = archive
-                .locate(ObjectKind::Chunk, &chunk.0)
-                .ok_or(StoreError::ObjectMissing { kind: ObjectKind::Chunk, id: chunk.0 })?;
-            by_pack
-                .entry(pack.id)
-                .or_insert_with(|| PackIndex { pack: pack.id, pack_size: pack.size, entries: Vec::new() })
-                .entries
-                .push(*entry);
+    let mut seen = HashSet::new();
+    for (chunk, _) in new_files.iter().flat_map(|(_, f)| &f.chunks) {
+        if held_chunks.contains(chunk) || !seen.insert(*chunk) {
+            continue;
         }
+        let (pack, entry) = archive
+            .locate(ObjectKind::Chunk, &chunk.0)
+            .ok_or(StoreError::ObjectMissing { kind: ObjectKind::Chunk, id: chunk.0 })?;
+        by_pack
+            .entry(pack.id)
+            .or_insert_with(|| PackIndex { pack: pack.id, pack_size: pack.size, entries: Vec::new() })
+            .entries
+            .push(*entry);
     }
     let mut indexes: Vec<PackIndex> = by_pack.into_values().collect();
     for index in &mut indexes {
         index.entries.sort_by_key(|e| (e.id, e.kind));
     }
     Ok(indexes)
+}
+
+/// The chunks a node holding the release would fetch in ranges of their own: those not in
+/// `held_chunks` of the new files that have no delta (`with_delta`), smallest files first, up to
+/// [`MAX_INLINE_CHUNKS`] bytes.
+fn inline_chunks(
+    held_chunks: &HashSet<ChunkId>,
+    new_files: &[(FileId, FileObject)],
+    with_delta: &HashSet<FileId>,
+) -> Vec<ChunkId> {
+    let mut candidates: Vec<(u64, Vec<ChunkId>)> = Vec::new();
+    let mut seen = HashSet::new();
+    for (_, file) in new_files.iter().filter(|(id, _)| !with_delta.contains(id)) {
+        let missing: Vec<(ChunkId, u32)> =
+            file.chunks.iter().copied().filter(|(c, _)| !held_chunks.contains(c) && seen.insert(*c)).collect();
+        let bytes = missing.iter().map(|(_, len)| u64::from(*len)).sum();
+        candidates.push((bytes, missing.into_iter().map(|(c, _)| c).collect()));
+    }
+    candidates.sort_by_key(|(bytes, chunks)| (*bytes, chunks.first().copied()));
+    let mut total = 0;
+    let mut chunks = Vec::new();
+    for (bytes, missing) in candidates {
+        if total + bytes > MAX_INLINE_CHUNKS {
+            break;
+        }
+        total += bytes;
+        chunks.extend(missing);
+    }
+    chunks
 }
 
 /// What a new delta object is listed as in the release's delta index.

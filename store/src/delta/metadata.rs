@@ -9,11 +9,13 @@
 //! in tree order ([`base_stream`]), which a node that holds the release rebuilds from its
 //! repository. Every object rebuilt is verified by its id.
 //!
-//! After the objects, the target lists where the new release's chunks that the earlier release
-//! lacks lie: one record per pack, a pack index of those chunks alone (`[LOCATIONS][length u32
-//! LE][pack index]`). A node holding the earlier release then needs no pack index at all: every
-//! chunk it can lack is listed. Their ids cost little, as zstd finds each in the file object that
-//! names it a few bytes earlier in the same stream.
+//! After the objects come the bytes of the few new chunks such a node would otherwise fetch in
+//! ranges of their own — those of new files without a delta from the earlier release, smallest
+//! files first, up to [`MAX_INLINE_CHUNKS`] (`[CHUNK][length u32 LE][chunk]`, each verified by
+//! its id) — and where the new chunks lie: one record per pack, a pack index of the chunks of the
+//! new release that the earlier release lacks (`[LOCATIONS][length u32 LE][pack index]`). A node
+//! holding the earlier release then needs no pack index at all, and usually no chunk read. The
+//! ids cost little, as zstd finds each in the file object that names it earlier in the stream.
 
 use std::collections::HashSet;
 
@@ -21,11 +23,16 @@ use crate::codec::Encoder;
 use crate::delta::codec::{self, DeltaCodec, EncodeOptions};
 use crate::error::{Result, StoreError};
 use crate::id::{CommitId, ObjectId};
-use crate::object::{Commit, DirTree, EntryKind, MAX_METADATA_LEN, ObjectKind, decode, header};
+use crate::object::{Commit, DirTree, EntryKind, MAX_CHUNK_LEN, MAX_METADATA_LEN, ObjectKind, decode, header};
 use crate::pack::{self, PackIndex};
 
 /// The record tag of a pack index of chunks, after the objects.
 const LOCATIONS: u8 = 0x80;
+/// The record tag of a chunk's bytes, after the objects.
+const CHUNK: u8 = 0x81;
+
+/// Most chunk bytes a metadata delta carries: small files travel in it, large ones in ranges.
+pub const MAX_INLINE_CHUNKS: u64 = 4 << 20;
 
 /// Largest metadata stream a delta may rebuild.
 pub const MAX_METADATA_STREAM: u64 = 1 << 30;
@@ -44,13 +51,14 @@ pub struct MetadataDelta {
 }
 
 impl MetadataDelta {
-    /// Encodes `objects` (kind, encoding) and `locations` (the chunks of `to` that `from` lacks,
-    /// by pack) against `base` (a [`base_stream`]).
+    /// Encodes `objects` (kind, encoding), `chunks` (their bytes) and `locations` (the chunks of
+    /// `to` that `from` lacks, by pack) against `base` (a [`base_stream`]).
     pub fn new(
         from: CommitId,
         to: CommitId,
         base: &[u8],
         objects: &[(ObjectKind, Vec<u8>)],
+        chunks: &[Vec<u8>],
         locations: &[PackIndex],
     ) -> Result<Self> {
         let mut target = Vec::new();
@@ -61,6 +69,9 @@ impl MetadataDelta {
         };
         for (kind, bytes) in objects {
             record(*kind as u8, bytes);
+        }
+        for chunk in chunks {
+            record(CHUNK, chunk);
         }
         for index in locations {
             record(LOCATIONS, &pack::encode_index(index.pack, index.pack_size, &index.entries));
@@ -96,9 +107,9 @@ impl MetadataDelta {
         })
     }
 
-    /// Rebuilds the objects and chunk locations from `base` (the base stream of `from`): each
-    /// object with its kind and id, the blake3 of its bytes. Any malformed record is an error
-    /// naming the delta.
+    /// Rebuilds the objects, chunks and chunk locations from `base` (the base stream of `from`):
+    /// each object and chunk with its id, the blake3 of its bytes. Any malformed record is an
+    /// error naming the delta.
     pub fn apply(&self, base: &[u8]) -> Result<RebuiltMetadata> {
         let what = format!("metadata delta {} → {}", self.from, self.to);
         let corrupt = |reason: String| StoreError::Corrupt { what: what.clone(), reason };
@@ -113,16 +124,29 @@ impl MetadataDelta {
             let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
             let bytes = rest.get(5..5 + len).ok_or_else(|| corrupt(format!("a record of tag {tag} is cut off")))?;
             rest = &rest[5 + len..];
-            if tag == LOCATIONS {
-                let index = pack::decode_index(bytes, &format!("in {what}"))?;
-                if let Some(e) = index.entries.iter().find(|e| e.kind != ObjectKind::Chunk) {
-                    return Err(corrupt(format!("its locations list {} {}, not a chunk", e.kind, e.id)));
+            match tag {
+                LOCATIONS => {
+                    let index = pack::decode_index(bytes, &format!("in {what}"))?;
+                    if let Some(e) = index.entries.iter().find(|e| e.kind != ObjectKind::Chunk) {
+                        return Err(corrupt(format!("its locations list {} {}, not a chunk", e.kind, e.id)));
+                    }
+                    rebuilt.chunk_locations.push(index);
+                    continue;
                 }
-                rebuilt.chunk_locations.push(index);
-                continue;
+                CHUNK if bytes.len() > MAX_CHUNK_LEN as usize => {
+                    return Err(corrupt(format!(
+                        "a chunk of {} bytes exceeds the limit of {MAX_CHUNK_LEN}",
+                        bytes.len()
+                    )));
+                }
+                CHUNK => {
+                    rebuilt.chunks.push((ObjectId::of(bytes), bytes.to_vec()));
+                    continue;
+                }
+                _ => {}
             }
-            if !rebuilt.chunk_locations.is_empty() {
-                return Err(corrupt("an object record follows the chunk locations".into()));
+            if !rebuilt.chunk_locations.is_empty() || !rebuilt.chunks.is_empty() {
+                return Err(corrupt("an object record follows the chunks".into()));
             }
             let kind = ObjectKind::from_u8(tag)
                 .filter(|k| matches!(k, ObjectKind::Commit | ObjectKind::DirTree | ObjectKind::File))
@@ -138,6 +162,8 @@ impl MetadataDelta {
 pub struct RebuiltMetadata {
     /// The new metadata objects: kind, id (the blake3 of the bytes) and bytes.
     pub objects: Vec<(ObjectKind, ObjectId, Vec<u8>)>,
+    /// Chunks it carries: id (the blake3 of the bytes) and bytes.
+    pub chunks: Vec<(ObjectId, Vec<u8>)>,
     /// Where the new chunks lie, by pack (empty in a delta made before locations were listed).
     pub chunk_locations: Vec<PackIndex>,
 }
@@ -241,7 +267,8 @@ mod tests {
         let (from, to) = (CommitId(ObjectId::of(b"from")), CommitId(ObjectId::of(b"to")));
         let objects = vec![(ObjectKind::DirTree, b"tree".to_vec()), (ObjectKind::File, b"file".to_vec())];
         let located = locations(ObjectKind::Chunk);
-        let delta = MetadataDelta::new(from, to, b"base stream", &objects, &located).unwrap();
+        let chunks = vec![b"chunk one".to_vec(), b"chunk two".to_vec()];
+        let delta = MetadataDelta::new(from, to, b"base stream", &objects, &chunks, &located).unwrap();
         let encoded = delta.encode();
         let decoded = MetadataDelta::decode(ObjectId::of(&encoded), &encoded).unwrap();
         let rebuilt = decoded.apply(b"base stream").unwrap();
@@ -253,18 +280,21 @@ mod tests {
                 (ObjectKind::File, ObjectId::of(b"file"), b"file".to_vec())
             ]
         );
+        let carried: Vec<_> = chunks.iter().map(|c| (ObjectId::of(c), c.clone())).collect();
+        assert_eq!(rebuilt.chunks, carried);
         assert_eq!(rebuilt.chunk_locations.len(), 1);
         assert_eq!(rebuilt.chunk_locations[0].entries, located[0].entries);
         // Made before locations were listed: still valid, with none.
-        let plain = MetadataDelta::new(from, to, b"base stream", &objects, &[]).unwrap();
-        assert!(plain.apply(b"base stream").unwrap().chunk_locations.is_empty());
+        let plain = MetadataDelta::new(from, to, b"base stream", &objects, &[], &[]).unwrap();
+        let rebuilt = plain.apply(b"base stream").unwrap();
+        assert!(rebuilt.chunk_locations.is_empty() && rebuilt.chunks.is_empty());
     }
 
     #[test]
     fn locations_of_anything_but_chunks_are_refused() {
         let (from, to) = (CommitId(ObjectId::of(b"from")), CommitId(ObjectId::of(b"to")));
         let objects = vec![(ObjectKind::File, b"file".to_vec())];
-        let delta = MetadataDelta::new(from, to, b"", &objects, &locations(ObjectKind::File)).unwrap();
+        let delta = MetadataDelta::new(from, to, b"", &objects, &[], &locations(ObjectKind::File)).unwrap();
         let error = delta.apply(b"").unwrap_err().to_string();
         assert!(error.contains("not a chunk") && error.contains(&from.to_string()), "{error}");
     }
