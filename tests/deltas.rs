@@ -214,6 +214,9 @@ fn a_pull_rebuilds_changed_files_from_deltas_and_moves_what_its_plan_says() {
     assert_eq!(pulled["bytes_fetched"], planned["transfer_bytes"], "{pulled} {planned}");
     assert_eq!(pulled["requests"], planned["requests"], "{pulled} {planned}");
     assert_eq!((&pulled["index_bytes"], &pulled["chunks_fetched"]), (&0.into(), &0.into()), "{pulled}");
+    // The summary lists the metadata delta, which lists the file deltas: no delta index either.
+    assert_eq!(pulled["requests"], 3, "summary, metadata delta, file deltas: {pulled}");
+    assert!(!planned["whole_files"].to_string().contains(".dix"), "{planned}");
     assert_eq!((&pulled["files_from_deltas"], &pulled["delta_fallbacks"]), (&CHANGED.into(), &0.into()), "{pulled}");
     checkout_equals(&node, &o.tree(2), &o.tmp.path().join("co"));
     // `--no-deltas` plans chunks only.
@@ -245,19 +248,19 @@ fn a_node_lacking_objects_of_its_release_loads_the_pack_indexes() {
 fn a_corrupt_delta_on_the_server_falls_back_to_chunks() {
     let (o, _server, node) = node_behind();
     ok(osdeploy(&o.repo).args(["delta", "generate", "--to", "stable"]));
-    let pack = fs::read_dir(o.repo.join("deltas"))
+    // Generation writes two delta packs: the file deltas, then the metadata delta. One byte of
+    // the first object of each (past the pack and entry headers) is changed.
+    let packs: Vec<PathBuf> = fs::read_dir(o.repo.join("deltas"))
         .unwrap()
         .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|x| x == "pack"))
-        .unwrap();
-    // One byte in the first file delta (past the pack and entry headers), one in the last
-    // object: the metadata delta.
-    let mut bytes = fs::read(&pack).unwrap();
-    let len = bytes.len();
-    for at in [8 + 42 + 90, len - 100] {
-        bytes[at] ^= 0x55;
+        .filter(|p| p.extension().is_some_and(|x| x == "pack"))
+        .collect();
+    assert_eq!(packs.len(), 2, "{packs:?}");
+    for pack in packs {
+        let mut bytes = fs::read(&pack).unwrap();
+        bytes[8 + 42 + 40] ^= 0x55;
+        fs::write(&pack, bytes).unwrap();
     }
-    fs::write(&pack, bytes).unwrap();
     let out = osdeploy(&node).args(["pull", "--json", "origin", "stable"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stats: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -338,11 +341,12 @@ fn generation_is_deterministic_and_reuses_published_deltas() {
         ok(osdeploy(&o.repo).args(["delta", "generate", "--to", "stable"]));
     }
     assert_eq!(file_deltas(&a), file_deltas(&b), "same contents, same deltas");
-    assert_eq!((delta_packs(&a).len(), file_deltas(&a).len() as u64), (1, CHANGED));
+    // One pack of file deltas, one of the metadata delta (which lists where the file deltas lie).
+    assert_eq!((delta_packs(&a).len(), file_deltas(&a).len() as u64), (2, CHANGED));
     // Generating again encodes nothing: every pair's delta is published already.
     let again = json(&ok(osdeploy(&a.repo).args(["delta", "generate", "--json", "--to", "stable"])));
     assert_eq!((&again["reused"], &again["packs_written"]), (&CHANGED.into(), &0.into()), "{again}");
-    assert_eq!(delta_packs(&a).len(), 1, "no second pack");
+    assert_eq!(delta_packs(&a).len(), 2, "no new pack");
     // Bad requests are refused by name.
     let err = fails(osdeploy(&a.repo).args(["delta", "generate", "--to", &a.commits[0]]));
     assert!(err.contains("has no earlier release"), "{err}");
@@ -390,11 +394,11 @@ fn a_mirror_of_a_mirror_serves_deltas_and_prune_drops_them_with_their_release() 
     ok(osdeploy(&o.repo).args(["delta", "generate", "--to", "stable"]));
     let (m1, m2) = (o.tmp.path().join("mirror1"), o.tmp.path().join("mirror2"));
     let first = json(&ok(osdeploy(&m1).args(["mirror", &origin_server.url]).arg(&m1).args(["--insecure", "--json"])));
-    assert_eq!((&first["delta_packs_fetched"], &first["delta_indexes_fetched"]), (&1.into(), &1.into()), "{first}");
+    assert_eq!((&first["delta_packs_fetched"], &first["delta_indexes_fetched"]), (&2.into(), &1.into()), "{first}");
     let m1_server = osdeploy_serve(&m1);
     let args = ["--insecure", "--branch", "stable", "--json"];
     let second = json(&ok(osdeploy(&m2).args(["mirror", &m1_server.url]).arg(&m2).args(args)));
-    assert_eq!((&second["delta_packs_fetched"], &second["delta_indexes_fetched"]), (&1.into(), &1.into()), "{second}");
+    assert_eq!((&second["delta_packs_fetched"], &second["delta_indexes_fetched"]), (&2.into(), &1.into()), "{second}");
     let again = json(&ok(osdeploy(&m2).args(["mirror", &m1_server.url]).arg(&m2).args(args)));
     assert_eq!((&again["delta_packs_fetched"], &again["delta_indexes_fetched"]), (&0.into(), &0.into()), "{again}");
     for m in [&m1, &m2] {
@@ -405,13 +409,20 @@ fn a_mirror_of_a_mirror_serves_deltas_and_prune_drops_them_with_their_release() 
     ok(osdeploy(&node).args(["remote", "add", "edge", &m2_server.url, "--insecure"]));
     let pulled = json(&ok(osdeploy(&node).args(["pull", "--json", "edge", "stable"])));
     assert_eq!((&pulled["files_from_deltas"], &pulled["delta_fallbacks"]), (&CHANGED.into(), &0.into()), "{pulled}");
+    // The partial mirror's own summary lists the metadata delta into its branch, as the origin's
+    // does: the node fetched it in place of the delta index.
+    for m in [&o.repo, &m2] {
+        let summary = fs::read_to_string(m.join("summary")).unwrap();
+        assert!(summary.contains("\"metadata_deltas\""), "{summary}");
+    }
+    assert_eq!(pulled["requests"], 3, "summary, metadata delta, file deltas: {pulled}");
     let out = o.tmp.path().join("co");
     ok(osdeploy(&node).args(["checkout", "edge/stable"]).arg(&out));
     assert_same_tree(&o.tree(2), &out);
     // Release 2 goes (its branch deleted): prune drops its deltas; fsck stays clean.
     fs::remove_file(m2.join("refs/heads/stable")).unwrap();
     let dry = json(&ok(osdeploy(&m2).args(["prune", "--dry-run", "--json"])));
-    assert_eq!((&dry["delta_indexes_deleted"], &dry["delta_packs_deleted"]), (&1.into(), &1.into()), "{dry}");
+    assert_eq!((&dry["delta_indexes_deleted"], &dry["delta_packs_deleted"]), (&1.into(), &2.into()), "{dry}");
     ok(osdeploy(&m2).args(["prune"]));
     let left: Vec<_> = fs::read_dir(m2.join("deltas")).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(left.is_empty(), "{left:?}");

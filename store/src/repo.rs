@@ -465,8 +465,16 @@ impl Repo {
             packs.push(SummaryPack { id: p.id, index, objects: p.objects as u64, size: p.size });
         }
         packs.sort_by_key(|p| p.id);
-        let (delta_indexes, delta_packs) = PublishedDeltas::load(&self.path)?.summary_entries();
-        let summary = Summary { delta_indexes, delta_packs, format_version: SUMMARY_FORMAT_VERSION, packs, refs };
+        let heads = refs.values().map(|r| r.commit).collect();
+        let (delta_indexes, delta_packs, metadata_deltas) = PublishedDeltas::load(&self.path)?.summary_entries(&heads);
+        let summary = Summary {
+            delta_indexes,
+            delta_packs,
+            format_version: SUMMARY_FORMAT_VERSION,
+            metadata_deltas,
+            packs,
+            refs,
+        };
         Ok(Some(summary.to_bytes()))
     }
 

@@ -6,6 +6,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::compress::Codec;
+use crate::delta::index::MetadataEntry;
+use crate::object::ObjectKind;
+use crate::pack::IndexEntry;
 use crate::{CommitId, ObjectId, RefName, Result, StoreError};
 
 /// The summary format this osdeploy writes and reads.
@@ -48,6 +52,40 @@ pub struct SummaryDeltaIndex {
     pub to: CommitId,
 }
 
+/// A metadata delta into a branch's commit, as the summary lists it: a node holding the release it
+/// starts from fetches it first and needs no delta index, as it also lists the file deltas from
+/// that release (see [`crate::delta::metadata`]). Stored raw in its delta pack.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SummaryMetadataDelta {
+    /// The release it starts from.
+    pub from: CommitId,
+    /// Its object id.
+    pub id: ObjectId,
+    /// Where its pack entry begins in the delta pack.
+    pub offset: u64,
+    /// The delta pack holding it.
+    pub pack: ObjectId,
+    /// Its size in the pack (after the entry header).
+    pub size: u32,
+    /// The release it leads to.
+    pub to: CommitId,
+}
+
+impl SummaryMetadataDelta {
+    /// Its entry, as the release's delta index lists it.
+    pub fn entry(&self) -> MetadataEntry {
+        let entry = IndexEntry {
+            id: self.id,
+            kind: ObjectKind::MetadataDelta,
+            codec: Codec::Raw,
+            offset: self.offset,
+            stored_len: self.size,
+            raw_len: self.size,
+        };
+        MetadataEntry { from: self.from, pack: self.pack, entry }
+    }
+}
+
 /// A repository's summary. Fields are in alphabetical order, as they appear in the file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Summary {
@@ -59,6 +97,9 @@ pub struct Summary {
     pub delta_packs: Vec<SummaryPack>,
     /// [`SUMMARY_FORMAT_VERSION`].
     pub format_version: u32,
+    /// The metadata deltas into the branches' commits, sorted by (to, from) (absent when none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metadata_deltas: Vec<SummaryMetadataDelta>,
     /// Every pack, sorted by id.
     pub packs: Vec<SummaryPack>,
     /// Branch → commit.
@@ -71,6 +112,22 @@ struct VersionOnly {
 }
 
 impl Summary {
+    /// The metadata delta into `to` from the release that makes it smallest among those `held`
+    /// says the node holds.
+    pub fn metadata_delta(
+        &self,
+        to: &CommitId,
+        mut held: impl FnMut(&CommitId) -> Result<bool>,
+    ) -> Result<Option<&SummaryMetadataDelta>> {
+        let mut best: Option<&SummaryMetadataDelta> = None;
+        for m in self.metadata_deltas.iter().filter(|m| m.to == *to) {
+            if best.is_none_or(|b| m.size < b.size) && held(&m.from)? {
+                best = Some(m);
+            }
+        }
+        Ok(best)
+    }
+
     /// The file's bytes: pretty-printed JSON and a newline.
     pub fn to_bytes(&self) -> Vec<u8> {
         (serde_json::to_string_pretty(self).expect("a summary serializes") + "\n").into_bytes()
@@ -108,6 +165,14 @@ mod tests {
                 size: 50,
             }],
             format_version: SUMMARY_FORMAT_VERSION,
+            metadata_deltas: vec![SummaryMetadataDelta {
+                from: CommitId(ObjectId::of(b"old")),
+                id: ObjectId::of(b"m"),
+                offset: 8,
+                pack: ObjectId::of(b"dp"),
+                size: 30,
+                to: CommitId(id),
+            }],
             packs: vec![SummaryPack { id, index: ObjectId::of(b"i"), objects: 3, size: 100 }],
             refs: BTreeMap::from([(
                 RefName::new("stable").unwrap(),

@@ -61,6 +61,11 @@ impl DeltaCatalog {
         self.by_target.get(target).map(Vec::as_slice).unwrap_or_default()
     }
 
+    /// The catalog a metadata delta makes: itself and the file deltas it lists.
+    pub fn of_metadata_delta(to: CommitId, entry: MetadataEntry, deltas: Vec<DeltaEntry>) -> Self {
+        DeltaCatalog::new(DeltaIndex { to, entries: deltas, metadata: vec![entry] })
+    }
+
     /// The smallest metadata delta from a release `held` says the node holds.
     pub fn metadata_from(
         &self,
@@ -108,6 +113,9 @@ pub struct PrefetchedMetadata {
     /// Where the chunks lie that a node holding its starting release can lack, by pack (empty
     /// when the delta does not list them: the pull then loads the pack indexes).
     pub chunk_locations: Vec<Arc<PackEntries>>,
+    /// The file deltas from its starting release's contents (None when the delta does not list
+    /// them: the release's delta index does).
+    pub deltas: Option<Vec<DeltaEntry>>,
 }
 
 /// Fetches the metadata delta `entry` into `staged` and stages every object it rebuilds, so that
@@ -174,7 +182,7 @@ pub async fn prefetch_metadata(
         objects.push((id, ObjectKind::Chunk));
     }
     staged.settle(|_, _| true)?;
-    Ok(PrefetchedMetadata { read, objects, chunk_locations })
+    Ok(PrefetchedMetadata { read, objects, chunk_locations, deltas: rebuilt.deltas.map(|d| d.entries) })
 }
 
 /// The delta index of release `to` from a local archive repository, if it has one.

@@ -12,11 +12,13 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use osdeploy_store::archive::ArchiveStore;
 use osdeploy_store::delta::index::DeltaEntry;
+use osdeploy_store::delta::index::MetadataEntry;
 use osdeploy_store::delta::metadata::base_stream;
 use osdeploy_store::delta::published::PublishedDeltas;
 use osdeploy_store::layout;
 use osdeploy_store::object::{FileObject, ObjectKind};
 use osdeploy_store::pack::IndexEntry;
+use osdeploy_store::summary::Summary;
 use osdeploy_store::{CommitId, FileId, ObjectId, Repo, StoreError};
 use serde::Serialize;
 
@@ -426,25 +428,51 @@ pub fn plan(
         .into_iter()
         .filter_map(|name| std::fs::metadata(repo.path().join(&name)).ok().map(|m| WholeFile { name, bytes: m.len() }))
         .collect();
-    // A node that holds a release fetches the wanted release's delta index, and may use it.
+    // A node that holds a release fetches the metadata delta the summary lists from it, which
+    // lists the file deltas too; else the wanted release's delta index, and may use both. The
+    // metadata delta brings the new metadata before the walk, and where the chunks lie (then the
+    // node fetches no pack index).
     let published = PublishedDeltas::load(repo.path())?;
-    let mut catalog = None;
+    let summary_path = repo.path().join(layout::SUMMARY);
+    let summary = match std::fs::read(&summary_path) {
+        Ok(bytes) => Some(Summary::parse(&bytes, &summary_path.display().to_string())?),
+        Err(_) => None,
+    };
+    let (mut catalog, mut metadata) = (None, None);
     if deltas == DeltaUse::WhereCheaper
-        && from.is_some()
-        && let Some(index) = published.index_of(&to)
+        && let Some(from) = from
     {
-        let download = WholeFile { name: layout::delta_index_file(&index.hash), bytes: index.size };
-        catalog = Some((DeltaCatalog::new(index.index.clone()), Some(download)));
-    }
-    // The metadata delta from FROM, if any, brings the new metadata before the walk, and where
-    // the chunks lie (then the node fetches no pack index).
-    let (mut prefetched, mut metadata_read, mut indexes) = (HashSet::new(), None::<PackRead>, Indexes::OfReads);
-    if let (Some((catalog, _)), Some(from)) = (&catalog, from)
-        && let Some(entry) = catalog.metadata_from(|c| Ok(*c == from))?
-    {
+        let listed = match &summary {
+            Some(summary) => summary.metadata_delta(&to, |c| Ok(*c == from))?,
+            None => None,
+        };
         let read = |kind, id: &ObjectId| repo.read(kind, id);
-        let delta = published.read_metadata(entry)?;
-        let rebuilt = delta.apply(&base_stream(&repo.commit_object(&from)?, read)?.bytes)?;
+        let apply = |entry: &MetadataEntry| -> Result<_, StoreError> {
+            published.read_metadata(entry)?.apply(&base_stream(&repo.commit_object(&from)?, read)?.bytes)
+        };
+        if let Some(listed) = listed {
+            let entry = listed.entry();
+            let mut rebuilt = apply(&entry)?;
+            if let Some(files) = rebuilt.deltas.take() {
+                catalog = Some((DeltaCatalog::of_metadata_delta(to, entry, files.entries), None));
+            }
+            metadata = Some((entry, rebuilt));
+        }
+        if catalog.is_none()
+            && let Some(index) = published.index_of(&to)
+        {
+            let download = WholeFile { name: layout::delta_index_file(&index.hash), bytes: index.size };
+            catalog = Some((DeltaCatalog::new(index.index.clone()), Some(download)));
+        }
+        if metadata.is_none()
+            && let Some((catalog, _)) = &catalog
+            && let Some(entry) = catalog.metadata_from(|c| Ok(*c == from))?
+        {
+            metadata = Some((*entry, apply(entry)?));
+        }
+    }
+    let (mut prefetched, mut metadata_read, mut indexes) = (HashSet::new(), None::<PackRead>, Indexes::OfReads);
+    if let Some((entry, rebuilt)) = &metadata {
         prefetched.extend(rebuilt.objects.iter().map(|(kind, id, _)| (*id, *kind)));
         prefetched.extend(rebuilt.chunks.iter().map(|(id, _)| (*id, ObjectKind::Chunk)));
         if !rebuilt.chunk_locations.is_empty() {

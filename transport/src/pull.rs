@@ -26,7 +26,7 @@ use serde::Serialize;
 
 use crate::assemble::Assembler;
 use crate::client::{Client, HttpOptions, Progress};
-use crate::deltas::{self, DeltaUse};
+use crate::deltas::{self, DeltaCatalog, DeltaUse};
 use crate::error::TransportError;
 use crate::fetch::fetch;
 use crate::index::{CacheWrites, RemoteIndex};
@@ -196,23 +196,42 @@ async fn make_plan(
             });
         }
     }
-    // Deltas start from contents the node holds: a node without any release fetches no delta index.
-    let mut catalog = None;
-    if options.deltas == DeltaUse::WhereCheaper && !repo.commit_ids()?.is_empty() {
-        catalog = deltas::remote_catalog(client, &fetched.summary, &commit, Some(repo), writes).await?;
-    }
-    let delta_packs = catalog.as_ref().map(|(c, _)| c.pack_entries()).unwrap_or_default();
+    // Deltas start from contents the node holds: a node without any release uses none.
+    let use_deltas = options.deltas == DeltaUse::WhereCheaper && !repo.commit_ids()?.is_empty();
+    let held_release = |from: &CommitId| repo.has(ObjectKind::Commit, &from.0);
+    let read_base = |kind, id: &ObjectId| repo.read(kind, id);
+    let packs = summary::pack_sizes(&fetched.summary);
     // Tens of thousands of lookups follow: one read snapshot instead of a lock for each.
     let snapshot = repo.bare().map(|bare| bare.batch_reads()).transpose()?;
     // The release's new metadata in one delta, when the node holds a release it starts from. It
-    // also says where the chunks lie that such a node can lack: then no pack index is needed.
-    let mut metadata_delta = None;
-    if let Some((catalog, _)) = &catalog
-        && let Some(entry) = catalog.metadata_from(|from| repo.has(ObjectKind::Commit, &from.0))?
+    // also says where the chunks lie that such a node can lack (then no pack index is needed)
+    // and, when the summary lists it, which file deltas there are (then no delta index either).
+    let (mut catalog, mut metadata_delta, mut tried) = (None, None, None);
+    if use_deltas && let Some(listed) = fetched.summary.metadata_delta(&commit, held_release)? {
+        let entry = listed.entry();
+        tried = Some(entry.entry.id);
+        let alone = DeltaCatalog::of_metadata_delta(commit, entry, Vec::new());
+        let delta_index = RemoteIndex { packs: alone.pack_entries() };
+        match deltas::prefetch_metadata(client, &delta_index, staged, &entry, &packs, read_base).await {
+            Ok(mut prefetched) => {
+                if let Some(files) = prefetched.deltas.take() {
+                    catalog = Some((DeltaCatalog::of_metadata_delta(commit, entry, files), None));
+                }
+                metadata_delta = Some(prefetched);
+            }
+            Err(e) => tracing::warn!("the metadata delta is unusable, metadata is fetched as objects: {e}"),
+        }
+    }
+    if use_deltas && catalog.is_none() {
+        catalog = deltas::remote_catalog(client, &fetched.summary, &commit, Some(repo), writes).await?;
+    }
+    let delta_packs = catalog.as_ref().map(|(c, _)| c.pack_entries()).unwrap_or_default();
+    if metadata_delta.is_none()
+        && let Some((catalog, _)) = &catalog
+        && let Some(entry) = catalog.metadata_from(held_release)?
+        && tried != Some(entry.entry.id)
     {
-        let read_base = |kind, id: &ObjectId| repo.read(kind, id);
         let delta_index = RemoteIndex { packs: delta_packs.clone() };
-        let packs = summary::pack_sizes(&fetched.summary);
         match deltas::prefetch_metadata(client, &delta_index, staged, entry, &packs, read_base).await {
             Ok(prefetched) => metadata_delta = Some(prefetched),
             Err(e) => tracing::warn!("the metadata delta is unusable, metadata is fetched as objects: {e}"),

@@ -16,7 +16,7 @@ use osdeploy_store::{CommitId, ObjectId};
 use serde::Serialize;
 
 use crate::client::{Client, Progress};
-use crate::deltas::{self, DeltaUse};
+use crate::deltas::{self, DeltaCatalog, DeltaUse};
 use crate::error::TransportError;
 use crate::index::{CacheWrites, RemoteIndex};
 use crate::plan::{Indexes, PullPlan, WholeFile};
@@ -83,22 +83,34 @@ async fn plan_async(
     // (verified here as the pull would).
     let signature = verify_commit(&client, remote, &to).await?;
     let whole_files = fetched.whole_files(&to, signature.as_deref());
-    // A node holding a release also fetches the wanted release's delta index, and may use it.
-    let mut catalog = None;
-    if options.deltas == DeltaUse::WhereCheaper && from.is_some() {
+    // A node holding a release fetches the metadata delta the summary lists from it, which lists
+    // the file deltas too; else the wanted release's delta index, and may use both (FROM's
+    // metadata, the delta's base, was fetched by the first walk).
+    let read_base = |kind, id: &ObjectId| staged_from.get(kind, id);
+    let packs = summary::pack_sizes(&fetched.summary);
+    let (mut catalog, mut metadata_delta) = (None, None);
+    if options.deltas == DeltaUse::WhereCheaper
+        && let Some(from) = from
+        && let Some(listed) = fetched.summary.metadata_delta(&to, |c| Ok(*c == from))?
+    {
+        let entry = listed.entry();
+        let alone = RemoteIndex { packs: DeltaCatalog::of_metadata_delta(to, entry, Vec::new()).pack_entries() };
+        let mut prefetched =
+            deltas::prefetch_metadata(&client, &alone, &mut staged_to, &entry, &packs, read_base).await?;
+        if let Some(files) = prefetched.deltas.take() {
+            catalog = Some((DeltaCatalog::of_metadata_delta(to, entry, files), None));
+        }
+        metadata_delta = Some(prefetched);
+    }
+    if options.deltas == DeltaUse::WhereCheaper && from.is_some() && catalog.is_none() {
         catalog = deltas::remote_catalog(&client, &fetched.summary, &to, None, CacheWrites::Forbidden).await?;
     }
     if let Some((catalog, _)) = &catalog {
         index.packs.extend(catalog.pack_entries());
     }
-    // The metadata delta from FROM, as the node's pull applies it (FROM's metadata was fetched
-    // by the first walk).
-    let mut metadata_delta = None;
-    if let (Some((catalog, _)), Some(from)) = (&catalog, from)
+    if let (None, Some((catalog, _)), Some(from)) = (&metadata_delta, &catalog, from)
         && let Some(entry) = catalog.metadata_from(|c| Ok(*c == from))?
     {
-        let read_base = |kind, id: &ObjectId| staged_from.get(kind, id);
-        let packs = summary::pack_sizes(&fetched.summary);
         metadata_delta =
             Some(deltas::prefetch_metadata(&client, &index, &mut staged_to, entry, &packs, read_base).await?);
     }

@@ -25,7 +25,7 @@ use crate::chunker::Chunker;
 use crate::compress::Codec;
 use crate::delta::codec::{DeltaCodec, EncodeOptions, encode_best};
 use crate::delta::index::{DeltaEntry, DeltaIndex, MetadataEntry};
-use crate::delta::metadata::{MAX_INLINE_CHUNKS, MetadataDelta, base_stream, new_metadata};
+use crate::delta::metadata::{MAX_INLINE_CHUNKS, MetadataDelta, NewMetadata, base_stream, new_metadata};
 use crate::delta::object::{DeltaObject, MAX_DELTA_TARGET};
 use crate::delta::pairing::{PairRule, TreeFile, pair};
 use crate::delta::published::PublishedDeltas;
@@ -124,34 +124,42 @@ pub fn generate(
     let encoder = PairEncoder { archive, release: ReleaseFiles::new(repo, &new_files), options };
     // Deltas an earlier run listed for this release stay listed.
     let mut listed = previous.map(|p| p.entries.clone()).unwrap_or_default();
-    let mut new_deltas = encode_files(&encoder, &published, &jobs, progress, &mut stats, &mut listed)?;
-    let mut metadata = previous.map(|p| p.metadata.clone()).unwrap_or_default();
-    let mut pairs: HashSet<(FileId, FileId)> = listed.iter().map(|e| (e.target, e.base)).collect();
-    pairs.extend(new_deltas.iter().filter_map(|d| match d.listing {
-        Listing::File { target, base } => Some((target, base)),
-        Listing::Metadata { .. } => None,
-    }));
-    for old in &from {
-        if metadata.iter().any(|m| m.from == *old) {
-            continue;
-        }
-        if let Some(delta) = encode_metadata(repo, archive, old, to, &pairs, &mut stats)? {
-            new_deltas.push(delta);
-        }
-    }
-    let packs = write_packs(repo, &new_deltas)?;
-    stats.packs_written = packs.len() as u64;
+    let new_deltas = encode_files(&encoder, &published, &jobs, progress, &mut stats, &mut listed)?;
+    // File deltas go into packs first: the metadata deltas list where they lie.
+    let mut packs = write_packs(repo, &new_deltas)?;
     let listings: HashMap<ObjectId, Listing> = new_deltas.iter().map(|d| (d.id, d.listing)).collect();
     for pack in &packs {
         for e in &pack.entries {
-            match listings[&e.id] {
-                Listing::File { target, base } => listed.push(DeltaEntry { target, base, pack: pack.id, entry: *e }),
-                Listing::Metadata { from } => metadata.push(MetadataEntry { from, pack: pack.id, entry: *e }),
+            if let Listing::File { target, base } = listings[&e.id] {
+                listed.push(DeltaEntry { target, base, pack: pack.id, entry: *e });
             }
         }
     }
     listed.sort_by_key(|e| (e.target, e.base));
     listed.dedup_by_key(|e| (e.target, e.base));
+    // Each earlier release's metadata delta is encoded again, as the file deltas from its contents
+    // may have grown; one that comes out the same is the published one.
+    let mut metadata = previous.map(|p| p.metadata.clone()).unwrap_or_default();
+    let mut new_metadata = Vec::new();
+    for old in &from {
+        let Some(delta) = encode_metadata(repo, archive, old, to, &listed, &mut stats)? else { continue };
+        if metadata.iter().any(|m| m.from == *old && m.entry.id == delta.id) {
+            continue;
+        }
+        metadata.retain(|m| m.from != *old);
+        new_metadata.push(delta);
+    }
+    let metadata_packs = write_packs(repo, &new_metadata)?;
+    let listings: HashMap<ObjectId, Listing> = new_metadata.iter().map(|d| (d.id, d.listing)).collect();
+    for pack in &metadata_packs {
+        for e in &pack.entries {
+            if let Listing::Metadata { from } = listings[&e.id] {
+                metadata.push(MetadataEntry { from, pack: pack.id, entry: *e });
+            }
+        }
+    }
+    packs.extend(metadata_packs);
+    stats.packs_written = packs.len() as u64;
     metadata.sort_by_key(|m| m.from);
     stats.listed = listed.len() as u64;
     stats.metadata_deltas = metadata.len() as u64;
@@ -250,14 +258,14 @@ fn encode_files(
 }
 
 /// The metadata delta from `old` to `to`, when smaller than the metadata objects, pack index
-/// entries and chunk reads it replaces. `pairs` are the (target, base) contents of every file delta
-/// leading to `to`.
+/// entries and chunk reads it replaces. `listed` are the file deltas leading to `to`, sorted by
+/// (target, base): it lists those from `old`'s contents.
 fn encode_metadata(
     repo: &Repo,
     archive: &ArchiveStore,
     old: &CommitId,
     to: CommitId,
-    pairs: &HashSet<(FileId, FileId)>,
+    listed: &[DeltaEntry],
     stats: &mut GenerateStats,
 ) -> Result<Option<NewDelta>> {
     let read = |kind, id: &ObjectId| repo.read(kind, id);
@@ -283,12 +291,11 @@ fn encode_metadata(
         .collect::<Result<Vec<_>>>()?;
     let locations = new_chunk_locations(archive, &held_chunks, &new_files)?;
     replaced += locations.iter().map(|index| (index.entries.len() * INDEX_ENTRY_LEN) as u64).sum::<u64>();
-    let held = &base.objects;
-    let with_delta: HashSet<FileId> = pairs
-        .iter()
-        .filter(|(_, from_file)| held.contains(&(from_file.0, ObjectKind::File)))
-        .map(|(target, _)| *target)
-        .collect();
+    let deltas: Vec<DeltaEntry> =
+        listed.iter().filter(|d| base.objects.contains(&(d.base.0, ObjectKind::File))).copied().collect();
+    let with_delta: HashSet<FileId> = deltas.iter().map(|d| d.target).collect();
+    // Listed here, they spare a node holding `old` the release's delta index.
+    replaced += DeltaIndex { to, entries: deltas.clone(), metadata: Vec::new() }.encode().len() as u64;
     let mut chunks = Vec::new();
     for chunk in inline_chunks(&held_chunks, &new_files, &with_delta) {
         let (_, entry) = archive
@@ -297,7 +304,8 @@ fn encode_metadata(
         replaced += entry.span();
         chunks.push(repo.read(ObjectKind::Chunk, &chunk.0)?);
     }
-    let delta = MetadataDelta::new(*old, to, &base.bytes, &objects, &chunks, &locations)?;
+    let target = NewMetadata { objects: &objects, chunks: &chunks, locations: &locations, deltas: &deltas };
+    let delta = MetadataDelta::new(*old, to, &base.bytes, &target)?;
     let bytes = delta.encode();
     let span = ENTRY_HEADER_LEN + bytes.len() as u64;
     if span >= replaced || bytes.len() as u64 > u64::from(crate::pack::raw_limit(ObjectKind::MetadataDelta)) {

@@ -14,13 +14,17 @@
 //! files first, up to [`MAX_INLINE_CHUNKS`] (`[CHUNK][length u32 LE][chunk]`, each verified by
 //! its id) — and where the new chunks lie: one record per pack, a pack index of the chunks of the
 //! new release that the earlier release lacks (`[LOCATIONS][length u32 LE][pack index]`). A node
-//! holding the earlier release then needs no pack index at all, and usually no chunk read. The
-//! ids cost little, as zstd finds each in the file object that names it earlier in the stream.
+//! holding the earlier release then needs no pack index at all, and usually no chunk read. Last
+//! come the file deltas from the earlier release's contents to the new release's, as a delta index
+//! (`[DELTAS][length u32 LE][delta index]`): with the metadata delta listed in the summary, such a
+//! node needs no delta index either. The ids cost little, as zstd finds each in the file object or
+//! dirtree that names it earlier in the stream.
 
 use std::collections::HashSet;
 
 use crate::codec::Encoder;
 use crate::delta::codec::{self, DeltaCodec, EncodeOptions};
+use crate::delta::index::{DeltaEntry, DeltaIndex};
 use crate::error::{Result, StoreError};
 use crate::id::{CommitId, ObjectId};
 use crate::object::{Commit, DirTree, EntryKind, MAX_CHUNK_LEN, MAX_METADATA_LEN, ObjectKind, decode, header};
@@ -30,6 +34,8 @@ use crate::pack::{self, PackIndex};
 const LOCATIONS: u8 = 0x80;
 /// The record tag of a chunk's bytes, after the objects.
 const CHUNK: u8 = 0x81;
+/// The record tag of the file deltas from the starting release's contents, after the objects.
+const DELTAS: u8 = 0x82;
 
 /// Most chunk bytes a metadata delta carries: small files travel in it, large ones in ranges.
 pub const MAX_INLINE_CHUNKS: u64 = 4 << 20;
@@ -51,31 +57,26 @@ pub struct MetadataDelta {
 }
 
 impl MetadataDelta {
-    /// Encodes `objects` (kind, encoding), `chunks` (their bytes) and `locations` (the chunks of
-    /// `to` that `from` lacks, by pack) against `base` (a [`base_stream`]).
-    pub fn new(
-        from: CommitId,
-        to: CommitId,
-        base: &[u8],
-        objects: &[(ObjectKind, Vec<u8>)],
-        chunks: &[Vec<u8>],
-        locations: &[PackIndex],
-    ) -> Result<Self> {
-        let mut target = Vec::new();
+    /// Encodes `target` against `base` (a [`base_stream`]).
+    pub fn new(from: CommitId, to: CommitId, base: &[u8], target: &NewMetadata<'_>) -> Result<Self> {
+        let mut stream = Vec::new();
         let mut record = |tag: u8, bytes: &[u8]| {
-            target.push(tag);
-            target.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-            target.extend_from_slice(bytes);
+            stream.push(tag);
+            stream.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            stream.extend_from_slice(bytes);
         };
-        for (kind, bytes) in objects {
+        for (kind, bytes) in target.objects {
             record(*kind as u8, bytes);
         }
-        for chunk in chunks {
+        for chunk in target.chunks {
             record(CHUNK, chunk);
         }
-        for index in locations {
+        for index in target.locations {
             record(LOCATIONS, &pack::encode_index(index.pack, index.pack_size, &index.entries));
         }
+        let deltas = DeltaIndex { to, entries: target.deltas.to_vec(), metadata: Vec::new() };
+        record(DELTAS, &deltas.encode());
+        let target = stream;
         // Metadata is mostly ids: the highest level finds the most of them in the base.
         let options = EncodeOptions { large_input: usize::MAX, ..EncodeOptions::default() };
         let payload = codec::encode(DeltaCodec::ZstdPatch, base, &target, &options)
@@ -115,8 +116,47 @@ impl MetadataDelta {
         let corrupt = |reason: String| StoreError::Corrupt { what: what.clone(), reason };
         let stream = codec::decode(DeltaCodec::ZstdPatch, base, &self.payload, self.target_size, &codec::no_files)
             .map_err(corrupt)?;
+        let rebuilt = RebuiltMetadata::parse(&stream, &what)?;
+        if let Some(deltas) = rebuilt.deltas.as_ref().filter(|d| d.to != self.to) {
+            return Err(corrupt(format!("its file deltas lead to {}", deltas.to)));
+        }
+        Ok(rebuilt)
+    }
+}
+
+/// What a metadata delta rebuilds.
+#[derive(Debug, Default)]
+pub struct RebuiltMetadata {
+    /// The new metadata objects: kind, id (the blake3 of the bytes) and bytes.
+    pub objects: Vec<(ObjectKind, ObjectId, Vec<u8>)>,
+    /// Chunks it carries: id (the blake3 of the bytes) and bytes.
+    pub chunks: Vec<(ObjectId, Vec<u8>)>,
+    /// Where the new chunks lie, by pack (empty in a delta made before locations were listed).
+    pub chunk_locations: Vec<PackIndex>,
+    /// The file deltas from the starting release's contents (None in a delta made before they
+    /// were listed: the release's delta index lists them).
+    pub deltas: Option<DeltaIndex>,
+}
+
+/// What a metadata delta encodes (see the module's doc).
+pub struct NewMetadata<'a> {
+    /// The new metadata objects: kind and encoding, in walk order ([`new_metadata`]).
+    pub objects: &'a [(ObjectKind, Vec<u8>)],
+    /// The bytes of the chunks it carries.
+    pub chunks: &'a [Vec<u8>],
+    /// Where the chunks lie that the starting release lacks, by pack.
+    pub locations: &'a [PackIndex],
+    /// The file deltas from the starting release's contents, sorted by (target, base).
+    pub deltas: &'a [DeltaEntry],
+}
+
+impl RebuiltMetadata {
+    /// Parses a metadata delta's target stream (`what` names the delta in errors): the object
+    /// records, then chunk and location records.
+    pub fn parse(stream: &[u8], what: &str) -> Result<RebuiltMetadata> {
+        let corrupt = |reason: String| StoreError::Corrupt { what: what.to_string(), reason };
         let mut rebuilt = RebuiltMetadata::default();
-        let mut rest = &stream[..];
+        let mut rest = stream;
         while !rest.is_empty() {
             let (Some(&tag), Some(len)) = (rest.first(), rest.get(1..5)) else {
                 return Err(corrupt(format!("a record is cut off at byte {}", stream.len() - rest.len())));
@@ -143,9 +183,18 @@ impl MetadataDelta {
                     rebuilt.chunks.push((ObjectId::of(bytes), bytes.to_vec()));
                     continue;
                 }
+                DELTAS if rebuilt.deltas.is_some() => return Err(corrupt("it lists its file deltas twice".into())),
+                DELTAS => {
+                    let deltas = DeltaIndex::decode(bytes, &format!("in {what}"))?;
+                    if !deltas.metadata.is_empty() {
+                        return Err(corrupt("its file deltas list metadata deltas".into()));
+                    }
+                    rebuilt.deltas = Some(deltas);
+                    continue;
+                }
                 _ => {}
             }
-            if !rebuilt.chunk_locations.is_empty() || !rebuilt.chunks.is_empty() {
+            if !rebuilt.chunk_locations.is_empty() || !rebuilt.chunks.is_empty() || rebuilt.deltas.is_some() {
                 return Err(corrupt("an object record follows the chunks".into()));
             }
             let kind = ObjectKind::from_u8(tag)
@@ -155,17 +204,6 @@ impl MetadataDelta {
         }
         Ok(rebuilt)
     }
-}
-
-/// What a metadata delta rebuilds.
-#[derive(Debug, Default)]
-pub struct RebuiltMetadata {
-    /// The new metadata objects: kind, id (the blake3 of the bytes) and bytes.
-    pub objects: Vec<(ObjectKind, ObjectId, Vec<u8>)>,
-    /// Chunks it carries: id (the blake3 of the bytes) and bytes.
-    pub chunks: Vec<(ObjectId, Vec<u8>)>,
-    /// Where the new chunks lie, by pack (empty in a delta made before locations were listed).
-    pub chunk_locations: Vec<PackIndex>,
 }
 
 /// A release's metadata as a metadata delta's base.
@@ -246,6 +284,7 @@ pub fn new_metadata(
 mod tests {
     use super::*;
     use crate::compress::Codec;
+    use crate::id::FileId;
     use crate::pack::IndexEntry;
 
     fn locations(kind: ObjectKind) -> Vec<PackIndex> {
@@ -268,7 +307,14 @@ mod tests {
         let objects = vec![(ObjectKind::DirTree, b"tree".to_vec()), (ObjectKind::File, b"file".to_vec())];
         let located = locations(ObjectKind::Chunk);
         let chunks = vec![b"chunk one".to_vec(), b"chunk two".to_vec()];
-        let delta = MetadataDelta::new(from, to, b"base stream", &objects, &chunks, &located).unwrap();
+        let deltas = vec![DeltaEntry {
+            target: FileId(ObjectId::of(b"file")),
+            base: FileId(ObjectId::of(b"old file")),
+            pack: ObjectId::of(b"delta pack"),
+            entry: IndexEntry { kind: ObjectKind::Delta, ..located[0].entries[0] },
+        }];
+        let target = NewMetadata { objects: &objects, chunks: &chunks, locations: &located, deltas: &deltas };
+        let delta = MetadataDelta::new(from, to, b"base stream", &target).unwrap();
         let encoded = delta.encode();
         let decoded = MetadataDelta::decode(ObjectId::of(&encoded), &encoded).unwrap();
         let rebuilt = decoded.apply(b"base stream").unwrap();
@@ -284,17 +330,25 @@ mod tests {
         assert_eq!(rebuilt.chunks, carried);
         assert_eq!(rebuilt.chunk_locations.len(), 1);
         assert_eq!(rebuilt.chunk_locations[0].entries, located[0].entries);
-        // Made before locations were listed: still valid, with none.
-        let plain = MetadataDelta::new(from, to, b"base stream", &objects, &[], &[]).unwrap();
-        let rebuilt = plain.apply(b"base stream").unwrap();
+        assert_eq!(rebuilt.deltas, Some(DeltaIndex { to, entries: deltas, metadata: Vec::new() }));
+        // Made before chunks, locations and file deltas were listed: object records only.
+        let stream = [&[ObjectKind::File as u8][..], &4u32.to_le_bytes(), b"file"].concat();
+        let older = RebuiltMetadata::parse(&stream, "an older delta").unwrap();
+        assert!(older.chunk_locations.is_empty() && older.chunks.is_empty() && older.deltas.is_none());
+        // No file delta from the release: an empty list, not none.
+        let plain = NewMetadata { objects: &objects, chunks: &[], locations: &[], deltas: &[] };
+        let rebuilt = MetadataDelta::new(from, to, b"base stream", &plain).unwrap().apply(b"base stream").unwrap();
         assert!(rebuilt.chunk_locations.is_empty() && rebuilt.chunks.is_empty());
+        assert_eq!(rebuilt.deltas.map(|d| d.entries.len()), Some(0));
     }
 
     #[test]
     fn locations_of_anything_but_chunks_are_refused() {
         let (from, to) = (CommitId(ObjectId::of(b"from")), CommitId(ObjectId::of(b"to")));
         let objects = vec![(ObjectKind::File, b"file".to_vec())];
-        let delta = MetadataDelta::new(from, to, b"", &objects, &[], &locations(ObjectKind::File)).unwrap();
+        let located = locations(ObjectKind::File);
+        let target = NewMetadata { objects: &objects, chunks: &[], locations: &located, deltas: &[] };
+        let delta = MetadataDelta::new(from, to, b"", &target).unwrap();
         let error = delta.apply(b"").unwrap_err().to_string();
         assert!(error.contains("not a chunk") && error.contains(&from.to_string()), "{error}");
     }

@@ -2,10 +2,11 @@
 //! packs of delta objects, with standard pack indexes for fsck and mirrors) and one delta index per
 //! release.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
+use crate::compress::Codec;
 use crate::delta::index::{DeltaEntry, DeltaIndex, MetadataEntry};
 use crate::delta::metadata::MetadataDelta;
 use crate::delta::object::DeltaObject;
@@ -13,7 +14,7 @@ use crate::error::{IoContext, Result, StoreError};
 use crate::id::{CommitId, ObjectId};
 use crate::layout;
 use crate::pack::{self, IndexEntry};
-use crate::summary::{SummaryDeltaIndex, SummaryPack};
+use crate::summary::{SummaryDeltaIndex, SummaryMetadataDelta, SummaryPack};
 
 /// A published delta pack.
 #[derive(Debug)]
@@ -121,8 +122,13 @@ impl PublishedDeltas {
         MetadataDelta::decode(delta.entry.id, &bytes)
     }
 
-    /// What the summary lists: the delta indexes and the delta packs.
-    pub fn summary_entries(&self) -> (Vec<SummaryDeltaIndex>, Vec<SummaryPack>) {
+    /// What the summary lists: the delta indexes, the delta packs, and the metadata deltas into
+    /// `heads` (the branches' commits: what nodes pull), each of which a node holding the release
+    /// it starts from fetches instead of the delta index.
+    pub fn summary_entries(
+        &self,
+        heads: &BTreeSet<CommitId>,
+    ) -> (Vec<SummaryDeltaIndex>, Vec<SummaryPack>, Vec<SummaryMetadataDelta>) {
         let indexes = self
             .indexes
             .values()
@@ -138,7 +144,21 @@ impl PublishedDeltas {
             .values()
             .map(|p| SummaryPack { id: p.id, index: p.index_hash, objects: p.entries.len() as u64, size: p.size })
             .collect();
-        (indexes, packs)
+        let metadata = heads
+            .iter()
+            .filter_map(|to| self.indexes.get(to))
+            .flat_map(|p| p.index.metadata.iter().map(|m| (p.index.to, m)))
+            .filter(|(_, m)| m.entry.codec == Codec::Raw && m.entry.stored_len == m.entry.raw_len)
+            .map(|(to, m)| SummaryMetadataDelta {
+                from: m.from,
+                id: m.entry.id,
+                offset: m.entry.offset,
+                pack: m.pack,
+                size: m.entry.stored_len,
+                to,
+            })
+            .collect();
+        (indexes, packs, metadata)
     }
 
     /// The directory they live in.
