@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::compress::Codec;
 use crate::delta::index::MetadataEntry;
 use crate::object::ObjectKind;
-use crate::pack::IndexEntry;
+use crate::pack::{ENTRY_HEADER_LEN, IndexEntry, PACK_HEADER_LEN, raw_limit};
 use crate::{CommitId, ObjectId, RefName, Result, StoreError};
 
 /// The summary format this osdeploy writes and reads.
@@ -146,7 +146,24 @@ impl Summary {
                 supported: SUMMARY_FORMAT_VERSION,
             });
         }
-        serde_json::from_slice(bytes).map_err(corrupt)
+        let summary: Summary = serde_json::from_slice(bytes).map_err(corrupt)?;
+        summary.check_metadata_deltas().map_err(|reason| StoreError::Corrupt { what, reason })?;
+        Ok(summary)
+    }
+
+    /// Each listed metadata delta lies inside a listed delta pack, within the size limit.
+    fn check_metadata_deltas(&self) -> std::result::Result<(), String> {
+        for m in &self.metadata_deltas {
+            if m.size > raw_limit(ObjectKind::MetadataDelta) {
+                return Err(format!("metadata delta {} is listed with {} bytes, above the limit", m.id, m.size));
+            }
+            let end = m.offset.checked_add(ENTRY_HEADER_LEN + u64::from(m.size));
+            let pack = self.delta_packs.iter().find(|p| p.id == m.pack);
+            if pack.is_none_or(|p| m.offset < PACK_HEADER_LEN || end.is_none_or(|end| end > p.size)) {
+                return Err(format!("metadata delta {} is listed outside the delta packs", m.id));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -162,7 +179,7 @@ mod tests {
                 id: ObjectId::of(b"dp"),
                 index: ObjectId::of(b"di"),
                 objects: 2,
-                size: 50,
+                size: 80,
             }],
             format_version: SUMMARY_FORMAT_VERSION,
             metadata_deltas: vec![SummaryMetadataDelta {
@@ -189,6 +206,20 @@ mod tests {
         let at = |key: &str| text.find(key).unwrap();
         assert!(at("delta_indexes") < at("delta_packs") && at("delta_packs") < at("format_version"), "{text}");
         assert!(at("format_version") < at("\"packs") && at("\"packs") < at("refs"), "{text}");
+    }
+
+    #[test]
+    fn refuses_metadata_deltas_outside_the_delta_packs_or_too_large() {
+        for (offset, size) in [(0, 30), (9, 30), (8, 1 << 30)] {
+            let mut summary = sample();
+            summary.metadata_deltas[0].offset = offset;
+            summary.metadata_deltas[0].size = size;
+            let parsed = Summary::parse(&summary.to_bytes(), "s");
+            // The sample's delta pack has 80 bytes: 8 + 42 + 30 fit, nothing more.
+            let err = parsed.unwrap_err().to_string();
+            assert!(err.contains("the summary s is corrupt") && err.contains("metadata delta"), "{err}");
+        }
+        Summary::parse(&sample().to_bytes(), "s").unwrap();
     }
 
     #[test]
