@@ -225,6 +225,42 @@ fn a_pull_rebuilds_changed_files_from_deltas_and_moves_what_its_plan_says() {
     assert_eq!(plain["deltas"], 0, "{plain}");
 }
 
+/// From a signed origin, the summary that lists the metadata delta is verified like any summary:
+/// the node pulls with deltas in 5 requests (the summary, its signature, the commit's, the
+/// metadata delta, the file deltas), and a summary whose listing was changed is refused.
+#[test]
+fn a_signed_summary_lists_the_metadata_delta_and_covers_it() {
+    let mut o = Origin::new(1);
+    let server = osdeploy_serve(&o.repo);
+    let key = o.tmp.path().join("release.key");
+    ok(osdeploy(&o.repo).args(["key", "generate"]).arg(&key));
+    ok(osdeploy(&o.repo).args(["sign", "--key"]).arg(&key));
+    let node = o.tmp.path().join("node");
+    ok(osdeploy(&node).args(["init", "--mode", "bare"]));
+    ok(osdeploy(&node).args(["remote", "add", "origin", &server.url, "--key"]).arg(key.with_extension("pub")));
+    pull(&node);
+    o.commit(2);
+    ok(osdeploy(&o.repo).args(["delta", "generate", "--to", "stable"]));
+    ok(osdeploy(&o.repo).args(["sign", "--key"]).arg(&key));
+    let summary = fs::read_to_string(o.repo.join("summary")).unwrap();
+    assert!(summary.contains("\"metadata_deltas\""), "{summary}");
+    // The release the listed metadata delta starts from changed, the signature kept: refused,
+    // the ref unchanged.
+    let listing = summary.find("\"metadata_deltas\"").unwrap();
+    let at = listing + summary[listing..].find("\"from\": \"").unwrap() + "\"from\": \"".len();
+    let mut tampered = summary.clone().into_bytes();
+    tampered[at] = if tampered[at] == b'0' { b'1' } else { b'0' };
+    fs::write(o.repo.join("summary"), &tampered).unwrap();
+    let err = fails(osdeploy(&node).args(["pull", "origin", "stable"]));
+    assert!(err.contains("not signed by a trusted key"), "{err}");
+    assert_eq!(head(&node, "origin/stable"), o.commits[0]);
+    fs::write(o.repo.join("summary"), &summary).unwrap();
+    let pulled = pull(&node);
+    assert_eq!((&pulled["files_from_deltas"], &pulled["delta_fallbacks"]), (&CHANGED.into(), &0.into()), "{pulled}");
+    assert_eq!(pulled["requests"], 5, "{pulled}");
+    checkout_equals(&node, &o.tree(2), &o.tmp.path().join("co"));
+}
+
 /// A node that lacks objects of the release it holds (here every file object, as if lost) cannot
 /// rely on the metadata delta's chunk locations alone: it loads the pack indexes and fetches
 /// what it lacks, and the tree is exact.
