@@ -38,7 +38,10 @@ scratch=$(mktemp -d)
 tests=$(cargo test -p osdeploy --test integration --no-run --message-format=json | grep '"name":"integration"' |
   sed -n 's/.*"executable":"\([^"]*\)".*/\1/p')
 [ -x "$tests" ] || { echo "test.sh: the integration tests' executable was not found" >&2; exit 1; }
-"$tests" --list | grep -q '^vm_boot::.*: test$' || { echo "test.sh: the integration tests list no VM test" >&2; exit 1; }
+# Listed into a file first: `grep -q` stops reading at its first match, and the test binary, still
+# writing, fails with a broken pipe (pipefail makes that the script's failure).
+"$tests" --list > "$scratch/tests.list"
+grep -q '^vm_boot::.*: test$' "$scratch/tests.list" || { echo "test.sh: the integration tests list no VM test" >&2; exit 1; }
 set -m
 (cd deploy-cli && exec "$tests" vm_boot::) > "$scratch/vm_boot.log" 2>&1 &
 vm_job=$!
@@ -58,6 +61,7 @@ cargo build --profile no-assertions -q -p osdeploy
 mkdir "$scratch/tree"; echo release > "$scratch/tree/file"
 target/no-assertions/osdeploy --repo "$scratch/repo" init --mode archive > /dev/null
 OSDEPLOY_CRASH_AT=commit:before-ref target/no-assertions/osdeploy --repo "$scratch/repo" commit -b main "$scratch/tree" > /dev/null
-target/no-assertions/osdeploy --repo "$scratch/repo" refs | grep -q ' main$' ||
+target/no-assertions/osdeploy --repo "$scratch/repo" refs > "$scratch/refs"
+grep -q ' main$' "$scratch/refs" ||
   { echo "test.sh: a build without debug assertions obeyed OSDEPLOY_CRASH_AT" >&2; exit 1; }
 echo "test.sh: all checks passed"
