@@ -120,7 +120,7 @@ pub fn generate(
     let mut stats = GenerateStats { to, from: from.to_vec(), ..Default::default() };
     let from: Vec<CommitId> = from.iter().copied().filter(|f| *f != to).collect();
     let new_files = tree_files(repo, &to)?;
-    let jobs = pair_contents(repo, archive, &from, &new_files, &mut stats)?;
+    let (jobs, held_chunks) = pair_contents(repo, archive, &from, &new_files, &mut stats)?;
     let encoder = PairEncoder { archive, release: ReleaseFiles::new(repo, &new_files), options };
     // Deltas an earlier run listed for this release stay listed.
     let mut listed = previous.map(|p| p.entries.clone()).unwrap_or_default();
@@ -142,7 +142,9 @@ pub fn generate(
     let mut metadata = previous.map(|p| p.metadata.clone()).unwrap_or_default();
     let mut new_metadata = Vec::new();
     for old in &from {
-        let Some(delta) = encode_metadata(repo, archive, old, to, &listed, &mut stats)? else { continue };
+        let Some(delta) = encode_metadata(repo, archive, old, to, &held_chunks[old], &listed, &mut stats)? else {
+            continue;
+        };
         if metadata.iter().any(|m| m.from == *old && m.entry.id == delta.id) {
             continue;
         }
@@ -170,21 +172,25 @@ pub fn generate(
     Ok(stats)
 }
 
+/// The chunks each earlier release holds.
+type HeldChunks = HashMap<CommitId, HashSet<ChunkId>>;
+
 /// The (old content → new content) pairs of `to` against each release in `from`, each with the
-/// most its new content costs as chunks.
+/// most its new content costs as chunks; and the chunks each release in `from` holds.
 fn pair_contents(
     repo: &Repo,
     archive: &ArchiveStore,
     from: &[CommitId],
     new_files: &[TreeFile],
     stats: &mut GenerateStats,
-) -> Result<Vec<Job>> {
+) -> Result<(Vec<Job>, HeldChunks)> {
     let mut jobs: BTreeMap<(FileId, FileId), Job> = BTreeMap::new();
+    let mut held_chunks = HashMap::new();
     for old in from {
         let old_files = tree_files(repo, old)?;
-        let old_chunks = chunks_of(repo, &old_files)?;
+        let old_chunks: &HashSet<ChunkId> = held_chunks.entry(*old).or_insert(chunks_of(repo, &old_files)?);
         for pairing in pair(&old_files, new_files) {
-            let cost = chunk_cost(repo, archive, &pairing.target, &old_chunks)?;
+            let cost = chunk_cost(repo, archive, &pairing.target, old_chunks)?;
             match jobs.entry((pairing.target, pairing.base)) {
                 std::collections::btree_map::Entry::Occupied(mut job) => {
                     job.get_mut().chunk_cost = job.get().chunk_cost.max(cost);
@@ -203,7 +209,7 @@ fn pair_contents(
         }
     }
     stats.pairs = jobs.len() as u64;
-    Ok(jobs.into_values().collect())
+    Ok((jobs.into_values().collect(), held_chunks))
 }
 
 /// Encodes the pairs on all cores (reusing published deltas), and returns the new deltas smaller
@@ -258,13 +264,14 @@ fn encode_files(
 }
 
 /// The metadata delta from `old` to `to`, when smaller than the metadata objects, pack index
-/// entries and chunk reads it replaces. `listed` are the file deltas leading to `to`, sorted by
-/// (target, base): it lists those from `old`'s contents.
+/// entries and chunk reads it replaces. `held_chunks` are the chunks `old` holds; `listed` are the
+/// file deltas leading to `to`, sorted by (target, base): it lists those from `old`'s contents.
 fn encode_metadata(
     repo: &Repo,
     archive: &ArchiveStore,
     old: &CommitId,
     to: CommitId,
+    held_chunks: &HashSet<ChunkId>,
     listed: &[DeltaEntry],
     stats: &mut GenerateStats,
 ) -> Result<Option<NewDelta>> {
@@ -277,10 +284,6 @@ fn encode_metadata(
         let (_, entry) = archive.locate(*kind, &id).ok_or(StoreError::ObjectMissing { kind: *kind, id })?;
         replaced += entry.span() + INDEX_ENTRY_LEN as u64;
     }
-    let mut held_chunks = HashSet::new();
-    for (id, _) in base.objects.iter().filter(|(_, kind)| *kind == ObjectKind::File) {
-        held_chunks.extend(FileObject::decode(*id, &repo.read(ObjectKind::File, id)?)?.chunks.into_iter().map(|c| c.0));
-    }
     let new_files = objects
         .iter()
         .filter(|(kind, _)| *kind == ObjectKind::File)
@@ -289,7 +292,7 @@ fn encode_metadata(
             Ok((FileId(id), FileObject::decode(id, bytes)?))
         })
         .collect::<Result<Vec<_>>>()?;
-    let locations = new_chunk_locations(archive, &held_chunks, &new_files)?;
+    let locations = new_chunk_locations(archive, held_chunks, &new_files)?;
     replaced += locations.iter().map(|index| (index.entries.len() * INDEX_ENTRY_LEN) as u64).sum::<u64>();
     let deltas: Vec<DeltaEntry> =
         listed.iter().filter(|d| base.objects.contains(&(d.base.0, ObjectKind::File))).copied().collect();
@@ -297,7 +300,7 @@ fn encode_metadata(
     // Listed here, they spare a node holding `old` the release's delta index.
     replaced += DeltaIndex { to, entries: deltas.clone(), metadata: Vec::new() }.encode().len() as u64;
     let mut chunks = Vec::new();
-    for chunk in inline_chunks(&held_chunks, &new_files, &with_delta) {
+    for chunk in inline_chunks(held_chunks, &new_files, &with_delta) {
         let (_, entry) = archive
             .locate(ObjectKind::Chunk, &chunk.0)
             .ok_or(StoreError::ObjectMissing { kind: ObjectKind::Chunk, id: chunk.0 })?;

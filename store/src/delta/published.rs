@@ -108,18 +108,19 @@ impl PublishedDeltas {
 
     /// Reads and verifies a delta object.
     pub fn read(&self, delta: &DeltaEntry) -> Result<DeltaObject> {
-        let path = self.dir.join(layout::pack_name(&delta.pack));
-        let file = File::open(&path).at(&path)?;
-        let bytes = pack::read_entry(&file, &delta.entry, &path)?;
-        DeltaObject::decode(delta.entry.id, &bytes)
+        DeltaObject::decode(delta.entry.id, &self.read_entry(&delta.pack, &delta.entry)?)
     }
 
     /// Reads and verifies a metadata delta.
     pub fn read_metadata(&self, delta: &MetadataEntry) -> Result<MetadataDelta> {
-        let path = self.dir.join(layout::pack_name(&delta.pack));
+        MetadataDelta::decode(delta.entry.id, &self.read_entry(&delta.pack, &delta.entry)?)
+    }
+
+    /// The bytes of the object `entry` in delta pack `pack`.
+    fn read_entry(&self, pack: &ObjectId, entry: &IndexEntry) -> Result<Vec<u8>> {
+        let path = self.dir.join(layout::pack_name(pack));
         let file = File::open(&path).at(&path)?;
-        let bytes = pack::read_entry(&file, &delta.entry, &path)?;
-        MetadataDelta::decode(delta.entry.id, &bytes)
+        pack::read_entry(&file, entry, &path)
     }
 
     /// What the summary lists: the delta indexes, the delta packs, and the metadata deltas into
