@@ -13,20 +13,34 @@ use std::process::{Command, Stdio};
 
 use crate::support::*;
 
-/// A mount made by `osdeploy mount`; lazily unmounted on drop, also when the test fails.
+/// A mount made by `osdeploy mount`; lazily unmounted on drop, also when the test fails, and then
+/// with the serving process's log printed.
 struct Mount {
     point: UnmountOnDrop,
     /// The process serving it, as `mount` reported it.
     pid: u32,
+    /// Its `--log-file`, beside the mount point.
+    log: PathBuf,
 }
 
 impl Mount {
     fn new(repo: &Path, commit: &str, point: &Path) -> Mount {
-        let out = ok(osdeploy(repo).args(["mount", commit]).arg(point));
-        let mount = Mount { point: UnmountOnDrop(point.to_owned()), pid: served_by(&out) };
+        let log = point.with_extension("log");
+        let out = ok(osdeploy(repo).args(["mount", commit]).arg(point).arg("--log-file").arg(&log));
+        let mount = Mount { point: UnmountOnDrop(point.to_owned()), pid: served_by(&out), log };
         assert!(out.starts_with("mounted commit "), "{out}");
         assert!(is_mount_point(point), "{out}");
         mount
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let alive = Path::new(&format!("/proc/{}", self.pid)).exists();
+            let log = fs::read_to_string(&self.log).unwrap_or_else(|e| format!("({e})"));
+            eprintln!("the mount process {} (alive: {alive}) logged:\n{log}", self.pid);
+        }
     }
 }
 
@@ -183,7 +197,7 @@ fn a_corrupt_chunk_gives_eio_never_wrong_bytes() {
     let tmp = tempfile::tempdir().unwrap();
     let (tree, repo, point) = payload_repo(tmp.path(), "archive", 4 << 20);
     // Mounted first: the metadata is read at mount time, the content only when read.
-    let _mount = Mount::new(&repo, "main", &point);
+    let mount = Mount::new(&repo, "main", &point);
     // The largest pack holds the chunks (metadata has packs of its own).
     let pack = packs(&repo).into_iter().max_by_key(|p| fs::metadata(p).unwrap().len()).expect("a pack");
     let middle = fs::metadata(&pack).unwrap().len() / 2;
@@ -197,6 +211,10 @@ fn a_corrupt_chunk_gives_eio_never_wrong_bytes() {
     assert_eq!(error.raw_os_error(), Some(rustix::io::Errno::IO.raw_os_error()), "{error}");
     let expected = fs::read(tree.join("payload")).unwrap();
     assert!(expected.starts_with(&seen), "what was read before the error is the file's own bytes");
+    // The background process says why in its --log-file.
+    let logged = fs::read_to_string(&mount.log).unwrap();
+    assert!(logged.contains("chunk object ") && logged.contains(" is corrupt"), "{logged}");
+    assert!(!logged.contains("Not Implemented"), "only what matters is logged: {logged}");
 }
 
 #[test]
@@ -445,12 +463,15 @@ fn a_remote_mount_fetches_only_what_is_read_verified_and_cached() {
     fs::create_dir(&point).unwrap();
     let cache = tmp.path().join("cache");
     let mount_remote = || {
+        let log = point.with_extension("log");
         let out = ok(osdeploy(&local)
             .args(["mount", "--remote", "origin", "--timeout", "2", "--cache"])
             .arg(&cache)
             .arg("main")
-            .arg(&point));
-        Mount { point: UnmountOnDrop(point.clone()), pid: served_by(&out) }
+            .arg(&point)
+            .arg("--log-file")
+            .arg(&log));
+        Mount { point: UnmountOnDrop(point.clone()), pid: served_by(&out), log }
     };
 
     // What a mount killed in the middle of a fetch leaves (its process has ended: no process has

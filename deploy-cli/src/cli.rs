@@ -414,6 +414,10 @@ pub enum Command {
         /// How a remote mount uses the network.
         #[command(flatten)]
         http: HttpArgs,
+        /// Where the background process appends its warnings and errors, and why it ended if it ended
+        /// before the unmount [default: discarded].
+        #[arg(long, value_name = "FILE", conflicts_with = "foreground")]
+        log_file: Option<PathBuf>,
         /// The background process `mount` starts.
         #[arg(long, hide = true)]
         daemon: bool,
@@ -512,9 +516,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Status { json } => deploy_cmds::status(&sysroot, json),
         Command::Agent { machine_id } => fleet_cmds::agent(sysroot, config_dir, machine_id),
         Command::Rollout { action } => fleet_cmds::rollout(action, &repo, &config_dir),
-        Command::Mount { commit, mountpoint, foreground, remote, cache, cache_size, http, daemon } => {
+        Command::Mount { commit, mountpoint, foreground, remote, cache, cache_size, http, log_file, daemon } => {
             let mode = match (daemon, foreground) {
-                (true, _) => MountMode::Daemon,
+                (true, _) => MountMode::Daemon { log_file },
                 (false, true) => MountMode::Foreground,
                 (false, false) => MountMode::Background,
             };

@@ -3,23 +3,24 @@
 //! By default `mount` starts a copy of itself with `--daemon`, which mounts, says so on its first
 //! line of output and serves the filesystem from its own session; the first process waits for that
 //! line (or for the copy's error) and returns. `--foreground` serves from the process itself.
+//! The copy's later output goes to `--log-file` (or nowhere): nobody reads its pipes any more.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
 use osdeploy_fuse::{MountOptions, Mounted};
 
 /// How `mount` runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MountMode {
     /// Start a background copy, wait until it has mounted, return.
     Background,
     /// Serve from this process until unmounted or signalled.
     Foreground,
-    /// The background copy itself.
-    Daemon,
+    /// The background copy itself, writing what it logs after mounting to `log_file`.
+    Daemon { log_file: Option<PathBuf> },
 }
 
 /// `mount`.
@@ -27,18 +28,31 @@ pub fn mount(repo: &Path, commit: &str, mountpoint: &Path, options: &MountOption
     if mode == MountMode::Background {
         return start_daemon(mountpoint);
     }
-    if mode == MountMode::Daemon {
-        // Its own session: the terminal's hangup and Ctrl-C do not reach it.
-        let _ = rustix::process::setsid();
-    }
+    let log = match &mode {
+        MountMode::Daemon { log_file } => {
+            // Its own session: the terminal's hangup and Ctrl-C do not reach it.
+            let _ = rustix::process::setsid();
+            // Opened before mounting, so that a log that cannot be written is the mount's error.
+            let log = match log_file {
+                Some(path) => std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .with_context(|| format!("opening the log file {}", path.display()))?,
+                None => std::fs::OpenOptions::new().write(true).open("/dev/null")?,
+            };
+            Some(log)
+        }
+        _ => None,
+    };
     let mounted = osdeploy_fuse::mount(repo, commit, mountpoint, options)?;
     println!("mounted commit {} at {} ({} inodes)", mounted.commit, mountpoint.display(), mounted.inodes);
     std::io::stdout().flush()?;
-    if mode == MountMode::Daemon {
-        // Nobody reads our output from now on.
+    if let Some(log) = log {
+        // Nobody reads our pipes from now on.
         let null = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
         rustix::stdio::dup2_stdout(&null)?;
-        rustix::stdio::dup2_stderr(&null)?;
+        rustix::stdio::dup2_stderr(&log)?;
     }
     serve_until_unmounted(mounted)
 }

@@ -186,6 +186,12 @@ impl Filesystem for CommitFs {
         reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
     }
 
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        // Nothing is ever written: the kernel sends no more flushes after this answer (fuser's
+        // default gives the same answer, with a warning in the log at every mount).
+        reply.error(Errno::ENOSYS);
+    }
+
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         if self.opens_directories_alone {
             return reply.error(Errno::ENOSYS);

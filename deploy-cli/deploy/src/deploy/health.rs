@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use rustix::process::{WaitId, WaitIdOptions, waitid};
 use serde::Serialize;
 
 use super::{DeployError, IoContext, Result};
@@ -84,24 +85,26 @@ fn run_one(path: &Path, timeout: Duration, env: &[(&str, String)]) -> Result<Che
         .spawn()
         .map_err(|error| DeployError::HealthCheck { path: path.to_owned(), error })?;
     let group = rustix::process::Pid::from_child(&child);
-    let status = loop {
-        if let Some(status) = child.try_wait().map_err(|error| DeployError::HealthCheck { path: path.into(), error })? {
-            break Some(status);
+    let health_error = |error: std::io::Error| DeployError::HealthCheck { path: path.to_owned(), error };
+    // The check is seen to end without being reaped: until it is, its id names its group alone.
+    let ended = WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT;
+    let finished = loop {
+        if waitid(WaitId::Pid(group), ended).map_err(|e| health_error(e.into()))?.is_some() {
+            break true;
         }
         if started.elapsed() >= timeout {
-            break None;
+            break false;
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    // Whatever the check left running in its group goes too (a timed-out check entirely).
+    // Whatever the check left running in its group goes too (a timed-out check entirely); then the
+    // check is reaped.
     let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
-    let outcome = match status {
-        None => {
-            let _ = child.wait();
-            Outcome::TimedOut
-        }
-        Some(status) if status.success() => Outcome::Passed,
-        Some(status) => Outcome::Failed(status.to_string()),
+    let status = child.wait().map_err(health_error)?;
+    let outcome = match finished {
+        false => Outcome::TimedOut,
+        true if status.success() => Outcome::Passed,
+        true => Outcome::Failed(status.to_string()),
     };
     let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
     Ok(CheckResult { name, outcome, seconds: started.elapsed().as_secs_f64() })
