@@ -20,6 +20,7 @@ use std::io::{self, Read};
 
 use zstd::zstd_safe::{self, CParameter};
 
+use super::deflate_segments::SEGMENT_PLAIN;
 use super::gzip;
 use crate::id::FileId;
 
@@ -85,11 +86,20 @@ pub struct EncodeOptions {
     /// bsdiff is tried only when old and new are each at most this many bytes: it holds a suffix
     /// array of the old content, about 5 times its size in memory.
     pub bsdiff_max_input: usize,
+    /// A gzip file's deflate stream is rebuilt in segments of about this much plain text, in
+    /// parallel, when it holds at least two ([`super::deflate_segments`]).
+    pub deflate_segment: u64,
 }
 
 impl Default for EncodeOptions {
     fn default() -> Self {
-        EncodeOptions { zstd_level: 19, large_input: 1 << 20, large_level: 12, bsdiff_max_input: 64 << 20 }
+        EncodeOptions {
+            zstd_level: 19,
+            large_input: 1 << 20,
+            large_level: 12,
+            bsdiff_max_input: 64 << 20,
+            deflate_segment: SEGMENT_PLAIN,
+        }
     }
 }
 

@@ -11,7 +11,10 @@
 //! initramfs), those members are named instead of diffed ([`super::tree_refs`]); such a delta is
 //! [`DeltaCodec::GzipTree`], applied once the node holds the release's other files.
 //!
-//! Payload: a flags byte (bit 0: the base was inflated, else used as it is), the inflated sizes of
+//! A long stream is rebuilt in segments, on every core ([`super::deflate_segments`]).
+//!
+//! Payload: a flags byte (bit 0: the base was inflated, else used as it is; bit 1: the corrections
+//! are a segment table), the inflated sizes of
 //! the target and the base (u64 each), then three u32-length-prefixed byte strings — the gzip
 //! header, what follows the deflate stream (the CRC-32 and size trailer), preflate's corrections —
 //! then, for [`DeltaCodec::GzipTree`] only, a u32 count and that many references, and last the
@@ -28,6 +31,8 @@ use preflate_rs::{PreflateConfig, PreflateStreamChunkResult, preflate_whole_defl
 
 use crate::delta::codec::{self, DeltaCodec, EncodeOptions, FileReader, ReleaseLookup};
 use crate::delta::deflate::{self, Corrections};
+use crate::delta::deflate_blocks;
+use crate::delta::deflate_segments;
 use crate::delta::tree_refs::{self, REF_LEN, TreeRef};
 use crate::id::FileId;
 
@@ -48,6 +53,9 @@ const MAX_TRAILER: usize = 4096;
 
 /// Flag: the base was inflated before the inner codec used it.
 const BASE_INFLATED: u8 = 1;
+
+/// Flag: the corrections are a table of segments rebuilt apart.
+const SEGMENTED: u8 = 2;
 
 /// Length of the gzip header at the start of `content`, if it is one (RFC 1952: deflate method,
 /// no reserved flags, optional extra field, name, comment and header CRC).
@@ -76,8 +84,13 @@ fn header_len(content: &[u8]) -> Option<usize> {
 /// Inflates the gzip file `content` (its first member), refusing more than `limit` bytes of output.
 fn inflate(content: &[u8], limit: u64) -> Result<Vec<u8>, String> {
     let header = header_len(content).ok_or("not a gzip file")?;
+    inflate_stream(&content[header..], limit)
+}
+
+/// Inflates the deflate stream at the front of `stream`, refusing more than `limit` bytes of output.
+fn inflate_stream(stream: &[u8], limit: u64) -> Result<Vec<u8>, String> {
     let mut plain = Vec::new();
-    flate2::read::DeflateDecoder::new(&content[header..])
+    flate2::read::DeflateDecoder::new(stream)
         .take(limit.saturating_add(1))
         .read_to_end(&mut plain)
         .map_err(|e| format!("inflating: {e}"))?;
@@ -107,24 +120,19 @@ pub fn encode(
     release: Option<&ReleaseLookup<'_>>,
 ) -> io::Result<Option<Encoded>> {
     let Some(header) = header_len(new) else { return Ok(None) };
-    let config =
-        PreflateConfig { plain_text_limit: MAX_INFLATED as usize, verify_compression: false, ..Default::default() };
-    let Ok(Ok((analysis, plain))) = std::panic::catch_unwind(|| preflate_whole_deflate_stream(&new[header..], &config))
-    else {
-        return Ok(None);
-    };
-    // The parsed blocks (hundreds of MB for a large image) are not needed past the analysis.
-    let PreflateStreamChunkResult { corrections, compressed_size, blocks, .. } = analysis;
-    drop(blocks);
-    let trailer = &new[header + compressed_size..];
+    let Some(analysis) = analyse(&new[header..], options.deflate_segment) else { return Ok(None) };
+    let trailer = &new[header + analysis.stream_len..];
     if trailer.len() > MAX_TRAILER {
         return Ok(None);
     }
-    let plain = plain.text();
+    let plain = &analysis.plain[..];
     let refs = release.map(|release| tree_refs::find(plain, release)).unwrap_or_default();
     let literals = if refs.is_empty() { None } else { Some(tree_refs::literals(plain, &refs)) };
     let base = inflate(old, MAX_INFLATED).ok();
-    let flags = if base.is_some() { BASE_INFLATED } else { 0 };
+    let flags = [(base.is_some(), BASE_INFLATED), (analysis.segmented, SEGMENTED)]
+        .into_iter()
+        .filter_map(|(set, flag)| set.then_some(flag))
+        .fold(0, |flags, flag| flags | flag);
     let base_size = base.as_ref().map_or(0, |b| b.len());
     let (inner, inner_payload) =
         codec::encode_best_plain(base.as_deref().unwrap_or(old), literals.as_deref().unwrap_or(plain), options)?;
@@ -132,7 +140,7 @@ pub fn encode(
     let mut payload = vec![flags];
     payload.extend_from_slice(&(plain.len() as u64).to_le_bytes());
     payload.extend_from_slice(&(base_size as u64).to_le_bytes());
-    for part in [&new[..header], trailer, &corrections] {
+    for part in [&new[..header], trailer, &analysis.corrections] {
         payload.extend_from_slice(&(part.len() as u32).to_le_bytes());
         payload.extend_from_slice(part);
     }
@@ -150,6 +158,41 @@ pub fn encode(
     let exact = rebuild(codec, old, base.as_deref(), &payload, new.len() as u64, &files, Corrections::Own)
         .is_ok_and(|rebuilt| rebuilt == new);
     Ok(exact.then_some(Encoded { codec, payload }))
+}
+
+/// What preflate needs to deflate a stream's plain text again exactly.
+struct Analysis {
+    /// The plain text.
+    plain: Vec<u8>,
+    /// The stream's length in bytes.
+    stream_len: usize,
+    /// preflate's corrections, or a segment table when `segmented`.
+    corrections: Vec<u8>,
+    segmented: bool,
+}
+
+/// Analyses the deflate stream at the front of `stream`: in segments of about `segment` bytes of
+/// plain text when its gzip trailer announces at least two and it splits, else whole. `None` when
+/// preflate cannot rebuild it.
+fn analyse(stream: &[u8], segment: u64) -> Option<Analysis> {
+    let announced = stream.last_chunk::<4>().map_or(0, |size| u32::from_le_bytes(*size));
+    if u64::from(announced) >= segment.saturating_mul(2)
+        && let Ok(blocks) = deflate_blocks::scan(stream, MAX_INFLATED)
+        && let Ok(plain) = inflate_stream(stream, blocks.plain_len)
+        && let Some(table) = deflate_segments::analyse(stream, &blocks, &plain, segment)
+    {
+        let stream_len = blocks.end_bit.div_ceil(8) as usize;
+        return Some(Analysis { plain, stream_len, corrections: table, segmented: true });
+    }
+    let config =
+        PreflateConfig { plain_text_limit: MAX_INFLATED as usize, verify_compression: false, ..Default::default() };
+    let Ok(Ok((analysis, plain))) = std::panic::catch_unwind(|| preflate_whole_deflate_stream(stream, &config)) else {
+        return None;
+    };
+    // The parsed blocks (hundreds of MB for a large image) are not needed past the analysis.
+    let PreflateStreamChunkResult { corrections, compressed_size, blocks, .. } = analysis;
+    drop(blocks);
+    Some(Analysis { plain: plain.text().to_vec(), stream_len: compressed_size, corrections, segmented: false })
 }
 
 /// Splits `len` bytes off the front of `rest`.
@@ -193,7 +236,7 @@ fn rebuild(
 ) -> Result<Vec<u8>, String> {
     let mut rest = payload;
     let flags = take(&mut rest, 1, "flags")?[0];
-    if flags & !BASE_INFLATED != 0 {
+    if flags & !(BASE_INFLATED | SEGMENTED) != 0 {
         return Err(format!("gzip delta has unknown flags {flags:#x}"));
     }
     let plain_size = take_u64(&mut rest, "plain size")?;
@@ -240,7 +283,11 @@ fn rebuild(
     let literals = codec::decode(inner, base, rest, literal_size, &codec::no_files)?;
     drop(inflated);
     let plain = if refs.is_empty() { literals } else { tree_refs::splice(&literals, &refs, plain_size, files)? };
-    let deflated = deflate::recreate(&plain, corrections, target_size - framing, source)?;
+    let deflated = if flags & SEGMENTED != 0 {
+        deflate_segments::rebuild(&plain, corrections, target_size - framing, source)?
+    } else {
+        deflate::recreate(&plain, corrections, target_size - framing, source)?
+    };
     Ok([header, &deflated, trailer].concat())
 }
 
@@ -290,6 +337,24 @@ mod tests {
         let payload = encode(&old_plain, &new, &EncodeOptions::default(), None).unwrap().unwrap().payload;
         assert_eq!(payload[0], 0);
         assert_eq!(decode(DeltaCodec::Gzip, &old_plain, &payload, new.len() as u64, &no_files).unwrap(), new);
+    }
+
+    #[test]
+    fn a_long_stream_is_rebuilt_in_segments() {
+        let old_plain = changelog(20_000);
+        let new_plain = [&b"pkg (20000.0-1) unstable; urgency=high\n\n  * Security fix.\n\n"[..], &old_plain].concat();
+        let (old, new) = (gzip(&old_plain, 6), gzip(&new_plain, 6));
+        let segmented = EncodeOptions { deflate_segment: 200_000, ..EncodeOptions::default() };
+        let payload = encode(&old, &new, &segmented, None).unwrap().expect("a gzip delta").payload;
+        assert_eq!(payload[0], BASE_INFLATED | SEGMENTED, "{} bytes of plain text in segments", new_plain.len());
+        assert_eq!(decode(DeltaCodec::Gzip, &old, &payload, new.len() as u64, &no_files).unwrap(), new);
+        let whole = encode(&old, &new, &EncodeOptions::default(), None).unwrap().unwrap().payload;
+        assert_eq!(whole[0], BASE_INFLATED, "short of two segments: whole");
+        // A node that does not know the flag refuses the delta (and fetches chunks).
+        let mut unknown = payload.clone();
+        unknown[0] |= 4;
+        let err = decode(DeltaCodec::Gzip, &old, &unknown, new.len() as u64, &no_files).unwrap_err();
+        assert!(err.contains("unknown flags"), "{err}");
     }
 
     #[test]

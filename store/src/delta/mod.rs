@@ -3,6 +3,8 @@
 
 pub mod codec;
 pub mod deflate;
+pub mod deflate_blocks;
+pub mod deflate_segments;
 pub mod generate;
 pub mod gzip;
 pub mod index;
