@@ -27,6 +27,7 @@ use crate::index::{CacheWrites, PackEntries, RemoteIndex, download};
 use crate::plan::{Cost, FileSource, ObjectLocations, PackRead, PullPlan, Survey, WholeFile};
 use crate::remote::index_cache;
 use crate::staging::Staging;
+use crate::summary;
 use crate::survey::Holdings;
 
 /// Whether a pull or plan may use deltas.
@@ -183,6 +184,70 @@ pub async fn prefetch_metadata(
     }
     staged.settle(|_, _| true)?;
     Ok(PrefetchedMetadata { read, objects, chunk_locations, deltas: rebuilt.deltas.map(|d| d.entries) })
+}
+
+/// The deltas a pull may use: the file deltas into the wanted release (with the download of its
+/// delta index, when that was needed), and the metadata delta applied before the walk.
+#[derive(Default)]
+pub struct DeltaSources {
+    /// The file deltas, and the download of the delta index that listed them.
+    pub catalog: Option<(DeltaCatalog, Option<WholeFile>)>,
+    /// The metadata delta, fetched and applied.
+    pub metadata_delta: Option<PrefetchedMetadata>,
+}
+
+/// Finds the deltas into `commit` that start from releases `held` says the node holds: the
+/// metadata delta the `offered` summary lists, which says where the chunks lie and which file
+/// deltas there are (then neither a pack index nor the delta index is fetched); else the release's
+/// delta index and the metadata delta it lists. `read_base` reads the held releases' objects; the
+/// delta index is read from and written to a repository's index `cache` as it allows. A metadata
+/// delta that does not apply is a warning (the walk then fetches metadata as objects), and is
+/// tried once. A pull and `delta --remote` both find their deltas so.
+pub async fn delta_sources(
+    client: &Client,
+    offered: &Summary,
+    commit: CommitId,
+    staged: &mut Staging,
+    held: impl Fn(&CommitId) -> Result<bool, StoreError>,
+    read_base: impl Fn(ObjectKind, &ObjectId) -> Result<Vec<u8>, StoreError>,
+    cache: Option<(&Repo, CacheWrites)>,
+) -> Result<DeltaSources, TransportError> {
+    let packs = summary::pack_sizes(offered);
+    let unusable =
+        |e: TransportError| tracing::warn!("the metadata delta is unusable, metadata is fetched as objects: {e}");
+    let mut sources = DeltaSources::default();
+    let mut tried = None;
+    if let Some(listed) = offered.metadata_delta(&commit, &held)? {
+        let entry = listed.entry();
+        tried = Some(entry.entry.id);
+        let alone = RemoteIndex { packs: DeltaCatalog::of_metadata_delta(commit, entry, Vec::new()).pack_entries() };
+        match prefetch_metadata(client, &alone, staged, &entry, &packs, &read_base).await {
+            Ok(mut prefetched) => {
+                if let Some(files) = prefetched.deltas.take() {
+                    sources.catalog = Some((DeltaCatalog::of_metadata_delta(commit, entry, files), None));
+                }
+                sources.metadata_delta = Some(prefetched);
+            }
+            Err(e) => unusable(e),
+        }
+    }
+    if sources.catalog.is_none() {
+        let (repo, writes) = cache.unzip();
+        let writes = writes.unwrap_or(CacheWrites::Forbidden);
+        sources.catalog = remote_catalog(client, offered, &commit, repo, writes).await?;
+    }
+    if sources.metadata_delta.is_none()
+        && let Some((catalog, _)) = &sources.catalog
+        && let Some(entry) = catalog.metadata_from(&held)?
+        && tried != Some(entry.entry.id)
+    {
+        let delta_packs = RemoteIndex { packs: catalog.pack_entries() };
+        match prefetch_metadata(client, &delta_packs, staged, entry, &packs, &read_base).await {
+            Ok(prefetched) => sources.metadata_delta = Some(prefetched),
+            Err(e) => unusable(e),
+        }
+    }
+    Ok(sources)
 }
 
 /// The delta index of release `to` from a local archive repository, if it has one.

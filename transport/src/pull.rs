@@ -20,14 +20,13 @@ use std::collections::HashSet;
 use osdeploy_store::fsutil::{crash_point, unique_tmp_name};
 use osdeploy_store::history::is_ancestor;
 use osdeploy_store::object::ObjectKind;
-use osdeploy_store::summary::Summary;
 use osdeploy_store::write::ObjectWriter;
 use osdeploy_store::{CommitId, ObjectId, RefName, Repo, StoreError};
 use serde::Serialize;
 
 use crate::assemble::Assembler;
 use crate::client::{Client, HttpOptions, Progress};
-use crate::deltas::{self, DeltaCatalog, DeltaUse, PrefetchedMetadata};
+use crate::deltas::{self, DeltaSources, DeltaUse};
 use crate::error::TransportError;
 use crate::fetch::fetch;
 use crate::index::{CacheWrites, RemoteIndex};
@@ -202,7 +201,10 @@ async fn make_plan(
     // Deltas start from contents the node holds: a node without any release uses none.
     let DeltaSources { catalog, metadata_delta } =
         if options.deltas == DeltaUse::WhereCheaper && !repo.commit_ids()?.is_empty() {
-            delta_sources(repo, client, &fetched.summary, commit, staged, writes).await?
+            let held = |from: &CommitId| repo.has(ObjectKind::Commit, &from.0);
+            let read_base = |kind, id: &ObjectId| repo.read(kind, id);
+            let cache = (repo, writes);
+            deltas::delta_sources(client, &fetched.summary, commit, staged, held, read_base, Some(cache)).await?
         } else {
             DeltaSources::default()
         };
@@ -266,64 +268,6 @@ async fn make_plan(
     let plan = deltas::choose_and_plan(surveyed, without_deltas, catalog, repo, staged_delta, &index, build)?;
     drop(snapshot);
     Ok(Surveyed { plan, index, local_ref })
-}
-
-/// The deltas a pull may use: the file deltas into the wanted release (with the download of its
-/// delta index, when that was needed), and the metadata delta applied before the walk.
-#[derive(Default)]
-struct DeltaSources {
-    catalog: Option<(DeltaCatalog, Option<WholeFile>)>,
-    metadata_delta: Option<PrefetchedMetadata>,
-}
-
-/// Finds the deltas into `commit` that start from releases the node holds: the metadata delta the
-/// offered summary lists, which says where the chunks lie and which file deltas there are (then
-/// neither a pack index nor the delta index is fetched); else the release's delta index and the
-/// metadata delta it lists. A metadata delta that does not apply is a warning, and is tried once.
-async fn delta_sources(
-    repo: &Repo,
-    client: &Client,
-    offered: &Summary,
-    commit: CommitId,
-    staged: &mut Staging,
-    writes: CacheWrites,
-) -> Result<DeltaSources, TransportError> {
-    let held_release = |from: &CommitId| repo.has(ObjectKind::Commit, &from.0);
-    let read_base = |kind, id: &ObjectId| repo.read(kind, id);
-    let packs = summary::pack_sizes(offered);
-    let unusable =
-        |e: TransportError| tracing::warn!("the metadata delta is unusable, metadata is fetched as objects: {e}");
-    let mut sources = DeltaSources::default();
-    let mut tried = None;
-    if let Some(listed) = offered.metadata_delta(&commit, held_release)? {
-        let entry = listed.entry();
-        tried = Some(entry.entry.id);
-        let alone = RemoteIndex { packs: DeltaCatalog::of_metadata_delta(commit, entry, Vec::new()).pack_entries() };
-        match deltas::prefetch_metadata(client, &alone, staged, &entry, &packs, read_base).await {
-            Ok(mut prefetched) => {
-                if let Some(files) = prefetched.deltas.take() {
-                    sources.catalog = Some((DeltaCatalog::of_metadata_delta(commit, entry, files), None));
-                }
-                sources.metadata_delta = Some(prefetched);
-            }
-            Err(e) => unusable(e),
-        }
-    }
-    if sources.catalog.is_none() {
-        sources.catalog = deltas::remote_catalog(client, offered, &commit, Some(repo), writes).await?;
-    }
-    if sources.metadata_delta.is_none()
-        && let Some((catalog, _)) = &sources.catalog
-        && let Some(entry) = catalog.metadata_from(held_release)?
-        && tried != Some(entry.entry.id)
-    {
-        let delta_packs = RemoteIndex { packs: catalog.pack_entries() };
-        match deltas::prefetch_metadata(client, &delta_packs, staged, entry, &packs, read_base).await {
-            Ok(prefetched) => sources.metadata_delta = Some(prefetched),
-            Err(e) => unusable(e),
-        }
-    }
-    Ok(sources)
 }
 
 /// Executes a surveyed plan: fetches its delta reads and rebuilds files from them, then fetches

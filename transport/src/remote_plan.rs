@@ -16,9 +16,9 @@ use osdeploy_store::{CommitId, ObjectId};
 use serde::Serialize;
 
 use crate::client::{Client, Progress};
-use crate::deltas::{self, DeltaCatalog, DeltaUse};
+use crate::deltas::{self, DeltaSources, DeltaUse};
 use crate::error::TransportError;
-use crate::index::{CacheWrites, RemoteIndex};
+use crate::index::RemoteIndex;
 use crate::plan::{Indexes, PullPlan, WholeFile};
 use crate::pull::PullOptions;
 use crate::remote::Remote;
@@ -83,36 +83,18 @@ async fn plan_async(
     // (verified here as the pull would).
     let signature = verify_commit(&client, remote, &to).await?;
     let whole_files = fetched.whole_files(&to, signature.as_deref());
-    // A node holding a release fetches the metadata delta the summary lists from it, which lists
-    // the file deltas too; else the wanted release's delta index, and may use both (FROM's
-    // metadata, the delta's base, was fetched by the first walk).
-    let read_base = |kind, id: &ObjectId| staged_from.get(kind, id);
-    let packs = summary::pack_sizes(&fetched.summary);
-    let (mut catalog, mut metadata_delta) = (None, None);
-    if options.deltas == DeltaUse::WhereCheaper
-        && let Some(from) = from
-        && let Some(listed) = fetched.summary.metadata_delta(&to, |c| Ok(*c == from))?
-    {
-        let entry = listed.entry();
-        let alone = RemoteIndex { packs: DeltaCatalog::of_metadata_delta(to, entry, Vec::new()).pack_entries() };
-        let mut prefetched =
-            deltas::prefetch_metadata(&client, &alone, &mut staged_to, &entry, &packs, read_base).await?;
-        if let Some(files) = prefetched.deltas.take() {
-            catalog = Some((DeltaCatalog::of_metadata_delta(to, entry, files), None));
+    // A node holding FROM finds its deltas as the pull does (FROM's metadata, a metadata delta's
+    // base, was fetched by the first walk).
+    let DeltaSources { catalog, metadata_delta } = match (options.deltas, from) {
+        (DeltaUse::WhereCheaper, Some(from)) => {
+            let held = |c: &CommitId| Ok(*c == from);
+            let read_base = |kind, id: &ObjectId| staged_from.get(kind, id);
+            deltas::delta_sources(&client, &fetched.summary, to, &mut staged_to, held, read_base, None).await?
         }
-        metadata_delta = Some(prefetched);
-    }
-    if options.deltas == DeltaUse::WhereCheaper && from.is_some() && catalog.is_none() {
-        catalog = deltas::remote_catalog(&client, &fetched.summary, &to, None, CacheWrites::Forbidden).await?;
-    }
+        _ => DeltaSources::default(),
+    };
     if let Some((catalog, _)) = &catalog {
         index.packs.extend(catalog.pack_entries());
-    }
-    if let (None, Some((catalog, _)), Some(from)) = (&metadata_delta, &catalog, from)
-        && let Some(entry) = catalog.metadata_from(|c| Ok(*c == from))?
-    {
-        metadata_delta =
-            Some(deltas::prefetch_metadata(&client, &index, &mut staged_to, entry, &packs, read_base).await?);
     }
     let source = survey::Remote { client: &client, index: &index, staged: &mut staged_to, in_flight };
     let mut survey = survey::walk(source, &have, to, options.coalesce).await?;
