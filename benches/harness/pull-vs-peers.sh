@@ -10,7 +10,8 @@
 # run and writes the table of docs/benchmarks.md.
 # Usage (root): benches/harness/pull-vs-peers.sh PAIR WORK [LEVEL...]
 #   (PAIR from benches/harness/make-os-pair.sh; OSDEPLOY overrides target/release/osdeploy)
-# Needs: nginx, GNU time, xfsprogs. Writes WORK/results.tsv. Nodes live on a fresh loop-mounted
+# Needs: nginx, GNU time, xfsprogs, rsync. Fails when the node's checkout after the delta update
+# is not NEW byte for byte and in metadata. Writes WORK/results.tsv. Nodes live on a fresh loop-mounted
 # xfs (reflink=1) made per level, as on a real node.
 set -euo pipefail
 P=$(realpath "${1:?PAIR}"); mkdir -p "${2:?WORK}"; W=$(realpath "$2"); shift 2
@@ -79,6 +80,18 @@ for level in $levels; do
   row mirror "$level" incremental "$bb" "$rq" "$wall" "$rss" - -
 
   plan "$old" "$new"; timed_pull update "$level" update "$pb" "$pr"
+  # The delta update is exact: the node's checkout of NEW equals NEW in content and metadata.
+  # XFS also shows POSIX ACLs as trusted.SGI_ACL_* attributes; -A compares the ACLs themselves.
+  "$osd" --repo "$W/nodes/update" checkout origin/os "$W/nodes/update-checkout" > /dev/null
+  differs=$(rsync -naHAX --checksum --delete --numeric-ids --itemize-changes --filter='-x trusted.SGI_ACL_*' \
+    "$P/new/" "$W/nodes/update-checkout/")
+  if [ -n "$differs" ]; then
+    echo "pull-vs-peers: the node's checkout after the delta update differs from NEW:" >&2
+    echo "$differs" | head -50 >&2
+    exit 1
+  fi
+  echo "the delta update's checkout equals NEW (rsync -aHAX --checksum)"
+  rm -rf "$W/nodes/update-checkout"
   "$osd" --repo "$srv" delta --no-deltas --json "$old" "$new" > "$W/delta.json"
   pb=$(sed -n 's/^  "transfer_bytes": \([0-9]*\).*/\1/p' "$W/delta.json")
   pr=$(sed -n 's/^  "requests": \([0-9]*\).*/\1/p' "$W/delta.json")

@@ -133,10 +133,10 @@ impl Summary {
         (serde_json::to_string_pretty(self).expect("a summary serializes") + "\n").into_bytes()
     }
 
-    /// Parses a summary read from `origin` (a path or URL, named in errors); a format version
-    /// other than [`SUMMARY_FORMAT_VERSION`] is refused before anything else is read.
-    pub fn parse(bytes: &[u8], origin: &str) -> Result<Summary> {
-        let what = format!("the summary {origin}");
+    /// Parses a summary, named `what` in errors ("the summary /srv/repo/summary"); a format
+    /// version other than [`SUMMARY_FORMAT_VERSION`] is refused before anything else is read.
+    pub fn parse(bytes: &[u8], what: &str) -> Result<Summary> {
+        let what = what.to_owned();
         let corrupt = |e: serde_json::Error| StoreError::Corrupt { what: what.clone(), reason: e.to_string() };
         let version = serde_json::from_slice::<VersionOnly>(bytes).map_err(corrupt)?.format_version.unwrap_or(0);
         if version != SUMMARY_FORMAT_VERSION {
@@ -201,7 +201,7 @@ mod tests {
     #[test]
     fn round_trips_and_keeps_its_field_order() {
         let bytes = sample().to_bytes();
-        assert_eq!(Summary::parse(&bytes, "s").unwrap(), sample());
+        assert_eq!(Summary::parse(&bytes, "the summary s").unwrap(), sample());
         let text = String::from_utf8(bytes).unwrap();
         let at = |key: &str| text.find(key).unwrap();
         assert!(at("delta_indexes") < at("delta_packs") && at("delta_packs") < at("format_version"), "{text}");
@@ -214,27 +214,27 @@ mod tests {
             let mut summary = sample();
             summary.metadata_deltas[0].offset = offset;
             summary.metadata_deltas[0].size = size;
-            let parsed = Summary::parse(&summary.to_bytes(), "s");
+            let parsed = Summary::parse(&summary.to_bytes(), "the summary s");
             // The sample's delta pack has 80 bytes: 8 + 42 + 30 fit, nothing more.
             let err = parsed.unwrap_err().to_string();
             assert!(err.contains("the summary s is corrupt") && err.contains("metadata delta"), "{err}");
         }
-        Summary::parse(&sample().to_bytes(), "s").unwrap();
+        Summary::parse(&sample().to_bytes(), "the summary s").unwrap();
     }
 
     #[test]
     fn refuses_unknown_versions_and_bad_ids() {
         let mut newer = sample();
         newer.format_version = 2;
-        let err = Summary::parse(&newer.to_bytes(), "http://o/summary").unwrap_err().to_string();
+        let err = Summary::parse(&newer.to_bytes(), "the summary http://o/summary").unwrap_err().to_string();
         assert!(err.contains("the summary http://o/summary has format version 2"), "{err}");
-        let err = Summary::parse(br#"{"refs": {}, "packs": []}"#, "s").unwrap_err().to_string();
+        let err = Summary::parse(br#"{"refs": {}, "packs": []}"#, "the summary s").unwrap_err().to_string();
         assert!(err.contains("format version 0"), "{err}");
         let bad = String::from_utf8(sample().to_bytes()).unwrap().replace(&ObjectId::of(b"x").to_hex(), "xyz");
-        let err = Summary::parse(bad.as_bytes(), "s").unwrap_err().to_string();
+        let err = Summary::parse(bad.as_bytes(), "the summary s").unwrap_err().to_string();
         assert!(err.contains("the summary s is corrupt") && err.contains("\"xyz\" is not an object id"), "{err}");
         let bad = String::from_utf8(sample().to_bytes()).unwrap().replace("\"stable\"", "\"../stable\"");
-        let err = Summary::parse(bad.as_bytes(), "s").unwrap_err().to_string();
+        let err = Summary::parse(bad.as_bytes(), "the summary s").unwrap_err().to_string();
         assert!(err.contains("the summary s is corrupt") && err.contains("invalid ref name \"../stable\""), "{err}");
     }
 }

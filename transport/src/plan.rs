@@ -435,7 +435,7 @@ pub fn plan(
     let published = PublishedDeltas::load(repo.path())?;
     let summary_path = repo.path().join(layout::SUMMARY);
     let summary = match std::fs::read(&summary_path) {
-        Ok(bytes) => Some(Summary::parse(&bytes, &summary_path.display().to_string())?),
+        Ok(bytes) => Some(Summary::parse(&bytes, &format!("the summary {}", summary_path.display()))?),
         Err(_) => None,
     };
     let (mut catalog, mut metadata) = (None, None);

@@ -93,7 +93,8 @@ pub async fn fetch_summary(client: &Client, remote: &Remote) -> Result<VerifiedS
         // that URL's data.
         let (bytes, summary) = client
             .get_parsed(layout::SUMMARY, client.options().max_metadata, |bytes| {
-                Summary::parse(bytes, layout::SUMMARY).map_err(|e| TransportError::Invalid {
+                // "the summary from URL is invalid: it is corrupt: …"
+                Summary::parse(bytes, "it").map_err(|e| TransportError::Invalid {
                     what: "the summary".into(),
                     url: String::new(),
                     reason: e.to_string(),

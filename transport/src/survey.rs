@@ -239,11 +239,16 @@ pub async fn walk(
                     if !wanted_chunks.insert(chunk.0) {
                         continue;
                     }
-                    if absent(&source, holdings, ObjectKind::Chunk, &chunk.0)? {
-                        survey.missing_chunks.push(chunk.0);
-                    } else {
+                    // Staged chunks arrived in this pull (in a metadata delta, or before an
+                    // interruption): neither missing nor held before.
+                    if source.has(ObjectKind::Chunk, &chunk.0) {
+                        continue;
+                    }
+                    if holdings.holds(ObjectKind::Chunk, &chunk.0)? {
                         survey.chunks_reused += 1;
                         survey.reused_bytes_raw += u64::from(*len);
+                    } else {
+                        survey.missing_chunks.push(chunk.0);
                     }
                 }
                 FileSource::Chunks

@@ -8,7 +8,7 @@ use osdeploy_store::summary::Summary;
 fuzz_target!(|data: &[u8]| {
     let Some((&which, bytes)) = data.split_first() else { return };
     if which % 2 == 0 {
-        let _ = Summary::parse(bytes, "fuzz");
+        let _ = Summary::parse(bytes, "the fuzzed summary");
     } else {
         let _ = DeltaIndex::decode(bytes, "fuzz");
     }
