@@ -90,12 +90,15 @@ impl<'p> DeltaBuilder<'p> {
                 .zip(bases)
                 .map(|((file, delta), base)| base.and_then(|base| delta.apply(&base, &file.object)))
                 .collect();
+            let mut rebuilt = Vec::with_capacity(batch.len());
             for ((file, _), content) in batch.iter().zip(built) {
                 match content {
-                    Ok(content) => write_content(writer, file, &content)?,
+                    Ok(content) => rebuilt.push((*file, content)),
                     Err(e) => self.fail(file, &e.to_string()),
                 }
             }
+            // Written together: a bare repository writes a batch's files on all cores.
+            write_contents(writer, &rebuilt)?;
         }
         Ok(())
     }
@@ -124,7 +127,7 @@ impl<'p> DeltaBuilder<'p> {
         for (file, delta) in std::mem::take(&mut self.deferred) {
             let built = repo.file_content(&delta.base).and_then(|base| delta.apply_with(&base, &file.object, &read));
             match built {
-                Ok(content) => write_content(writer, file, &content)?,
+                Ok(content) => write_contents(writer, &[(file, content)])?,
                 Err(e) => self.fail(file, &e.to_string()),
             }
         }
@@ -150,16 +153,21 @@ impl<'p> DeltaBuilder<'p> {
     }
 }
 
-/// Writes a file whose whole content is verified, handing it out chunk by chunk.
-fn write_content(writer: &mut ObjectWriter, file: &PlannedFile, content: &[u8]) -> Result<(), TransportError> {
+/// Writes files whose whole contents are verified, handing them out chunk by chunk.
+fn write_contents(writer: &mut ObjectWriter, files: &[(&PlannedFile, Vec<u8>)]) -> Result<(), TransportError> {
+    // A chunk's bytes are the same in every file that holds it: the first place is enough.
     let mut places = HashMap::new();
-    let mut at = 0usize;
-    for (chunk, len) in &file.object.chunks {
-        places.entry(*chunk).or_insert(at..at + *len as usize);
-        at += *len as usize;
+    for (at, (file, _)) in files.iter().enumerate() {
+        let mut offset = 0usize;
+        for (chunk, len) in &file.object.chunks {
+            places.entry(*chunk).or_insert((at, offset..offset + *len as usize));
+            offset += *len as usize;
+        }
     }
-    writer.add_file_objects(&[(file.id, file.object.clone())], |chunk, out| {
-        out.extend_from_slice(&content[places[chunk].clone()]);
+    let objects: Vec<_> = files.iter().map(|(file, _)| (file.id, file.object.clone())).collect();
+    writer.add_file_objects(&objects, |chunk, out| {
+        let (at, range) = &places[chunk];
+        out.extend_from_slice(&files[*at].1[range.clone()]);
         Ok(())
     })?;
     Ok(())
