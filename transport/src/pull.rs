@@ -288,7 +288,7 @@ async fn execute(
     let (fallbacks, _) = repo
         .transaction_async(async |writer, repo| {
             let mut phases = Phases { repo, client, index: &index, writer, staged: &mut staged, options };
-            let mut builder = DeltaBuilder::new(&plan.files, phases.staged);
+            let mut builder = DeltaBuilder::new(&plan.files, phases.staged, repo);
             phases.deltas(&mut builder, &plan).await?;
             let fallback = builder.take_unbuilt();
             crash_point("pull:deltas-applied");
