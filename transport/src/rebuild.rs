@@ -4,14 +4,17 @@
 //! reported, and its file is fetched as chunks instead.
 //!
 //! A delta that names other files of the release (an initramfs made of the release's modules:
-//! [`osdeploy_store::delta::codec::DeltaCodec::GzipTree`]) is held back until every other file of
-//! the pull is written, then applied with [`DeltaBuilder::build_deferred`]. Those files are read
-//! from the repository, or in a bare repository from where this pull wrote them; a pull into an
-//! archive repository cannot read its own uncommitted files, so such a file falls back to chunks
-//! there when it names one.
+//! [`osdeploy_store::delta::codec::DeltaCodec::GzipTree`]) is held back until the files it names
+//! are written. In a bare repository it is then applied on a thread of its own, reading them from
+//! where this pull wrote them, while the other deltas go on (the files it names are rebuilt
+//! first); its file is written by [`DeltaBuilder::build_deferred`], after the pull's other files.
+//! An archive repository applies it there, reading only files it held before: a pull into one
+//! cannot read its own uncommitted files, so such a file falls back to chunks when it names one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
+use std::thread::JoinHandle;
 
 use osdeploy_store::delta::object::DeltaObject;
 use osdeploy_store::fsutil::read_ahead;
@@ -30,6 +33,17 @@ const APPLY_BATCH: usize = 32;
 /// A file and the delta that rebuilds it.
 type Job<'p> = (&'p PlannedFile, DeltaObject);
 
+/// A file's content rebuilt from its delta and verified, or why not.
+type Rebuilt = Result<Vec<u8>, StoreError>;
+
+/// A file whose delta reads other files of the release, waiting for them.
+struct Deferred<'p> {
+    file: &'p PlannedFile,
+    delta: DeltaObject,
+    /// The files it reads.
+    names: Vec<FileId>,
+}
+
 /// New files waiting for their delta.
 pub(crate) struct DeltaBuilder<'p> {
     /// Delta id → the files it rebuilds.
@@ -38,8 +52,12 @@ pub(crate) struct DeltaBuilder<'p> {
     ready: Vec<ObjectId>,
     /// Files whose delta failed to apply or verify.
     failed: Vec<&'p PlannedFile>,
-    /// Files whose delta reads other files of the release, applied last.
-    deferred: Vec<(&'p PlannedFile, DeltaObject)>,
+    /// Files whose delta reads other files of the release, not started yet.
+    deferred: Vec<Deferred<'p>>,
+    /// Those being rebuilt on threads of their own.
+    started: Vec<(&'p PlannedFile, JoinHandle<Rebuilt>)>,
+    /// The pull's new files not written yet (those an interrupted pull left are written).
+    unwritten: HashSet<FileId>,
 }
 
 impl<'p> DeltaBuilder<'p> {
@@ -66,7 +84,8 @@ impl<'p> DeltaBuilder<'p> {
         }
         let mut ready: Vec<ObjectId> = waiting.keys().filter(|id| staged.has(ObjectKind::Delta, id)).copied().collect();
         ready.sort_unstable();
-        DeltaBuilder { waiting, ready, failed: Vec::new(), deferred: Vec::new() }
+        let unwritten = files.iter().filter(|f| f.source != FileSource::Adopted).map(|f| f.id).collect();
+        DeltaBuilder { waiting, ready, failed: Vec::new(), deferred: Vec::new(), started: Vec::new(), unwritten }
     }
 
     /// Notes newly staged objects.
@@ -92,7 +111,10 @@ impl<'p> DeltaBuilder<'p> {
             for file in files {
                 match &delta {
                     Ok(delta) if delta.target == file.id && delta.reads_release_files() => {
-                        self.deferred.push((file, delta.clone()))
+                        match delta.release_files() {
+                            Ok(names) => self.deferred.push(Deferred { file, delta: delta.clone(), names }),
+                            Err(e) => self.fail(file, &e.to_string()),
+                        }
                     }
                     Ok(delta) if delta.target == file.id => jobs.push((file, delta.clone())),
                     Ok(delta) => self.fail(file, &format!("delta {id} rebuilds {}, not this file", delta.target)),
@@ -100,6 +122,10 @@ impl<'p> DeltaBuilder<'p> {
                 }
             }
         }
+        // The files a held-back delta reads go first, so that it starts early.
+        let named: HashSet<&FileId> = self.deferred.iter().flat_map(|d| &d.names).collect();
+        jobs.sort_by_key(|(file, _)| !named.contains(&file.id));
+        self.start_deferred(repo);
         // Three stages overlap: this thread reads a batch's bases (the repository is not shared
         // across threads) and writes the files of a batch applied before, while another thread
         // applies the batch read before on all cores. At most three batches are held at once (one
@@ -125,6 +151,7 @@ impl<'p> DeltaBuilder<'p> {
                 if in_flight == 2 {
                     let (done, built) = applied.recv().expect("the applying thread ends only when told");
                     self.write_built(writer, done, built)?;
+                    self.start_deferred(repo);
                     in_flight -= 1;
                 }
                 to_apply.send((batch, bases)).expect("the applying thread ends only when told");
@@ -133,15 +160,50 @@ impl<'p> DeltaBuilder<'p> {
             drop(to_apply);
             for (done, built) in applied {
                 self.write_built(writer, done, built)?;
+                self.start_deferred(repo);
             }
             Ok::<_, TransportError>(())
         })?;
         Ok(())
     }
 
+    /// In a bare repository, starts each held-back delta whose files are all written (or held
+    /// before) on a thread of its own.
+    fn start_deferred(&mut self, repo: &Repo) {
+        let Some(bare) = repo.bare() else { return };
+        let mut at = 0;
+        while at < self.deferred.len() {
+            if self.deferred[at].names.iter().any(|id| self.unwritten.contains(id)) {
+                at += 1;
+                continue;
+            }
+            let Deferred { file, delta, names } = self.deferred.swap_remove(at);
+            let base = match repo.file_content(&delta.base) {
+                Ok(base) => base,
+                Err(e) => {
+                    self.fail(file, &e.to_string());
+                    continue;
+                }
+            };
+            let paths: HashMap<FileId, PathBuf> = names.iter().map(|id| (*id, bare.content_path(id))).collect();
+            let object = file.object.clone();
+            let apply = move || {
+                let read = |id: &FileId, _: u64| match paths.get(id) {
+                    Some(path) => read_written(id, path),
+                    None => Err(format!("file {id} of the release is not among those the delta names")),
+                };
+                delta.apply_with(&base, &object, &read)
+            };
+            match std::thread::Builder::new().name("deferred-delta".into()).spawn(apply) {
+                Ok(thread) => self.started.push((file, thread)),
+                Err(e) => self.fail(file, &format!("no thread to rebuild it on: {e}")),
+            }
+        }
+    }
+
     /// Applies the deltas held back because they read other files of the release, once those
-    /// are written (by `writer`, not yet committed, or held before); returns the files whose delta
-    /// failed, to be fetched as chunks.
+    /// are written (by `writer`, not yet committed, or held before), and writes the files of those
+    /// started earlier; returns the files whose delta failed, to be fetched as chunks.
     pub(crate) fn build_deferred(
         &mut self,
         writer: &mut ObjectWriter,
@@ -151,20 +213,24 @@ impl<'p> DeltaBuilder<'p> {
         // content paths; an archive repository reads only what it held before.
         let read = |id: &FileId, _: u64| -> Result<Vec<u8>, String> {
             match repo.bare() {
-                Some(bare) => {
-                    let path = bare.content_path(id);
-                    std::fs::read(&path).map_err(|e| format!("file {id} of the release ({}): {e}", path.display()))
-                }
+                Some(bare) => read_written(id, &bare.content_path(id)),
                 None => {
                     repo.file_content(id).map_err(|e| format!("file {id} of the release is not readable here: {e}"))
                 }
             }
         };
-        for (file, delta) in std::mem::take(&mut self.deferred) {
+        for Deferred { file, delta, .. } in std::mem::take(&mut self.deferred) {
             let built = repo.file_content(&delta.base).and_then(|base| delta.apply_with(&base, &file.object, &read));
             match built {
                 Ok(content) => write_contents(writer, &[(file, content)])?,
                 Err(e) => self.fail(file, &e.to_string()),
+            }
+        }
+        for (file, thread) in std::mem::take(&mut self.started) {
+            match thread.join() {
+                Ok(Ok(content)) => write_contents(writer, &[(file, content)])?,
+                Ok(Err(e)) => self.fail(file, &e.to_string()),
+                Err(_) => self.fail(file, "its rebuild panicked"),
             }
         }
         Ok(std::mem::take(&mut self.failed))
@@ -188,7 +254,7 @@ impl<'p> DeltaBuilder<'p> {
         &mut self,
         writer: &mut ObjectWriter,
         batch: &[Job<'p>],
-        built: Vec<Result<Vec<u8>, StoreError>>,
+        built: Vec<Rebuilt>,
     ) -> Result<(), TransportError> {
         let mut rebuilt = Vec::with_capacity(batch.len());
         for ((file, _), content) in batch.iter().zip(built) {
@@ -198,13 +264,22 @@ impl<'p> DeltaBuilder<'p> {
             }
         }
         // Written together: a bare repository writes a batch's files on all cores.
-        write_contents(writer, &rebuilt)
+        write_contents(writer, &rebuilt)?;
+        for (file, _) in &rebuilt {
+            self.unwritten.remove(&file.id);
+        }
+        Ok(())
     }
 
     fn fail(&mut self, file: &'p PlannedFile, reason: &str) {
         tracing::warn!("file {} is fetched as chunks: its delta is unusable: {reason}", file.id);
         self.failed.push(file);
     }
+}
+
+/// Reads a file this pull wrote into a bare repository (or that it held before).
+fn read_written(id: &FileId, path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("file {id} of the release ({}): {e}", path.display()))
 }
 
 /// Writes files whose whole contents are verified, handing them out chunk by chunk.

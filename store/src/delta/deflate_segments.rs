@@ -14,6 +14,8 @@
 //! so ([`super::gzip`]): a u32 count, then per segment its end in the plain text (u64), its end in
 //! the stream (u64) and its corrections (u32 length, bytes).
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
 use preflate_rs::{PreflateConfig, preflate_whole_deflate_stream};
 use rayon::prelude::*;
 
@@ -148,22 +150,46 @@ fn read_table(table: &[u8], plain_len: u64, stream_len: u64) -> Result<Vec<(Segm
 }
 
 /// Deflates `plain` again into the `stream_len` bytes the segment `table` of [`analyse`]
-/// describes, its segments in parallel.
+/// describes, its segments in parallel — on threads of their own, one per core, not on rayon's:
+/// each waits for a child process most of the time, and a pull applies other deltas on rayon's
+/// threads meanwhile.
 pub(crate) fn rebuild(plain: &[u8], table: &[u8], stream_len: u64, source: Corrections) -> Result<Vec<u8>, String> {
     let segments = read_table(table, plain.len() as u64, stream_len)?;
     let last = segments.len() - 1;
-    let rebuilt: Vec<Vec<u8>> = segments
-        .par_iter()
-        .enumerate()
-        .map(|(at, (segment, corrections))| {
-            let len = (segment.stream.end - segment.stream.start) as usize;
-            let own_len = segment.head_len() + len + if at == last { 0 } else { FINAL_EMPTY_BLOCK.len() };
-            let own_plain = &plain[segment.window().start..segment.plain.end as usize];
-            let own = deflate::recreate(own_plain, corrections, own_len as u64, source)
-                .map_err(|e| format!("segment {} of {}: {e}", at + 1, last + 1))?;
-            Ok(own[segment.head_len()..segment.head_len() + len].to_vec())
-        })
-        .collect::<Result<_, String>>()?;
+    let one = |at: usize| {
+        let (segment, corrections) = &segments[at];
+        let len = (segment.stream.end - segment.stream.start) as usize;
+        let own_len = segment.head_len() + len + if at == last { 0 } else { FINAL_EMPTY_BLOCK.len() };
+        let own_plain = &plain[segment.window().start..segment.plain.end as usize];
+        let own = deflate::recreate(own_plain, corrections, own_len as u64, source)
+            .map_err(|e| format!("segment {} of {}: {e}", at + 1, last + 1))?;
+        Ok(own[segment.head_len()..segment.head_len() + len].to_vec())
+    };
+    let (next, failed) = (AtomicUsize::new(0), AtomicBool::new(false));
+    let work = || {
+        let mut done = Vec::new();
+        while !failed.load(Ordering::Relaxed) {
+            let at = next.fetch_add(1, Ordering::Relaxed);
+            if at > last {
+                break;
+            }
+            let result: Result<Vec<u8>, String> = one(at);
+            failed.fetch_or(result.is_err(), Ordering::Relaxed);
+            done.push((at, result));
+        }
+        done
+    };
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(segments.len());
+    let mut rebuilt = vec![Vec::new(); segments.len()];
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..workers).map(|_| scope.spawn(work)).collect();
+        for worker in workers {
+            for (at, result) in worker.join().map_err(|_| "a segment's rebuild panicked".to_string())? {
+                rebuilt[at] = result?;
+            }
+        }
+        Ok::<_, String>(())
+    })?;
     Ok(rebuilt.concat())
 }
 

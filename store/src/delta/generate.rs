@@ -213,7 +213,9 @@ fn pair_contents(
 }
 
 /// Encodes the pairs on all cores (reusing published deltas), and returns the new deltas smaller
-/// than their chunks; reused ones go straight to `listed`.
+/// than their chunks; reused ones go straight to `listed`. Those that read files of the release
+/// come first, then those of the files they read: a pull receives them in that order, and starts
+/// the first ones as soon as it has rebuilt the files they read, while it rebuilds the others.
 fn encode_files(
     encoder: &PairEncoder,
     published: &PublishedDeltas,
@@ -227,7 +229,7 @@ fn encode_files(
     let total = jobs.len() as u64;
     let done = std::sync::atomic::AtomicU64::new(0);
     let tick = || progress(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1, total);
-    let mut new_deltas = Vec::new();
+    let (mut reading, mut new_deltas) = (Vec::new(), Vec::new());
     for batch in batches(jobs) {
         let encoded: Vec<Result<Outcome>> = batch
             .par_iter()
@@ -252,7 +254,11 @@ fn encode_files(
                     if span < job.chunk_cost {
                         count(stats, job, span, codec);
                         let listing = Listing::File { target: job.target, base: job.base };
-                        new_deltas.push(NewDelta { kind: ObjectKind::Delta, id, bytes, listing });
+                        let delta = NewDelta { kind: ObjectKind::Delta, id, bytes, listing };
+                        match codec {
+                            DeltaCodec::GzipTree => reading.push(delta),
+                            _ => new_deltas.push(delta),
+                        }
                     } else {
                         stats.not_smaller += 1;
                     }
@@ -260,7 +266,19 @@ fn encode_files(
             }
         }
     }
-    Ok(new_deltas)
+    in_pull_order(reading, new_deltas)
+}
+
+/// `reading` (deltas that read files of the release), then the deltas of the files they read,
+/// then the others, each group in its order.
+fn in_pull_order(reading: Vec<NewDelta>, others: Vec<NewDelta>) -> Result<Vec<NewDelta>> {
+    let mut read = HashSet::new();
+    for delta in &reading {
+        read.extend(DeltaObject::decode(delta.id, &delta.bytes)?.release_files()?);
+    }
+    let is_read = |d: &NewDelta| matches!(d.listing, Listing::File { target, .. } if read.contains(&target));
+    let (first, rest): (Vec<_>, Vec<_>) = others.into_iter().partition(is_read);
+    Ok(reading.into_iter().chain(first).chain(rest).collect())
 }
 
 /// The metadata delta from `old` to `to`, when smaller than the metadata objects, pack index
@@ -546,7 +564,7 @@ fn chunk_cost(repo: &Repo, archive: &ArchiveStore, target: &FileId, held: &HashS
     Ok(cost)
 }
 
-/// Writes the new delta objects, in (target, base) order, into packs in `tmp/`.
+/// Writes the new delta objects, in their order, into packs in `tmp/`.
 fn write_packs(repo: &Repo, deltas: &[NewDelta]) -> Result<Vec<FinishedPack>> {
     let tmp = repo.path().join(layout::TMP);
     let mut packs = Vec::new();
@@ -598,4 +616,50 @@ fn publish(repo: &Repo, packs: Vec<FinishedPack>, index: &[u8], replaced: Option
         fsync_dir(&dir)?;
     }
     repo.write_summary()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delta::tree_refs::TreeRef;
+
+    fn file(n: u8) -> FileId {
+        FileId(ObjectId::of(&[n]))
+    }
+
+    /// A delta to `target`; a gzip-tree one (its payload framing, then references) when it names
+    /// files.
+    fn delta(target: FileId, names: &[FileId]) -> NewDelta {
+        let (codec, payload) = if names.is_empty() {
+            (DeltaCodec::ZstdPatch, b"diff".to_vec())
+        } else {
+            let mut payload = vec![0u8];
+            payload.extend_from_slice(&[0u8; 16 + 12]);
+            payload.extend_from_slice(&(names.len() as u32).to_le_bytes());
+            for (at, name) in names.iter().enumerate() {
+                TreeRef { offset: at as u64, len: 1, file: *name }.encode(&mut payload);
+            }
+            (DeltaCodec::GzipTree, payload)
+        };
+        let object = DeltaObject { base: file(0), target, target_size: 1, codec, payload };
+        let bytes = object.encode();
+        NewDelta {
+            kind: ObjectKind::Delta,
+            id: ObjectId::of(&bytes),
+            bytes,
+            listing: Listing::File { target, base: file(0) },
+        }
+    }
+
+    fn targets(deltas: &[NewDelta]) -> Vec<FileId> {
+        deltas.iter().map(|d| if let Listing::File { target, .. } = d.listing { target } else { panic!() }).collect()
+    }
+
+    #[test]
+    fn deltas_that_read_files_come_first_then_the_files_they_read() {
+        let reading = vec![delta(file(9), &[file(3), file(1)])];
+        let others = vec![delta(file(1), &[]), delta(file(2), &[]), delta(file(3), &[]), delta(file(4), &[])];
+        let ordered = in_pull_order(reading, others).unwrap();
+        assert_eq!(targets(&ordered), [file(9), file(1), file(3), file(2), file(4)]);
+    }
 }

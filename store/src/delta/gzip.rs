@@ -212,6 +212,36 @@ fn take_part<'a>(rest: &mut &'a [u8], what: &str) -> Result<&'a [u8], String> {
     take(rest, len as usize, what)
 }
 
+/// The flags and the inflated sizes of the target and the base a payload starts with.
+fn take_sizes(rest: &mut &[u8]) -> Result<(u8, u64, u64), String> {
+    let flags = take(rest, 1, "flags")?[0];
+    if flags & !(BASE_INFLATED | SEGMENTED) != 0 {
+        return Err(format!("gzip delta has unknown flags {flags:#x}"));
+    }
+    Ok((flags, take_u64(rest, "plain size")?, take_u64(rest, "base size")?))
+}
+
+/// The gzip header, the trailer and the corrections that follow the sizes.
+fn take_parts<'a>(rest: &mut &'a [u8]) -> Result<[&'a [u8]; 3], String> {
+    Ok([take_part(rest, "gzip header")?, take_part(rest, "trailer")?, take_part(rest, "corrections")?])
+}
+
+fn take_refs(rest: &mut &[u8]) -> Result<Vec<TreeRef>, String> {
+    let count = u32::from_le_bytes(take(rest, 4, "reference count")?.try_into().expect("4 bytes"));
+    let bytes = take(rest, (count as usize).saturating_mul(REF_LEN), "references")?;
+    Ok(bytes.as_chunks::<{ REF_LEN }>().0.iter().map(TreeRef::decode).collect())
+}
+
+/// The files of the release a [`DeltaCodec::GzipTree`] payload names, each once, in the order
+/// they first appear.
+pub fn named_files(payload: &[u8]) -> Result<Vec<FileId>, String> {
+    let mut rest = payload;
+    take_sizes(&mut rest)?;
+    take_parts(&mut rest)?;
+    let mut seen = std::collections::HashSet::new();
+    Ok(take_refs(&mut rest)?.into_iter().map(|r| r.file).filter(|file| seen.insert(*file)).collect())
+}
+
 /// Rebuilds the gzip file of `target_size` bytes from `old` and a `codec` payload of [`encode`];
 /// `files` reads the release files a [`DeltaCodec::GzipTree`] payload names.
 pub fn decode(
@@ -235,12 +265,7 @@ fn rebuild(
     source: Corrections,
 ) -> Result<Vec<u8>, String> {
     let mut rest = payload;
-    let flags = take(&mut rest, 1, "flags")?[0];
-    if flags & !(BASE_INFLATED | SEGMENTED) != 0 {
-        return Err(format!("gzip delta has unknown flags {flags:#x}"));
-    }
-    let plain_size = take_u64(&mut rest, "plain size")?;
-    let base_size = take_u64(&mut rest, "base size")?;
+    let (flags, plain_size, base_size) = take_sizes(&mut rest)?;
     // A delta's sizes are checked against what its base and target can hold before anything is
     // allocated: a 4 KiB target cannot inflate to 256 MiB (found by the delta_codec fuzz target).
     let (plain_limit, base_limit) = (inflated_bound(target_size), inflated_bound(old.len() as u64));
@@ -251,16 +276,8 @@ fn rebuild(
             old.len()
         ));
     }
-    let header = take_part(&mut rest, "gzip header")?;
-    let trailer = take_part(&mut rest, "trailer")?;
-    let corrections = take_part(&mut rest, "corrections")?;
-    let refs: Vec<TreeRef> = if codec == DeltaCodec::GzipTree {
-        let count = u32::from_le_bytes(take(&mut rest, 4, "reference count")?.try_into().expect("4 bytes"));
-        let bytes = take(&mut rest, (count as usize).saturating_mul(REF_LEN), "references")?;
-        bytes.as_chunks::<{ REF_LEN }>().0.iter().map(TreeRef::decode).collect()
-    } else {
-        Vec::new()
-    };
+    let [header, trailer, corrections] = take_parts(&mut rest)?;
+    let refs = if codec == DeltaCodec::GzipTree { take_refs(&mut rest)? } else { Vec::new() };
     let referenced = refs.iter().try_fold(0u64, |sum, r| sum.checked_add(r.len)).filter(|r| *r <= plain_size);
     let literal_size = plain_size - referenced.ok_or("gzip delta references more bytes than its plain text")?;
     let inner = take(&mut rest, 1, "inner codec")?[0];
@@ -434,6 +451,7 @@ mod tests {
         let release = |content: &[u8]| (content == module(2)).then_some(module_id);
         let encoded = encode(&old, &new, &EncodeOptions::default(), Some(&release)).unwrap().unwrap();
         assert_eq!(encoded.codec, DeltaCodec::GzipTree);
+        assert_eq!(named_files(&encoded.payload).unwrap(), [module_id]);
         let diffed = encode(&old, &new, &EncodeOptions::default(), None).unwrap().unwrap();
         assert_eq!(diffed.codec, DeltaCodec::Gzip);
         let diffed_payload = diffed.payload;

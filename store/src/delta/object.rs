@@ -7,6 +7,7 @@
 
 use crate::codec::Encoder;
 use crate::delta::codec::{self, DeltaCodec, FileReader};
+use crate::delta::gzip;
 use crate::error::{Result, StoreError};
 use crate::id::{FileId, ObjectId};
 use crate::object::{FileObject, MAX_METADATA_LEN, ObjectKind, decode, header};
@@ -60,6 +61,16 @@ impl DeltaObject {
     /// True when applying it reads files of the target release ([`DeltaCodec::GzipTree`]).
     pub fn reads_release_files(&self) -> bool {
         self.codec == DeltaCodec::GzipTree
+    }
+
+    /// The files of the target release that applying it reads (none but for
+    /// [`DeltaCodec::GzipTree`]), each once.
+    pub fn release_files(&self) -> Result<Vec<FileId>> {
+        if !self.reads_release_files() {
+            return Ok(Vec::new());
+        }
+        gzip::named_files(&self.payload)
+            .map_err(|reason| StoreError::Corrupt { what: format!("delta {} → {}", self.base, self.target), reason })
     }
 
     /// Rebuilds the target from the base content and checks it against the target's file object:
