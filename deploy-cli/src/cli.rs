@@ -534,10 +534,15 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Umount { mountpoint } => mount_cmds::umount(&mountpoint),
         Command::Completions { shell } => dist_cmds::completions(shell),
         Command::ManPages { dir } => dist_cmds::man_pages(&dir),
-        Command::RebuildDeflate => Ok(osdeploy_store::delta::deflate::serve_child(
-            &mut std::io::stdin().lock(),
-            &mut std::io::stdout().lock(),
-        )?),
+        Command::RebuildDeflate => {
+            // Started as /proc/self/exe, it would show as "exe" in ps and top (its arguments read
+            // "osdeploy rebuild-deflate").
+            let _ = rustix::thread::set_name(c"osdeploy");
+            Ok(osdeploy_store::delta::deflate::serve_child(
+                &mut std::io::stdin().lock(),
+                &mut std::io::stdout().lock(),
+            )?)
+        }
         Command::Serve { dir, listen, max_connections, header_timeout, idle_timeout } => {
             transport_cmds::serve(dir, listen, max_connections, header_timeout, idle_timeout)
         }

@@ -18,6 +18,9 @@ pub fn runtime() -> Result<&'static Runtime, TransportError> {
     if let Some(runtime) = RUNTIME.get() {
         return Ok(runtime);
     }
+    // Rayon's threads would otherwise inherit the name of the thread that started them (a
+    // runtime worker's); named, `top -H` tells them apart. A pool started before keeps its names.
+    let _ = rayon::ThreadPoolBuilder::new().thread_name(|at| format!("rayon-{at}")).build_global();
     let built = Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -11,7 +11,7 @@
 
 use std::ffi::OsString;
 use std::io::{self, Read, Write};
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
@@ -123,6 +123,7 @@ fn recreate_in_child(
         Some(worker) => worker,
         None => {
             let mut child = Command::new(program)
+                .arg0("osdeploy")
                 .args(args)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
