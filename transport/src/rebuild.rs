@@ -149,12 +149,12 @@ impl<'p> DeltaBuilder<'p> {
             for batch in jobs.chunks(APPLY_BATCH) {
                 let bases = batch.iter().map(|(_, delta)| repo.file_content(&delta.base)).collect();
                 if in_flight == 2 {
-                    let (done, built) = applied.recv().expect("the applying thread ends only when told");
+                    let (done, built) = applied.recv().expect("only a panic ends the applying thread early");
                     self.write_built(writer, done, built)?;
                     self.start_deferred(repo);
                     in_flight -= 1;
                 }
-                to_apply.send((batch, bases)).expect("the applying thread ends only when told");
+                to_apply.send((batch, bases)).expect("only a panic ends the applying thread early");
                 in_flight += 1;
             }
             drop(to_apply);
