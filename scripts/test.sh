@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Every check osdeploy has: installs the system packages the tests need, then a self-containment
 # guard, formatting, lints and all tests (unit tests; integration tests on loop-mounted
-# btrfs/xfs/ext4 images; a real Debian rootfs round trip, its pair built by
-# benches/harness/make-os-pair.sh), a short fuzzing run of every decoder, and a check that a
+# btrfs/xfs/ext4 images; a real Debian rootfs round trip and update with a kernel update, its pair
+# built by benches/harness/make-os-pair.sh), a short fuzzing run of every decoder, and a check that a
 # build without debug assertions ignores crash points.
 # Runs as root (loop devices, device nodes, ownership).
 set -euo pipefail
@@ -12,14 +12,26 @@ scripts/install-deps.sh
 # is printed at the start and at the end, so that a full disk is recognised as one.
 free_space() { df -h --output=avail,target . | tail -1 | awk -v when="$1" '{print "test.sh: " $1 " free on " $2 " " when}'; }
 free_space "at the start"
-scratch=""
+scratch=$(mktemp -d)
 vm_job=""
+pair_job=""
 finish() {
-  if [ -n "$vm_job" ] && kill -0 "$vm_job" 2> /dev/null; then kill -- -"$vm_job" 2> /dev/null || true; fi
+  for job in "$vm_job" "$pair_job"; do
+    if [ -n "$job" ] && kill -0 "$job" 2> /dev/null; then kill -- -"$job" 2> /dev/null || true; fi
+  done
   free_space "at the end"
-  [ -z "$scratch" ] || rm -rf "$scratch"
+  rm -rf "$scratch"
 }
 trap finish EXIT
+# The real Debian OS pair of tests/real_rootfs.rs (a container host with a kernel update; about
+# 4 minutes, most of it downloads and dpkg) is built while the tests compile, in a process group of
+# its own; the tests find it finished and keep it.
+os_pair=${OSDEPLOY_OS_PAIR:-$PWD/target/os-pair}
+export OSDEPLOY_OS_PAIR=$os_pair
+set -m
+benches/harness/make-os-pair.sh --variant kernel "$os_pair" > "$scratch/os-pair.log" 2>&1 &
+pair_job=$!
+set +m
 # A clone must pass on its own: no tracked file may use a folder beside the repository (the
 # pattern is built from pieces so that this line does not match itself).
 outside="\.\./""shared"
@@ -34,8 +46,7 @@ cargo test --workspace --no-run
 # minutes, most of it one busy core: they run beside the other tests and the fuzzing, in a process
 # group of their own (set -m), from the package directory as cargo runs them; the other tests skip
 # them by their module's name.
-scratch=$(mktemp -d)
-tests=$(cargo test -p osdeploy --test integration --no-run --message-format=json | grep '"name":"integration"' |
+tests=$(cargo test --workspace --no-run --message-format=json | grep '"name":"integration"' |
   sed -n 's/.*"executable":"\([^"]*\)".*/\1/p')
 [ -x "$tests" ] || { echo "test.sh: the integration tests' executable was not found" >&2; exit 1; }
 # Listed into a file first: `grep -q` stops reading at its first match, and the test binary, still
@@ -46,6 +57,11 @@ set -m
 (cd deploy-cli && exec "$tests" vm_boot::) > "$scratch/vm_boot.log" 2>&1 &
 vm_job=$!
 set +m
+pair_status=0
+wait "$pair_job" || pair_status=$?
+pair_job=""
+[ "$pair_status" = 0 ] || { cat "$scratch/os-pair.log"; echo "test.sh: building the OS pair failed (exit $pair_status)" >&2; exit 1; }
+grep '^make-os-pair: .* done in' "$scratch/os-pair.log" || grep '^make-os-pair: keeping' "$scratch/os-pair.log"
 cargo test --workspace -- --skip vm_boot::
 # Every decoder fuzzed for a short while from the committed corpora (tests/fuzz, libFuzzer).
 FUZZ_SECONDS=${FUZZ_SECONDS:-45} scripts/fuzz.sh

@@ -1,11 +1,15 @@
-//! Round trip of a real Debian rootfs (built by benches/harness/make-os-pair.sh with mmdebstrap):
+//! Round trip of a real Debian rootfs (built by benches/harness/make-os-pair.sh with mmdebstrap,
+//! its kernel variant: a container host with a kernel, so that the update holds Debian's monthly
+//! package updates and a kernel update — modules renamed, vmlinuz and a real initramfs):
 //! commit → checkout must be identical in content and metadata, as rsync -aHAX --checksum sees it,
 //! in an archive repository and in a bare repository on btrfs (reflinked), and through a FUSE mount
 //! of the commit from either; and the update from OLD
-//! to NEW through per-file deltas (Debian's own gzip files among them) gives NEW exactly.
+//! to NEW through per-file deltas (Debian's own gzip files and the initramfs among them) gives NEW
+//! exactly.
 //!
 //! The pair is built once into `OSDEPLOY_OS_PAIR` (default: target/os-pair) and reused: the script
-//! keeps a finished tree whose marker records the current recipe and rebuilds any other.
+//! keeps a finished tree whose marker records the current recipe and rebuilds any other
+//! (scripts/test.sh builds it while the tests compile).
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -23,7 +27,7 @@ fn os_pair() -> PathBuf {
             std::env::var_os("OSDEPLOY_OS_PAIR").map(PathBuf::from).unwrap_or_else(|| workspace.join("target/os-pair"));
         let script = workspace.join("benches/harness/make-os-pair.sh");
         assert!(script.exists(), "{} is needed to build the real rootfs pair", script.display());
-        sh("bash", &[&script.display().to_string(), &pair.display().to_string()]);
+        sh("bash", &[&script.display().to_string(), "--variant", "kernel", &pair.display().to_string()]);
         assert!(pair.join("old.done").exists() && pair.join("new.done").exists(), "{} is unfinished", pair.display());
         pair
     })
@@ -51,7 +55,7 @@ fn real_rootfs_round_trips_through_archive_and_bare_repositories() {
     let fsck = json(&ok(osdeploy(&repo).args(["fsck", "--json"])));
     assert_eq!(fsck["errors"].as_array().unwrap().len(), 0, "{fsck}");
 
-    let fs = LoopFs::new("btrfs", 2048);
+    let fs = LoopFs::new("btrfs", 4096);
     let bare = fs.mount.join("repo");
     ok(osdeploy(&bare).args(["init", "--mode", "bare"]));
     ok(osdeploy(&bare).args(["commit", "-b", "debian"]).arg(pair.join("new")));
@@ -80,7 +84,7 @@ fn real_update_through_per_file_deltas_is_exact() {
     ok(osdeploy(&origin).args(["init", "--mode", "archive"]));
     ok(osdeploy(&origin).args(["commit", "-b", "debian", "--version", "old"]).arg(pair.join("old")));
     let server = osdeploy_serve(&origin);
-    let fs = LoopFs::new("btrfs", 2048);
+    let fs = LoopFs::new("btrfs", 4096);
     let node = fs.mount.join("node");
     ok(osdeploy(&node).args(["init", "--mode", "bare"]));
     ok(osdeploy(&node).args(["remote", "add", "origin", &server.url, "--insecure"]));
@@ -88,8 +92,14 @@ fn real_update_through_per_file_deltas_is_exact() {
     let committed = json(&ok(osdeploy(&origin)
         .args(["commit", "-b", "debian", "--version", "new", "--deltas", "1", "--json"])
         .arg(pair.join("new"))));
-    let gzip = committed["deltas"]["by_codec"]["gzip"].as_u64().unwrap_or(0);
+    let deltas = &committed["deltas"];
+    let gzip = deltas["by_codec"]["gzip"].as_u64().unwrap_or(0);
     assert!(gzip > 100, "Debian's .gz files are diffed by their plain text: {committed}");
+    // The kernel update: every module moved to a directory named after the new version, and the
+    // initramfs is rebuilt from the release's own modules.
+    let renamed = deltas["pairs_by_rule"]["version-masked"].as_u64().unwrap_or(0);
+    assert!(renamed > 1000, "modules paired across the renamed modules directory: {committed}");
+    assert_eq!(deltas["by_codec"]["gzip-tree"], 1, "the initramfs names the release's files: {committed}");
     let planned = json(&ok(osdeploy(&node).args(["pull", "--dry-run", "--json", "origin", "debian"])));
     let pulled = json(&ok(osdeploy(&node).args(["pull", "--json", "origin", "debian"])));
     assert_eq!((&pulled["bytes_fetched"], &pulled["requests"]), (&planned["transfer_bytes"], &planned["requests"]));
