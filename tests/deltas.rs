@@ -297,6 +297,20 @@ fn a_corrupt_delta_on_the_server_falls_back_to_chunks() {
         bytes[8 + 42 + 40] ^= 0x55;
         fs::write(&pack, bytes).unwrap();
     }
+    // The origin's own plan finds the metadata delta unusable as the node's does, says so, and
+    // plans what the node's dry run plans: the metadata as objects, the delta index, the deltas.
+    let v1 = o.commits[0].clone();
+    let out = osdeploy(&o.repo).args(["delta", "--json", &v1, "stable"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("metadata is fetched as objects"), "{stderr}");
+    let local: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let planned = json(&ok(osdeploy(&node).args(["pull", "--dry-run", "--json", "origin", "stable"])));
+    for key in ["transfer_bytes", "requests", "metadata_objects", "metadata_delta_bytes", "index_files", "deltas"] {
+        assert_eq!(local[key], planned[key], "{key}: local {local} dry run {planned}");
+    }
+    assert_eq!(local["metadata_delta_bytes"], 0, "{local}");
+    assert!(local["whole_files"].to_string().contains(".dix"), "the delta index: {local}");
     let out = osdeploy(&node).args(["pull", "--json", "origin", "stable"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stats: Value = serde_json::from_slice(&out.stdout).unwrap();

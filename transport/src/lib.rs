@@ -19,6 +19,7 @@
 
 mod assemble;
 pub mod client;
+mod delta_sources;
 pub mod deltas;
 pub mod error;
 pub mod fetch;

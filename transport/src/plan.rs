@@ -12,9 +12,6 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use osdeploy_store::archive::ArchiveStore;
 use osdeploy_store::delta::index::DeltaEntry;
-use osdeploy_store::delta::index::MetadataEntry;
-use osdeploy_store::delta::metadata::base_stream;
-use osdeploy_store::delta::published::PublishedDeltas;
 use osdeploy_store::layout;
 use osdeploy_store::object::{FileObject, ObjectKind};
 use osdeploy_store::pack::IndexEntry;
@@ -22,7 +19,8 @@ use osdeploy_store::summary::Summary;
 use osdeploy_store::{CommitId, FileId, ObjectId, Repo, StoreError};
 use serde::Serialize;
 
-use crate::deltas::{DeltaCatalog, DeltaUse};
+use crate::delta_sources::{DeltaSources, LocalDeltaFiles};
+use crate::deltas::DeltaUse;
 use crate::error::TransportError;
 
 /// How ranges are merged into requests.
@@ -428,58 +426,25 @@ pub fn plan(
         .into_iter()
         .filter_map(|name| std::fs::metadata(repo.path().join(&name)).ok().map(|m| WholeFile { name, bytes: m.len() }))
         .collect();
-    // A node that holds a release fetches the metadata delta the summary lists from it, which
-    // lists the file deltas too; else the wanted release's delta index, and may use both. The
-    // metadata delta brings the new metadata before the walk, and where the chunks lie (then the
-    // node fetches no pack index).
-    let published = PublishedDeltas::load(repo.path())?;
+    // A node that holds a release finds its deltas as a pull does.
     let summary_path = repo.path().join(layout::SUMMARY);
     let summary = match std::fs::read(&summary_path) {
         Ok(bytes) => Some(Summary::parse(&bytes, &format!("the summary {}", summary_path.display()))?),
         Err(_) => None,
     };
-    let (mut catalog, mut metadata) = (None, None);
-    if deltas == DeltaUse::WhereCheaper
-        && let Some(from) = from
-    {
-        let listed = match &summary {
-            Some(summary) => summary.metadata_delta(&to, |c| Ok(*c == from))?,
-            None => None,
-        };
-        let read = |kind, id: &ObjectId| repo.read(kind, id);
-        let apply = |entry: &MetadataEntry| -> Result<_, StoreError> {
-            published.read_metadata(entry)?.apply(&base_stream(&repo.commit_object(&from)?, read)?.bytes)
-        };
-        if let Some(listed) = listed {
-            let entry = listed.entry();
-            let mut rebuilt = apply(&entry)?;
-            if let Some(files) = rebuilt.deltas.take() {
-                catalog = Some((DeltaCatalog::of_metadata_delta(to, entry, files.entries), None));
-            }
-            metadata = Some((entry, rebuilt));
-        }
-        if catalog.is_none()
-            && let Some(index) = published.index_of(&to)
-        {
-            let download = WholeFile { name: layout::delta_index_file(&index.hash), bytes: index.size };
-            catalog = Some((DeltaCatalog::new(index.index.clone()), Some(download)));
-        }
-        if metadata.is_none()
-            && let Some((catalog, _)) = &catalog
-            && let Some(entry) = catalog.metadata_from(|c| Ok(*c == from))?
-        {
-            metadata = Some((*entry, apply(entry)?));
-        }
-    }
-    let (mut prefetched, mut metadata_read, mut indexes) = (HashSet::new(), None::<PackRead>, Indexes::OfReads);
-    if let Some((entry, rebuilt)) = &metadata {
-        prefetched.extend(rebuilt.objects.iter().map(|(kind, id, _)| (*id, *kind)));
-        prefetched.extend(rebuilt.chunks.iter().map(|(id, _)| (*id, ObjectKind::Chunk)));
-        if !rebuilt.chunk_locations.is_empty() {
-            indexes = Indexes::None;
-        }
-        metadata_read = Some(crate::deltas::metadata_read(entry));
-    }
+    let DeltaSources { catalog, metadata_delta } = match (deltas, from) {
+        (DeltaUse::WhereCheaper, Some(from)) => LocalDeltaFiles::open(repo)?
+            .sources(summary.as_ref(), to, |c| Ok(*c == from))
+            .map_err(|e| store_error(repo, e))?,
+        _ => DeltaSources::default(),
+    };
+    // A metadata delta that says where the chunks lie spares the node every pack index.
+    let indexes = match &metadata_delta {
+        Some(m) if !m.chunk_locations.is_empty() => Indexes::None,
+        _ => Indexes::OfReads,
+    };
+    let (metadata_read, prefetched) = metadata_delta.map(|m| (m.read, m.objects.into_iter().collect())).unzip();
+    let prefetched: HashSet<_> = prefetched.unwrap_or_default();
     let build = |survey, indexes, extra: Option<WholeFile>| {
         let files = whole_files.iter().cloned().chain(extra).collect();
         PullPlan::new(from, to, survey, archive, indexes, files, options)
@@ -494,14 +459,18 @@ pub fn plan(
     survey.add_metadata_delta(metadata_read, prefetched, archive);
     let catalog = catalog.as_ref().map(|(c, d)| (c, d.clone()));
     let build = |survey, extra| build(survey, indexes, extra);
-    crate::deltas::choose_and_plan(survey, without_deltas, catalog, &have, |_| false, archive, build).map_err(|e| {
-        match e {
-            TransportError::Store(e) => e,
-            other => {
-                StoreError::Corrupt { what: format!("repository {}", repo.path().display()), reason: other.to_string() }
-            }
+    crate::deltas::choose_and_plan(survey, without_deltas, catalog, &have, |_| false, archive, build)
+        .map_err(|e| store_error(repo, e))
+}
+
+/// A local plan's error as `repo`'s: reading the repository is all it does.
+fn store_error(repo: &Repo, error: TransportError) -> StoreError {
+    match error {
+        TransportError::Store(e) => e,
+        other => {
+            StoreError::Corrupt { what: format!("repository {}", repo.path().display()), reason: other.to_string() }
         }
-    })
+    }
 }
 
 /// Merges sorted `(offset, len)` spans of one pack into reads (see [`CoalesceOptions`]).

@@ -26,7 +26,8 @@ use serde::Serialize;
 
 use crate::assemble::Assembler;
 use crate::client::{Client, HttpOptions, Progress};
-use crate::deltas::{self, DeltaSources, DeltaUse};
+use crate::delta_sources::{DeltaSources, RemoteDeltaFiles, delta_sources};
+use crate::deltas::{self, DeltaUse};
 use crate::error::TransportError;
 use crate::fetch::fetch;
 use crate::index::{CacheWrites, RemoteIndex};
@@ -203,8 +204,10 @@ async fn make_plan(
         if options.deltas == DeltaUse::WhereCheaper && !repo.commit_ids()?.is_empty() {
             let held = |from: &CommitId| repo.has(ObjectKind::Commit, &from.0);
             let read_base = |kind, id: &ObjectId| repo.read(kind, id);
-            let cache = (repo, writes);
-            deltas::delta_sources(client, &fetched.summary, commit, staged, held, read_base, Some(cache)).await?
+            let summary = &fetched.summary;
+            let staged = &mut *staged;
+            let mut files = RemoteDeltaFiles { client, summary, staged, read_base, cache: Some((repo, writes)) };
+            delta_sources(&mut files, Some(summary), commit, held).await?
         } else {
             DeltaSources::default()
         };

@@ -16,7 +16,8 @@ use osdeploy_store::{CommitId, ObjectId};
 use serde::Serialize;
 
 use crate::client::{Client, Progress};
-use crate::deltas::{self, DeltaSources, DeltaUse};
+use crate::delta_sources::{DeltaSources, RemoteDeltaFiles, delta_sources};
+use crate::deltas::{self, DeltaUse};
 use crate::error::TransportError;
 use crate::index::RemoteIndex;
 use crate::plan::{Indexes, PullPlan, WholeFile};
@@ -89,7 +90,9 @@ async fn plan_async(
         (DeltaUse::WhereCheaper, Some(from)) => {
             let held = |c: &CommitId| Ok(*c == from);
             let read_base = |kind, id: &ObjectId| staged_from.get(kind, id);
-            deltas::delta_sources(&client, &fetched.summary, to, &mut staged_to, held, read_base, None).await?
+            let (client, summary, staged) = (&client, &fetched.summary, &mut staged_to);
+            let mut files = RemoteDeltaFiles { client, summary, staged, read_base, cache: None };
+            delta_sources(&mut files, Some(summary), to, held).await?
         }
         _ => DeltaSources::default(),
     };
