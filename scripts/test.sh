@@ -23,13 +23,13 @@ finish() {
   rm -rf "$scratch"
 }
 trap finish EXIT
-# The real Debian OS pair of tests/real_rootfs.rs (a container host with a kernel update; about
-# 4 minutes, most of it downloads and dpkg) is built while the tests compile, in a process group of
+# The real Debian OS pair of tests/real_rootfs.rs (a container host with a kernel update, the
+# cloud kernel's; a few minutes, most of it downloads and dpkg) is built while the tests compile, in a process group of
 # its own; the tests find it finished and keep it.
 os_pair=${OSDEPLOY_OS_PAIR:-$PWD/target/os-pair}
 export OSDEPLOY_OS_PAIR=$os_pair
 set -m
-benches/harness/make-os-pair.sh --variant kernel "$os_pair" > "$scratch/os-pair.log" 2>&1 &
+benches/harness/make-os-pair.sh --variant cloud-kernel "$os_pair" > "$scratch/os-pair.log" 2>&1 &
 pair_job=$!
 set +m
 # A clone must pass on its own: no tracked file may use a folder beside the repository (the

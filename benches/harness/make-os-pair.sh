@@ -3,7 +3,7 @@
 # move between. Used by tests/real_rootfs.rs, the benchmark harness and docs/benchmarks.md.
 #
 # Usage (root, Debian with network access to the Debian mirrors):
-#   benches/harness/make-os-pair.sh [--variant base|kernel] OUT
+#   benches/harness/make-os-pair.sh [--variant base|kernel|cloud-kernel] OUT
 #
 #   --variant base    (default) a container host: minbase + systemd, udev, iproute2, openssh-server,
 #                     ca-certificates, containerd.
@@ -11,6 +11,8 @@
 #                     and a real initrd: OLD has bookworm's kernel, NEW the one from
 #                     bookworm-security (a kernel update: modules dir, vmlinuz-*, initrd.img-*,
 #                     config-* renamed when the ABI changes). Fails if both end up with one kernel.
+#   --variant cloud-kernel  the same with linux-image-cloud-amd64: the same kernel update at a
+#                     quarter of the size (fewer modules), for CI's round trip (tests/real_rootfs.rs).
 #
 # OLD = suite bookworm only (the point release on the mirror today); NEW = bookworm +
 # bookworm-updates + bookworm-security (a monthly security update). Writes:
@@ -20,7 +22,7 @@
 #   OUT/{old,new}.release        Suite, Version and Date of each apt Release file the tree used
 #   OUT/{old,new}.clamp          the mtime clamp (epoch seconds) applied to the tree
 #   OUT/{old,new}.done           marker of a finished tree: the recipe and its sha256
-#   OUT/kernel.txt               (kernel variant) kernel package versions and /boot of both trees
+#   OUT/kernel.txt               (kernel variants) kernel package versions and /boot of both trees
 # A finished tree whose marker records the current recipe (script version, variant, suites,
 # sources, package list) is kept; a missing, unfinished or differently built tree is rebuilt.
 # FORCE=1 rebuilds both. DEBIAN_MIRROR and SECURITY_MIRROR override the mirrors.
@@ -34,7 +36,7 @@
 set -euo pipefail
 
 SCRIPT_VERSION=2   # bump when the build or the scrub changes: finished trees are rebuilt
-usage() { echo "usage: $0 [--variant base|kernel] OUT" >&2; exit 2; }
+usage() { echo "usage: $0 [--variant base|kernel|cloud-kernel] OUT" >&2; exit 2; }
 die() { echo "make-os-pair: $*" >&2; exit 1; }
 
 variant=base
@@ -54,7 +56,8 @@ include=systemd,systemd-sysv,udev,iproute2,openssh-server,ca-certificates,contai
 case $variant in
   base) ;;
   kernel) include=$include,linux-image-amd64,initramfs-tools ;;
-  *) die "unknown variant '$variant' (base or kernel)" ;;
+  cloud-kernel) include=$include,linux-image-cloud-amd64,initramfs-tools ;;
+  *) die "unknown variant '$variant' (base, kernel or cloud-kernel)" ;;
 esac
 
 [ "$(id -u)" = 0 ] || die "must run as root (mmdebstrap --mode=root, device nodes, ownership)"
@@ -146,7 +149,7 @@ build new "${new_sources[@]}"
 diff "$out/old.pkgs" "$out/new.pkgs" > "$out/pkgs.diff" || true
 echo "make-os-pair: $(grep -c '^>' "$out/pkgs.diff" || true) packages differ between old and new (see $out/pkgs.diff)"
 
-if [ "$variant" = kernel ]; then
+if [ "$variant" != base ]; then
   ko=$(kernel_of "$out/old"); kn=$(kernel_of "$out/new")
   [ -n "$ko" ] || die "no linux-image package in $out/old.pkgs"
   [ -n "$kn" ] || die "no linux-image package in $out/new.pkgs"
