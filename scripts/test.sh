@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Every check osdeploy has: installs the system packages the tests need, then a self-containment
 # guard, formatting, lints and all tests (unit tests; integration tests on loop-mounted
-# btrfs/xfs/ext4 images; a real Debian rootfs round trip and update with a kernel update, its pair
-# built by benches/harness/make-os-pair.sh), a short fuzzing run of every decoder, and a check that a
-# build without debug assertions ignores crash points.
+# btrfs/xfs/ext4 images; a real Debian rootfs round trip, and its update with a kernel update, the
+# pair built by benches/harness/make-os-pair.sh), a short fuzzing run of every decoder, and a check
+# that a build without debug assertions ignores crash points.
 # Runs as root (loop devices, device nodes, ownership).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,8 +24,8 @@ finish() {
 }
 trap finish EXIT
 # The real Debian OS pair of tests/real_rootfs.rs (a container host with a kernel update, the
-# cloud kernel's; a few minutes, most of it downloads and dpkg) is built while the tests compile, in a process group of
-# its own; the tests find it finished and keep it.
+# cloud kernel's; a few minutes, most of it downloads and dpkg) is built while the tests compile,
+# in a process group of its own; the tests find it finished and keep it.
 os_pair=${OSDEPLOY_OS_PAIR:-$PWD/target/os-pair}
 export OSDEPLOY_OS_PAIR=$os_pair
 set -m

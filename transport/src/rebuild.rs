@@ -36,6 +36,9 @@ type Job<'p> = (&'p PlannedFile, DeltaObject);
 /// A file's content rebuilt from its delta and verified, or why not.
 type Rebuilt = Result<Vec<u8>, StoreError>;
 
+/// The content a delta starts from, read from the repository, or why not.
+type Base = Result<Vec<u8>, StoreError>;
+
 /// A file whose delta reads other files of the release, waiting for them.
 struct Deferred<'p> {
     file: &'p PlannedFile,
@@ -131,7 +134,7 @@ impl<'p> DeltaBuilder<'p> {
         // applies the batch read before on all cores. At most three batches are held at once (one
         // being read, two read and not yet written), which bounds the contents in memory.
         std::thread::scope(|scope| {
-            let (to_apply, batches) = mpsc::channel::<(&[Job<'p>], Vec<Result<Vec<u8>, StoreError>>)>();
+            let (to_apply, batches) = mpsc::channel::<(&[Job<'p>], Vec<Base>)>();
             let (to_write, applied) = mpsc::channel();
             scope.spawn(move || {
                 for (batch, bases) in batches {

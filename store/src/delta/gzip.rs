@@ -226,6 +226,7 @@ fn take_parts<'a>(rest: &mut &'a [u8]) -> Result<[&'a [u8]; 3], String> {
     Ok([take_part(rest, "gzip header")?, take_part(rest, "trailer")?, take_part(rest, "corrections")?])
 }
 
+/// The references to files of the release that follow the parts (gzip-tree payloads only).
 fn take_refs(rest: &mut &[u8]) -> Result<Vec<TreeRef>, String> {
     let count = u32::from_le_bytes(take(rest, 4, "reference count")?.try_into().expect("4 bytes"));
     let bytes = take(rest, (count as usize).saturating_mul(REF_LEN), "references")?;
