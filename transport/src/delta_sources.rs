@@ -30,7 +30,7 @@ use crate::staging::Staging;
 use crate::summary;
 
 /// The read that fetches a metadata delta.
-pub(crate) fn metadata_read(entry: &MetadataEntry) -> PackRead {
+fn metadata_read(entry: &MetadataEntry) -> PackRead {
     PackRead { pack: entry.pack, offset: entry.entry.offset, len: entry.entry.span(), objects: 1 }
 }
 
