@@ -5,7 +5,7 @@
 //! with the sysroot on btrfs and a container-image partition on ext4 found by its label.
 
 use std::fs;
-use std::os::unix::fs::{PermissionsExt, symlink};
+use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -423,12 +423,7 @@ fn prepare_root_makes_the_booted_slot_the_root_filesystem() {
     fs::create_dir_all(&stand_ins).unwrap();
     fs::copy(env!("CARGO_BIN_EXE_osdeploy"), stand_ins.join("osdeploy")).unwrap();
     let rebooted = out.join("rebooted");
-    fs::write(
-        stand_ins.join("reboot"),
-        format!("#!/bin/sh\n# stand-in\necho \"reboot $*\" >> '{}'\n", rebooted.display()),
-    )
-    .unwrap();
-    fs::set_permissions(stand_ins.join("reboot"), fs::Permissions::from_mode(0o755)).unwrap();
+    write_script(&stand_ins.join("reboot"), &format!("# stand-in\necho \"reboot $*\" >> '{}'", rebooted.display()));
     let (console, sysrq) = (out.join("console"), out.join("sysrq"));
     fs::write(&console, "").unwrap();
     fs::write(&sysrq, "").unwrap();

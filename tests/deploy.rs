@@ -84,9 +84,7 @@ impl Node {
     }
 
     fn health_check(&self, name: &str, body: &str) {
-        let path = self.config().join("health.d").join(name);
-        fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+        write_script(&self.config().join("health.d").join(name), body);
     }
 
     fn remove_health_check(&self, name: &str) {

@@ -10,7 +10,6 @@
 //! release 4 reaches every node. The merged timeline of the agents is printed and checked.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -243,11 +242,6 @@ impl Fleet {
     }
 }
 
-fn executable(path: &Path, body: &str) {
-    fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
-    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
-}
-
 /// An origin with release 1, `nodes` nodes on it (agents not started yet, polling every `poll`
 /// seconds), an etcd of `members`.
 fn set_up(nodes: usize, members: usize, reboot_ttl: u64, poll: u64) -> Fleet {
@@ -286,11 +280,11 @@ fn set_up_with(nodes: usize, members: usize, reboot_ttl: u64, poll: u64, secure:
         let sysroot = fleet._fs.mount.join(&name);
         let config = fleet.tmp.path().join(&name);
         fs::create_dir_all(config.join("health.d")).unwrap();
-        executable(&config.join("health.d/10-not-broken"), "case \"$OSDEPLOY_VERSION\" in *broken*) exit 1;; esac");
+        write_script(&config.join("health.d/10-not-broken"), "case \"$OSDEPLOY_VERSION\" in *broken*) exit 1;; esac");
         let metrics =
             format!("127.0.0.1:{}", std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
         let reboot = config.join("reboot");
-        executable(
+        write_script(
             &reboot,
             &format!(
                 "exec {} --sysroot {} --config-dir {} boot-check > /dev/null",
@@ -514,7 +508,7 @@ fn agents_wait_for_etcd_refuse_bad_policies_and_a_dead_holder_frees_its_slot() {
     // node1 dies holding its reboot slot (its reboot command kills its agent); node2, of the same
     // wave, queues behind it: the slot is freed when node1's lease expires (10 s), and node2 goes on.
     fleet.nodes.iter_mut().for_each(FleetNode::kill_agent);
-    executable(&fleet.nodes[0].config.join("reboot"), "kill -9 $PPID");
+    write_script(&fleet.nodes[0].config.join("reboot"), "kill -9 $PPID");
     fleet.nodes[0].start_agent(None);
     let next = fleet.release("5", "waves = [1.0]\n");
     fleet.wait_for("node1 dead while holding its slot", limit, |f| {
@@ -582,7 +576,7 @@ fn operators_pause_resume_and_abort_a_rollout_and_sighup_polls_at_once() {
     // wave 1 waits for it, also once its registration expired, until an operator forgets it —
     // which also frees its reboot slot long before its 60 s lease would.
     let fourth = fleet.release("4", "canary_nodes = [\"node1\"]\nwaves = [1.0]\n");
-    executable(&fleet.nodes[0].config.join("reboot"), "kill -9 $PPID");
+    write_script(&fleet.nodes[0].config.join("reboot"), "kill -9 $PPID");
     fleet.nodes.iter().for_each(FleetNode::wake_agent);
     fleet.wait_for("node1 silent in its reboot", limit, |f| {
         f.nodes[0].has_event("rebooting", &fourth) && f.status(&fourth)["lines"][0]["alive"] == false

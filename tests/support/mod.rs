@@ -76,6 +76,21 @@ pub fn shell(script: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Writes an executable shell script running `body`. A child process writes it: a descriptor this
+/// multi-threaded test process held open for writing could leak into a child another test thread
+/// forks meanwhile, and running the script would fail with "Text file busy" until that child execs.
+pub fn write_script(path: &Path, body: &str) {
+    use std::io::Write;
+    let mut writer = Command::new("sh")
+        .args(["-c", "cat > \"$1\" && chmod 755 \"$1\"", "sh"])
+        .arg(path)
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("sh");
+    writer.stdin.take().expect("piped").write_all(format!("#!/bin/sh\n{body}\n").as_bytes()).unwrap();
+    assert!(writer.wait().unwrap().success(), "writing the script {}", path.display());
+}
+
 /// Quotes a path for [`shell`].
 pub fn q(path: &Path) -> String {
     format!("'{}'", path.display().to_string().replace('\'', r"'\''"))

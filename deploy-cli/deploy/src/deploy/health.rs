@@ -2,17 +2,24 @@
 //! process group with a timeout. A check passes when it exits 0 within the timeout; one that runs longer is killed
 //! (the whole process group, so a script's children go too) and counts as failed. Files that are not executable
 //! and names starting with `.` are ignored, as `run-parts` does. The checks' output goes to standard error.
+//! A check that cannot start because a file is open for writing ("Text file busy": a configuration tool rewriting
+//! it, or another process's fork still holding a descriptor until its exec) is tried again for a while.
 
 use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rustix::process::{WaitId, WaitIdOptions, waitid};
 use serde::Serialize;
 
 use super::{DeployError, IoContext, Result};
+
+/// How long a check that is open for writing elsewhere is tried again.
+const BUSY_RETRY_FOR: Duration = Duration::from_secs(2);
+/// The pause between those tries.
+const BUSY_RETRY_PAUSE: Duration = Duration::from_millis(25);
 
 /// How one check ended.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -77,13 +84,10 @@ pub fn run_checks(dir: &Path, timeout: Duration, env: &[(&str, String)]) -> Resu
 fn run_one(path: &Path, timeout: Duration, env: &[(&str, String)]) -> Result<CheckResult> {
     let stderr = std::io::stderr().as_fd().try_clone_to_owned().at(Path::new("/dev/stderr"))?;
     let started = Instant::now();
-    let mut child = Command::new(path)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(stderr))
-        .process_group(0)
-        .spawn()
-        .map_err(|error| DeployError::HealthCheck { path: path.to_owned(), error })?;
+    let mut command = Command::new(path);
+    command.envs(env.iter().map(|(k, v)| (k, v))).stdin(Stdio::null()).stdout(Stdio::from(stderr)).process_group(0);
+    let mut child =
+        spawn_unless_busy(&mut command).map_err(|error| DeployError::HealthCheck { path: path.to_owned(), error })?;
     let group = rustix::process::Pid::from_child(&child);
     let health_error = |error: std::io::Error| DeployError::HealthCheck { path: path.to_owned(), error };
     // The check is seen to end without being reaped: until it is, its id names its group alone.
@@ -108,6 +112,19 @@ fn run_one(path: &Path, timeout: Duration, env: &[(&str, String)]) -> Result<Che
     };
     let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
     Ok(CheckResult { name, outcome, seconds: started.elapsed().as_secs_f64() })
+}
+
+/// Starts `command`, trying again for [`BUSY_RETRY_FOR`] while its file is open for writing.
+fn spawn_unless_busy(command: &mut Command) -> std::io::Result<Child> {
+    let started = Instant::now();
+    loop {
+        match command.spawn() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && started.elapsed() < BUSY_RETRY_FOR => {
+                std::thread::sleep(BUSY_RETRY_PAUSE);
+            }
+            spawned => return spawned,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -142,5 +159,23 @@ mod tests {
                 ("30-hangs", &Outcome::TimedOut)
             ]
         );
+    }
+
+    #[test]
+    fn a_check_held_open_for_writing_a_moment_runs_once_it_is_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        script(dir.path(), "10-rewritten", "exit 0", 0o755);
+        let writer = std::fs::OpenOptions::new().append(true).open(dir.path().join("10-rewritten")).unwrap();
+        let held = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(writer);
+        });
+        let results = run_checks(dir.path(), Duration::from_secs(5), &[]).unwrap();
+        held.join().unwrap();
+        assert_eq!(results[0].outcome, Outcome::Passed, "{results:?}");
+
+        let _writer = std::fs::OpenOptions::new().append(true).open(dir.path().join("10-rewritten")).unwrap();
+        let error = run_checks(dir.path(), Duration::from_secs(5), &[]).unwrap_err().to_string();
+        assert!(error.contains("10-rewritten") && error.contains("busy"), "{error}");
     }
 }
