@@ -507,7 +507,9 @@ impl Drop for Machine {
     }
 }
 
-/// Runs an mtools command on the FAT image `image`.
+/// Runs an mtools command on the FAT image `image`. A failure says what `fsck.vfat -n` finds on
+/// the image and where a copy of it is kept, for the post-mortem.
+#[track_caller]
 fn mtools(program: &str, image: &Path, args: &[&str]) -> String {
     let out = Command::new(program)
         .env("MTOOLS_SKIP_CHECK", "1")
@@ -516,7 +518,18 @@ fn mtools(program: &str, image: &Path, args: &[&str]) -> String {
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("{program} is required (Debian: mtools): {e}"));
-    assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        let fsck = Command::new("fsck.vfat").arg("-n").arg("-v").arg(image).output().expect("fsck.vfat");
+        let kept = cache_dir().join(format!("esp-{}.img", std::process::id()));
+        let copied =
+            fs::copy(image, &kept).map_or_else(|e| format!("not kept: {e}"), |_| format!("kept as {}", kept.display()));
+        panic!(
+            "{program} {args:?}: {}\nthe image ({copied}), fsck.vfat -n -v:\n{}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&fsck.stdout),
+            String::from_utf8_lossy(&fsck.stderr)
+        );
+    }
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -671,6 +684,9 @@ fn branch_ref(repo: &Path, branch: &str) -> Option<String> {
 }
 
 impl Machine {
+    /// What a machine coming back finds: the refs, the node's status, the user data and the ESP's
+    /// entries. An unreadable ESP panics naming the caller's line (which of a step's looks it was).
+    #[track_caller]
     fn seen(&self) -> Seen {
         let user_data = shell(&format!(
             "cd {} && sha256sum home/user/notes var/lib/containerd/image.blob",
@@ -678,12 +694,12 @@ impl Machine {
         ));
         // The node's status reads the ESP's entries: a copy of the ESP stands in for it.
         let boot = self.path("sysroot/boot");
-        let esp = self.esp.as_ref().map(|image| {
+        let mut esp = None;
+        if let Some(image) = &self.esp {
             shell(&format!("mount -t tmpfs esp-copy {}", q(&boot)));
-            let copy = UnmountOnDrop(boot.clone());
+            esp = Some(UnmountOnDrop(boot.clone()));
             mtools("mcopy", image, &["-s", "-p", "-n", "-m", "::/*", &boot.display().to_string()]);
-            copy
-        });
+        }
         let status = json(&ok(self.node().args(["status", "--json"])));
         let esp = esp.map(|_copy| Esp::read(&boot));
         Seen {
