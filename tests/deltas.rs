@@ -347,6 +347,30 @@ fn an_initramfs_naming_files_new_in_the_pull_falls_back_where_they_are_unreadabl
     checkout_equals(&node, &o.tree(2), &o.tmp.path().join("co"));
 }
 
+/// In a bare repository the initramfs's delta is applied as soon as it arrives, and its read of
+/// the module it names waits until the pull has written that module. Here the module's own delta
+/// cannot be applied (the node's copy of the old module is damaged during the pull), so the
+/// module comes as chunks, later: the initramfs waits for it and is still rebuilt from its delta.
+#[test]
+fn an_initramfs_delta_waits_for_a_named_file_that_comes_as_chunks() {
+    let (o, _server, node) = node_behind();
+    ok(osdeploy(&o.repo).args(["delta", "generate", "--to", "stable"]));
+    let module = "usr/lib/modules/6.1.0-41-amd64/kernel/fs/ext4.ko";
+    let listed = json(&ok(osdeploy(&node).args(["ls", "--json", &o.commits[0], module])));
+    let id = listed[0]["file"].as_str().unwrap();
+    let old_module = node.join("objects").join(&id[..2]).join(&id[2..]);
+    let intact = fs::read(&old_module).unwrap();
+    fs::write(&old_module, &intact[..intact.len() / 2]).unwrap();
+    let out = osdeploy(&node).args(["pull", "--json", "origin", "stable"]).output().unwrap();
+    fs::write(&old_module, &intact).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let pulled: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("fetched as chunks") && stderr.contains(id), "the module's fallback: {stderr}");
+    assert_eq!((&pulled["files_from_deltas"], &pulled["delta_fallbacks"]), (&(CHANGED - 1).into(), &1.into()));
+    checkout_equals(&node, &o.tree(2), &o.tmp.path().join("co"));
+}
+
 #[test]
 fn a_node_older_than_every_delta_base_uses_chunks() {
     // The node holds release 1; deltas to release 3 start from release 2 only.

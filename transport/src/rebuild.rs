@@ -4,16 +4,18 @@
 //! reported, and its file is fetched as chunks instead.
 //!
 //! A delta that names other files of the release (an initramfs made of the release's modules:
-//! [`osdeploy_store::delta::codec::DeltaCodec::GzipTree`]) is held back until the files it names
-//! are written. In a bare repository it is then applied on a thread of its own, reading them from
-//! where this pull wrote them, while the other deltas go on (the files it names are rebuilt
-//! first); its file is written by [`DeltaBuilder::build_deferred`], after the pull's other files.
-//! An archive repository applies it there, reading only files it held before: a pull into one
-//! cannot read its own uncommitted files, so such a file falls back to chunks when it names one.
+//! [`osdeploy_store::delta::codec::DeltaCodec::GzipTree`]) reads them where this pull writes them.
+//! In a bare repository it is applied on a thread of its own as soon as it arrives: what needs only
+//! its base (inflating the old initramfs, patching its plain text) runs while the pull is still
+//! fetching, and each read of a named file waits until the pull has written it (the files it names
+//! are rebuilt first). Its file is written by [`DeltaBuilder::build_deferred`], after the pull's
+//! other files. An archive repository applies it there, reading only files it held before: a pull
+//! into one cannot read its own uncommitted files, so such a file falls back to chunks when it
+//! names one.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
 use std::thread::JoinHandle;
 
 use osdeploy_store::delta::object::DeltaObject;
@@ -39,12 +41,61 @@ type Rebuilt = Result<Vec<u8>, StoreError>;
 /// The content a delta starts from, read from the repository, or why not.
 type Base = Result<Vec<u8>, StoreError>;
 
-/// A file whose delta reads other files of the release, waiting for them.
+/// A file whose delta reads other files of the release, applied last (archive repositories).
 struct Deferred<'p> {
     file: &'p PlannedFile,
     delta: DeltaObject,
-    /// The files it reads.
-    names: Vec<FileId>,
+}
+
+/// The pull's new files not written yet, shared with the threads of deltas that read files of the
+/// release: such a read waits until its file is written, or until nothing more will be.
+struct Unwritten {
+    state: Mutex<Writes>,
+    changed: Condvar,
+}
+
+/// What [`Unwritten`] guards.
+struct Writes {
+    files: HashSet<FileId>,
+    /// Every file the pull writes is written (or has failed): reads wait no longer.
+    settled: bool,
+    /// The pull ended before: reads fail.
+    abandoned: bool,
+}
+
+impl Unwritten {
+    fn new(files: HashSet<FileId>) -> Self {
+        Unwritten { state: Mutex::new(Writes { files, settled: false, abandoned: false }), changed: Condvar::new() }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Writes> {
+        // Its holders only insert, remove and set flags: a panic leaves it consistent.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn written(&self, ids: impl IntoIterator<Item = FileId>) {
+        let mut writes = self.lock();
+        for id in ids {
+            writes.files.remove(&id);
+        }
+        self.changed.notify_all();
+    }
+
+    fn settle(&self, abandoned: bool) {
+        let mut writes = self.lock();
+        writes.settled = true;
+        writes.abandoned |= abandoned;
+        self.changed.notify_all();
+    }
+
+    /// Waits until file `id` is written or nothing more will be; false when the pull was abandoned.
+    fn wait_for(&self, id: &FileId) -> bool {
+        let mut writes = self.lock();
+        while writes.files.contains(id) && !writes.settled {
+            writes = self.changed.wait(writes).unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+        !writes.abandoned
+    }
 }
 
 /// New files waiting for their delta.
@@ -55,12 +106,14 @@ pub(crate) struct DeltaBuilder<'p> {
     ready: Vec<ObjectId>,
     /// Files whose delta failed to apply or verify.
     failed: Vec<&'p PlannedFile>,
-    /// Files whose delta reads other files of the release, not started yet.
+    /// Files whose delta reads other files of the release, applied last (archive repositories).
     deferred: Vec<Deferred<'p>>,
-    /// Those being rebuilt on threads of their own.
+    /// Those being rebuilt on threads of their own (bare repositories).
     started: Vec<(&'p PlannedFile, JoinHandle<Rebuilt>)>,
+    /// The files those deltas read: rebuilt first.
+    named: HashSet<FileId>,
     /// The pull's new files not written yet (those an interrupted pull left are written).
-    unwritten: HashSet<FileId>,
+    unwritten: Arc<Unwritten>,
 }
 
 impl<'p> DeltaBuilder<'p> {
@@ -88,7 +141,15 @@ impl<'p> DeltaBuilder<'p> {
         let mut ready: Vec<ObjectId> = waiting.keys().filter(|id| staged.has(ObjectKind::Delta, id)).copied().collect();
         ready.sort_unstable();
         let unwritten = files.iter().filter(|f| f.source != FileSource::Adopted).map(|f| f.id).collect();
-        DeltaBuilder { waiting, ready, failed: Vec::new(), deferred: Vec::new(), started: Vec::new(), unwritten }
+        DeltaBuilder {
+            waiting,
+            ready,
+            failed: Vec::new(),
+            deferred: Vec::new(),
+            started: Vec::new(),
+            named: HashSet::new(),
+            unwritten: Arc::new(Unwritten::new(unwritten)),
+        }
     }
 
     /// Notes newly staged objects.
@@ -115,7 +176,10 @@ impl<'p> DeltaBuilder<'p> {
                 match &delta {
                     Ok(delta) if delta.target == file.id && delta.reads_release_files() => {
                         match delta.release_files() {
-                            Ok(names) => self.deferred.push(Deferred { file, delta: delta.clone(), names }),
+                            Ok(names) => {
+                                self.named.extend(names.iter().copied());
+                                self.start_reading(file, delta.clone(), &names, repo);
+                            }
                             Err(e) => self.fail(file, &e.to_string()),
                         }
                     }
@@ -125,10 +189,8 @@ impl<'p> DeltaBuilder<'p> {
                 }
             }
         }
-        // The files a held-back delta reads go first, so that it starts early.
-        let named: HashSet<&FileId> = self.deferred.iter().flat_map(|d| &d.names).collect();
-        jobs.sort_by_key(|(file, _)| !named.contains(&file.id));
-        self.start_deferred(repo);
+        // The files a delta reads go first, so that its wait is short.
+        jobs.sort_by_key(|(file, _)| !self.named.contains(&file.id));
         // Three stages overlap: this thread reads a batch's bases (the repository is not shared
         // across threads) and writes the files of a batch applied before, while another thread
         // applies the batch read before on all cores. At most three batches are held at once (one
@@ -154,7 +216,6 @@ impl<'p> DeltaBuilder<'p> {
                 if in_flight == 2 {
                     let (done, built) = applied.recv().expect("only a panic ends the applying thread early");
                     self.write_built(writer, done, built)?;
-                    self.start_deferred(repo);
                     in_flight -= 1;
                 }
                 to_apply.send((batch, bases)).expect("only a panic ends the applying thread early");
@@ -163,44 +224,37 @@ impl<'p> DeltaBuilder<'p> {
             drop(to_apply);
             for (done, built) in applied {
                 self.write_built(writer, done, built)?;
-                self.start_deferred(repo);
             }
             Ok::<_, TransportError>(())
         })?;
         Ok(())
     }
 
-    /// In a bare repository, starts each held-back delta whose files are all written (or held
-    /// before) on a thread of its own.
-    fn start_deferred(&mut self, repo: &Repo) {
-        let Some(bare) = repo.bare() else { return };
-        let mut at = 0;
-        while at < self.deferred.len() {
-            if self.deferred[at].names.iter().any(|id| self.unwritten.contains(id)) {
-                at += 1;
-                continue;
-            }
-            let Deferred { file, delta, names } = self.deferred.swap_remove(at);
-            let base = match repo.file_content(&delta.base) {
-                Ok(base) => base,
-                Err(e) => {
-                    self.fail(file, &e.to_string());
-                    continue;
-                }
+    /// In a bare repository, starts applying a delta that reads the files `names` of the release
+    /// on a thread of its own; each read waits until the pull has written its file. An archive
+    /// repository applies it last, in [`Self::build_deferred`].
+    fn start_reading(&mut self, file: &'p PlannedFile, delta: DeltaObject, names: &[FileId], repo: &Repo) {
+        let Some(bare) = repo.bare() else {
+            self.deferred.push(Deferred { file, delta });
+            return;
+        };
+        let base = match repo.file_content(&delta.base) {
+            Ok(base) => base,
+            Err(e) => return self.fail(file, &e.to_string()),
+        };
+        let paths: HashMap<FileId, PathBuf> = names.iter().map(|id| (*id, bare.content_path(id))).collect();
+        let (object, unwritten) = (file.object.clone(), Arc::clone(&self.unwritten));
+        let apply = move || {
+            let read = |id: &FileId, _: u64| match paths.get(id) {
+                Some(path) if unwritten.wait_for(id) => read_written(id, path),
+                Some(_) => Err("the pull ended before it was written".to_string()),
+                None => Err(format!("file {id} of the release is not among those the delta names")),
             };
-            let paths: HashMap<FileId, PathBuf> = names.iter().map(|id| (*id, bare.content_path(id))).collect();
-            let object = file.object.clone();
-            let apply = move || {
-                let read = |id: &FileId, _: u64| match paths.get(id) {
-                    Some(path) => read_written(id, path),
-                    None => Err(format!("file {id} of the release is not among those the delta names")),
-                };
-                delta.apply_with(&base, &object, &read)
-            };
-            match std::thread::Builder::new().name("deferred-delta".into()).spawn(apply) {
-                Ok(thread) => self.started.push((file, thread)),
-                Err(e) => self.fail(file, &format!("no thread to rebuild it on: {e}")),
-            }
+            delta.apply_with(&base, &object, &read)
+        };
+        match std::thread::Builder::new().name("release-delta".into()).spawn(apply) {
+            Ok(thread) => self.started.push((file, thread)),
+            Err(e) => self.fail(file, &format!("no thread to rebuild it on: {e}")),
         }
     }
 
@@ -222,7 +276,9 @@ impl<'p> DeltaBuilder<'p> {
                 }
             }
         };
-        for Deferred { file, delta, .. } in std::mem::take(&mut self.deferred) {
+        // Every file of the pull is written by now (or failed): reads that wait go on.
+        self.unwritten.settle(false);
+        for Deferred { file, delta } in std::mem::take(&mut self.deferred) {
             let built = repo.file_content(&delta.base).and_then(|base| delta.apply_with(&base, &file.object, &read));
             match built {
                 Ok(content) => write_contents(writer, &[(file, content)])?,
@@ -268,15 +324,20 @@ impl<'p> DeltaBuilder<'p> {
         }
         // Written together: a bare repository writes a batch's files on all cores.
         write_contents(writer, &rebuilt)?;
-        for (file, _) in &rebuilt {
-            self.unwritten.remove(&file.id);
-        }
+        self.unwritten.written(rebuilt.iter().map(|(file, _)| file.id));
         Ok(())
     }
 
     fn fail(&mut self, file: &'p PlannedFile, reason: &str) {
         tracing::warn!("file {} is fetched as chunks: its delta is unusable: {reason}", file.id);
         self.failed.push(file);
+    }
+}
+
+impl Drop for DeltaBuilder<'_> {
+    /// A pull that ends early (an error) lets the threads waiting for its files end too.
+    fn drop(&mut self) {
+        self.unwritten.settle(true);
     }
 }
 
@@ -303,4 +364,49 @@ fn write_contents(writer: &mut ObjectWriter, files: &[(&PlannedFile, Vec<u8>)]) 
         Ok(())
     })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc::RecvTimeoutError;
+    use std::time::Duration;
+
+    use super::*;
+
+    fn file(n: u8) -> FileId {
+        FileId(ObjectId([n; 32]))
+    }
+
+    /// Waits for `id` on a thread of its own; the receiver gets what the wait returned.
+    fn waiting(unwritten: &Arc<Unwritten>, id: FileId) -> mpsc::Receiver<bool> {
+        let (tx, rx) = mpsc::channel();
+        let unwritten = Arc::clone(unwritten);
+        std::thread::spawn(move || tx.send(unwritten.wait_for(&id)).unwrap());
+        rx
+    }
+
+    #[test]
+    fn a_read_waits_until_its_file_is_written() {
+        let unwritten = Arc::new(Unwritten::new([file(1), file(2)].into()));
+        let done = waiting(&unwritten, file(1));
+        unwritten.written([file(2)]);
+        assert_eq!(done.recv_timeout(Duration::from_millis(200)), Err(RecvTimeoutError::Timeout));
+        unwritten.written([file(1)]);
+        assert_eq!(done.recv_timeout(Duration::from_secs(60)), Ok(true));
+        // A file the pull does not write (held before) is read at once.
+        assert!(unwritten.wait_for(&file(3)));
+    }
+
+    #[test]
+    fn reads_go_on_once_the_pull_settles_and_fail_once_it_is_abandoned() {
+        let unwritten = Arc::new(Unwritten::new([file(1)].into()));
+        let done = waiting(&unwritten, file(1));
+        unwritten.settle(false);
+        assert_eq!(done.recv_timeout(Duration::from_secs(60)), Ok(true));
+        let unwritten = Arc::new(Unwritten::new([file(1)].into()));
+        let done = waiting(&unwritten, file(1));
+        unwritten.settle(true);
+        assert_eq!(done.recv_timeout(Duration::from_secs(60)), Ok(false));
+        assert!(!unwritten.wait_for(&file(2)), "an abandoned pull's reads fail");
+    }
 }
