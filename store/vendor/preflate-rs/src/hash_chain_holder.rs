@@ -262,13 +262,19 @@ impl<H: HashChain + 'static> HashChainHolder for HashChainHolderImpl<H> {
         let cur_max_dist = std::cmp::min(input.pos(), self.window_bytes);
         let mut current_hop = 0;
 
+        let current = input.cur_chars(0);
         for dist in self.hash.iterate::<0>(input) {
             if dist > cur_max_dist {
                 break;
             }
 
-            let match_length =
-                prefix_compare(input.cur_chars(-(dist as i32)), input.cur_chars(0), len);
+            let candidate = input.cur_chars(-(dist as i32));
+            // Changed by osdeploy: a candidate whose last byte of the match differs is passed
+            // over without comparing the bytes before it (it cannot match `len` bytes).
+            if len >= 3 && candidate[len as usize - 1] != current[len as usize - 1] {
+                continue;
+            }
+            let match_length = prefix_compare(candidate, current, len);
 
             if match_length >= 3 && match_length >= len {
                 current_hop += 1;
@@ -552,16 +558,20 @@ fn prefix_cmp_odd_size(max_len: u32, s1: &[u8], s2: &[u8]) -> u32 {
         return 0;
     }
 
-    let mut match_len = 2;
-    // Initialize with the length of the fixed prefix
-    for i in 2..max_len {
-        if s1[i as usize] != s2[i as usize] {
-            break;
+    // Changed by osdeploy: eight bytes at a time, then byte by byte (was byte by byte).
+    let max_len = max_len as usize;
+    let mut i = 2;
+    while i + 8 <= max_len {
+        let c = comp_8_bytes(&s1[i..i + 8], &s2[i..i + 8]);
+        if c != 0 {
+            return calc_diff(c) + i as u32;
         }
-        match_len = i + 1;
+        i += 8;
     }
-
-    match_len
+    while i < max_len && s1[i] == s2[i] {
+        i += 1;
+    }
+    i as u32
 }
 
 fn comp_8_bytes(s1: &[u8], s2: &[u8]) -> u64 {
