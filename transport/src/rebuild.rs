@@ -57,19 +57,27 @@ struct Unwritten {
 /// What [`Unwritten`] guards.
 struct Writes {
     files: HashSet<FileId>,
+    pull: Pull,
+}
+
+/// How far the pull's writing is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pull {
+    /// Files are still being written: a read of an unwritten one waits.
+    Writing,
     /// Every file the pull writes is written (or has failed): reads wait no longer.
-    settled: bool,
+    Written,
     /// The pull ended before: reads fail.
-    abandoned: bool,
+    Abandoned,
 }
 
 impl Unwritten {
     fn new(files: HashSet<FileId>) -> Self {
-        Unwritten { state: Mutex::new(Writes { files, settled: false, abandoned: false }), changed: Condvar::new() }
+        Unwritten { state: Mutex::new(Writes { files, pull: Pull::Writing }), changed: Condvar::new() }
     }
 
     fn lock(&self) -> MutexGuard<'_, Writes> {
-        // Its holders only insert, remove and set flags: a panic leaves it consistent.
+        // Its holders only remove ids and set the state: a panic leaves it consistent.
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
@@ -81,20 +89,19 @@ impl Unwritten {
         self.changed.notify_all();
     }
 
-    fn settle(&self, abandoned: bool) {
-        let mut writes = self.lock();
-        writes.settled = true;
-        writes.abandoned |= abandoned;
+    /// Ends the waits: `Pull::Written` lets them read, `Pull::Abandoned` makes them fail.
+    fn settle(&self, pull: Pull) {
+        self.lock().pull = pull;
         self.changed.notify_all();
     }
 
     /// Waits until file `id` is written or nothing more will be; false when the pull was abandoned.
     fn wait_for(&self, id: &FileId) -> bool {
         let mut writes = self.lock();
-        while writes.files.contains(id) && !writes.settled {
+        while writes.files.contains(id) && writes.pull == Pull::Writing {
             writes = self.changed.wait(writes).unwrap_or_else(|poisoned| poisoned.into_inner());
         }
-        !writes.abandoned
+        writes.pull != Pull::Abandoned
     }
 }
 
@@ -277,7 +284,7 @@ impl<'p> DeltaBuilder<'p> {
             }
         };
         // Every file of the pull is written by now (or failed): reads that wait go on.
-        self.unwritten.settle(false);
+        self.unwritten.settle(Pull::Written);
         for Deferred { file, delta } in std::mem::take(&mut self.deferred) {
             let built = repo.file_content(&delta.base).and_then(|base| delta.apply_with(&base, &file.object, &read));
             match built {
@@ -337,7 +344,7 @@ impl<'p> DeltaBuilder<'p> {
 impl Drop for DeltaBuilder<'_> {
     /// A pull that ends early (an error) lets the threads waiting for its files end too.
     fn drop(&mut self) {
-        self.unwritten.settle(true);
+        self.unwritten.settle(Pull::Abandoned);
     }
 }
 
@@ -401,11 +408,11 @@ mod tests {
     fn reads_go_on_once_the_pull_settles_and_fail_once_it_is_abandoned() {
         let unwritten = Arc::new(Unwritten::new([file(1)].into()));
         let done = waiting(&unwritten, file(1));
-        unwritten.settle(false);
+        unwritten.settle(Pull::Written);
         assert_eq!(done.recv_timeout(Duration::from_secs(60)), Ok(true));
         let unwritten = Arc::new(Unwritten::new([file(1)].into()));
         let done = waiting(&unwritten, file(1));
-        unwritten.settle(true);
+        unwritten.settle(Pull::Abandoned);
         assert_eq!(done.recv_timeout(Duration::from_secs(60)), Ok(false));
         assert!(!unwritten.wait_for(&file(2)), "an abandoned pull's reads fail");
     }
