@@ -117,8 +117,8 @@ pub(crate) struct DeltaBuilder<'p> {
     deferred: Vec<Deferred<'p>>,
     /// Those being rebuilt on threads of their own (bare repositories).
     started: Vec<(&'p PlannedFile, JoinHandle<Rebuilt>)>,
-    /// The files those deltas read: rebuilt first.
-    named: HashSet<FileId>,
+    /// The files those deltas read, each with its place among them: rebuilt first, in that order.
+    named: HashMap<FileId, usize>,
     /// The pull's new files not written yet (those an interrupted pull left are written).
     unwritten: Arc<Unwritten>,
 }
@@ -154,7 +154,7 @@ impl<'p> DeltaBuilder<'p> {
             failed: Vec::new(),
             deferred: Vec::new(),
             started: Vec::new(),
-            named: HashSet::new(),
+            named: HashMap::new(),
             unwritten: Arc::new(Unwritten::new(unwritten)),
         }
     }
@@ -184,7 +184,10 @@ impl<'p> DeltaBuilder<'p> {
                     Ok(delta) if delta.target == file.id && delta.reads_release_files() => {
                         match delta.release_files() {
                             Ok(names) => {
-                                self.named.extend(names.iter().copied());
+                                for name in &names {
+                                    let next = self.named.len();
+                                    self.named.entry(*name).or_insert(next);
+                                }
                                 self.start_reading(file, delta.clone(), &names, repo);
                             }
                             Err(e) => self.fail(file, &e.to_string()),
@@ -196,8 +199,9 @@ impl<'p> DeltaBuilder<'p> {
                 }
             }
         }
-        // The files a delta reads go first, so that its wait is short.
-        jobs.sort_by_key(|(file, _)| !self.named.contains(&file.id));
+        // The files a delta reads go first, in the order it reads them, so that its waits are short
+        // (an initramfs's segments start one after another as their modules are written).
+        jobs.sort_by_key(|(file, _)| self.named.get(&file.id).copied().unwrap_or(usize::MAX));
         // Three stages overlap: this thread reads a batch's bases (the repository is not shared
         // across threads) and writes the files of a batch applied before, while another thread
         // applies the batch read before on all cores. At most three batches are held at once (one

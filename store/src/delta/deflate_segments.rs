@@ -18,7 +18,10 @@
 //! so ([`super::gzip`]): a u32 count, then per segment its end in the plain text (u64), its end in
 //! the stream (u64) and its corrections (u32 length, bytes).
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::borrow::Cow;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, mpsc};
 
 use preflate_rs::{PreflateConfig, preflate_whole_deflate_stream};
 use rayon::prelude::*;
@@ -165,16 +168,27 @@ fn read_table(table: &[u8], plain_len: u64, stream_len: u64) -> Result<Vec<(Segm
     Ok(segments)
 }
 
-/// Deflates `plain` again into the `stream_len` bytes the segment `table` of [`analyse`]
-/// describes, its segments in parallel.
-pub(crate) fn rebuild(plain: &[u8], table: &[u8], stream_len: u64, source: Corrections) -> Result<Vec<u8>, String> {
-    let segments = read_table(table, plain.len() as u64, stream_len)?;
+/// Deflates a plain text of `plain_len` bytes again into the `stream_len` bytes the segment
+/// `table` of [`analyse`] describes, its segments in parallel. `plain` returns a range of the plain
+/// text; it is asked for the segments' ranges in order, on this thread, and a node's segment is
+/// deflated as soon as its range is there, while the later ones are still being put together.
+pub(crate) fn rebuild<'a>(
+    plain_len: u64,
+    plain: &mut dyn FnMut(std::ops::Range<u64>) -> Result<Cow<'a, [u8]>, String>,
+    table: &[u8],
+    stream_len: u64,
+    source: Corrections,
+) -> Result<Vec<u8>, String> {
+    let segments = read_table(table, plain_len, stream_len)?;
     let last = segments.len() - 1;
-    let one = |at: usize| {
+    let range = |at: usize| {
+        let segment = &segments[at].0;
+        segment.window().start as u64..segment.plain.end
+    };
+    let one = |at: usize, own_plain: &[u8]| {
         let (segment, corrections) = &segments[at];
         let len = (segment.stream.end - segment.stream.start) as usize;
         let own_len = segment.head_len() + len + if at == last { 0 } else { FINAL_EMPTY_BLOCK.len() };
-        let own_plain = &plain[segment.window().start..segment.plain.end as usize];
         let own = deflate::recreate(own_plain, corrections, own_len as u64, source)
             .map_err(|e| format!("segment {} of {}: {e}", at + 1, last + 1))?;
         Ok(own[segment.head_len()..segment.head_len() + len].to_vec())
@@ -183,44 +197,72 @@ pub(crate) fn rebuild(plain: &[u8], table: &[u8], stream_len: u64, source: Corre
         // The generator's proof deflates in this process: CPU work, on rayon's threads like the
         // rest of its work (threads of their own let one more file be encoded meanwhile: 760
         // instead of 700 MiB of peak RSS on the kernel pair).
-        Corrections::Own => (0..segments.len()).into_par_iter().map(one).collect::<Result<Vec<_>, String>>()?,
+        Corrections::Own => {
+            let pieces = (0..segments.len()).map(|at| plain(range(at))).collect::<Result<Vec<_>, String>>()?;
+            pieces.par_iter().enumerate().map(|(at, piece)| one(at, piece)).collect::<Result<Vec<_>, String>>()?
+        }
         // A node's segments wait for child processes, and rayon's threads apply the pull's other
         // deltas meanwhile.
-        Corrections::Received => on_own_threads(segments.len(), &one)?,
+        Corrections::Received => on_own_threads(segments.len(), &mut |at| plain(range(at)), &one)?,
     };
     Ok(rebuilt.concat())
 }
 
-/// `one(0)`, …, `one(count - 1)` on threads of their own, one per core; stops at the first error.
-fn on_own_threads(
+/// Rebuilds segment `at` from its plain text (its window, then its own).
+type RebuildOne<'f> = dyn Fn(usize, &[u8]) -> Result<Vec<u8>, String> + Sync + 'f;
+
+/// `one(at, piece(at))` for `at` in `0..count` on threads of their own, one per core, while this
+/// thread calls `piece` in order; stops at the first error.
+fn on_own_threads<'a>(
     count: usize,
-    one: &(dyn Fn(usize) -> Result<Vec<u8>, String> + Sync),
+    piece: &mut dyn FnMut(usize) -> Result<Cow<'a, [u8]>, String>,
+    one: &RebuildOne<'_>,
 ) -> Result<Vec<Vec<u8>>, String> {
-    let (next, failed) = (AtomicUsize::new(0), AtomicBool::new(false));
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(count);
+    // At most one piece waits per worker: the pieces ahead of the workers are what memory holds.
+    let (to_workers, pieces) = mpsc::sync_channel::<(usize, Cow<'a, [u8]>)>(workers);
+    let (pieces, failed) = (Mutex::new(pieces), AtomicBool::new(false));
     let work = || {
         let mut done = Vec::new();
-        while !failed.load(Ordering::Relaxed) {
-            let at = next.fetch_add(1, Ordering::Relaxed);
-            if at >= count {
-                break;
+        loop {
+            let next = pieces.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).recv();
+            let Ok((at, piece)) = next else { break };
+            // After a failure the rest is received and dropped, so that no send waits forever.
+            if failed.load(Ordering::Relaxed) {
+                continue;
             }
-            let result = one(at);
+            let result = std::panic::catch_unwind(AssertUnwindSafe(|| one(at, &piece)))
+                .unwrap_or_else(|_| Err(format!("segment {}: its rebuild panicked", at + 1)));
             failed.fetch_or(result.is_err(), Ordering::Relaxed);
             done.push((at, result));
         }
         done
     };
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(count);
-    let mut results = vec![Vec::new(); count];
+    let mut results = vec![None; count];
     std::thread::scope(|scope| {
         let workers: Vec<_> = (0..workers).map(|_| scope.spawn(work)).collect();
-        for worker in workers {
-            for (at, result) in worker.join().map_err(|_| "a segment's rebuild panicked".to_string())? {
-                results[at] = result?;
+        let mut put_together = Ok(());
+        for at in 0..count {
+            if failed.load(Ordering::Relaxed) {
+                break;
+            }
+            match piece(at) {
+                Ok(piece) => to_workers.send((at, piece)).expect("the workers receive until the channel closes"),
+                Err(e) => {
+                    put_together = Err(e);
+                    break;
+                }
             }
         }
-        Ok(results)
-    })
+        drop(to_workers);
+        for worker in workers {
+            for (at, result) in worker.join().expect("a worker catches its rebuild's panic") {
+                results[at] = Some(result?);
+            }
+        }
+        put_together
+    })?;
+    results.into_iter().map(|r| r.ok_or_else(|| "a segment was not rebuilt".to_string())).collect()
 }
 
 #[cfg(test)]
@@ -228,6 +270,16 @@ mod tests {
     use super::*;
     use crate::delta::deflate_blocks::scan;
     use crate::delta::deflate_blocks::tests::{deflate, mixed_plain};
+
+    fn rebuild_whole(plain: &[u8], table: &[u8], stream_len: u64, source: Corrections) -> Result<Vec<u8>, String> {
+        rebuild(
+            plain.len() as u64,
+            &mut |range| Ok(Cow::Borrowed(&plain[range.start as usize..range.end as usize])),
+            table,
+            stream_len,
+            source,
+        )
+    }
 
     #[test]
     fn segments_rebuild_the_stream_exactly_with_stored_and_compressed_blocks() {
@@ -240,7 +292,7 @@ mod tests {
             assert!(segments.len() >= 3, "level {level}: {} segments", segments.len());
             // In this process (generation's proof) and as a node rebuilds (here without children).
             for source in [Corrections::Own, Corrections::Received] {
-                let rebuilt = rebuild(&plain, &table, stream.len() as u64, source).unwrap();
+                let rebuilt = rebuild_whole(&plain, &table, stream.len() as u64, source).unwrap();
                 assert!(rebuilt == stream, "level {level}, {source:?}: the segments rebuild the stream");
             }
         }
@@ -280,7 +332,7 @@ mod tests {
             swapped.extend_from_slice(other);
         }
         for source in [Corrections::Own, Corrections::Received] {
-            let err = rebuild(&plain, &swapped, stream_len, source).unwrap_err();
+            let err = rebuild_whole(&plain, &swapped, stream_len, source).unwrap_err();
             assert!(err.starts_with("segment "), "{source:?}: {err}");
         }
     }

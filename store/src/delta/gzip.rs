@@ -300,11 +300,18 @@ fn rebuild(
     }
     let literals = codec::decode(inner, base, rest, literal_size, &codec::no_files)?;
     drop(inflated);
-    let plain = if refs.is_empty() { literals } else { tree_refs::splice(&literals, &refs, plain_size, files)? };
+    let plain = tree_refs::Spliced::new(&literals, &refs, plain_size)?;
     let deflated = if flags & SEGMENTED != 0 {
-        deflate_segments::rebuild(&plain, corrections, target_size - framing, source)?
+        // Each segment starts as soon as the files its plain text names are there.
+        deflate_segments::rebuild(
+            plain_size,
+            &mut |range| plain.range(range, files),
+            corrections,
+            target_size - framing,
+            source,
+        )?
     } else {
-        deflate::recreate(&plain, corrections, target_size - framing, source)?
+        deflate::recreate(&plain.range(0..plain_size, files)?, corrections, target_size - framing, source)?
     };
     Ok([header, &deflated, trailer].concat())
 }

@@ -7,10 +7,12 @@
 //!
 //! [`find`] locates the regular members of cpio "newc" archives (`070701`/`070702`, the format
 //! of initramfs images; several archives back to back, zero padding between them) whose content
-//! is a file of the release; [`literals`] is the plain text without them and [`splice`] puts them
+//! is a file of the release; [`literals`] is the plain text without them and [`Spliced`] puts them
 //! back. A plain text that is not cpio, or is cpio only in part, gets references only for what
 //! parsed: references are an optimisation, never a guess (the result is verified by the target's
 //! id in any case).
+
+use std::borrow::Cow;
 
 use crate::delta::codec::{FileReader, ReleaseLookup};
 use crate::id::FileId;
@@ -103,31 +105,103 @@ pub fn literals(plain: &[u8], refs: &[TreeRef]) -> Vec<u8> {
     out
 }
 
-/// The plain text of `size` bytes made of `literals` with each reference's file content put back
-/// at its offset; `file` returns a file's content. References must be in order, not overlap,
-/// and account with the literals for exactly `size` bytes.
-pub fn splice(literals: &[u8], refs: &[TreeRef], size: u64, file: &FileReader<'_>) -> Result<Vec<u8>, String> {
-    let referenced = refs.iter().try_fold(0u64, |sum, r| sum.checked_add(r.len));
-    if referenced.and_then(|r| r.checked_add(literals.len() as u64)) != Some(size) {
-        return Err(format!("references and {} literal bytes do not add up to {size}", literals.len()));
-    }
-    let mut out = Vec::new();
-    out.try_reserve_exact(size as usize).map_err(|e| format!("cannot allocate {size} bytes: {e}"))?;
-    let mut literal_at = 0usize;
-    for r in refs {
-        let gap = r.offset.checked_sub(out.len() as u64).ok_or("references overlap or are out of order")?;
-        let gap_end = literal_at.checked_add(gap as usize).filter(|end| *end <= literals.len());
-        let gap_end = gap_end.ok_or("a reference lies past the literals")?;
-        out.extend_from_slice(&literals[literal_at..gap_end]);
-        literal_at = gap_end;
-        let content = file(&r.file, r.len)?;
-        if content.len() as u64 != r.len {
-            return Err(format!("file {} has {} bytes, the reference says {}", r.file, content.len(), r.len));
+/// A plain text of literals with each reference's file content put back at its offset, put
+/// together range by range: a range reads only the files it covers, so a caller can use the start
+/// of the plain text while the files further on are still being written.
+pub struct Spliced<'a> {
+    literals: &'a [u8],
+    /// The references, each with where its gap of literals before it starts in `literals`.
+    refs: Vec<(TreeRef, usize)>,
+    /// Where the literals after the last reference start.
+    tail: usize,
+    size: u64,
+}
+
+/// One piece of a spliced plain text: literals, or a referenced file.
+enum Piece<'r> {
+    Literals(std::ops::Range<usize>),
+    File(&'r TreeRef),
+}
+
+impl<'a> Spliced<'a> {
+    /// The plain text of `size` bytes made of `literals` and `refs`. References must be in order,
+    /// not overlap, and account with the literals for exactly `size` bytes.
+    pub fn new(literals: &'a [u8], refs: &[TreeRef], size: u64) -> Result<Self, String> {
+        let referenced = refs.iter().try_fold(0u64, |sum, r| sum.checked_add(r.len));
+        if referenced.and_then(|r| r.checked_add(literals.len() as u64)) != Some(size) {
+            return Err(format!("references and {} literal bytes do not add up to {size}", literals.len()));
         }
-        out.extend_from_slice(&content);
+        let (mut plain_at, mut literal_at) = (0u64, 0usize);
+        let mut located = Vec::with_capacity(refs.len());
+        for r in refs {
+            let gap = r.offset.checked_sub(plain_at).ok_or("references overlap or are out of order")?;
+            located.push((*r, literal_at));
+            literal_at = literal_at
+                .checked_add(gap as usize)
+                .filter(|end| *end <= literals.len())
+                .ok_or("a reference lies past the literals")?;
+            plain_at = r.offset + r.len;
+        }
+        Ok(Spliced { literals, refs: located, tail: literal_at, size })
     }
-    out.extend_from_slice(&literals[literal_at..]);
-    Ok(out)
+
+    /// Bytes `range` of the plain text; `file` returns a file's content. A range that lies within
+    /// literals is borrowed.
+    pub fn range(&self, range: std::ops::Range<u64>, file: &FileReader<'_>) -> Result<Cow<'a, [u8]>, String> {
+        if range.start > range.end || range.end > self.size {
+            return Err(format!("bytes {range:?} of a plain text of {} bytes", self.size));
+        }
+        let wanted = (range.end - range.start) as usize;
+        let mut out = Vec::new();
+        for (at, piece) in self.pieces() {
+            let len = match &piece {
+                Piece::Literals(bytes) => bytes.len() as u64,
+                Piece::File(r) => r.len,
+            };
+            let (start, end) = (range.start.max(at), range.end.min(at + len));
+            if at >= range.end {
+                break;
+            }
+            if start >= end {
+                continue;
+            }
+            let within = (start - at) as usize..(end - at) as usize;
+            if out.is_empty() && !(matches!(piece, Piece::Literals(_)) && end == range.end) {
+                out.try_reserve_exact(wanted).map_err(|e| format!("cannot allocate {wanted} bytes: {e}"))?;
+            }
+            match piece {
+                Piece::Literals(bytes) if out.is_empty() && end == range.end => {
+                    return Ok(Cow::Borrowed(&self.literals[bytes][within]));
+                }
+                Piece::Literals(bytes) => out.extend_from_slice(&self.literals[bytes][within]),
+                Piece::File(r) => {
+                    let content = file(&r.file, r.len)?;
+                    if content.len() as u64 != r.len {
+                        return Err(format!(
+                            "file {} has {} bytes, the reference says {}",
+                            r.file,
+                            content.len(),
+                            r.len
+                        ));
+                    }
+                    out.extend_from_slice(&content[within]);
+                }
+            }
+        }
+        Ok(Cow::Owned(out))
+    }
+
+    /// The pieces in order, each with its offset in the plain text.
+    fn pieces(&self) -> impl Iterator<Item = (u64, Piece<'_>)> {
+        let mut plain_at = 0u64;
+        let refs = self.refs.iter().map(|(r, literal_at)| (r.offset, *literal_at, Some(r)));
+        refs.chain(std::iter::once((self.size, self.tail, None))).flat_map(move |(next, literal_at, r)| {
+            let gap = (plain_at, Piece::Literals(literal_at..literal_at + (next - plain_at) as usize));
+            let file = r.map(|r| (r.offset, Piece::File(r)));
+            plain_at = r.map_or(next, |r| r.offset + r.len);
+            std::iter::once(gap).chain(file)
+        })
+    }
 }
 
 /// Appends a newc member to `out` (for tests that build initramfs images).
@@ -181,16 +255,33 @@ mod tests {
         let files = |id: &FileId, _: u64| {
             Ok(if *id == FileId(ObjectId::of(b"module")) { module.clone() } else { program.clone() })
         };
-        assert_eq!(splice(&lits, &refs, plain.len() as u64, &files).unwrap(), plain);
+        let size = plain.len() as u64;
+        let spliced = Spliced::new(&lits, &refs, size).unwrap();
+        assert_eq!(spliced.range(0..size, &files).unwrap(), plain);
+        // Any range, reading only the files it covers; one within literals is borrowed.
+        let read = std::cell::RefCell::new(Vec::new());
+        let counted = |id: &FileId, len: u64| {
+            read.borrow_mut().push(*id);
+            files(id, len)
+        };
+        for (start, end) in [(0, 1), (0, 300), (100, 12_000), (300, 10_400), (12_000, size), (size - 7, size), (5, 5)] {
+            read.borrow_mut().clear();
+            let got = spliced.range(start..end, &counted).unwrap();
+            assert_eq!(got, &plain[start as usize..end as usize], "{start}..{end}");
+            let covered = refs.iter().filter(|r| r.offset < end && r.offset + r.len > start).map(|r| r.file);
+            assert_eq!(*read.borrow(), covered.collect::<Vec<_>>(), "{start}..{end}");
+        }
+        assert!(matches!(spliced.range(0..100, &files).unwrap(), Cow::Borrowed(_)));
+        assert!(spliced.range(0..size + 1, &files).is_err());
         let mut encoded = Vec::new();
         refs[1].encode(&mut encoded);
         assert_eq!(TreeRef::decode(encoded.as_slice().try_into().unwrap()), refs[1]);
         // Inconsistent references are errors.
-        assert!(splice(&lits, &refs, plain.len() as u64 + 1, &files).is_err());
+        assert!(Spliced::new(&lits, &refs, size + 1).is_err());
         let swapped = [refs[1], refs[0]];
-        assert!(splice(&lits, &swapped, plain.len() as u64, &files).is_err());
+        assert!(Spliced::new(&lits, &swapped, size).is_err());
         let short = |_: &FileId, _: u64| Ok(vec![0u8; 3]);
-        assert!(splice(&lits, &refs, plain.len() as u64, &short).unwrap_err().contains("has 3 bytes"));
+        assert!(spliced.range(0..size, &short).unwrap_err().contains("has 3 bytes"));
     }
 
     #[test]
