@@ -5,13 +5,17 @@
 # Usage (root): benches/harness/apply-time.sh PAIR WORK RUNS OSDEPLOY...
 #   PAIR      a pair from make-os-pair.sh (PAIR/old, PAIR/new)
 #   OSDEPLOY  osdeploy binaries to compare (copy each build aside: target/ is rebuilt in place)
-# The first binary makes the origin (an archive at zstd level 3 holding OLD, then NEW with
-# `delta generate --to NEW`) and a node holding OLD, on a fresh loop-mounted xfs (reflink=1) as in
-# pull-vs-peers.sh; the origin is served by nginx on loopback. Each run then pulls NEW into a
-# reflinked copy of that node with every binary in turn, with deltas and with `--no-deltas`, page
-# cache dropped before each pull. Writes WORK/apply.tsv (binary, case, wall s, user s, sys s, peak
-# RSS KiB, bytes served, requests; user and sys are osdeploy's own process, not its deflate
-# children) and prints each binary's median wall time per case and the ratio deltas / chunks.
+#   GENERATORS="BIN..." (environment, optional) builds that make one origin each, to compare the
+#             deltas they generate; default: the first OSDEPLOY only
+# Each generator makes an origin (an archive at zstd level 3 holding OLD, then NEW with
+# `delta generate --to NEW`; commits dated by a fixed SOURCE_DATE_EPOCH, so every origin holds
+# the same commits); the first binary makes a node holding OLD, on a fresh loop-mounted xfs
+# (reflink=1) as in pull-vs-peers.sh; the origins are served by nginx on loopback. Each run then
+# pulls NEW into a reflinked copy of that node with every binary from every origin in turn, with
+# deltas and with `--no-deltas`, page cache dropped before each pull. Writes WORK/apply.tsv
+# (binary — with `@origin N` when there are several —, case, wall s, user s, sys s, peak RSS KiB,
+# bytes served, requests; user and sys are osdeploy's own process, not its deflate children) and
+# prints each one's median wall time per case and the ratio deltas / chunks.
 set -euo pipefail
 die() { echo "apply-time: $*" >&2; exit 1; }
 [ $# -ge 4 ] || die "usage: $0 PAIR WORK RUNS OSDEPLOY..."
@@ -28,27 +32,34 @@ umount "$W/nodes" 2>/dev/null || true
 rm -f "$W/nodes.img"; truncate -s 12G "$W/nodes.img"; mkfs.xfs -q -f -m reflink=1 "$W/nodes.img"
 mount -o loop "$W/nodes.img" "$W/nodes"
 nginx_start
-osd=${bins[0]}; srv=$W/www/repo; rm -rf "$srv"
-"$osd" --repo "$srv" init --mode archive --compression-level 3 > /dev/null
-"$osd" --repo "$srv" commit -b os --version old "$P/old" > /dev/null
+gens=(); for g in ${GENERATORS:-${bins[0]}}; do [ -x "$g" ] || die "$g is not executable"; gens+=("$(realpath "$g")"); done
+osd=${bins[0]}
 "$osd" --repo "$W/nodes/base" init --mode bare > /dev/null
-"$osd" --repo "$W/nodes/base" remote add origin "http://127.0.0.1:$PORT/repo" --insecure > /dev/null
-"$osd" --repo "$W/nodes/base" pull origin os > /dev/null
-"$osd" --repo "$srv" commit -b os --version new "$P/new" > /dev/null
-"$osd" --repo "$srv" delta generate --to os > "$W/generate.txt"
+for i in "${!gens[@]}"; do
+  g=${gens[$i]}; srv=$W/www/repo$i; rm -rf "$srv"
+  "$g" --repo "$srv" init --mode archive --compression-level 3 > /dev/null
+  SOURCE_DATE_EPOCH=1700000000 "$g" --repo "$srv" commit -b os --version old "$P/old" > /dev/null
+  "$osd" --repo "$W/nodes/base" remote add "origin$i" "http://127.0.0.1:$PORT/repo$i" --insecure > /dev/null
+  [ "$i" = 0 ] && "$osd" --repo "$W/nodes/base" pull origin0 os > /dev/null
+  SOURCE_DATE_EPOCH=1700086400 "$g" --repo "$srv" commit -b os --version new "$P/new" > /dev/null
+  "$g" --repo "$srv" delta generate --to os > "$W/generate$i.txt"
+done
 T=$W/apply.tsv
 printf 'binary\tcase\twall_s\tuser_s\tsys_s\tmax_rss_kib\tbytes\trequests\n' > "$T"
 for run in $(seq "$runs"); do
   for b in "${bins[@]}"; do
-    for case in deltas chunks; do
-      rm -rf "$W/nodes/run"; cp -a --reflink=always "$W/nodes/base" "$W/nodes/run"
-      args=(); [ "$case" = chunks ] && args=(--no-deltas)
-      sync; echo 3 > /proc/sys/vm/drop_caches; log_reset
-      /usr/bin/time -f '%e %U %S %M' -o "$W/time.out" "$b" --repo "$W/nodes/run" pull "${args[@]}" origin os \
-        > "$W/pull.out" 2>&1 || { cat "$W/pull.out" >&2; die "$b: the $case pull failed"; }
-      read -r wall user sys rss < "$W/time.out"; read -r requests bytes _ < <(log_sum)
-      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$b" "$case" "$wall" "$user" "$sys" "$rss" "$bytes" "$requests" >> "$T"
-      echo "run $run: $b $case ${wall} s"
+    for i in "${!gens[@]}"; do
+      label=$b; [ "${#gens[@]}" -gt 1 ] && label="$b @origin $i"
+      for case in deltas chunks; do
+        rm -rf "$W/nodes/run"; cp -a --reflink=always "$W/nodes/base" "$W/nodes/run"
+        args=(); [ "$case" = chunks ] && args=(--no-deltas)
+        sync; echo 3 > /proc/sys/vm/drop_caches; log_reset
+        /usr/bin/time -f '%e %U %S %M' -o "$W/time.out" "$b" --repo "$W/nodes/run" pull "${args[@]}" "origin$i" os \
+          > "$W/pull.out" 2>&1 || { cat "$W/pull.out" >&2; die "$label: the $case pull failed"; }
+        read -r wall user sys rss < "$W/time.out"; read -r requests bytes _ < <(log_sum)
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$label" "$case" "$wall" "$user" "$sys" "$rss" "$bytes" "$requests" >> "$T"
+        echo "run $run: $label $case ${wall} s"
+      done
     done
   done
 done
