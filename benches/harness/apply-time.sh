@@ -7,6 +7,7 @@
 #   OSDEPLOY  osdeploy binaries to compare (copy each build aside: target/ is rebuilt in place)
 #   GENERATORS="BIN..." (environment, optional) builds that make one origin each, to compare the
 #             deltas they generate; default: the first OSDEPLOY only
+#   LOOP_DIRECT_IO=1 (environment, optional) the nodes' loop device writes with O_DIRECT
 # Each generator makes an origin (an archive at zstd level 3 holding OLD, then NEW with
 # `delta generate --to NEW`; commits dated by a fixed SOURCE_DATE_EPOCH, so every origin holds
 # the same commits); the first binary makes a node holding OLD, on a fresh loop-mounted xfs
@@ -25,12 +26,23 @@ bins=(); for b in "$@"; do [ -x "$b" ] || die "$b is not executable"; bins+=("$(
 PORT=${PORT:-18092}
 # shellcheck source=benches/harness/nginx.sh
 source "$(dirname "$0")/nginx.sh"
-cleanup() { nginx_stop; umount "$W/nodes" 2>/dev/null || true; }
+cleanup() {
+  nginx_stop
+  local dev; dev=$(findmnt -n -o SOURCE "$W/nodes" 2>/dev/null || true)
+  umount "$W/nodes" 2>/dev/null || true
+  case $dev in /dev/loop*) losetup -d "$dev" 2>/dev/null || true ;; esac
+}
 trap cleanup EXIT
 mkdir -p "$W/nodes"
 umount "$W/nodes" 2>/dev/null || true
 rm -f "$W/nodes.img"; truncate -s 12G "$W/nodes.img"; mkfs.xfs -q -f -m reflink=1 "$W/nodes.img"
-mount -o loop "$W/nodes.img" "$W/nodes"
+if [ -n "${LOOP_DIRECT_IO:-}" ]; then
+  # The loop device writes through to the disk (O_DIRECT), as a node's own disk does, instead of
+  # into the page cache of the image file (where writeback before the final syncfs goes unseen).
+  mount "$(losetup --direct-io=on --find --show "$W/nodes.img")" "$W/nodes"
+else
+  mount -o loop "$W/nodes.img" "$W/nodes"
+fi
 nginx_start
 gens=(); for g in ${GENERATORS:-${bins[0]}}; do [ -x "$g" ] || die "$g is not executable"; gens+=("$(realpath "$g")"); done
 osd=${bins[0]}

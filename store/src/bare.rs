@@ -14,7 +14,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::chunker::Chunker;
 use crate::error::{IoContext, Result, StoreError};
-use crate::fsutil::{crash_point, syncfs, unique_tmp_name};
+use crate::fsutil::{Writeback, crash_point, syncfs, unique_tmp_name};
 use crate::id::{ChunkId, FileId, ObjectId};
 use crate::layout;
 use crate::object::{FileObject, ObjectKind};
@@ -357,14 +357,17 @@ pub struct BareWriter<'s> {
     added: HashSet<(ObjectId, ObjectKind)>,
     objects: Vec<(ObjectKind, ObjectId, Vec<u8>)>,
     files: Vec<(FileId, FileObject)>,
+    /// Starts writing the content out while the transaction goes on.
+    writeback: Writeback,
     /// What this transaction added and reused.
     pub stats: WriteStats,
 }
 
-/// Makes written content read-only and renames it to its place in `objects/`.
-fn place(tmp: File, tmp_path: &Path, dest: &Path) -> Result<()> {
+/// Makes written content read-only, starts its writeback and renames it to its place in
+/// `objects/`.
+fn place(tmp: File, tmp_path: &Path, dest: &Path, writeback: &Writeback) -> Result<()> {
     tmp.set_permissions(fs::Permissions::from_mode(0o444)).at(tmp_path)?;
-    drop(tmp);
+    writeback.start(tmp);
     let parent = dest.parent().expect("content path has a parent");
     fs::create_dir_all(parent).at(parent)?;
     fs::rename(tmp_path, dest).at(dest)
@@ -373,8 +376,8 @@ fn place(tmp: File, tmp_path: &Path, dest: &Path) -> Result<()> {
 /// Writes `content` as a nameless file in `dest`'s directory and links it at `dest` (replacing
 /// an unrecorded leftover of a crash). Unlike a rename from `tmp/`, this never takes the
 /// filesystem-wide cross-directory rename lock, so writers on several cores do not queue, and a
-/// crash leaves nothing behind but what was linked.
-fn write_in_place(dest: &Path, content: &[u8]) -> Result<()> {
+/// crash leaves nothing behind but what was linked. Its writeback starts once it is linked.
+fn write_in_place(dest: &Path, content: &[u8], writeback: &Writeback) -> Result<()> {
     use rustix::fs::{AtFlags, CWD, Mode, OFlags};
     let parent = dest.parent().expect("content path has a parent");
     fs::create_dir_all(parent).at(parent)?;
@@ -393,7 +396,9 @@ fn write_in_place(dest: &Path, content: &[u8]) -> Result<()> {
         other => other,
     }
     .map_err(std::io::Error::from)
-    .at(dest)
+    .at(dest)?;
+    writeback.start(file);
+    Ok(())
 }
 
 /// Re-hashes a file object's content at `path` chunk by chunk; returns the problem, if any.
@@ -447,6 +452,7 @@ impl<'s> BareWriter<'s> {
             added: HashSet::new(),
             objects: Vec::new(),
             files: Vec::new(),
+            writeback: Writeback::new(),
             stats: WriteStats::default(),
         }
     }
@@ -495,7 +501,7 @@ impl<'s> BareWriter<'s> {
     /// Moves finished content (`tmp`, at `tmp_path`) into place as file object `id` and records
     /// the object and its chunks for the index transaction.
     fn publish(&mut self, tmp: File, tmp_path: &Path, id: FileId, object: &FileObject, encoded: Vec<u8>) -> Result<()> {
-        place(tmp, tmp_path, &self.store.content_path(&id))?;
+        place(tmp, tmp_path, &self.store.content_path(&id), &self.writeback)?;
         self.record(id, object, encoded);
         Ok(())
     }
@@ -585,7 +591,8 @@ impl<'s> BareWriter<'s> {
 
     /// Writes and places a batch of contents in parallel, then records them.
     fn write_batch(&mut self, batch: Vec<(FileId, &FileObject, PathBuf, Vec<u8>)>) -> Result<()> {
-        batch.par_iter().try_for_each(|(_, _, dest, content)| write_in_place(dest, content))?;
+        let writeback = &self.writeback;
+        batch.par_iter().try_for_each(|(_, _, dest, content)| write_in_place(dest, content, writeback))?;
         for (id, object, _, content) in batch {
             self.record(id, object, object.encode());
             self.stats.bytes_stored += content.len() as u64;
@@ -608,6 +615,7 @@ impl<'s> BareWriter<'s> {
     /// transaction: an object is in the index only once its content is on disk.
     pub fn finish(self, repo_path: &Path) -> Result<WriteStats> {
         crash_point("bare:before-sync");
+        self.writeback.finish();
         // The rows are prepared while the content syncs, and committed only once it is durable.
         std::thread::scope(|scope| {
             let sync = scope.spawn(|| syncfs(repo_path));

@@ -112,6 +112,55 @@ pub fn read_ahead(paths: &[PathBuf]) {
     }
 }
 
+/// Starts the writeback of files just written, on a thread of its own, so that the disk writes
+/// them while the caller goes on (a pull is CPU bound for seconds) instead of all at its final
+/// syncfs: the page cache holds a whole update's dirty pages until then, far below the kernel's
+/// own thresholds. `posix_fadvise(DONTNEED)` starts the writeback without waiting for it, and
+/// drops only pages already clean (those being written stay cached). A hint: when the thread lags
+/// behind, a file is closed without it, and durability still comes from the caller's syncfs.
+pub struct Writeback {
+    /// The queue to the thread and the thread; none when no thread could be started.
+    thread: Option<Box<(std::sync::mpsc::SyncSender<File>, std::thread::JoinHandle<()>)>>,
+}
+
+impl Writeback {
+    /// Files waiting for the thread at most (each holds a descriptor open).
+    const QUEUE: usize = 256;
+
+    /// A writeback starter; without a thread (none could be started) files are only closed.
+    pub fn new() -> Self {
+        let (files, queue) = std::sync::mpsc::sync_channel::<File>(Self::QUEUE);
+        let thread = std::thread::Builder::new().name("writeback".into()).spawn(move || {
+            for file in queue {
+                let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed);
+            }
+        });
+        Writeback { thread: thread.ok().map(|thread| Box::new((files, thread))) }
+    }
+
+    /// Hands over a file whose content is written: its writeback starts soon, then it is closed.
+    pub fn start(&self, file: File) {
+        if let Some(thread) = &self.thread {
+            let _ = thread.0.try_send(file);
+        }
+    }
+
+    /// Waits until the writeback of every file handed over has started.
+    pub fn finish(self) {
+        if let Some(thread) = self.thread {
+            let (files, thread) = *thread;
+            drop(files);
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Default for Writeback {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Replaces `path` with `bytes` atomically and durably: write a temporary file in `tmp_dir`,
 /// fsync it, rename it over `path`, fsync the parent directory.
 pub fn atomic_write(path: &Path, tmp_dir: &Path, bytes: &[u8]) -> Result<()> {
@@ -251,6 +300,26 @@ pub fn dev_of(dir: BorrowedFd<'_>, path: &Path) -> Result<u64> {
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
+
+    #[test]
+    fn writeback_closes_every_file_handed_over_and_keeps_its_content() {
+        let tmp = tempfile::tempdir().unwrap();
+        let writeback = Writeback::new();
+        let paths: Vec<_> = (0..3 * Writeback::QUEUE).map(|i| tmp.path().join(format!("f{i}"))).collect();
+        for (i, path) in paths.iter().enumerate() {
+            let mut file = File::create(path).unwrap();
+            file.write_all(&vec![i as u8; 10_000]).unwrap();
+            // A lock held by the descriptor shows whether it is still open.
+            flock(&file, FlockOperation::NonBlockingLockExclusive).unwrap();
+            writeback.start(file);
+        }
+        writeback.finish();
+        for (i, path) in paths.iter().enumerate() {
+            let file = File::open(path).unwrap();
+            flock(&file, FlockOperation::NonBlockingLockExclusive).expect("the descriptor handed over is closed");
+            assert_eq!(fs::read(path).unwrap(), vec![i as u8; 10_000]);
+        }
+    }
 
     #[test]
     fn only_what_ended_processes_left_is_removed() {
