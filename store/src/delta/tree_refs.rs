@@ -166,13 +166,16 @@ impl<'a> Spliced<'a> {
                 continue;
             }
             let within = (start - at) as usize..(end - at) as usize;
-            if out.is_empty() && !(matches!(piece, Piece::Literals(_)) && end == range.end) {
+            if out.is_empty() {
+                // A range that lies within one run of literals is borrowed; any other is built.
+                if let Piece::Literals(bytes) = &piece
+                    && end == range.end
+                {
+                    return Ok(Cow::Borrowed(&self.literals[bytes.clone()][within]));
+                }
                 out.try_reserve_exact(wanted).map_err(|e| format!("cannot allocate {wanted} bytes: {e}"))?;
             }
             match piece {
-                Piece::Literals(bytes) if out.is_empty() && end == range.end => {
-                    return Ok(Cow::Borrowed(&self.literals[bytes][within]));
-                }
                 Piece::Literals(bytes) => out.extend_from_slice(&self.literals[bytes][within]),
                 Piece::File(r) => {
                     let content = file(&r.file, r.len)?;
