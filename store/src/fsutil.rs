@@ -145,7 +145,7 @@ impl Writeback {
         }
     }
 
-    /// Waits until the writeback of every file handed over has started.
+    /// Waits until the thread has started the writeback of every file it queued.
     pub fn finish(self) {
         if let Some(thread) = self.thread {
             let (files, thread) = *thread;
