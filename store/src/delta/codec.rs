@@ -15,6 +15,7 @@
 //! before anything is allocated, no decode produces more than that size, and any malformed
 //! payload is an error, never a panic.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::io::{self, Read};
 
@@ -221,22 +222,45 @@ fn zstd_io_error(code: zstd_safe::ErrorCode) -> io::Error {
     io::Error::other(format!("zstd: {}", zstd_safe::get_error_name(code)))
 }
 
-/// Decompresses zstd `frames` (one frame or several back to back), the first compressed with
-/// reference `prefix` (possibly empty), into at most `capacity` bytes. One-shot decompression into
-/// a buffer allocated up front: unlike a stream decoder, it allocates no window, whatever window
-/// size a hostile frame declares.
+thread_local! {
+    /// A decompression context per thread: creating one costs about 15 µs, and a kernel update
+    /// applies 5,000 deltas (0.1 s of CPU, 2 % of its apply, when each made its own).
+    static DCTX: RefCell<Option<zstd_safe::DCtx<'static>>> = const { RefCell::new(None) };
+}
+
+/// The first bytes of a zstd dictionary: a `prefix` that starts with them would be read as one by
+/// `ZSTD_decompress_usingDict` instead of as raw content.
+const ZSTD_DICTIONARY_MAGIC: [u8; 4] = 0xEC30_A437u32.to_le_bytes();
+
+/// Decompresses zstd `frames` into at most `capacity` bytes, the frames compressed with reference
+/// `prefix` (possibly empty; a delta's payload is one frame, a bsdiff container's three without
+/// one). One-shot decompression into a buffer allocated up front: unlike a stream decoder, it
+/// allocates no window, whatever window size a hostile frame declares.
 fn zstd_decompress(frames: &[u8], prefix: &[u8], capacity: usize) -> Result<Vec<u8>, String> {
     if let Ok(Some(declared)) = zstd_safe::get_frame_content_size(frames)
         && declared > capacity as u64
     {
         return Err(format!("zstd frame declares {declared} bytes, more than the expected {capacity}"));
     }
-    let mut dctx = zstd_safe::DCtx::try_create().ok_or("cannot create a zstd context")?;
-    dctx.ref_prefix(prefix).map_err(|code| format!("zstd: {}", zstd_safe::get_error_name(code)))?;
     let mut out = Vec::new();
     out.try_reserve_exact(capacity).map_err(|e| format!("cannot allocate {capacity} bytes: {e}"))?;
-    dctx.decompress(&mut out, frames).map_err(|code| {
-        format!("zstd data does not decode to at most {capacity} bytes: {}", zstd_safe::get_error_name(code))
+    let failed =
+        |code| format!("zstd data does not decode to at most {capacity} bytes: {}", zstd_safe::get_error_name(code));
+    if prefix.starts_with(&ZSTD_DICTIONARY_MAGIC) {
+        // Rare: such a prefix is referenced as raw content by a context of its own.
+        let mut dctx = zstd_safe::DCtx::try_create().ok_or("cannot create a zstd context")?;
+        dctx.ref_prefix(prefix).map_err(|code| format!("zstd: {}", zstd_safe::get_error_name(code)))?;
+        dctx.decompress(&mut out, frames).map_err(failed)?;
+        return Ok(out);
+    }
+    DCTX.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = zstd_safe::DCtx::try_create();
+        }
+        let dctx = slot.as_mut().ok_or("cannot create a zstd context")?;
+        // Raw content as dictionary is the prefix, referenced for this call only (not copied).
+        dctx.decompress_using_dict(&mut out, frames, prefix).map_err(failed)
     })?;
     Ok(out)
 }
@@ -480,6 +504,25 @@ mod tests {
         assert_eq!(DeltaCodec::ZstdPatch.as_str(), "zstd-patch");
         assert_eq!(serde_json::to_string(&DeltaCodec::Gzip).unwrap(), "\"gzip\"");
         assert_eq!(DeltaCodec::Bsdiff.to_string(), "bsdiff");
+    }
+
+    /// A base that starts like a zstd dictionary is still a prefix of raw content, and the
+    /// decompression context a thread reuses decodes the next delta as if it were new.
+    #[test]
+    fn a_base_that_starts_like_a_zstd_dictionary_is_raw_content() {
+        let mut old = ZSTD_DICTIONARY_MAGIC.to_vec();
+        old.extend_from_slice(&pseudo_random(200_000, 7));
+        round_trip(DeltaCodec::ZstdPatch, &old, &edited(&old));
+        let other = pseudo_random(200_000, 8);
+        for _ in 0..2 {
+            round_trip(DeltaCodec::ZstdPatch, &other, &edited(&other));
+            round_trip(DeltaCodec::Bsdiff, &other, &edited(&other));
+        }
+        // Decoding against the wrong base (its result is never the target) leaves nothing behind.
+        let new = edited(&other);
+        let payload = encode(DeltaCodec::ZstdPatch, &other, &new, &EncodeOptions::default()).unwrap();
+        assert!(decode(DeltaCodec::ZstdPatch, &old, &payload, new.len() as u64, &no_files).is_ok_and(|d| d != new));
+        round_trip(DeltaCodec::ZstdPatch, &other, &new);
     }
 
     #[test]
