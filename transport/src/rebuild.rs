@@ -5,11 +5,10 @@
 //!
 //! A delta that names other files of the release (an initramfs made of the release's modules:
 //! [`osdeploy_store::delta::codec::DeltaCodec::GzipTree`]) reads them where this pull writes them.
-//! In a bare repository it is applied on a thread of its own as soon as it arrives: what needs only
-//! its base (inflating the old initramfs, patching its plain text) runs while the pull is still
-//! fetching, and each read of a named file waits until the pull has written it (the files it names
-//! are rebuilt first). Its file is written by [`DeltaBuilder::build_deferred`], after the pull's
-//! other files. An archive repository applies it there, reading only files it held before: a pull
+//! In a bare repository it is applied on a thread of its own as soon as it arrives: decoding what
+//! it does not name (against its base, if at all) runs while the pull is still fetching, and each
+//! read of a named file waits until the pull has written it (the files it names are rebuilt
+//! first). Its file is written by [`DeltaBuilder::build_deferred`], after the pull's other files. An archive repository applies it there, reading only files it held before: a pull
 //! into one cannot read its own uncommitted files, so such a file falls back to chunks when it
 //! names one.
 
