@@ -10,8 +10,8 @@
 //! are the stream. A segment costs its window once more and some corrections (preflate predicts
 //! its start afresh): about 0.1 % of the stream.
 //!
-//! A segment, like every gzip stream, is also predicted with a shallower search than its
-//! compressor's ([`PREDICTED_CHAIN_DEPTH`]): the rebuild at apply then takes 40 % less CPU, and the
+//! A segment, like every gzip stream, is predicted with a shallower search than its compressor's
+//! ([`deflate::PREDICTED_CHAIN_DEPTH`]): the rebuild at apply then takes 40 % less CPU, and the
 //! matches the shallower search misses travel as corrections instead.
 //!
 //! The segment table is what a gzip delta's payload carries as its corrections when its flags say
@@ -23,23 +23,13 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, mpsc};
 
-use preflate_rs::{PreflateConfig, preflate_whole_deflate_stream};
 use rayon::prelude::*;
 
-use crate::delta::deflate::{self, Corrections};
+use crate::delta::deflate::{self, Corrections, predict};
 use crate::delta::deflate_blocks::Blocks;
 
 /// Plain text per segment the generator aims at by default: 16 segments for a 130 MB initramfs.
 pub const SEGMENT_PLAIN: u64 = 8 << 20;
-
-/// Deepest hash-chain search preflate predicts the matches of a gzip delta's stream with (each
-/// segment's, or a short stream's whole). `gzip -6` searches up to 128 deep (`-9`: 4096); on the
-/// kernel pair's initramfs (130 MB of plain text from `gzip -6`), one core rebuilds the whole
-/// stream in 5.16 s with 173 KB of corrections as deep as gzip searched, 3.45 s with 1.42 MB at
-/// 32, 3.12 s with 2.24 MB at 16 and no faster below (3.16 s with 3.13 MB at 8): 16 buys the most
-/// CPU for the fewest bytes. The pair's 351 changed `gzip -9` changelogs and manuals rebuild in
-/// 0.29 s of CPU at 16 instead of 0.53 s, for 180 KB more.
-pub const PREDICTED_CHAIN_DEPTH: u32 = 16;
 
 /// How far back a deflate match reaches.
 const WINDOW: u64 = 32 << 10;
@@ -110,23 +100,14 @@ pub fn analyse(stream: &[u8], blocks: &Blocks, plain: &[u8], segment_plain: u64)
     if segments.len() < 2 || plain.len() as u64 != blocks.plain_len {
         return None;
     }
-    let config = PreflateConfig {
-        plain_text_limit: usize::MAX,
-        verify_compression: false,
-        predicted_chain_limit: Some(PREDICTED_CHAIN_DEPTH),
-        ..Default::default()
-    };
     let last = segments.len() - 1;
     let corrections: Vec<Vec<u8>> = segments
         .par_iter()
         .enumerate()
         .map(|(at, segment)| {
             let own = segment.own_stream(stream, plain, at == last);
-            let analysed = std::panic::catch_unwind(|| preflate_whole_deflate_stream(&own, &config));
-            match analysed {
-                Ok(Ok((analysis, _))) if analysis.compressed_size == own.len() => Some(analysis.corrections),
-                _ => None,
-            }
+            let prediction = predict(&own, usize::MAX)?;
+            (prediction.stream_len == own.len()).then_some(prediction.corrections)
         })
         .collect::<Option<_>>()?;
     let mut table = (segments.len() as u32).to_le_bytes().to_vec();
@@ -171,13 +152,15 @@ fn read_table(table: &[u8], plain_len: u64, stream_len: u64) -> Result<Vec<(Segm
 }
 
 /// Deflates a plain text of `plain_len` bytes again into the `stream_len` bytes the segment
-/// `table` of [`analyse`] describes, its segments in parallel. `plain` returns a range of the plain
-/// text; it is asked for the segments' ranges in order, on this thread, and a node's segment is
-/// deflated as soon as its range is there, while the later ones are still being put together.
+/// `table` of [`analyse`] describes (its corrections [`deflate::bounded`] if `bounded`), its
+/// segments in parallel. `plain` returns a range of the plain text; it is asked for the segments'
+/// ranges in order, on this thread, and a node's segment is deflated as soon as its range is there,
+/// while the later ones are still being put together.
 pub(crate) fn rebuild<'a>(
     plain_len: u64,
     plain: &mut dyn FnMut(std::ops::Range<u64>) -> Result<Cow<'a, [u8]>, String>,
     table: &[u8],
+    bounded: bool,
     stream_len: u64,
     source: Corrections,
 ) -> Result<Vec<u8>, String> {
@@ -191,7 +174,9 @@ pub(crate) fn rebuild<'a>(
         let (segment, corrections) = &segments[at];
         let len = (segment.stream.end - segment.stream.start) as usize;
         let own_len = segment.head_len() + len + if at == last { 0 } else { FINAL_EMPTY_BLOCK.len() };
-        let own = deflate::recreate(own_plain, corrections, own_len as u64, source)
+        let corrections =
+            if bounded { Cow::Borrowed(*corrections) } else { Cow::Owned(deflate::bounded(None, corrections)) };
+        let own = deflate::recreate(own_plain, &corrections, own_len as u64, source)
             .map_err(|e| format!("segment {} of {}: {e}", at + 1, last + 1))?;
         Ok(own[segment.head_len()..segment.head_len() + len].to_vec())
     };
@@ -278,6 +263,7 @@ mod tests {
             plain.len() as u64,
             &mut |range| Ok(Cow::Borrowed(&plain[range.start as usize..range.end as usize])),
             table,
+            true,
             stream_len,
             source,
         )
@@ -292,6 +278,14 @@ mod tests {
             let table = analyse(&stream, &blocks, &plain, 100_000).expect("segments");
             let segments = read_table(&table, plain.len() as u64, stream.len() as u64).unwrap();
             assert!(segments.len() >= 3, "level {level}: {} segments", segments.len());
+            // Predicted 16 deep, the search after a mispredicted literal is bounded by as deep as
+            // zlib searched (level 6: 128, 9: 4096); level 1 searches 4 deep: nothing to bound.
+            let bounds: Vec<u32> =
+                segments.iter().map(|(_, c)| u32::from_le_bytes(c[..4].try_into().unwrap())).collect();
+            match level {
+                1 => assert!(bounds.iter().all(|&b| b == 0), "level {level}: {bounds:?}"),
+                _ => assert!(bounds.iter().any(|&b| b > deflate::PREDICTED_CHAIN_DEPTH), "level {level}: {bounds:?}"),
+            }
             // In this process (generation's proof) and as a node rebuilds (here without children).
             for source in [Corrections::Own, Corrections::Received] {
                 let rebuilt = rebuild_whole(&plain, &table, stream.len() as u64, source).unwrap();

@@ -14,7 +14,8 @@
 //! A long stream is rebuilt in segments, on every core ([`super::deflate_segments`]).
 //!
 //! Payload: a flags byte (bit 0: the base was inflated, else used as it is; bit 1: the corrections
-//! are a segment table; bit 2: there is no base), the inflated sizes of the target and the base
+//! are a segment table; bit 2: there is no base; bit 3: the corrections are led by the bound of
+//! preflate's search after a mispredicted literal), the inflated sizes of the target and the base
 //! (u64 each), then three u32-length-prefixed byte strings — the gzip
 //! header, what follows the deflate stream (the CRC-32 and size trailer), preflate's corrections —
 //! then, for [`DeltaCodec::GzipTree`] only, a u32 count and that many references, and last the
@@ -25,9 +26,8 @@
 //! panics are caught and become errors, and a received delta is deflated again in a child process
 //! within a budget of CPU time and memory ([`super::deflate`]).
 
+use std::borrow::Cow;
 use std::io::{self, Read};
-
-use preflate_rs::{PreflateConfig, PreflateStreamChunkResult, preflate_whole_deflate_stream};
 
 use crate::delta::codec::{self, DeltaCodec, EncodeOptions, FileReader, ReleaseLookup};
 use crate::delta::deflate::{self, Corrections};
@@ -59,6 +59,13 @@ const SEGMENTED: u8 = 2;
 
 /// Flag: the inner codec encodes the plain text against nothing (see [`BASE_WORTH`]).
 const NO_BASE: u8 = 4;
+
+/// Flag: preflate's corrections (each segment's) are led by the bound of its search after a
+/// mispredicted literal ([`deflate::bounded`]); without it they are preflate's alone, unbounded.
+const BOUNDED: u8 = 8;
+
+/// Every flag a payload may have.
+const FLAGS: u8 = BASE_INFLATED | SEGMENTED | NO_BASE | BOUNDED;
 
 /// The old gzip file is inflated to serve as the base only when the plain text the inner codec
 /// encodes is at least 1/`BASE_WORTH` of the target's: inflating costs the node CPU in proportion
@@ -144,7 +151,7 @@ pub fn encode(
     let flags = [(base.is_some(), BASE_INFLATED), (analysis.segmented, SEGMENTED), (no_base, NO_BASE)]
         .into_iter()
         .filter_map(|(set, flag)| set.then_some(flag))
-        .fold(0, |flags, flag| flags | flag);
+        .fold(BOUNDED, |flags, flag| flags | flag);
     let base_size = base.as_ref().map_or(0, |b| b.len());
     let base_bytes = if no_base { &[][..] } else { base.as_deref().unwrap_or(old) };
     let (inner, inner_payload) = codec::encode_best_plain(base_bytes, encoded, options)?;
@@ -196,19 +203,13 @@ fn analyse(stream: &[u8], segment: u64) -> Option<Analysis> {
         let stream_len = blocks.end_bit.div_ceil(8) as usize;
         return Some(Analysis { plain, stream_len, corrections: table, segmented: true });
     }
-    let config = PreflateConfig {
-        plain_text_limit: MAX_INFLATED as usize,
-        verify_compression: false,
-        predicted_chain_limit: Some(deflate_segments::PREDICTED_CHAIN_DEPTH),
-        ..Default::default()
-    };
-    let Ok(Ok((analysis, plain))) = std::panic::catch_unwind(|| preflate_whole_deflate_stream(stream, &config)) else {
-        return None;
-    };
-    // The parsed blocks (hundreds of MB for a large image) are not needed past the analysis.
-    let PreflateStreamChunkResult { corrections, compressed_size, blocks, .. } = analysis;
-    drop(blocks);
-    Some(Analysis { plain: plain.text().to_vec(), stream_len: compressed_size, corrections, segmented: false })
+    let prediction = deflate::predict(stream, MAX_INFLATED as usize)?;
+    Some(Analysis {
+        plain: prediction.plain.text().to_vec(),
+        stream_len: prediction.stream_len,
+        corrections: prediction.corrections,
+        segmented: false,
+    })
 }
 
 /// Splits `len` bytes off the front of `rest`.
@@ -231,9 +232,7 @@ fn take_part<'a>(rest: &mut &'a [u8], what: &str) -> Result<&'a [u8], String> {
 /// The flags and the inflated sizes of the target and the base a payload starts with.
 fn take_sizes(rest: &mut &[u8]) -> Result<(u8, u64, u64), String> {
     let flags = take(rest, 1, "flags")?[0];
-    if flags & !(BASE_INFLATED | SEGMENTED | NO_BASE) != 0
-        || flags & (BASE_INFLATED | NO_BASE) == BASE_INFLATED | NO_BASE
-    {
+    if flags & !FLAGS != 0 || flags & (BASE_INFLATED | NO_BASE) == BASE_INFLATED | NO_BASE {
         return Err(format!("gzip delta has unknown flags {flags:#x}"));
     }
     Ok((flags, take_u64(rest, "plain size")?, take_u64(rest, "base size")?))
@@ -329,11 +328,17 @@ fn rebuild(
             plain_size,
             &mut |range| plain.range(range, files),
             corrections,
+            flags & BOUNDED != 0,
             target_size - framing,
             source,
         )?
     } else {
-        deflate::recreate(&plain.range(0..plain_size, files)?, corrections, target_size - framing, source)?
+        let corrections = if flags & BOUNDED != 0 {
+            Cow::Borrowed(corrections)
+        } else {
+            Cow::Owned(deflate::bounded(None, corrections))
+        };
+        deflate::recreate(&plain.range(0..plain_size, files)?, &corrections, target_size - framing, source)?
     };
     Ok([header, &deflated, trailer].concat())
 }
@@ -341,6 +346,8 @@ fn rebuild(
 #[cfg(test)]
 mod tests {
     use std::io::Write;
+
+    use preflate_rs::{PreflateConfig, preflate_whole_deflate_stream};
 
     use super::*;
     use crate::delta::codec::no_files;
@@ -384,8 +391,42 @@ mod tests {
         // A base that is not gzip is used as it is.
         let new = gzip(&new_plain, 9);
         let payload = encode(&old_plain, &new, &EncodeOptions::default(), None).unwrap().unwrap().payload;
-        assert_eq!(payload[0], 0);
+        assert_eq!(payload[0], BOUNDED);
         assert_eq!(decode(DeltaCodec::Gzip, &old_plain, &payload, new.len() as u64, &no_files).unwrap(), new);
+    }
+
+    /// A payload made before corrections were led by their bound (flag 8) still applies: its
+    /// corrections are preflate's alone, made with the search after a mispredicted literal
+    /// unbounded.
+    #[test]
+    fn corrections_without_their_bound_still_apply() {
+        let old_plain = changelog(2000);
+        let new_plain = [&b"pkg (2000.0-1) unstable; urgency=high\n\n  * Security fix.\n\n"[..], &old_plain].concat();
+        let (old, new) = (gzip(&old_plain, 6), gzip(&new_plain, 6));
+        let payload = encode(&old, &new, &EncodeOptions::default(), None).unwrap().unwrap().payload;
+        assert_eq!(payload[0], BASE_INFLATED | BOUNDED);
+        let header = header_len(&new).unwrap();
+        let config = PreflateConfig {
+            plain_text_limit: MAX_INFLATED as usize,
+            verify_compression: false,
+            predicted_chain_limit: Some(deflate::PREDICTED_CHAIN_DEPTH),
+            ..Default::default()
+        };
+        let (unbounded, _) = preflate_whole_deflate_stream(&new[header..], &config).unwrap();
+        // The payload's parts, with preflate's own corrections in place of the bounded ones.
+        let mut rest = &payload[17..];
+        let [gzip_header, trailer, bounded] = take_parts(&mut rest).unwrap();
+        let bound = u32::from_le_bytes(bounded[..4].try_into().unwrap());
+        // As deep as the stream needs (preflate's estimate), at most gzip -6's 128.
+        assert!((17..=128).contains(&bound), "the search after a mispredicted literal is bounded: {bound}");
+        let mut legacy = vec![BASE_INFLATED];
+        legacy.extend_from_slice(&payload[1..17]);
+        for part in [gzip_header, trailer, &unbounded.corrections] {
+            legacy.extend_from_slice(&(part.len() as u32).to_le_bytes());
+            legacy.extend_from_slice(part);
+        }
+        legacy.extend_from_slice(rest);
+        assert_eq!(decode(DeltaCodec::Gzip, &old, &legacy, new.len() as u64, &no_files).unwrap(), new);
     }
 
     #[test]
@@ -395,13 +436,18 @@ mod tests {
         let (old, new) = (gzip(&old_plain, 6), gzip(&new_plain, 6));
         let segmented = EncodeOptions { deflate_segment: 200_000, ..EncodeOptions::default() };
         let payload = encode(&old, &new, &segmented, None).unwrap().expect("a gzip delta").payload;
-        assert_eq!(payload[0], BASE_INFLATED | SEGMENTED, "{} bytes of plain text in segments", new_plain.len());
+        assert_eq!(
+            payload[0],
+            BASE_INFLATED | SEGMENTED | BOUNDED,
+            "{} bytes of plain text in segments",
+            new_plain.len()
+        );
         assert_eq!(decode(DeltaCodec::Gzip, &old, &payload, new.len() as u64, &no_files).unwrap(), new);
         let whole = encode(&old, &new, &EncodeOptions::default(), None).unwrap().unwrap().payload;
-        assert_eq!(whole[0], BASE_INFLATED, "short of two segments: whole");
+        assert_eq!(whole[0], BASE_INFLATED | BOUNDED, "short of two segments: whole");
         // A node that does not know the flag refuses the delta (and fetches chunks).
         let mut unknown = payload.clone();
-        unknown[0] |= 8;
+        unknown[0] |= 16;
         let err = decode(DeltaCodec::Gzip, &old, &unknown, new.len() as u64, &no_files).unwrap_err();
         assert!(err.contains("unknown flags"), "{err}");
     }
@@ -484,7 +530,7 @@ mod tests {
         let encoded = encode(&old, &new, &EncodeOptions::default(), Some(&release)).unwrap().unwrap();
         assert_eq!(encoded.codec, DeltaCodec::GzipTree);
         // What is left besides the module is too little to be worth inflating the old image for.
-        assert_eq!(encoded.payload[0], NO_BASE);
+        assert_eq!(encoded.payload[0], NO_BASE | BOUNDED);
         assert_eq!(named_files(&encoded.payload).unwrap(), [module_id]);
         let diffed = encode(&old, &new, &EncodeOptions::default(), None).unwrap().unwrap();
         assert_eq!(diffed.codec, DeltaCodec::Gzip);

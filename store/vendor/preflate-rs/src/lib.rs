@@ -45,10 +45,11 @@ pub use preflate_input::{PlainText, PreflateInput};
 pub use statistical_codec::{CodecCorrection, CountNonDefaultActions};
 pub use stream_processor::{
     PreflateStreamChunkResult, PreflateStreamProcessor, RecreateStreamProcessor,
-    preflate_whole_deflate_stream, recreate_whole_deflate_stream,
+    preflate_whole_deflate_stream, recreate_whole_deflate_stream, recreate_whole_deflate_stream_with,
 };
 
-// Changed by osdeploy: `PreflateConfig::predicted_chain_limit` added (see CHANGES.osdeploy.md).
+// Changed by osdeploy: `PreflateConfig::predicted_chain_limit` and `bounded_research` added (see
+// CHANGES.osdeploy.md).
 /// Configure the preflate stream processor
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PreflateConfig {
@@ -72,6 +73,12 @@ pub struct PreflateConfig {
     /// recreated exactly (the depth used is stored with the corrections). `None` predicts as deep
     /// as the compressor searched. Added by osdeploy to preflate-rs 0.7.6.
     pub predicted_chain_limit: Option<u32>,
+
+    /// Where `predicted_chain_limit` lowers the depth, also bound the search that follows a
+    /// literal predicted where the stream has a reference (4096 deep otherwise) by the depth the
+    /// compressor searched. The result's `research_chain` then says so, and recreation must be
+    /// given it (`recreate_whole_deflate_stream_with`): the corrections differ. Added by osdeploy.
+    pub bounded_research: bool,
 }
 
 impl Default for PreflateConfig {
@@ -81,6 +88,7 @@ impl Default for PreflateConfig {
             plain_text_limit: 128 * 1024 * 1024,
             verify_compression: true,
             predicted_chain_limit: None,
+            bounded_research: false,
         }
     }
 }

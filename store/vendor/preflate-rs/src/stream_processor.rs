@@ -59,6 +59,11 @@ pub struct PreflateStreamChunkResult {
     pub parameters: Option<TokenPredictorParameters>,
 
     pub blocks: Vec<DeflateTokenBlock>,
+
+    /// Changed by osdeploy: the bound of the search after a mispredicted literal the corrections
+    /// were made with (`PreflateConfig::bounded_research`), which recreation must be given; `None`
+    /// when unbounded.
+    pub research_chain: Option<u32>,
 }
 
 // Changed by osdeploy: `PreflateConfig::predicted_chain_limit` added (see CHANGES.osdeploy.md).
@@ -71,6 +76,8 @@ pub struct PreflateStreamProcessor {
     parser: DeflateParser,
     max_chain_length: u32,
     predicted_chain_limit: Option<u32>,
+    bounded_research: bool,
+    research_chain: Option<u32>,
 }
 
 impl PreflateStreamProcessor {
@@ -83,6 +90,8 @@ impl PreflateStreamProcessor {
             parser: DeflateParser::new(config.plain_text_limit),
             max_chain_length: config.max_chain_length,
             predicted_chain_limit: config.predicted_chain_limit,
+            bounded_research: config.bounded_research,
+            research_chain: None,
             validator: if config.verify_compression {
                 Some(RecreateStreamProcessor::new())
             } else {
@@ -158,12 +167,17 @@ impl PreflateStreamProcessor {
                 compressed_size: contents.compressed_size,
                 parameters: None,
                 blocks: contents.blocks,
+                research_chain: self.research_chain,
             })
         } else {
             let mut params =
                 estimate_preflate_parameters(&contents, &self.parser.plain_text()).context()?;
             if let Some(limit) = self.predicted_chain_limit {
+                let searched = params.max_chain;
                 params.max_chain = params.max_chain.min(limit.max(1));
+                if self.bounded_research && params.max_chain < searched {
+                    self.research_chain = Some(searched);
+                }
             }
 
             if params.max_chain > self.max_chain_length {
@@ -179,6 +193,12 @@ impl PreflateStreamProcessor {
             let mut input = PreflateInput::new(&self.parser.plain_text());
 
             let mut token_predictor = TokenPredictor::new(&params);
+            if let Some(research_chain) = self.research_chain {
+                token_predictor = token_predictor.with_research_chain(research_chain);
+                if let Some(validator) = &mut self.validator {
+                    validator.research_chain = Some(research_chain);
+                }
+            }
 
             predict_blocks(
                 &contents.blocks,
@@ -227,6 +247,7 @@ impl PreflateStreamProcessor {
                 compressed_size: contents.compressed_size,
                 parameters: Some(params),
                 blocks: contents.blocks,
+                research_chain: self.research_chain,
             })
         }
     }
@@ -250,6 +271,7 @@ pub struct RecreateStreamProcessor {
     predictor: Option<TokenPredictor>,
     writer: DeflateWriter,
     plain_text: PlainText,
+    research_chain: Option<u32>,
 }
 
 impl RecreateStreamProcessor {
@@ -258,7 +280,16 @@ impl RecreateStreamProcessor {
             predictor: None,
             writer: DeflateWriter::new(),
             plain_text: PlainText::new(),
+            research_chain: None,
         }
+    }
+
+    // Changed by osdeploy.
+    /// Recreates corrections made with `PreflateConfig::bounded_research`, whose result's
+    /// `research_chain` this is.
+    pub fn with_research_chain(mut self, research_chain: Option<u32>) -> Self {
+        self.research_chain = research_chain;
+        self
     }
 
     pub fn recompress(
@@ -299,6 +330,9 @@ impl RecreateStreamProcessor {
             let r = ReconstructionData::read(corrections)?;
 
             let mut predictor = TokenPredictor::new(&r.parameters);
+            if let Some(research_chain) = self.research_chain {
+                predictor = predictor.with_research_chain(research_chain);
+            }
 
             let mut cabac_decoder =
                 PredictionDecoderCabac::new(VP8Reader::new(Cursor::new(r.corrections)).unwrap());
@@ -327,7 +361,18 @@ pub fn recreate_whole_deflate_stream(
     plain_text: &[u8],
     prediction_corrections: &[u8],
 ) -> Result<Vec<u8>> {
-    let mut state = RecreateStreamProcessor::new();
+    recreate_whole_deflate_stream_with(plain_text, prediction_corrections, None)
+}
+
+// Changed by osdeploy.
+/// [`recreate_whole_deflate_stream`] for corrections made with `PreflateConfig::bounded_research`:
+/// `research_chain` is the analysis result's.
+pub fn recreate_whole_deflate_stream_with(
+    plain_text: &[u8],
+    prediction_corrections: &[u8],
+    research_chain: Option<u32>,
+) -> Result<Vec<u8>> {
+    let mut state = RecreateStreamProcessor::new().with_research_chain(research_chain);
 
     let (recompressed, _) =
         state.recompress(&mut Cursor::new(&plain_text), prediction_corrections)?;
@@ -468,6 +513,7 @@ fn decompress_deflate_stream_assert(
             compressed_size: contents.compressed_size,
             parameters: Some(params),
             blocks: contents.blocks,
+            research_chain: None,
         },
         plain_text,
     ))

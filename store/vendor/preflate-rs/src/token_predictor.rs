@@ -28,11 +28,16 @@ use crate::{
 
 const VERIFY: bool = false;
 
+/// How deep the search for a match goes after a literal was predicted where the stream has a
+/// reference, unless the corrections were made with a bound (osdeploy's change).
+pub const UNBOUNDED_RESEARCH_CHAIN: u32 = 4096;
+
 pub struct TokenPredictor {
     state: Box<dyn HashChainHolder>,
     params: TokenPredictorParameters,
     pending_reference: Option<DeflateTokenReference>,
     max_token_count: u32,
+    research_chain: u32,
 }
 
 impl std::fmt::Debug for TokenPredictor {
@@ -41,6 +46,7 @@ impl std::fmt::Debug for TokenPredictor {
             .field("params", &self.params)
             .field("pending_reference", &self.pending_reference)
             .field("max_token_count", &self.max_token_count)
+            .field("research_chain", &self.research_chain)
             .finish()
     }
 }
@@ -54,7 +60,16 @@ impl TokenPredictor {
             params: *params,
             pending_reference: None,
             max_token_count: params.max_token_count.into(),
+            research_chain: UNBOUNDED_RESEARCH_CHAIN,
         }
+    }
+
+    // Changed by osdeploy: the search after a mispredicted literal may be bounded.
+    /// Searches at most `research_chain` deep for a match after a literal was predicted where the
+    /// stream has a reference (4096 unless set). Recreation must use the analysis's bound.
+    pub fn with_research_chain(mut self, research_chain: u32) -> Self {
+        self.research_chain = research_chain;
+        self
     }
 
     pub fn checksum(&self) -> DebugHash {
@@ -572,7 +587,7 @@ impl TokenPredictor {
         }
 
         // If we didn't find a match, try again with a larger chain
-        let match_token = self.state.match_token_0(0, 4096, input);
+        let match_token = self.state.match_token_0(0, self.research_chain, input);
 
         if let MatchResult::Success(m) = match_token {
             if m.len() >= MIN_MATCH {
