@@ -12,6 +12,7 @@
 //! The generator proves its own deltas in-process, and so does a library user that names no
 //! program.
 
+use std::borrow::Cow;
 use std::ffi::OsString;
 use std::io::{self, Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -118,6 +119,12 @@ const BOUND_LEN: usize = 4;
 /// a mispredicted literal they were made with (u32, 0 for none: `PreflateConfig::bounded_research`).
 pub(crate) fn bounded(research_chain: Option<u32>, corrections: &[u8]) -> Vec<u8> {
     [&research_chain.unwrap_or(0).to_le_bytes()[..], corrections].concat()
+}
+
+/// A payload's `corrections` as [`recreate`] takes them: as they are if the payload says they are
+/// [`bounded`] (`led`), else led by no bound (a payload made before bounds were written).
+pub(crate) fn led_by_bound(corrections: &[u8], led: bool) -> Cow<'_, [u8]> {
+    if led { Cow::Borrowed(corrections) } else { Cow::Owned(bounded(None, corrections)) }
 }
 
 /// Deflates `plain` again as the [`bounded`] `corrections` say, into exactly `deflated_len` bytes.

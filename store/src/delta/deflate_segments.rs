@@ -174,8 +174,7 @@ pub(crate) fn rebuild<'a>(
         let (segment, corrections) = &segments[at];
         let len = (segment.stream.end - segment.stream.start) as usize;
         let own_len = segment.head_len() + len + if at == last { 0 } else { FINAL_EMPTY_BLOCK.len() };
-        let corrections =
-            if bounded { Cow::Borrowed(*corrections) } else { Cow::Owned(deflate::bounded(None, corrections)) };
+        let corrections = deflate::led_by_bound(corrections, bounded);
         let own = deflate::recreate(own_plain, &corrections, own_len as u64, source)
             .map_err(|e| format!("segment {} of {}: {e}", at + 1, last + 1))?;
         Ok(own[segment.head_len()..segment.head_len() + len].to_vec())

@@ -16,17 +16,16 @@
 //! Payload: a flags byte (bit 0: the base was inflated, else used as it is; bit 1: the corrections
 //! are a segment table; bit 2: there is no base; bit 3: the corrections are led by the bound of
 //! preflate's search after a mispredicted literal), the inflated sizes of the target and the base
-//! (u64 each), then three u32-length-prefixed byte strings — the gzip
-//! header, what follows the deflate stream (the CRC-32 and size trailer), preflate's corrections —
-//! then, for [`DeltaCodec::GzipTree`] only, a u32 count and that many references, and last the
-//! inner codec's number and its payload, which encodes the target's plain text (without the
+//! (u64 each), then three u32-length-prefixed byte strings — the gzip header, what follows the
+//! deflate stream (the CRC-32 and size trailer), preflate's corrections — then, for
+//! [`DeltaCodec::GzipTree`] only, a u32 count and that many references, and last the inner
+//! codec's number and its payload, which encodes the target's plain text (without the
 //! referenced ranges) against the base's.
 //!
 //! preflate's reconstruction is not hardened against hostile corrections as our own decoders are:
 //! panics are caught and become errors, and a received delta is deflated again in a child process
 //! within a budget of CPU time and memory ([`super::deflate`]).
 
-use std::borrow::Cow;
 use std::io::{self, Read};
 
 use crate::delta::codec::{self, DeltaCodec, EncodeOptions, FileReader, ReleaseLookup};
@@ -333,11 +332,7 @@ fn rebuild(
             source,
         )?
     } else {
-        let corrections = if flags & BOUNDED != 0 {
-            Cow::Borrowed(corrections)
-        } else {
-            Cow::Owned(deflate::bounded(None, corrections))
-        };
+        let corrections = deflate::led_by_bound(corrections, flags & BOUNDED != 0);
         deflate::recreate(&plain.range(0..plain_size, files)?, &corrections, target_size - framing, source)?
     };
     Ok([header, &deflated, trailer].concat())
