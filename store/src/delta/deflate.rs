@@ -21,7 +21,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 
 use preflate_rs::{
-    PlainText, PreflateConfig, PreflateStreamChunkResult, preflate_whole_deflate_stream,
+    ExitCode, PlainText, PreflateConfig, PreflateStreamChunkResult, preflate_whole_deflate_stream,
     recreate_whole_deflate_stream_with,
 };
 use rustix::process::{Pid, Resource, Rlimit, Signal, getrlimit, prlimit};
@@ -65,8 +65,9 @@ pub(crate) struct Prediction {
 ///
 /// The search after a mispredicted literal is bounded too, by the compressor's own depth (4096
 /// otherwise): on the kernel pair's initramfs that takes 0.18 s off the 2.8 s of a rebuild on one
-/// core, and the corrections are 9 KB smaller. A stream whose analysis fails so is analysed again
-/// with that search unbounded.
+/// core, and the corrections are 9 KB smaller. A stream whose bounded search finds no match
+/// (preflate's prediction failure) is analysed again with that search unbounded; a stream that
+/// fails otherwise is not analysed twice.
 pub(crate) fn predict(stream: &[u8], plain_limit: usize) -> Option<Prediction> {
     let mut config = PreflateConfig {
         plain_text_limit: plain_limit,
@@ -75,15 +76,15 @@ pub(crate) fn predict(stream: &[u8], plain_limit: usize) -> Option<Prediction> {
         bounded_research: true,
         ..Default::default()
     };
-    let analyse =
-        |config: &PreflateConfig| match std::panic::catch_unwind(|| preflate_whole_deflate_stream(stream, config)) {
-            Ok(Ok(analysed)) => Some(analysed),
-            _ => None,
-        };
-    let (analysis, plain) = analyse(&config).or_else(|| {
-        config.bounded_research = false;
-        analyse(&config)
-    })?;
+    let analyse = |config: &PreflateConfig| std::panic::catch_unwind(|| preflate_whole_deflate_stream(stream, config));
+    let analysed = match analyse(&config) {
+        Ok(Err(e)) if e.exit_code() == ExitCode::PredictionFailure => {
+            config.bounded_research = false;
+            analyse(&config)
+        }
+        analysed => analysed,
+    };
+    let Ok(Ok((analysis, plain))) = analysed else { return None };
     // The parsed blocks (hundreds of MB for a large image) are not needed past the analysis.
     let PreflateStreamChunkResult { corrections, compressed_size, research_chain, .. } = analysis;
     Some(Prediction { corrections: bounded(research_chain, &corrections), stream_len: compressed_size, plain })
