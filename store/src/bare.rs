@@ -363,6 +363,18 @@ pub struct BareWriter<'s> {
     pub stats: WriteStats,
 }
 
+/// Reads the content of file object `id` from `path`, checking it has the object's `size`.
+pub fn read_content(path: &Path, id: &FileId, size: u64) -> Result<Vec<u8>> {
+    let content = fs::read(path).at(path)?;
+    if content.len() as u64 != size {
+        return Err(StoreError::Corrupt {
+            what: format!("file object {id}"),
+            reason: format!("its content has {} bytes, the object says {size}", content.len()),
+        });
+    }
+    Ok(content)
+}
+
 /// Makes written content read-only, starts its writeback and renames it to its place in
 /// `objects/`.
 fn place(tmp: File, tmp_path: &Path, dest: &Path, writeback: &Writeback) -> Result<()> {

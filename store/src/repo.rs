@@ -285,15 +285,7 @@ impl Repo {
             Store::Bare(b) => b,
         };
         let object = self.file_object(id)?;
-        let path = b.content_path(id);
-        let content = fs::read(&path).at(&path)?;
-        if content.len() as u64 != object.size {
-            return Err(StoreError::Corrupt {
-                what: format!("file object {id}"),
-                reason: format!("its content has {} bytes, the object says {}", content.len(), object.size),
-            });
-        }
-        Ok(content)
+        crate::bare::read_content(&b.content_path(id), id, object.size)
     }
 
     /// Every stored commit id.

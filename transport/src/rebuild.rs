@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
 use std::thread::JoinHandle;
 
+use osdeploy_store::bare::read_content;
 use osdeploy_store::delta::object::DeltaObject;
 use osdeploy_store::fsutil::read_ahead;
 use osdeploy_store::object::ObjectKind;
@@ -248,13 +249,16 @@ impl<'p> DeltaBuilder<'p> {
             self.deferred.push(Deferred { file, delta });
             return;
         };
-        let base = match repo.file_content(&delta.base) {
-            Ok(base) => base,
+        // The base is read on the delta's own thread (the pull's goes on): an initramfs's is 36 MB.
+        let base_size = match repo.file_object(&delta.base) {
+            Ok(base) => base.size,
             Err(e) => return self.fail(file, &e.to_string()),
         };
+        let base_path = bare.content_path(&delta.base);
         let paths: HashMap<FileId, PathBuf> = names.iter().map(|id| (*id, bare.content_path(id))).collect();
         let (object, unwritten) = (file.object.clone(), Arc::clone(&self.unwritten));
         let apply = move || {
+            let base = read_content(&base_path, &delta.base, base_size)?;
             let read = |id: &FileId, _: u64| match paths.get(id) {
                 Some(path) if unwritten.wait_for(id) => read_written(id, path),
                 Some(_) => Err("the pull ended before it was written".to_string()),
