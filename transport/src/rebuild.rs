@@ -223,7 +223,7 @@ impl<'p> DeltaBuilder<'p> {
             });
             let mut in_flight = 0;
             for batch in jobs.chunks(APPLY_BATCH) {
-                let bases = batch.iter().map(|(_, delta)| repo.file_content(&delta.base)).collect();
+                let bases = batch.iter().map(|(_, delta)| base_of(delta, repo)).collect();
                 if in_flight == 2 {
                     let (done, built) = applied.recv().expect("only a panic ends the applying thread early");
                     self.write_built(writer, done, built)?;
@@ -249,16 +249,19 @@ impl<'p> DeltaBuilder<'p> {
             self.deferred.push(Deferred { file, delta });
             return;
         };
-        // The base is read on the delta's own thread (the pull's goes on): an initramfs's is 36 MB.
-        let base_size = match repo.file_object(&delta.base) {
-            Ok(base) => base.size,
+        // The base, if the delta reads it, is read on the delta's own thread (the pull's goes on):
+        // an initramfs's is 36 MB.
+        let base = match delta.reads_base().then(|| repo.file_object(&delta.base)).transpose() {
+            Ok(base) => base.map(|base| (bare.content_path(&delta.base), base.size)),
             Err(e) => return self.fail(file, &e.to_string()),
         };
-        let base_path = bare.content_path(&delta.base);
         let paths: HashMap<FileId, PathBuf> = names.iter().map(|id| (*id, bare.content_path(id))).collect();
         let (object, unwritten) = (file.object.clone(), Arc::clone(&self.unwritten));
         let apply = move || {
-            let base = read_content(&base_path, &delta.base, base_size)?;
+            let base = match &base {
+                Some((path, size)) => read_content(path, &delta.base, *size)?,
+                None => Vec::new(),
+            };
             let read = |id: &FileId, _: u64| match paths.get(id) {
                 Some(path) if unwritten.wait_for(id) => read_written(id, path),
                 Some(_) => Err("the pull ended before it was written".to_string()),
@@ -293,7 +296,7 @@ impl<'p> DeltaBuilder<'p> {
         // Every file of the pull is written by now (or failed): reads that wait go on.
         self.unwritten.settle(Pull::Written);
         for Deferred { file, delta } in std::mem::take(&mut self.deferred) {
-            let built = repo.file_content(&delta.base).and_then(|base| delta.apply_with(&base, &file.object, &read));
+            let built = base_of(&delta, repo).and_then(|base| delta.apply_with(&base, &file.object, &read));
             match built {
                 Ok(content) => write_contents(writer, &[(file, content)])?,
                 Err(e) => self.fail(file, &e.to_string()),
@@ -353,6 +356,11 @@ impl Drop for DeltaBuilder<'_> {
     fn drop(&mut self) {
         self.unwritten.settle(Pull::Abandoned);
     }
+}
+
+/// The content `delta` starts from: read from the repository, or none when it reads none.
+fn base_of(delta: &DeltaObject, repo: &Repo) -> Base {
+    if delta.reads_base() { repo.file_content(&delta.base) } else { Ok(Vec::new()) }
 }
 
 /// Reads a file this pull wrote into a bare repository (or that it held before).

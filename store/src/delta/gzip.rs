@@ -249,6 +249,12 @@ fn take_refs(rest: &mut &[u8]) -> Result<Vec<TreeRef>, String> {
     Ok(bytes.as_chunks::<{ REF_LEN }>().0.iter().map(TreeRef::decode).collect())
 }
 
+/// Whether decoding a payload reads its base: not when the payload encodes against nothing
+/// ([`NO_BASE`]), and an unreadable payload is left to decoding to refuse.
+pub fn reads_base(payload: &[u8]) -> bool {
+    payload.first().is_none_or(|flags| flags & NO_BASE == 0)
+}
+
 /// The files of the release a [`DeltaCodec::GzipTree`] payload names, each once, in the order
 /// they first appear.
 pub fn named_files(payload: &[u8]) -> Result<Vec<FileId>, String> {
@@ -526,6 +532,7 @@ mod tests {
         assert_eq!(encoded.codec, DeltaCodec::GzipTree);
         // What is left besides the module is too little to be worth inflating the old image for.
         assert_eq!(encoded.payload[0], NO_BASE | BOUNDED);
+        assert!(!reads_base(&encoded.payload), "a node need not read the old image");
         assert_eq!(named_files(&encoded.payload).unwrap(), [module_id]);
         let diffed = encode(&old, &new, &EncodeOptions::default(), None).unwrap().unwrap();
         assert_eq!(diffed.codec, DeltaCodec::Gzip);
@@ -534,6 +541,8 @@ mod tests {
         assert!(named * 4 < diffed, "the module is named, not diffed: {named} vs {diffed} bytes");
         let files = |id: &FileId, _: u64| if *id == module_id { Ok(module(2)) } else { Err("unknown".into()) };
         assert_eq!(decode(DeltaCodec::GzipTree, &old, &encoded.payload, new.len() as u64, &files).unwrap(), new);
+        assert_eq!(decode(DeltaCodec::GzipTree, &[], &encoded.payload, new.len() as u64, &files).unwrap(), new);
+        assert!(reads_base(&diffed_payload));
         assert!(decode(DeltaCodec::Gzip, &old, &encoded.payload, new.len() as u64, &files).is_err());
         assert!(decode(DeltaCodec::GzipTree, &old, &diffed_payload, new.len() as u64, &files).is_err());
         let err = decode(DeltaCodec::GzipTree, &old, &encoded.payload, new.len() as u64, &no_files).unwrap_err();

@@ -58,6 +58,15 @@ impl DeltaObject {
         })
     }
 
+    /// True when applying it reads its base: a gzip delta may encode against nothing (an
+    /// initramfs whose members are named), and its base need not be read.
+    pub fn reads_base(&self) -> bool {
+        match self.codec {
+            DeltaCodec::Gzip | DeltaCodec::GzipTree => gzip::reads_base(&self.payload),
+            _ => true,
+        }
+    }
+
     /// True when applying it reads files of the target release ([`DeltaCodec::GzipTree`]).
     pub fn reads_release_files(&self) -> bool {
         self.codec == DeltaCodec::GzipTree
