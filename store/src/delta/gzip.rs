@@ -386,7 +386,7 @@ mod tests {
             assert_eq!(decode(DeltaCodec::Gzip, &old, &payload, new.len() as u64, &no_files).unwrap(), new);
             let (_, raw) = codec::encode_best_plain(&old, &new, &EncodeOptions::default()).unwrap();
             // Predicted at most 16 deep, the matches this repetitive text has deeper travel as
-            // corrections: a third of the raw delta at level 6, an eighth at 9.
+            // corrections: a third of the raw delta at level 6, a seventh at 9.
             assert!(payload.len() * 2 < raw.len(), "level {level}: {} vs {} bytes", payload.len(), raw.len());
         }
         // A base that is not gzip is used as it is.

@@ -48,7 +48,8 @@ pub use stream_processor::{
     preflate_whole_deflate_stream, recreate_whole_deflate_stream, recreate_whole_deflate_stream_with,
 };
 
-// Changed by osdeploy: `PreflateConfig::predicted_chain_limit` and `bounded_research` added (see
+// Changed by osdeploy: `PreflateConfig::predicted_chain_limit`, `bounded_research` and
+// `greedy_prediction` added (see
 // CHANGES.osdeploy.md).
 /// Configure the preflate stream processor
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +80,13 @@ pub struct PreflateConfig {
     /// compressor searched. The result's `research_chain` then says so, and recreation must be
     /// given it (`recreate_whole_deflate_stream_with`): the corrections differ. Added by osdeploy.
     pub bounded_research: bool,
+
+    /// Predict every match greedily, as a compressor without lazy matching would, even where the
+    /// compressor looked one byte further for a longer match: the predictor then searches once
+    /// per match instead of twice, and the literals the lazy search would have predicted are
+    /// written into the corrections instead. Like `predicted_chain_limit`, the choice is part of
+    /// the stored parameters, so recreation needs no option. Added by osdeploy.
+    pub greedy_prediction: bool,
 }
 
 impl Default for PreflateConfig {
@@ -89,6 +97,7 @@ impl Default for PreflateConfig {
             verify_compression: true,
             predicted_chain_limit: None,
             bounded_research: false,
+            greedy_prediction: false,
         }
     }
 }

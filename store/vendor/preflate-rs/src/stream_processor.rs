@@ -18,8 +18,9 @@ use crate::{
         deflate_reader::DeflateParser, deflate_token::DeflateTokenBlock,
         deflate_writer::DeflateWriter,
     },
-    estimator::preflate_parameter_estimator::{
-        TokenPredictorParameters, estimate_preflate_parameters,
+    estimator::{
+        preflate_parameter_estimator::{TokenPredictorParameters, estimate_preflate_parameters},
+        preflate_parse_config::MatchingType,
     },
     preflate_error::{AddContext, ExitCode, PreflateError},
     preflate_input::{PlainText, PreflateInput},
@@ -66,7 +67,8 @@ pub struct PreflateStreamChunkResult {
     pub research_chain: Option<u32>,
 }
 
-// Changed by osdeploy: `PreflateConfig::predicted_chain_limit` added (see CHANGES.osdeploy.md).
+// Changed by osdeploy: `PreflateConfig::predicted_chain_limit`, `bounded_research` and
+// `greedy_prediction` applied (see CHANGES.osdeploy.md).
 /// Takes a stream of deflate compressed data removes the deflate compression, recording the data
 /// that can be used to reconstruct it along with the plain-text.
 #[derive(Debug)]
@@ -77,6 +79,7 @@ pub struct PreflateStreamProcessor {
     max_chain_length: u32,
     predicted_chain_limit: Option<u32>,
     bounded_research: bool,
+    greedy_prediction: bool,
     research_chain: Option<u32>,
 }
 
@@ -91,6 +94,7 @@ impl PreflateStreamProcessor {
             max_chain_length: config.max_chain_length,
             predicted_chain_limit: config.predicted_chain_limit,
             bounded_research: config.bounded_research,
+            greedy_prediction: config.greedy_prediction,
             research_chain: None,
             validator: if config.verify_compression {
                 Some(RecreateStreamProcessor::new())
@@ -178,6 +182,9 @@ impl PreflateStreamProcessor {
                 if self.bounded_research && params.max_chain < searched {
                     self.research_chain = Some(searched);
                 }
+            }
+            if self.greedy_prediction {
+                params.matching_type = MatchingType::Greedy;
             }
 
             if params.max_chain > self.max_chain_length {
