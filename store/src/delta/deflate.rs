@@ -41,13 +41,12 @@ const BASE_MEMORY: u64 = 256 << 20;
 const MAX_CORRECTIONS: u64 = MAX_INFLATED;
 
 /// Deepest hash-chain search preflate predicts the matches of a gzip delta's stream with (each
-/// segment's, or a short stream's whole). `gzip -6` searches up to 128 deep (`-9`: 4096); on the
-/// kernel pair's initramfs (130 MB of plain text from `gzip -6`), one core rebuilds the whole
-/// stream in 5.16 s with 173 KB of corrections as deep as gzip searched, 3.45 s with 1.42 MB at
-/// 32, 3.12 s with 2.24 MB at 16 and no faster below (3.16 s with 3.13 MB at 8): 16 buys the most
-/// CPU for the fewest bytes. The pair's 351 changed `gzip -9` changelogs and manuals rebuild in
-/// 0.29 s of CPU at 16 instead of 0.53 s, for 180 KB more. (Figures for lazy prediction; see
-/// [`predict`] for greedy.)
+/// segment's, or a short stream's whole). `gzip -6` searches up to 128 deep (`-9`: 4096). On the
+/// kernel pair's initramfs (130 MB of plain text from `gzip -6`), predicted greedily (`predict`),
+/// one core rebuilds the whole stream in 2.37 s with 2.71 MB of corrections at 16, 2.45 s with
+/// 2.39 MB at 24 and 2.54 s with 2.14 MB at 32 (predicted lazily, as gzip matched: 2.70 s with
+/// 2.23 MB at 16). At 16 a node applies the kernel update in 2.53 s, 1.93 × its chunk pull, against
+/// 2.62 s and 2.00 × at 24: the target of 2 × with a margin, for 360 KB more.
 pub const PREDICTED_CHAIN_DEPTH: u32 = 16;
 
 /// What preflate needs to deflate a stream's plain text again: see [`predict`].

@@ -250,7 +250,7 @@ fn take_refs(rest: &mut &[u8]) -> Result<Vec<TreeRef>, String> {
 }
 
 /// Whether decoding a payload reads its base: not when the payload encodes against nothing
-/// ([`NO_BASE`]), and an unreadable payload is left to decoding to refuse.
+/// (flag `NO_BASE`), and an unreadable payload is left to decoding to refuse.
 pub fn reads_base(payload: &[u8]) -> bool {
     payload.first().is_none_or(|flags| flags & NO_BASE == 0)
 }

@@ -49,8 +49,7 @@ pub use stream_processor::{
 };
 
 // Changed by osdeploy: `PreflateConfig::predicted_chain_limit`, `bounded_research` and
-// `greedy_prediction` added (see
-// CHANGES.osdeploy.md).
+// `greedy_prediction` added (see CHANGES.osdeploy.md).
 /// Configure the preflate stream processor
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PreflateConfig {
